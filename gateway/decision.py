@@ -1,0 +1,228 @@
+"""The pure decision core: `decide(policy, facts, now) -> Decision`.
+
+No I/O, no clock, no environment: everything a decision depends on is in its
+three arguments, so the same inputs always give the same decision and every
+rule can be tested with a table (STYLE.md §1). The semantics are SPEC §2.1:
+
+- the org's effective tier is its tier until `vetted_until` has passed;
+- the stage in force is the last one whose start is <= now;
+- `rules.all_models` checks the observed place of every request;
+- covered models also get `rules.covered_models`, and with
+  `check_declared_country` the org's declared country must pass the same rules,
+  the stage's jurisdictions and any suspension;
+- every reason that applies is reported, most important first; the status
+  comes from the first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from gateway.policy.snapshot import Model, Organization, Policy, RuleSet
+from gateway.reasons import Reason, order, status_of
+
+Subject = Literal["observed", "declared"]
+CredentialState = Literal["valid", "missing", "invalid"]
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the request path established about one request."""
+
+    org_id: str | None
+    model: str | None
+    observed_country: str | None = None
+    observed_region: str | None = None
+    anonymizer: bool = False
+    credential: CredentialState = "valid"
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One rule that applied: which reason, which rule, for which place."""
+
+    reason: Reason
+    rule: str
+    subject: Subject | None = None
+    place: str | None = None
+    group: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "reason": str(self.reason),
+            "rule": self.rule,
+            "subject": self.subject,
+            "place": self.place,
+            "group": self.group,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    status: int
+    reasons: tuple[Reason, ...]
+    policy_version: str
+    model: str | None = None
+    stage: str | None = None
+    covered: bool | None = None
+    tier: str | None = None
+    upstream: str | None = None
+    matches: tuple[Match, ...] = ()
+
+    @property
+    def verdict(self) -> str:
+        return "allow" if self.allowed else "deny"
+
+    @property
+    def reason(self) -> Reason | None:
+        return self.reasons[0] if self.reasons else None
+
+
+_CREDENTIAL_REASONS = {"missing": Reason.CREDENTIAL_MISSING, "invalid": Reason.CREDENTIAL_INVALID}
+
+
+def decide(policy: Policy, facts: Facts, now: datetime) -> Decision:
+    """Decide one request. `now` must be timezone-aware."""
+    if facts.credential != "valid":
+        reason = _CREDENTIAL_REASONS[facts.credential]
+        return Decision(False, status_of(reason), (reason,), policy.version, matches=(Match(reason, "identity"),))
+    return _Evaluation(policy, facts, now.timestamp()).run()
+
+
+class _Evaluation:
+    """The state of one decision while its rules are applied."""
+
+    __slots__ = ("policy", "facts", "now", "matches", "org", "declared")
+
+    def __init__(self, policy: Policy, facts: Facts, now: float) -> None:
+        self.policy = policy
+        self.facts = facts
+        self.now = now
+        self.matches: list[Match] = []
+        self.org: Organization | None = None
+        self.declared: str | None = None
+
+    def deny(self, reason: Reason, rule: str, subject: Subject | None = None,
+             place: str | None = None, group: str | None = None) -> None:
+        self.matches.append(Match(reason, rule, subject, place, group))
+
+    def run(self) -> Decision:
+        policy, facts = self.policy, self.facts
+        tier = self.check_organization()
+        self.check_rules(policy.all_models, Reason.JURISDICTION_EMBARGOED, "all_models", declared=False)
+        model = policy.model_named(facts.model) if facts.model is not None else None
+        stage_name = None
+        concealed = False
+        if model is None:
+            covered = self.check_unknown_model()
+        else:
+            covered = model.covered
+            stage_name, concealed = self.check_stage(model, tier)
+        if covered is not None:
+            self.check_coverage_rules(covered)
+        if model is not None:
+            self.check_suspensions(model)
+        reasons = order({m.reason for m in self.matches}, concealed=concealed)
+        matches = tuple(sorted(self.matches, key=lambda m: reasons.index(m.reason)))
+        return Decision(
+            allowed=not reasons,
+            status=status_of(reasons[0], concealed=concealed) if reasons else 200,
+            reasons=reasons,
+            policy_version=policy.version,
+            model=model.id if model else None,
+            stage=stage_name,
+            covered=covered,
+            tier=tier,
+            upstream=model.upstream if model else None,
+            matches=matches,
+        )
+
+    def check_organization(self) -> str | None:
+        org = self.policy.organizations.get(self.facts.org_id) if self.facts.org_id else None
+        if org is None:
+            self.deny(Reason.ORG_UNKNOWN, "organizations")
+            return None
+        self.org = org
+        if org.status == "denied":
+            self.deny(Reason.ORG_DENIED, "organizations.status")
+        elif org.status == "suspended":
+            self.deny(Reason.ORG_SUSPENDED, "organizations.status")
+        return org.effective_tier(self.now)
+
+    def check_unknown_model(self) -> bool | None:
+        if self.policy.unknown_models == "deny":
+            self.deny(Reason.MODEL_UNKNOWN, "framework.unknown_models")
+            return None
+        # Allowed through, but its coverage cannot be established: covered rules apply.
+        return True
+
+    def check_stage(self, model: Model, tier: str | None) -> tuple[str | None, bool]:
+        stage = model.stage_at(self.now)
+        if stage is None:
+            self.deny(Reason.MODEL_NOT_RELEASED, "release")
+            return None, False
+        rule = f"release.{stage.name}"
+        if tier is not None and stage.tiers is not None and tier not in stage.tiers:
+            self.deny(Reason.TIER_NOT_PERMITTED, f"{rule}.tiers", place=tier)
+        if stage.jurisdictions is not None:
+            for subject, country, region in self.places(declared=self.checks_declared(model.covered)):
+                if stage.jurisdictions.match(country, region) is None:
+                    self.deny(Reason.JURISDICTION_NOT_PERMITTED, f"{rule}.jurisdictions", subject, country)
+        concealed = self.policy.conceal_unreleased and stage.name != "general"
+        return stage.name, concealed
+
+    def check_coverage_rules(self, covered: bool) -> None:
+        rules = self.policy.covered_models
+        if covered:
+            self.check_rules(rules, Reason.JURISDICTION_OF_CONCERN, "covered_models", declared=rules.check_declared_country)
+        if self.facts.observed_country is None:
+            self.check_unknown_country(covered)
+
+    def check_unknown_country(self, covered: bool) -> None:
+        """`unknown_country` is set at the top level (models that are not covered),
+        for covered models, and for all models; the most specific verdict applies."""
+        policy = self.policy
+        verdicts = [("all_models.unknown_country", policy.all_models.unknown_country)]
+        if covered and policy.covered_models.unknown_country is not None:
+            verdicts.append(("covered_models.unknown_country", policy.covered_models.unknown_country))
+        else:
+            verdicts.append(("framework.unknown_country", policy.unknown_country))
+        for rule, verdict in verdicts:
+            if verdict == "deny":
+                self.deny(Reason.JURISDICTION_UNKNOWN, rule, "observed")
+                return
+
+    def check_rules(self, rules: RuleSet, reason: Reason, name: str, *, declared: bool) -> None:
+        for subject, country, region in self.places(declared=declared or rules.check_declared_country):
+            group = rules.deny.match(country, region)
+            if group is not None:
+                place = country if country in rules.deny.countries else region
+                self.deny(reason, f"{name}.deny_jurisdictions", subject, place, group)
+        if rules.deny_anonymizers and self.facts.anonymizer:
+            self.deny(Reason.ANONYMIZER, f"{name}.deny_anonymizers", "observed")
+
+    def check_suspensions(self, model: Model) -> None:
+        declared = self.checks_declared(model.covered)
+        for suspension in model.suspensions:
+            if suspension.mode != "enforce" or not suspension.in_force(self.now):
+                continue
+            for subject, country, region in self.places(declared=declared):
+                inside = suspension.groups.match(country, region) is not None
+                if inside == (suspension.scope == "deny_in"):
+                    self.deny(Reason.EXPORT_SUSPENDED, f"suspensions.{suspension.id}", subject, country)
+
+    def checks_declared(self, covered: bool) -> bool:
+        return covered and self.policy.covered_models.check_declared_country
+
+    def places(self, *, declared: bool) -> list[tuple[Subject, str | None, str | None]]:
+        """The places a rule checks: the observed one, and the org's declared country."""
+        places: list[tuple[Subject, str | None, str | None]] = [
+            ("observed", self.facts.observed_country, self.facts.observed_region)
+        ]
+        if declared and self.org is not None:
+            places.append(("declared", self.org.country, None))
+        return places
+

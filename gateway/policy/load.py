@@ -1,0 +1,507 @@
+"""Load a policy bundle: read, validate whole, compile into one snapshot.
+
+A bundle is either accepted completely or refused with every error found
+(file, key path, line); there is no partial policy. Entries are validated one
+by one so that a broken entry is reported without hiding errors elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path as FsPath
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from gateway import countries
+from gateway.policy import schema, snapshot
+from gateway.policy.issues import Issue, PolicyError, format_path
+from gateway.policy.yamlsource import Path, YamlDocument, YamlSyntaxError, parse
+
+JURISDICTIONS = "jurisdictions.yaml"
+FRAMEWORK = "framework.yaml"
+ORGANIZATIONS = "organizations.yaml"
+MODELS = "models.yaml"
+SUSPENSIONS = "suspensions.yaml"
+FILES = (JURISDICTIONS, FRAMEWORK, ORGANIZATIONS, MODELS, SUSPENSIONS)
+OPTIONAL = frozenset({SUSPENSIONS})
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+E = TypeVar("E", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    policy: snapshot.Policy
+    warnings: tuple[Issue, ...]
+
+
+def load_bundle(directory: str | FsPath) -> Loaded:
+    """Read the bundle's files from `directory` and load them."""
+    root = FsPath(directory)
+    if not root.is_dir():
+        raise PolicyError([Issue(str(root), "", "policy directory not found")])
+    texts: dict[str, str] = {}
+    problems: list[Issue] = []
+    for path in sorted(root.glob("*.y*ml")):
+        if path.name not in FILES:
+            problems.append(Issue(path.name, "", f"unknown policy file (expected: {', '.join(FILES)})"))
+            continue
+        try:
+            if path.stat().st_size > MAX_FILE_BYTES:
+                problems.append(Issue(path.name, "", f"larger than {MAX_FILE_BYTES} bytes"))
+                continue
+            texts[path.name] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Issue(path.name, "", f"cannot be read: {exc}"))
+    return load_texts(texts, extra_issues=problems)
+
+
+def load_texts(texts: Mapping[str, str], *, extra_issues: list[Issue] | None = None) -> Loaded:
+    """Load a bundle given as {file name: YAML text}."""
+    checker = _Checker(list(extra_issues or []))
+    docs = {name: checker.parse(name, texts.get(name)) for name in FILES}
+    parts = checker.validate_files(docs)
+    if checker.errors():
+        raise PolicyError(checker.issues)
+    if parts.framework is None:  # unreachable: a missing framework is an error above
+        raise PolicyError(checker.issues)
+    return Loaded(_compile(parts, parts.framework), tuple(checker.issues))
+
+
+@dataclass
+class _Parts:
+    groups: dict[str, schema.Group] = field(default_factory=dict)
+    framework: schema.Framework | None = None
+    organizations: dict[str, schema.Organization] = field(default_factory=dict)
+    models: dict[str, schema.Model] = field(default_factory=dict)
+    suspensions: list[schema.Suspension] = field(default_factory=list)
+    # Names of entries that failed validation: references to them are not
+    # reported again as unknown.
+    broken: set[tuple[str, str]] = field(default_factory=set)
+    expanded: dict[str, tuple[dict[str, str], dict[str, str]]] = field(default_factory=dict)
+
+
+class _Checker:
+    def __init__(self, issues: list[Issue]) -> None:
+        self.issues = issues
+        self.docs: dict[str, YamlDocument] = {}
+
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    def report(self, file: str, path: Path, message: str, severity: str = "error") -> None:
+        doc = self.docs.get(file)
+        line = doc.line_of(path) if doc else None
+        self.issues.append(Issue(file, format_path(path), message, line, severity))  # type: ignore[arg-type]
+
+    def warn(self, file: str, path: Path, message: str) -> None:
+        self.report(file, path, message, "warning")
+
+    # Reading
+
+    def parse(self, name: str, text: str | None) -> YamlDocument | None:
+        if text is None:
+            if name not in OPTIONAL:
+                self.issues.append(Issue(name, "", "required file is missing"))
+            return None
+        try:
+            doc = parse(text)
+        except YamlSyntaxError as exc:
+            self.issues.append(Issue(name, "", str(exc), exc.line))
+            return None
+        self.docs[name] = doc
+        for path, line, message in doc.problems:
+            self.issues.append(Issue(name, format_path(path), message, line))
+        if doc.data is None:
+            if name not in OPTIONAL:
+                self.issues.append(Issue(name, "", "file is empty"))
+            return None
+        return doc
+
+    def entry(self, file: str, path: Path, data: Any, model: type[E]) -> E | None:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = path + tuple(err["loc"])
+                self.report(file, loc, _explain_error(err))
+            return None
+
+    def section(self, file: str, doc: YamlDocument | None, key: str, kind: type) -> Any:
+        """The file's single top-level `key`, checked to be of `kind`."""
+        if doc is None:
+            return kind()
+        data = doc.data
+        if not isinstance(data, dict):
+            self.report(file, (), f"must be a mapping with the key {key!r}")
+            return kind()
+        for other in data:
+            if other != key:
+                self.report(file, (str(other),), f"unknown key (expected only {key!r})")
+        value = data.get(key)
+        if value is None:
+            return kind()
+        if not isinstance(value, kind):
+            self.report(file, (key,), f"must be a {'mapping' if kind is dict else 'list'}")
+            return kind()
+        return value
+
+    def named_entries(
+        self, file: str, doc: YamlDocument | None, key: str, model: type[E], kind: str, parts: _Parts
+    ) -> dict[str, E]:
+        entries: dict[str, E] = {}
+        for name, data in self.section(file, doc, key, dict).items():
+            path: Path = (key, str(name))
+            if not isinstance(name, str) or not _valid_name(name):
+                self.report(file, path, "names may use letters, digits and . _ : @ / + - (at most 128)")
+                continue
+            entry = self.entry(file, path, data, model)
+            if entry is None:
+                parts.broken.add((kind, name))
+            else:
+                entries[name] = entry
+        return entries
+
+    # Validation
+
+    def validate_files(self, docs: Mapping[str, YamlDocument | None]) -> _Parts:
+        parts = _Parts()
+        parts.groups = self.named_entries(
+            JURISDICTIONS, docs[JURISDICTIONS], "groups", schema.Group, "group", parts
+        )
+        if docs[FRAMEWORK] is not None:
+            parts.framework = self.entry(FRAMEWORK, (), docs[FRAMEWORK].data, schema.Framework)  # type: ignore[union-attr]
+        parts.organizations = self.named_entries(
+            ORGANIZATIONS, docs[ORGANIZATIONS], "organizations", schema.Organization, "org", parts
+        )
+        parts.models = self.named_entries(MODELS, docs[MODELS], "models", schema.Model, "model", parts)
+        for index, data in enumerate(self.section(SUSPENSIONS, docs[SUSPENSIONS], "suspensions", list)):
+            entry = self.entry(SUSPENSIONS, ("suspensions", index), data, schema.Suspension)
+            if entry is not None:
+                parts.suspensions.append(entry)
+        self.check_groups(parts)
+        self.check_framework(parts)
+        self.check_organizations(parts)
+        self.check_models(parts)
+        self.check_suspensions(parts)
+        return parts
+
+    def group_refs(self, file: str, path: Path, names: list[str], parts: _Parts) -> None:
+        for index, name in enumerate(names):
+            if name not in parts.groups and ("group", name) not in parts.broken:
+                self.report(file, path + (index,), f"unknown jurisdiction group {name!r}")
+
+    def check_groups(self, parts: _Parts) -> None:
+        for name, group in parts.groups.items():
+            base: Path = ("groups", name)
+            for index, code in enumerate(group.countries):
+                if not countries.is_country(code):
+                    self.report(JURISDICTIONS, base + ("countries", index), f"{code!r} is not an ISO 3166-1 alpha-2 code")
+            for index, code in enumerate(group.regions):
+                if not countries.is_region(code):
+                    self.report(JURISDICTIONS, base + ("regions", index), f"{code!r} is not an ISO 3166-2 code (CC-XXX)")
+            self.group_refs(JURISDICTIONS, base + ("include",), group.include, parts)
+            if not (group.countries or group.regions or group.include):
+                self.warn(JURISDICTIONS, base, "group is empty")
+        for name in parts.groups:
+            self.expand(name, parts, ())
+
+    def expand(self, name: str, parts: _Parts, trail: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
+        """Countries and regions of a group with its includes; reports cycles."""
+        if name in parts.expanded:
+            return parts.expanded[name]
+        group = parts.groups.get(name)
+        if group is None:
+            return {}, {}
+        if name in trail:
+            cycle = " -> ".join(trail[trail.index(name) :] + (name,))
+            self.report(JURISDICTIONS, ("groups", name, "include"), f"include cycle: {cycle}")
+            return {}, {}
+        found_countries = {code: name for code in group.countries}
+        found_regions = {code: name for code in group.regions}
+        for included in group.include:
+            inner_countries, inner_regions = self.expand(included, parts, trail + (name,))
+            for code in inner_countries:
+                found_countries.setdefault(code, name)
+            for code in inner_regions:
+                found_regions.setdefault(code, name)
+        parts.expanded[name] = (found_countries, found_regions)
+        return found_countries, found_regions
+
+    def check_framework(self, parts: _Parts) -> None:
+        framework = parts.framework
+        if framework is None:
+            return
+        covered = framework.covered_model
+        if bool(covered.any) == bool(covered.all):
+            self.report(FRAMEWORK, ("covered_model",), "give exactly one of 'any' or 'all' with at least one threshold")
+        for rule_name in ("all_models", "covered_models"):
+            rules: schema.RuleSet = getattr(framework.rules, rule_name)
+            path: Path = ("rules", rule_name, "deny_jurisdictions")
+            self.group_refs(FRAMEWORK, path, rules.deny_jurisdictions, parts)
+
+    def check_organizations(self, parts: _Parts) -> None:
+        for name, org in parts.organizations.items():
+            if not countries.is_country(org.country):
+                self.report(ORGANIZATIONS, ("organizations", name, "country"), f"{org.country!r} is not an ISO 3166-1 alpha-2 code")
+
+    def check_models(self, parts: _Parts) -> None:
+        seen: dict[str, str] = {}
+        for name, model in parts.models.items():
+            base: Path = ("models", name)
+            for label, path in [(name, base), *((a, base + ("aliases", i)) for i, a in enumerate(model.aliases))]:
+                key = snapshot.canonical_name(label)
+                if key in seen:
+                    self.report(MODELS, path, f"name {label!r} is already used by model {seen[key]!r}")
+                else:
+                    seen[key] = name
+            self.check_timeline(name, model, parts)
+
+    def check_timeline(self, name: str, model: schema.Model, parts: _Parts) -> None:
+        base: Path = ("models", name, "release")
+        if not model.release:
+            self.report(MODELS, base, "a release timeline needs at least one stage")
+            return
+        window = parts.framework.review_window_max_days if parts.framework else None
+        for index, stage in enumerate(model.release):
+            path = base + (index,)
+            if stage.jurisdictions is not None:
+                self.group_refs(MODELS, path + ("jurisdictions",), stage.jurisdictions, parts)
+            if stage.stage == "government_review" and stage.tiers is not None and set(stage.tiers) - {"government"}:
+                self.report(MODELS, path + ("tiers",), "a government_review stage admits only the government tier")
+            if index == 0:
+                continue
+            before = model.release[index - 1]
+            order = schema.STAGE_ORDER
+            if order.index(stage.stage) <= order.index(before.stage):
+                self.report(
+                    MODELS, path + ("stage",),
+                    f"{stage.stage!r} cannot follow {before.stage!r} (stages run {' -> '.join(order)}, each at most once)",
+                )
+            if stage.from_ <= before.from_:
+                self.report(MODELS, path + ("from",), f"must be later than the previous stage's start ({_iso(before.from_)})")
+            if before.stage == "government_review" and window is not None:
+                days = (stage.from_ - before.from_) / timedelta(days=1)
+                if days > window:
+                    self.report(
+                        MODELS, base + (index - 1,),
+                        f"government review lasts {days:g} days, longer than the framework's {window}-day window",
+                    )
+        if model.release[-1].stage == "government_review":
+            self.warn(MODELS, base + (len(model.release) - 1,), "government review has no end: no later stage is scheduled")
+        self.check_review_requirement(name, model, parts)
+
+    def check_review_requirement(self, name: str, model: schema.Model, parts: _Parts) -> None:
+        if parts.framework is None:
+            return
+        coverage = _coverage(parts.framework.covered_model, model.evaluations)
+        stages = [stage.stage for stage in model.release]
+        wider = any(stage in ("limited_partner", "general") for stage in stages)
+        if coverage.covered and wider and "government_review" not in stages and model.review_waiver is None:
+            self.report(
+                MODELS, ("models", name, "release"),
+                "covered model is released beyond government review without a government_review stage; "
+                "add one or record a review_waiver with its reason",
+            )
+        if not coverage.covered and model.review_waiver is not None:
+            self.warn(MODELS, ("models", name, "review_waiver"), "waiver on a model that is not covered")
+        strict = _coverage(parts.framework.covered_model, model.evaluations, missing_meets=False)
+        if coverage.covered and not strict.covered:
+            missing = [c[0] for c in coverage.checks if c[2] is None]
+            self.warn(
+                MODELS, ("models", name, "evaluations"),
+                f"treated as covered because {', '.join(missing)} is not recorded (fail closed)",
+            )
+
+    def check_suspensions(self, parts: _Parts) -> None:
+        names = {snapshot.canonical_name(n) for n in parts.models}
+        names |= {snapshot.canonical_name(a) for m in parts.models.values() for a in m.aliases}
+        broken_models = {n for kind, n in parts.broken if kind == "model"}
+        ids: set[str] = set()
+        for index, suspension in enumerate(parts.suspensions):
+            base: Path = ("suspensions", index)
+            if suspension.id in ids:
+                self.report(SUSPENSIONS, base + ("id",), f"duplicate suspension id {suspension.id!r}")
+            ids.add(suspension.id)
+            for position, model in enumerate(suspension.models):
+                if snapshot.canonical_name(model) not in names and model not in broken_models:
+                    self.report(SUSPENSIONS, base + ("models", position), f"unknown model {model!r}")
+            scopes = [s for s in ("deny_outside", "deny_in") if getattr(suspension, s) is not None]
+            if len(scopes) != 1:
+                self.report(SUSPENSIONS, base, "give exactly one of deny_outside or deny_in")
+            for scope in scopes:
+                self.group_refs(SUSPENSIONS, base + (scope,), getattr(suspension, scope), parts)
+            if suspension.from_ and suspension.until and suspension.until <= suspension.from_:
+                self.report(SUSPENSIONS, base + ("until",), "must be later than 'from'")
+
+
+def _valid_name(name: str) -> bool:
+    return schema.NAME_PATTERN.fullmatch(name) is not None
+
+
+def _explain_error(err: Any) -> str:
+    message = str(err["msg"])
+    if isinstance(err.get("input"), bool) and err["type"] == "string_type":
+        message += " (YAML reads NO, YES, ON and OFF as booleans: quote country codes such as \"NO\")"
+    if err["type"] == "extra_forbidden":
+        message = "unknown key"
+    return message
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# Compiling
+
+
+def _coverage(
+    rule: schema.CoveredModel, evaluations: Mapping[str, float], *, missing_meets: bool = True
+) -> snapshot.Coverage:
+    """Apply the framework's thresholds. A missing evaluation counts as met by
+    default: a model whose coverage cannot be established is treated as covered."""
+    mode = "any" if rule.any else "all"
+    thresholds = rule.any or rule.all
+    checks = []
+    outcomes = []
+    for threshold in thresholds:
+        value = evaluations.get(threshold.evaluation)
+        met = None if value is None else value >= threshold.at_least
+        checks.append((threshold.evaluation, threshold.at_least, value, met))
+        outcomes.append(missing_meets if met is None else met)
+    covered = (any if mode == "any" else all)(outcomes) if outcomes else False
+    return snapshot.Coverage(covered, tuple(checks), mode)
+
+
+def _group_set(names: list[str] | None, parts: _Parts) -> snapshot.GroupSet:
+    if not names:
+        return snapshot.EMPTY_GROUPS
+    found_countries: dict[str, str] = {}
+    found_regions: dict[str, str] = {}
+    for name in names:
+        inner_countries, inner_regions = parts.expanded.get(name, ({}, {}))
+        for code in inner_countries:
+            found_countries.setdefault(code, name)
+        for code in inner_regions:
+            found_regions.setdefault(code, name)
+    return snapshot.GroupSet(tuple(names), MappingProxyType(found_countries), MappingProxyType(found_regions))
+
+
+def _rule_set(rules: schema.RuleSet, parts: _Parts) -> snapshot.RuleSet:
+    return snapshot.RuleSet(
+        deny=_group_set(rules.deny_jurisdictions, parts),
+        check_declared_country=rules.check_declared_country,
+        deny_anonymizers=rules.deny_anonymizers,
+        unknown_country=rules.unknown_country,
+    )
+
+
+def _lapse(vetted_until: date | None) -> float | None:
+    if vetted_until is None:
+        return None
+    return datetime.combine(vetted_until + timedelta(days=1), time(), tzinfo=UTC).timestamp()
+
+
+def _stage_tiers(stage: schema.Stage) -> frozenset[schema.Tier] | None:
+    if stage.tiers is not None:
+        return frozenset(stage.tiers)
+    # Unlisted tiers: an internal stage admits no one from outside, a review
+    # stage only governments (SPEC §2); later stages admit every tier.
+    return {"internal": frozenset(), "government_review": frozenset({"government"})}.get(stage.stage)
+
+
+def _stamp(moment: datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
+
+
+def _compile(parts: _Parts, framework: schema.Framework) -> snapshot.Policy:
+    names = {snapshot.canonical_name(n): n for n in parts.models}
+    names |= {snapshot.canonical_name(a): n for n, m in parts.models.items() for a in m.aliases}
+    suspensions = tuple(
+        snapshot.Suspension(
+            id=s.id,
+            models=frozenset(names[snapshot.canonical_name(m)] for m in s.models),
+            scope="deny_outside" if s.deny_outside is not None else "deny_in",
+            groups=_group_set(s.deny_outside if s.deny_outside is not None else s.deny_in, parts),
+            starts=_stamp(s.from_),
+            ends=_stamp(s.until),
+            reason=s.reason,
+            reference=s.reference,
+            mode=s.mode,
+        )
+        for s in parts.suspensions
+    )
+    models = {
+        name: snapshot.Model(
+            id=name,
+            aliases=tuple(m.aliases),
+            upstream=m.upstream,
+            evaluations=MappingProxyType(dict(m.evaluations)),
+            coverage=_coverage(framework.covered_model, m.evaluations),
+            stages=tuple(
+                snapshot.Stage(
+                    name=s.stage,
+                    starts=s.from_.astimezone(UTC),
+                    tiers=_stage_tiers(s),
+                    jurisdictions=None if s.jurisdictions is None else _group_set(s.jurisdictions, parts),
+                )
+                for s in m.release
+            ),
+            stage_starts=tuple(s.from_.timestamp() for s in m.release),
+            suspensions=tuple(s for s in suspensions if name in s.models),
+        )
+        for name, m in parts.models.items()
+    }
+    organizations = {
+        name: snapshot.Organization(
+            id=name,
+            name=o.name,
+            country=o.country,
+            tier=o.tier,
+            status=o.status,
+            status_reason=o.status_reason,
+            vetted_until=o.vetted_until,
+            lapses_at=_lapse(o.vetted_until),
+        )
+        for name, o in parts.organizations.items()
+    }
+    documents = {
+        JURISDICTIONS: {"groups": {n: g.model_dump(mode="json", exclude_none=True) for n, g in parts.groups.items()}},
+        FRAMEWORK: framework.model_dump(mode="json", by_alias=True, exclude_none=True),
+        ORGANIZATIONS: {
+            "organizations": {n: o.model_dump(mode="json", exclude_none=True) for n, o in parts.organizations.items()}
+        },
+        MODELS: {
+            "models": {n: m.model_dump(mode="json", by_alias=True, exclude_none=True) for n, m in parts.models.items()}
+        },
+        SUSPENSIONS: {
+            "suspensions": [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in parts.suspensions]
+        },
+    }
+    return snapshot.Policy(
+        version=content_version(documents),
+        review_window_max_days=framework.review_window_max_days,
+        all_models=_rule_set(framework.rules.all_models, parts),
+        covered_models=_rule_set(framework.rules.covered_models, parts),
+        unknown_country=framework.unknown_country,
+        unknown_models=framework.unknown_models,
+        conceal_unreleased=framework.conceal_unreleased,
+        organizations=MappingProxyType(organizations),
+        models=MappingProxyType(models),
+        suspensions=suspensions,
+        groups=MappingProxyType({name: _group_set([name], parts) for name in parts.groups}),
+        documents=MappingProxyType(documents),
+        names=MappingProxyType({key: models[name] for key, name in names.items()}),
+    )
+
+
+def content_version(documents: Mapping[str, Any]) -> str:
+    """A short hash of the canonical content: formatting and comments do not count."""
+    canonical = json.dumps(documents, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -1,0 +1,153 @@
+"""The compiled, immutable policy snapshot that `decide()` reads.
+
+Everything a decision needs is indexed here at load time (group membership as
+sets, names as a dict, stage starts as a sorted tuple), so a decision does a
+handful of dict and set lookups however large the lists grow.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from types import MappingProxyType
+from typing import Any
+
+from gateway.policy.schema import StageName, Tier, Verdict
+
+
+def canonical_name(name: str) -> str:
+    """Model names match exactly after case-folding and trimming (SPEC §1.5)."""
+    return name.strip().casefold()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSet:
+    """The union of some named groups, with `include` already expanded.
+
+    Each country and region maps to the first listed group that contains it,
+    so an explanation can say which group matched.
+    """
+
+    names: tuple[str, ...]
+    countries: Mapping[str, str]
+    regions: Mapping[str, str]
+
+    def match(self, country: str | None, region: str | None = None) -> str | None:
+        """The group that contains this place, or None."""
+        if country is None:
+            return None
+        group = self.countries.get(country)
+        if group is None and region is not None:
+            group = self.regions.get(region)
+        return group
+
+
+EMPTY_GROUPS = GroupSet((), MappingProxyType({}), MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    deny: GroupSet
+    check_declared_country: bool
+    deny_anonymizers: bool
+    unknown_country: Verdict | None
+
+
+@dataclass(frozen=True, slots=True)
+class Organization:
+    id: str
+    name: str
+    country: str
+    tier: Tier
+    status: str
+    status_reason: str | None
+    vetted_until: date | None
+    # Epoch seconds at which vetting lapses: the start of the day after
+    # `vetted_until`, since the date is valid through its end (UTC).
+    lapses_at: float | None
+
+    def effective_tier(self, now: float) -> Tier:
+        if self.lapses_at is not None and now >= self.lapses_at:
+            return "standard"
+        return self.tier
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    name: StageName
+    starts: datetime
+    tiers: frozenset[Tier] | None  # None: every tier
+    jurisdictions: GroupSet | None  # None: anywhere the rules do not deny
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """Why a model is or is not covered: each threshold and its outcome."""
+
+    covered: bool
+    checks: tuple[tuple[str, float, float | None, bool | None], ...]  # evaluation, at_least, value, met
+    mode: str  # "any" or "all"
+
+
+@dataclass(frozen=True, slots=True)
+class Suspension:
+    id: str
+    models: frozenset[str]
+    scope: str  # "deny_outside" or "deny_in"
+    groups: GroupSet
+    starts: float | None
+    ends: float | None
+    reason: str
+    reference: str | None
+    mode: str
+
+    def in_force(self, now: float) -> bool:
+        return (self.starts is None or self.starts <= now) and (self.ends is None or now < self.ends)
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    id: str
+    aliases: tuple[str, ...]
+    upstream: str
+    evaluations: Mapping[str, float]
+    coverage: Coverage
+    stages: tuple[Stage, ...]
+    stage_starts: tuple[float, ...]
+    suspensions: tuple[Suspension, ...]
+
+    @property
+    def covered(self) -> bool:
+        return self.coverage.covered
+
+    def stage_index(self, now: float) -> int:
+        """Index of the stage in force (the last whose start <= now), or -1."""
+        return bisect_right(self.stage_starts, now) - 1
+
+    def stage_at(self, now: float) -> Stage | None:
+        index = self.stage_index(now)
+        return self.stages[index] if index >= 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    version: str
+    review_window_max_days: int
+    all_models: RuleSet
+    covered_models: RuleSet
+    unknown_country: Verdict
+    unknown_models: Verdict
+    conceal_unreleased: bool
+    organizations: Mapping[str, Organization]
+    models: Mapping[str, Model]
+    suspensions: tuple[Suspension, ...]
+    groups: Mapping[str, GroupSet]
+    # The validated documents, by file, for explain, diff and the admin API.
+    documents: Mapping[str, Any] = field(repr=False)
+    # Canonical name or alias -> model.
+    names: Mapping[str, Model] = field(repr=False)
+
+    def model_named(self, requested: str) -> Model | None:
+        return self.names.get(canonical_name(requested))
