@@ -347,8 +347,6 @@ def _valid_name(name: str) -> bool:
 
 def _explain_error(err: Any) -> str:
     message = str(err["msg"])
-    if isinstance(err.get("input"), bool) and err["type"] == "string_type":
-        message += " (YAML reads NO, YES, ON and OFF as booleans: quote country codes such as \"NO\")"
     if err["type"] == "extra_forbidden":
         message = "unknown key"
     return message

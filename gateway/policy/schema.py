@@ -30,7 +30,9 @@ Text = Annotated[str, Field(min_length=1, max_length=2000)]
 
 
 class Entry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: YAML turns `yes`, `on` and `no` into booleans, which lax parsing
+    # would quietly accept as 1.0 for a score or "True" for a name.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # jurisdictions.yaml

@@ -4,6 +4,9 @@ PyYAML silently keeps the last of two equal keys; in a policy file that hides a
 reviewer's mistake (two `tiers:` under one stage), so a duplicate is an error.
 Every value's line is remembered by its key path, so that validation errors
 can name `file:line` as well as the path.
+
+Scalars resolve as in YAML 1.2's core schema rather than PyYAML's YAML 1.1:
+`NO` (Norway), `yes` and `on` stay text, and `1e26` / `1.0e26` are numbers.
 """
 
 from __future__ import annotations
@@ -11,9 +14,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import re
+
 import yaml
 
 Path = tuple[str | int, ...]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 core-schema booleans and floats."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+.0123456789"),
+)
 
 
 @dataclass
@@ -45,10 +68,10 @@ MAX_VALUES = 1_000_000
 def parse(text: str) -> YamlDocument:
     """Parse one YAML document; raise YamlSyntaxError on malformed text."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_Loader)
         doc = YamlDocument(data=None)
         if node is not None:
-            doc.data = _build(node, (), doc, yaml.SafeLoader(""))
+            doc.data = _build(node, (), doc, _Loader(""))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -59,10 +82,11 @@ def parse(text: str) -> YamlDocument:
     return doc
 
 
-def _build(node: yaml.Node, path: Path, doc: YamlDocument, loader: yaml.SafeLoader) -> Any:
+def _build(node: yaml.Node, path: Path, doc: YamlDocument, loader: yaml.SafeLoader, line: int | None = None) -> Any:
+    """Build the value of `node`; a mapping value's line is the line of its key."""
     if len(doc.lines) >= MAX_VALUES and path not in doc.lines:
         raise YamlSyntaxError(f"more than {MAX_VALUES} values (alias expansion?)", None)
-    doc.lines[path] = node.start_mark.line + 1
+    doc.lines[path] = line or node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
@@ -73,7 +97,7 @@ def _build(node: yaml.Node, path: Path, doc: YamlDocument, loader: yaml.SafeLoad
                 line = key_node.start_mark.line + 1
                 doc.problems.append((path + (str(key),), line, f"duplicate key {key!r}"))
                 continue
-            result[key] = _build(value_node, path + (str(key),), doc, loader)
+            result[key] = _build(value_node, path + (str(key),), doc, loader, key_node.start_mark.line + 1)
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_build(item, path + (i,), doc, loader) for i, item in enumerate(node.value)]

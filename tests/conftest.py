@@ -1,0 +1,41 @@
+"""Shared fixtures: the reference bundle and its decision cases, loaded once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.policy.load import load_bundle
+from gateway.policy.snapshot import Policy
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REFERENCE = FIXTURES / "reference"
+REFERENCE_POLICY = REFERENCE / "policy"
+GEOIP = FIXTURES / "geoip"
+
+
+def reference_cases() -> list[dict[str, Any]]:
+    return yaml.safe_load((REFERENCE / "cases.yaml").read_text())["cases"]
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@pytest.fixture(scope="session")
+def reference_policy() -> Policy:
+    return load_bundle(REFERENCE_POLICY).policy
+
+
+@pytest.fixture
+def bundle_dir(tmp_path: Path) -> Path:
+    """A writable copy of the reference bundle, for tests that break it."""
+    target = tmp_path / "policy"
+    target.mkdir()
+    for source in REFERENCE_POLICY.glob("*.yaml"):
+        (target / source.name).write_text(source.read_text())
+    return target

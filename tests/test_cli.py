@@ -1,0 +1,106 @@
+"""The `gateway` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import GEOIP, REFERENCE_POLICY
+from gateway.cli import main
+
+POLICY = str(REFERENCE_POLICY)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_console_entry_point_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "explain", "--policy", POLICY, "--org", "org-acme", "--model", "fr-5.6",
+         "--country", "US", "--at", "2026-12-01T12:00:00Z", "--json"],
+        capture_output=True, text=True, check=True,
+    )
+    result_json = json.loads(result.stdout)
+    assert {k: result_json[k] for k in ("decision", "status", "reasons", "stage", "covered")} == {
+        "decision": "allow", "status": 200, "reasons": [], "stage": "limited_partner", "covered": True}
+
+
+def test_explain_readable_account(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "explain", "--policy", POLICY, "--org", "org-offshore", "--model", "frontier-5.6",
+                       "--country", "US", "--at", "2026-12-01T12:00:00Z")
+    assert code == 0
+    assert "Decision: DENY (451) — jurisdiction_of_concern, jurisdiction_not_permitted" in out
+    assert "COVERED" in out and "training_compute_flop 3e+26 >= 1e+26" in out
+    assert "Stage in force: limited_partner since 2026-11-25T00:00:00Z" in out
+    assert "Next: general from 2027-02-01T00:00:00Z" in out
+    assert "declared CN is in group countries_of_concern" in out
+
+
+def test_explain_from_an_ip(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "explain", "--policy", POLICY, "--org", "org-public", "--model", "frontier-5.6",
+                       "--ip", "175.16.199.1", "--geoip-db", str(GEOIP / "GeoIP2-City-Test.mmdb"),
+                       "--at", "2027-02-02T00:00:00Z", "--json")
+    result = json.loads(out)
+    assert (code, result["observed_country"], result["reasons"]) == (0, "CN", ["jurisdiction_of_concern"])
+
+
+def test_explain_anonymizer_from_database(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "explain", "--policy", POLICY, "--org", "org-public", "--model", "frontier-5.6",
+                       "--ip", "81.2.69.160", "--geoip-db", str(GEOIP / "GeoIP2-City-Test.mmdb"),
+                       "--anonymous-ip-db", str(GEOIP / "GeoIP2-Anonymous-IP-Test.mmdb"),
+                       "--at", "2027-02-02T00:00:00Z", "--json")
+    assert json.loads(out)["reasons"] == ["anonymizer"]
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--country", "ZZ"], "not an ISO 3166-1"),
+    (["--region", "UA43"], "not an ISO 3166-2"),
+    (["--country", "US", "--region", "UA-43"], "not in --country US"),
+    (["--at", "yesterday"], "not an ISO 8601 time"),
+    (["--ip", "1.2.3.4"], "--ip needs --geoip-db"),
+])
+def test_explain_usage_errors(capsys: pytest.CaptureFixture[str], argv: list[str], words: str) -> None:
+    code, _, err = run(capsys, "explain", "--policy", POLICY, "--org", "org-acme", "--model", "small-2", *argv)
+    assert code == 2 and words in err
+
+
+def test_validate_good_bundle(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "policy", "validate", POLICY)
+    assert code == 0 and "valid, version" in out and "5 models" in out
+
+
+def test_validate_reports_every_error(capsys: pytest.CaptureFixture[str], bundle_dir: Path) -> None:
+    models = bundle_dir / "models.yaml"
+    models.write_text(models.read_text().replace("stage: general\n        from: 2027-02-01", "stage: generally\n        from: 2027-02-01"))
+    groups = bundle_dir / "jurisdictions.yaml"
+    groups.write_text(groups.read_text().replace("countries: [US]", "countries: [U5]"))
+    code, _, err = run(capsys, "policy", "validate", str(bundle_dir))
+    assert code == 1
+    assert "policy bundle refused: 2 errors" in err
+    assert "models.yaml:19: models.frontier-5.6.release[2].stage:" in err
+    assert "jurisdictions.yaml:5: groups.us.countries[0]: 'U5' is not an ISO 3166-1 alpha-2 code" in err
+
+
+def test_validate_json(capsys: pytest.CaptureFixture[str], bundle_dir: Path) -> None:
+    (bundle_dir / "framework.yaml").write_text("covered_model: {}\n")
+    code, out, _ = run(capsys, "policy", "validate", str(bundle_dir), "--json")
+    result = json.loads(out)
+    assert code == 1 and result["valid"] is False
+    assert {"file": "framework.yaml", "path": "review_window_max_days", "line": 1} .items() <= result["issues"][0].items() or any(
+        i["path"] == "review_window_max_days" for i in result["issues"])
+
+
+def test_explain_with_a_broken_policy_fails_clearly(capsys: pytest.CaptureFixture[str], bundle_dir: Path) -> None:
+    (bundle_dir / "models.yaml").write_text("models: [\n")
+    code, out, err = run(capsys, "explain", "--policy", str(bundle_dir), "--org", "o", "--model", "m")
+    assert code == 1 and out == "" and "models.yaml" in err and "YAML syntax error" in err

@@ -1,0 +1,109 @@
+"""decide() against the reference cases and further cases of SPEC §2.1."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from conftest import REFERENCE_POLICY, at, reference_cases
+from gateway.cli import main
+from gateway.decision import Facts, decide
+from gateway.policy.snapshot import Policy
+
+CASES = reference_cases()
+
+
+def facts_of(case: dict[str, Any]) -> Facts:
+    return Facts(
+        org_id=case["org"],
+        model=case["model"],
+        observed_country=case.get("country"),
+        observed_region=case.get("region"),
+        anonymizer=case.get("anonymizer", False),
+    )
+
+
+def check(result: dict[str, Any], case: dict[str, Any]) -> None:
+    assert result["status"] == case["status"]
+    assert result["decision"] == ("allow" if case["status"] == 200 else "deny")
+    if "reason" in case:
+        assert result["reasons"][0] == case["reason"]
+    if "reasons" in case:
+        assert result["reasons"] == case["reasons"]
+    if case["status"] == 200:
+        assert result["reasons"] == []
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_reference_case_through_decide(reference_policy: Policy, case: dict[str, Any]) -> None:
+    decision = decide(reference_policy, facts_of(case), at(case["at"]))
+    check({"status": decision.status, "decision": decision.verdict, "reasons": list(decision.reasons)}, case)
+    assert decision.policy_version == reference_policy.version
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_reference_case_through_explain_cli(case: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["explain", "--policy", str(REFERENCE_POLICY), "--org", case["org"], "--model", case["model"], "--at", case["at"], "--json"]
+    if case.get("country"):
+        argv += ["--country", case["country"]]
+    if case.get("region"):
+        argv += ["--region", case["region"]]
+    if case.get("anonymizer"):
+        argv.append("--anonymizer")
+    assert main(argv) == 0
+    check(json.loads(capsys.readouterr().out), case)
+
+
+# Further cases on the reference policy: other facts and times, as §2.1 says.
+# (name, at, org, model, observed country, region, anonymizer, status, reasons)
+MORE = [
+    ("vetting lapses exactly at midnight after vetted_until", "2026-12-16T00:00:00Z", "org-expiring", "frontier-5.6", "US", None, False, 404, ["tier_not_permitted"]),
+    ("government evaluator abroad during review", "2026-11-10T00:00:00Z", "org-caisi", "frontier-5.6", "GB", None, False, 451, ["jurisdiction_not_permitted"]),
+    ("government evaluator from an unknown country during review", "2026-11-10T00:00:00Z", "org-caisi", "frontier-5.6", None, None, False, 451, ["jurisdiction_unknown", "jurisdiction_not_permitted"]),
+    ("review ends as the next stage starts", "2026-11-25T00:00:00Z", "org-kyoto", "frontier-5.6", "JP", None, False, 200, []),
+    ("mythos limited stage has no jurisdiction list", "2026-09-15T00:00:00Z", "org-kyoto", "mythos", "BR", None, False, 200, []),
+    ("mythos limited stage still applies covered rules", "2026-09-15T00:00:00Z", "org-kyoto", "mythos", "RU", None, False, 451, ["jurisdiction_of_concern"]),
+    ("suspension starts exactly at from", "2026-11-03T00:00:00Z", "org-public", "mythos", "GB", None, False, 451, ["export_suspended"]),
+    ("one second before a suspension", "2026-11-02T23:59:59Z", "org-public", "mythos", "GB", None, False, 200, []),
+    ("suspension treats an unknown country as outside", "2026-11-10T00:00:00Z", "org-public", "fable", None, None, False, 451, ["export_suspended", "jurisdiction_unknown"]),
+    ("suspension checks the declared country of a covered model", "2026-11-10T00:00:00Z", "org-kyoto", "fable", "US", None, False, 451, ["export_suspended"]),
+    ("suspension does not touch uncovered models", "2026-11-10T00:00:00Z", "org-public", "small-2", "JP", None, False, 200, []),
+    ("declared country of concern, embargoed observed country and an anonymizer", "2027-02-02T00:00:00Z", "org-offshore", "frontier-5.6", "IR", None, True, 451, ["jurisdiction_embargoed", "jurisdiction_of_concern", "anonymizer"]),
+    ("denied org still reports jurisdiction", "2026-12-01T12:00:00Z", "org-listed", "small-2", "CU", None, False, 403, ["org_denied", "jurisdiction_embargoed"]),
+    ("unknown org and unknown model", "2026-12-01T12:00:00Z", "org-nobody", "gpt-unknown", "US", None, False, 403, ["org_unknown", "model_unknown"]),
+    ("embargoed region of a country with other regions", "2026-12-01T12:00:00Z", "org-public", "small-2", "UA", "UA-09", False, 451, ["jurisdiction_embargoed"]),
+    ("region without a City database cannot match", "2026-12-01T12:00:00Z", "org-public", "small-2", "UA", None, False, 200, []),
+    ("future model before its review", "2027-01-09T23:59:59Z", "org-caisi", "nextgen-7", "US", None, False, 404, ["model_not_released"]),
+    ("future model in review for a partner is concealed", "2027-01-20T00:00:00Z", "org-acme", "nextgen-7", "US", None, False, 404, ["tier_not_permitted"]),
+    ("alias with a date suffix", "2027-02-02T00:00:00Z", "org-public", "FRONTIER-5.6-2026-11-01", "DE", None, False, 200, []),
+    ("blank model name is unknown", "2026-12-01T12:00:00Z", "org-public", "   ", "US", None, False, 404, ["model_unknown"]),
+]
+
+
+@pytest.mark.parametrize("name,when,org,model,country,region,anonymizer,status,reasons", MORE, ids=[m[0] for m in MORE])
+def test_more_cases(reference_policy: Policy, name: str, when: str, org: str, model: str, country: str | None,
+                    region: str | None, anonymizer: bool, status: int, reasons: list[str]) -> None:
+    facts = Facts(org_id=org, model=model, observed_country=country, observed_region=region, anonymizer=anonymizer)
+    decision = decide(reference_policy, facts, at(when))
+    assert (decision.status, list(decision.reasons)) == (status, reasons)
+
+
+def test_credential_failures_are_401_and_nothing_else(reference_policy: Policy) -> None:
+    for state, reason in [("missing", "credential_missing"), ("invalid", "credential_invalid")]:
+        decision = decide(reference_policy, Facts(org_id=None, model="small-2", credential=state), at("2026-12-01T00:00:00Z"))
+        assert (decision.status, list(decision.reasons), decision.allowed) == (401, [reason], False)
+
+
+def test_allowed_decision_names_model_stage_and_upstream(reference_policy: Policy) -> None:
+    decision = decide(reference_policy, Facts(org_id="org-acme", model=" Fr-5.6 ", observed_country="US"), at("2026-12-01T00:00:00Z"))
+    assert decision.allowed and decision.status == 200
+    assert (decision.model, decision.stage, decision.covered, decision.tier, decision.upstream) == (
+        "frontier-5.6", "limited_partner", True, "vetted_partner", "default")
+
+
+def test_matches_say_which_place_and_group(reference_policy: Policy) -> None:
+    decision = decide(reference_policy, Facts(org_id="org-offshore", model="frontier-5.6", observed_country="US"), at("2026-12-01T00:00:00Z"))
+    first = decision.matches[0]
+    assert (first.reason, first.subject, first.place, first.group) == ("jurisdiction_of_concern", "declared", "CN", "countries_of_concern")

@@ -1,0 +1,98 @@
+"""SPEC §2.1 semantics that the reference bundle does not exercise, on small
+variants of it: internal stages, concealment off, deny_in suspensions, shadow
+suspensions, unknown models allowed, suspended orgs, restricted GA tiers."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import REFERENCE_POLICY, at
+from gateway.decision import Facts, decide
+from gateway.policy.load import load_texts
+from gateway.policy.snapshot import Policy
+
+REFERENCE_TEXTS = {path.name: path.read_text() for path in REFERENCE_POLICY.glob("*.yaml")}
+
+EXTRA_MODELS = """
+  lab-internal:
+    upstream: default
+    evaluations: {training_compute_flop: 1.0e20, cyber_capability_score: 0.0}
+    release:
+      - {stage: internal, from: 2026-01-01T00:00:00Z}
+  partners-only-ga:
+    upstream: default
+    evaluations: {training_compute_flop: 1.0e20, cyber_capability_score: 0.0}
+    release:
+      - {stage: general, from: 2026-01-01T00:00:00Z, tiers: [government, vetted_partner], jurisdictions: [crimea_only, us]}
+"""
+EXTRA_GROUPS = """
+  crimea_only:
+    regions: [UA-43]
+    source: test
+"""
+EXTRA_ORGS = """
+  org-paused:
+    name: Paused Org
+    country: US
+    tier: vetted_partner
+    status: suspended
+  org-ua:
+    name: Kyiv Lab
+    country: UA
+    tier: vetted_partner
+"""
+
+
+def variant(file: str = "", old: str = "", new: str = "") -> Policy:
+    """The reference bundle plus the extras above, with one text edit."""
+    texts = dict(REFERENCE_TEXTS)
+    texts["models.yaml"] += EXTRA_MODELS
+    texts["jurisdictions.yaml"] += EXTRA_GROUPS
+    texts["organizations.yaml"] += EXTRA_ORGS
+    if file:
+        if old not in texts[file]:
+            raise ValueError(f"{old!r} not in {file}")
+        texts[file] = texts[file].replace(old, new)
+    return load_texts(texts).policy
+
+
+BASE = variant()
+NO_CONCEAL = variant("framework.yaml", "conceal_unreleased: true", "conceal_unreleased: false")
+UNKNOWN_ALLOWED = variant("framework.yaml", "unknown_models: deny", "unknown_models: allow")
+UNKNOWN_DENIED_FOR_ALL = variant(
+    "framework.yaml", "deny_jurisdictions: [embargoed]", "deny_jurisdictions: [embargoed]\n    unknown_country: deny"
+)
+DENY_IN = variant("suspensions.yaml", "deny_outside: [us]", "deny_in: [tier1_allies]")
+SHADOW = variant("suspensions.yaml", "reference: \"BIS order 2026-11-03\"", "reference: \"BIS order 2026-11-03\"\n    mode: shadow")
+OPEN_ENDED = variant("suspensions.yaml", "    until: 2026-11-21T00:00:00Z\n", "")
+
+CASES = [
+    ("internal stage admits no tier", BASE, "org-caisi", "lab-internal", "US", None, "2026-12-01T00:00:00Z", 404, ["tier_not_permitted"]),
+    ("restricted GA tiers are a plain 403", BASE, "org-public", "partners-only-ga", "US", None, "2026-12-01T00:00:00Z", 403, ["tier_not_permitted"]),
+    ("jurisdiction outranks a plain tier denial", BASE, "org-public", "partners-only-ga", "GB", None, "2026-12-01T00:00:00Z", 451, ["jurisdiction_not_permitted", "tier_not_permitted"]),
+    ("a region-only allow group admits that region", BASE, "org-acme", "partners-only-ga", "UA", "UA-43", "2026-12-01T00:00:00Z", 451, ["jurisdiction_embargoed"]),
+    ("a region-only allow group needs the region", BASE, "org-acme", "partners-only-ga", "UA", "UA-30", "2026-12-01T00:00:00Z", 451, ["jurisdiction_not_permitted"]),
+    ("uncovered model: declared country is not checked", BASE, "org-ua", "partners-only-ga", "US", None, "2026-12-01T00:00:00Z", 200, []),
+    ("suspended org", BASE, "org-paused", "small-2", "US", None, "2026-12-01T00:00:00Z", 403, ["org_suspended"]),
+    ("concealment off: pre-GA tier denial is 403", NO_CONCEAL, "org-public", "frontier-5.6", "US", None, "2026-12-01T00:00:00Z", 403, ["tier_not_permitted"]),
+    ("concealment off: jurisdiction outranks tier", NO_CONCEAL, "org-public", "frontier-5.6", "IR", None, "2026-12-01T00:00:00Z", 451,
+     ["jurisdiction_embargoed", "jurisdiction_of_concern", "jurisdiction_not_permitted", "tier_not_permitted"]),
+    ("concealment off: not released is still 404", NO_CONCEAL, "org-caisi", "frontier-5.6", "US", None, "2026-10-01T00:00:00Z", 404, ["model_not_released"]),
+    ("unknown models allowed get the covered rules", UNKNOWN_ALLOWED, "org-public", "gpt-unknown", "US", None, "2026-12-01T00:00:00Z", 200, []),
+    ("unknown models allowed: unknown country denied", UNKNOWN_ALLOWED, "org-public", "gpt-unknown", None, None, "2026-12-01T00:00:00Z", 451, ["jurisdiction_unknown"]),
+    ("unknown models allowed: countries of concern denied", UNKNOWN_ALLOWED, "org-public", "gpt-unknown", "CN", None, "2026-12-01T00:00:00Z", 451, ["jurisdiction_of_concern"]),
+    ("all_models unknown_country deny reaches uncovered models", UNKNOWN_DENIED_FOR_ALL, "org-public", "small-2", None, None, "2026-12-01T00:00:00Z", 451, ["jurisdiction_unknown"]),
+    ("deny_in suspends inside the groups", DENY_IN, "org-public", "fable", "JP", None, "2026-11-10T00:00:00Z", 451, ["export_suspended"]),
+    ("deny_in leaves the rest", DENY_IN, "org-public", "fable", "BR", None, "2026-11-10T00:00:00Z", 200, []),
+    ("deny_in checks the declared country of a covered model", DENY_IN, "org-kyoto", "fable", "US", None, "2026-11-10T00:00:00Z", 451, ["export_suspended"]),
+    ("shadow suspension is not enforced", SHADOW, "org-public", "fable", "JP", None, "2026-11-10T00:00:00Z", 200, []),
+    ("suspension without until lasts until lifted", OPEN_ENDED, "org-public", "fable", "JP", None, "2030-01-01T00:00:00Z", 451, ["export_suspended"]),
+]
+
+
+@pytest.mark.parametrize("name,policy,org,model,country,region,when,status,reasons", CASES, ids=[c[0] for c in CASES])
+def test_semantics(name: str, policy: Policy, org: str, model: str, country: str | None, region: str | None,
+                   when: str, status: int, reasons: list[str]) -> None:
+    facts = Facts(org_id=org, model=model, observed_country=country, observed_region=region)
+    decision = decide(policy, facts, at(when))
+    assert (decision.status, list(decision.reasons)) == (status, reasons)
