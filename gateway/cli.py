@@ -92,6 +92,12 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_tour
+
+    return run_tour(args.policy) if args.policy else run_tour()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Frontier Gateway: export-control access gateway.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -117,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("directory", metavar="DIR")
     validate.add_argument("--json", action="store_true", help="machine-readable output")
     validate.set_defaults(run=cmd_policy_validate)
+
+    demo = verbs.add_parser("demo", help="a guided tour of decisions over the shipped policies (offline)")
+    demo.add_argument("--policy", metavar="DIR", help="policy bundle (default: the shipped policies/)")
+    demo.set_defaults(run=cmd_demo)
     return parser
 
 
