@@ -1,0 +1,38 @@
+# Developer and CI entry points. Everything runs from .venv, never the system Python.
+#   make venv | test | demo | bench | clean
+#   make test PYTEST_ARGS='-k decision -x'     make venv PYTHON=python3.12
+
+PYTHON      ?= python3
+VENV        := .venv
+BIN         := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: venv test demo bench clean
+
+venv: $(VENV)/.installed
+
+# The stamp makes `make venv` a no-op until pyproject.toml changes; the install is editable, so
+# edits under gateway/ never need a reinstall. The version check runs before anything is created.
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "error: Python >= 3.11 required; '$(PYTHON)' is: $$($(PYTHON) --version 2>&1)." \
+	       "Use e.g. make venv PYTHON=python3.12" >&2; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# The tests need a real Redis: scripts/with-redis uses $REDIS_URL if set, otherwise starts a
+# private throwaway server (fetching redis-server if needed) and exports REDIS_URL to pytest.
+test: venv
+	VENV=$(CURDIR)/$(VENV) scripts/with-redis $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: venv
+	$(BIN)/gateway demo
+
+bench: venv
+	$(BIN)/python bench/decide.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
