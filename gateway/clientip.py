@@ -1,0 +1,142 @@
+"""The client's IP address: the socket peer, or X-Forwarded-For behind a trusted proxy
+(SPEC §1.4).
+
+X-Forwarded-For is a list each proxy appends its peer to, so only the entries
+our own proxies added can be believed: walking from the right, every trusted
+address is one of ours, and the first untrusted one is the address our
+outermost proxy saw — the client. Everything to its left was written by the
+client and is never read (uvicorn's ProxyHeadersMiddleware does the same).
+
+Where an address is needed and is not a plain, valid one, the answer is None —
+unknown, which the decision core denies for covered models — never a guess and
+never the proxy's own address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from gateway.geo import parse_ip
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# More hops than any real proxy chain; a longer header is someone's fabrication.
+MAX_FORWARDED_ENTRIES = 64
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_OWS = " \t"  # RFC 9110 §5.6.3 optional whitespace
+
+
+class TrustedProxies:
+    """A set of networks, tested by prefix length: one set lookup per distinct
+    length, however many networks share it. Addresses are compared unmapped, so
+    an IPv4 network also covers its IPv4-mapped IPv6 forms, and an IPv6 network
+    inside ::ffff:0:0/96 covers the IPv4 addresses it maps."""
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for cidr in cidrs:
+            try:
+                if "%" in cidr:
+                    raise ValueError("zone ids are not addresses")  # as parse_ip refuses them
+                networks.extend(_unmapped(ipaddress.ip_network(cidr.strip(), strict=True)))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"trusted_proxies: {cidr!r} is not a network in CIDR notation ({exc})") from None
+        self.networks = tuple(networks)
+        self._v4 = _by_prefix_length(n for n in networks if n.version == 4)
+        self._v6 = _by_prefix_length(n for n in networks if n.version == 6)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def contains(self, address: str | Address) -> bool:
+        if isinstance(address, str):
+            parsed = parse_ip(address)
+            if parsed is None:
+                return False
+            address = parsed
+        elif address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        groups = self._v4 if address.version == 4 else self._v6
+        value = int(address)
+        return any(value >> shift in prefixes for shift, prefixes in groups)
+
+
+def client_ip(peer: str | None, forwarded_for: list[str], trusted: TrustedProxies) -> str | None:
+    """The client address in canonical form, or None when it cannot be known.
+
+    `forwarded_for` holds every X-Forwarded-For header value in the order
+    received. The peer is the answer unless it is a trusted proxy; then it is
+    the rightmost untrusted entry, or the leftmost if all are trusted.
+    """
+    if peer is None:
+        return None
+    address = _plain(peer)
+    if address is None:
+        return None
+    if not trusted.contains(address):
+        return str(address)
+    # A trusted proxy that forwards no header tells us nothing about the client.
+    if not forwarded_for:
+        return None
+    if sum(value.count(",") for value in forwarded_for) + len(forwarded_for) > MAX_FORWARDED_ENTRIES:
+        return None
+    entries = [entry for value in forwarded_for for entry in value.split(",")]
+    for entry in reversed(entries):
+        address = _entry(entry)
+        if address is None:
+            return None
+        if not trusted.contains(address):
+            return str(address)
+    # Every hop is ours (a request from inside): the origin is the leftmost.
+    return str(address)
+
+
+def _plain(text: str) -> Address | None:
+    """A bare address, exactly: no surrounding whitespace, port or zone id."""
+    if not text or text != text.strip():
+        return None
+    return parse_ip(text)
+
+
+def _entry(text: str) -> Address | None:
+    """One X-Forwarded-For entry: an address, optionally `v4:port` or
+    `[v6]` / `[v6]:port`, between optional whitespace."""
+    text = text.strip(_OWS)
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not (rest.startswith(":") and _port(rest[1:]))):
+            return None
+        # Brackets hold IPv6 notation only (RFC 3986 §3.2.2), mapped or not.
+        return _plain(host) if ":" in host else None
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        address = _plain(host) if _port(port) else None
+        return address if address is not None and address.version == 4 else None
+    return _plain(text)
+
+
+def _port(text: str) -> bool:
+    return 0 < len(text) <= 5 and text.isascii() and text.isdigit() and int(text) <= 65535
+
+
+def _unmapped(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The network as addresses are compared: unmapped, since client addresses are."""
+    if isinstance(network, ipaddress.IPv4Network):
+        return [network]
+    if network.subnet_of(_MAPPED):
+        base = ipaddress.IPv4Address(int(network.network_address) & 0xFFFFFFFF)
+        return [ipaddress.IPv4Network((base, network.prefixlen - 96))]
+    if _MAPPED.subnet_of(network):
+        # Covers all of ::ffff:0:0/96 and so every IPv4 address as well.
+        return [network, ipaddress.IPv4Network("0.0.0.0/0")]
+    return [network]
+
+
+def _by_prefix_length(networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> tuple[tuple[int, frozenset[int]], ...]:
+    groups: dict[int, set[int]] = {}
+    for network in networks:
+        shift = network.max_prefixlen - network.prefixlen
+        groups.setdefault(shift, set()).add(int(network.network_address) >> shift)
+    return tuple((shift, frozenset(prefixes)) for shift, prefixes in sorted(groups.items()))

@@ -1,0 +1,234 @@
+"""The model a JSON request body names, read once and strictly (SPEC §1.5).
+
+The gateway decides on the model it reads here, and the upstream then parses the
+same bytes with a parser of its own. Anything two JSON parsers could read
+differently is therefore refused rather than resolved:
+
+- the body must be UTF-8 without a BOM: `json.loads(bytes)` would also accept
+  UTF-16/32, which an upstream may not; we decode to `str` ourselves;
+- duplicate keys anywhere (RFC 8259 §4 leaves their meaning to the parser:
+  Python keeps the last, others the first or fail);
+- a top-level key that is not `model` but reads as `model` to a lenient
+  parser: Go's encoding/json matches struct fields case-insensitively, some
+  frameworks trim keys, and C parsers may stop a key at an escaped NUL;
+- NaN/Infinity literals and numbers that overflow to infinity (not JSON);
+- nesting deeper than `MAX_DEPTH` (serde_json's default recursion limit);
+- a compressed body we are not configured to decode (415); one we decode is
+  forwarded decoded, so the upstream sees exactly the bytes we parsed.
+
+Nothing here does I/O; every refusal is a `RequestError` carrying its status.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import unicodedata
+import zlib
+from typing import Any
+
+MAX_BYTES = 4 * 1024 * 1024
+# serde_json's default recursion limit; deeper than any real request (tool
+# schemas included) and well inside Python's own recursion limit.
+MAX_DEPTH = 128
+MAX_MODEL_LENGTH = 256
+
+# zlib window bits: 16 + 15 reads a gzip member (RFC 1952), 15 a zlib stream,
+# which is what "deflate" means in HTTP (RFC 9110 §8.4.1.2).
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+# RFC 9110 §8.4.1.3: a recipient SHOULD treat "x-gzip" as "gzip".
+_CODING_ALIASES = {"x-gzip": "gzip"}
+_BOM = b"\xef\xbb\xbf"
+_JSON = "application/json"
+
+
+class RequestError(Exception):
+    """A request refused before any decision: whose fault it is, and its status.
+
+    `message` is written for the caller and names no policy internals; `param`
+    is the request field at fault (OpenAI's error `param`), if any.
+    """
+
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+
+    def __repr__(self) -> str:
+        return f"RequestError({self.status}, {self.message!r}, param={self.param!r})"
+
+
+def extract_model(
+    body: bytes,
+    content_type: str | None,
+    content_encoding: str | None,
+    *,
+    max_bytes: int = MAX_BYTES,
+    decode_encodings: frozenset[str] = frozenset(),
+) -> tuple[str, bytes, dict[str, Any]]:
+    """(model exactly as sent, the bytes to forward, the parsed top-level object).
+
+    The bytes to forward are `body` itself unless it was decompressed; then they
+    are the decoded bytes and the caller must drop Content-Encoding (and fix
+    Content-Length). `decode_encodings` may hold "gzip" and "deflate"; other
+    names are never decoded.
+    """
+    if len(body) > max_bytes:
+        raise _too_large(max_bytes)
+    _check_content_type(content_type)
+    coding = _coding(content_encoding)
+    if coding is not None:
+        if coding not in decode_encodings or coding not in _WBITS:
+            raise RequestError(415, "This Content-Encoding is not supported; send the body uncompressed.")
+        body = _decompress(body, coding, max_bytes)
+    document = _parse(body)
+    return _model(document), body, document
+
+
+def _too_large(max_bytes: int) -> RequestError:
+    return RequestError(413, f"Request body is larger than {max_bytes} bytes.")
+
+
+def _check_content_type(content_type: str | None) -> None:
+    """application/json, optionally with charset=utf-8 (RFC 8259 §11 defines no
+    other charset, and "UTF-8" in any case is the same charset, RFC 2046 §4.1.2)."""
+    if content_type == _JSON:
+        return
+    if content_type is None:
+        raise RequestError(415, "Content-Type must be application/json.")
+    media_type, *parameters = content_type.split(";")
+    if media_type.strip(" \t").lower() != _JSON:
+        raise RequestError(415, "Content-Type must be application/json.")
+    charsets = []
+    for parameter in parameters:
+        parameter = parameter.strip(" \t")
+        if not parameter:
+            continue  # "application/json;" — an empty parameter says nothing
+        name, equals, value = parameter.partition("=")
+        if not equals or not name or name != name.rstrip(" \t"):
+            raise RequestError(415, "Content-Type has a malformed parameter.")
+        if name.lower() == "charset":
+            charsets.append(value.removeprefix('"').removesuffix('"').lower())
+    if charsets and charsets != ["utf-8"]:
+        raise RequestError(415, "The JSON body must be sent as charset=utf-8.")
+
+
+def _coding(content_encoding: str | None) -> str | None:
+    """The one content coding applied, or None for none. Stacked codings are
+    refused (415): we decode at most one layer."""
+    if content_encoding is None:
+        return None
+    coding = content_encoding.strip(" \t").lower()
+    if coding == "identity":
+        return None
+    if not coding or "," in coding:
+        raise RequestError(415, "Content-Encoding is not supported; send the body uncompressed.")
+    return _CODING_ALIASES.get(coding, coding)
+
+
+def _decompress(body: bytes, coding: str, max_bytes: int) -> bytes:
+    """One complete gzip member or zlib stream, at most max_bytes when decoded.
+
+    `max_length` stops a decompression bomb at the cap instead of inflating it;
+    a truncated stream, a bad checksum or bytes after the end are 400.
+    """
+    decoder = zlib.decompressobj(_WBITS[coding])
+    try:
+        data = decoder.decompress(body, max_bytes + 1)
+    except zlib.error:
+        raise RequestError(400, f"The {coding} request body is corrupt.") from None
+    if len(data) > max_bytes:
+        raise _too_large(max_bytes)
+    if not decoder.eof:
+        raise RequestError(400, f"The {coding} request body is truncated.")
+    if decoder.unused_data:
+        # A second gzip member or trailing garbage: refused, not guessed at.
+        raise RequestError(400, f"The {coding} request body has data after its end.")
+    return data
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    if body.startswith(_BOM):
+        raise RequestError(400, "The request body must be UTF-8 without a byte order mark.")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(400, "The request body is not valid UTF-8.") from None
+    try:
+        document = _DECODER.decode(text)
+    except json.JSONDecodeError as exc:
+        raise RequestError(400, f"The request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from None
+    except ValueError:
+        # int() refuses numbers over sys.get_int_max_str_digits() (CVE-2020-10735).
+        raise RequestError(400, "The request body has a number too large to read.") from None
+    except RecursionError:
+        raise RequestError(400, f"The request body is nested deeper than {MAX_DEPTH} levels.") from None
+    if type(document) is not dict:
+        raise RequestError(400, "The request body must be a JSON object.")
+    # Depth cannot exceed the number of containers, so only a body with more
+    # than MAX_DEPTH of them needs the walk.
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _deeper_than(document, MAX_DEPTH):
+        raise RequestError(400, f"The request body is nested deeper than {MAX_DEPTH} levels.")
+    return document
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook: a dict, or 400 if any key repeats (after unescaping,
+    so `"mod\\u0065l"` repeats `"model"`)."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        model_repeated = sum(1 for key, _ in pairs if key == "model") > 1
+        raise RequestError(400, "The request body has a duplicate key.", "model" if model_repeated else None)
+    return document
+
+
+def _constant(name: str) -> float:
+    raise RequestError(400, f"The request body contains {name}, which is not JSON.")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise RequestError(400, "The request body has a number too large to read.")
+    return value
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant, parse_float=_finite)
+
+
+def _deeper_than(document: Any, limit: int) -> bool:
+    stack = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if type(node) is dict else node:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False
+
+
+def _model(document: dict[str, Any]) -> str:
+    for key in document:
+        if key != "model" and _reads_as_model(key):
+            raise RequestError(400, "The request body has a key that differs from 'model' only in case, spacing or encoding.", "model")
+    model = document.get("model")
+    if type(model) is not str or not model.strip():
+        raise RequestError(400, "'model' is required and must be a non-empty string.", "model")
+    # isprintable() is False for control and format characters, lone
+    # surrogates and unassigned code points: characters upstream parsers
+    # replace, drop or stop at, so that they could name another model.
+    if len(model) > MAX_MODEL_LENGTH or not model.isprintable():
+        raise RequestError(400, f"'model' must be at most {MAX_MODEL_LENGTH} printable characters.", "model")
+    return model
+
+
+def _reads_as_model(key: str) -> bool:
+    """True for a key a lenient parser could take for `model`: equal to it after
+    cutting at NUL, trimming and case-folding (NFKC first for non-ASCII keys, so
+    that fullwidth `ｍｏｄｅｌ` counts too)."""
+    key = key.partition("\x00")[0]
+    if not key.isascii():
+        key = unicodedata.normalize("NFKC", key)
+    return key.strip().casefold() == "model"
