@@ -7,6 +7,7 @@ by one so that a broken entry is reported without hiding errors elsewhere.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 from collections.abc import Mapping
@@ -64,6 +65,18 @@ def load_bundle(directory: str | FsPath) -> Loaded:
 
 def load_texts(texts: Mapping[str, str], *, extra_issues: list[Issue] | None = None) -> Loaded:
     """Load a bundle given as {file name: YAML text}."""
+    # A large registry builds millions of short-lived objects that the cyclic
+    # GC would scan again and again (it doubled load time at 10^5 orgs).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _load(texts, extra_issues)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load(texts: Mapping[str, str], extra_issues: list[Issue] | None) -> Loaded:
     checker = _Checker(list(extra_issues or []))
     docs = {name: checker.parse(name, texts.get(name)) for name in FILES}
     parts = checker.validate_files(docs)

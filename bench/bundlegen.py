@@ -1,0 +1,286 @@
+"""Generate large, valid policy bundles for benchmarks.
+
+`generate(directory, orgs=100_000, models=10_000, seed=...)` writes the five
+bundle files: `jurisdictions.yaml` and `framework.yaml` copied from the
+reference bundle, and a generated registry, model list and suspension list that
+respect the loader's rules (SPEC §2):
+
+- stages run internal -> government_review -> limited_partner -> general, each
+  at most once, with strictly increasing starts;
+- a government review admits only the government tier and lasts at most the
+  framework's window; it is always followed by a later stage (no open-ended
+  review, which the loader warns about);
+- a covered model (by the framework's thresholds) released beyond review has a
+  review stage, or, for a few, a recorded `review_waiver`;
+- names are unique after case-folding, aliases included.
+
+The YAML is written as text, not through PyYAML: dumping 10^5 entries is slow,
+and the shapes are simple. Every country code is quoted, so that `NO` stays
+Norway. The same seed always gives the same bundle.
+
+Run it to write a bundle: `python bench/bundlegen.py DIR [--orgs N] [--models N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from gateway.countries import ALPHA2  # noqa: E402
+
+REFERENCE = ROOT / "tests" / "fixtures" / "reference" / "policy"
+COPIED = ("jurisdictions.yaml", "framework.yaml")
+# Reference groups the generated entries refer to; checked to exist before writing.
+ALLOW_GROUPS = ("us", "tier1_allies")
+DENY_GROUPS = ("countries_of_concern", "ear_d5", "embargoed")
+
+EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
+SPAN = timedelta(days=4 * 365)  # timelines start within 2025-2028
+
+
+@dataclass(frozen=True)
+class Generated:
+    directory: Path
+    orgs: int
+    models: int
+    suspensions: int
+    covered: int
+
+
+@dataclass(frozen=True)
+class _Reference:
+    groups: dict[str, list[str]]  # group -> countries, includes expanded
+    thresholds: list[tuple[str, float]]  # covered when any is met (the reference uses `any`)
+    review_days: int
+
+
+def generate(
+    directory: str | Path,
+    orgs: int = 100_000,
+    models: int = 10_000,
+    seed: int = 20260801,
+    *,
+    suspensions: int | None = None,
+    reference: str | Path = REFERENCE,
+) -> Generated:
+    """Write a bundle to `directory` (created if needed) and say what is in it.
+
+    `suspensions` defaults to one per 200 models (at least one)."""
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    source = Path(reference)
+    ref = _read_reference(source)
+    rng = random.Random(seed)
+    for name in COPIED:
+        (target / name).write_text((source / name).read_text(encoding="utf-8"), encoding="utf-8")
+    (target / "organizations.yaml").write_text(_organizations(rng, orgs, ref), encoding="utf-8")
+    model_text, names, covered = _models(rng, models, ref)
+    (target / "models.yaml").write_text(model_text, encoding="utf-8")
+    count = max(1, models // 200) if suspensions is None else suspensions
+    (target / "suspensions.yaml").write_text(_suspensions(rng, count, names), encoding="utf-8")
+    return Generated(target, orgs, models, count, covered)
+
+
+def _read_reference(source: Path) -> _Reference:
+    groups_doc = yaml.safe_load((source / "jurisdictions.yaml").read_text(encoding="utf-8"))["groups"]
+    framework = yaml.safe_load((source / "framework.yaml").read_text(encoding="utf-8"))
+    missing = [g for g in (*ALLOW_GROUPS, *DENY_GROUPS) if g not in groups_doc]
+    if missing:
+        raise ValueError(f"reference jurisdictions lack the groups {missing}")
+    rule = framework["covered_model"]
+    if "any" not in rule:
+        raise ValueError("bundlegen computes coverage for an `any` rule only")
+
+    def expand(name: str) -> list[str]:
+        group = groups_doc[name]
+        found = [str(c) for c in group.get("countries", ())]
+        for inner in group.get("include", ()):
+            found += expand(inner)
+        return found
+
+    return _Reference(
+        groups={name: sorted(set(expand(name))) for name in groups_doc},
+        # YAML 1.1 reads `1.0e26` as a string: float() takes either form.
+        thresholds=[(t["evaluation"], float(t["at_least"])) for t in rule["any"]],
+        review_days=int(framework["review_window_max_days"]),
+    )
+
+
+# organizations.yaml
+
+TIERS = ("government", "vetted_partner", "verified", "standard")
+TIER_WEIGHTS = (2, 25, 28, 45)
+
+
+def _organizations(rng: random.Random, count: int, ref: _Reference) -> str:
+    us = ref.groups["us"]
+    allies = ref.groups["tier1_allies"]
+    concern = ref.groups["countries_of_concern"]
+    embargoed = ref.groups["embargoed"]
+    others = sorted(ALPHA2 - set(us) - set(allies) - set(concern) - set(embargoed))
+    pools = (us, allies, others, concern, embargoed)
+    pool_weights = (40, 25, 25, 8, 2)
+    lines = ["# Generated by bench/bundlegen.py: a synthetic partner registry.", "organizations:"]
+    for index in range(count):
+        pool = rng.choices(pools, pool_weights)[0]
+        tier = rng.choices(TIERS, TIER_WEIGHTS)[0]
+        lines += [
+            f"  org-{index:06d}:",
+            f"    name: Generated Organization {index}",
+            f'    country: "{rng.choice(pool)}"',
+            f"    tier: {tier}",
+        ]
+        if tier == "vetted_partner" or (tier == "verified" and rng.random() < 0.2):
+            lines.append(f"    vetted_until: {_day(rng, date(2025, 6, 1), date(2028, 12, 31)).isoformat()}")
+        roll = rng.random()
+        if roll < 0.01:
+            lines += ["    status: denied", "    status_reason: Entity List match (synthetic)"]
+        elif roll < 0.02:
+            lines += ["    status: suspended", "    status_reason: Under review (synthetic)"]
+    return "\n".join(lines) + "\n"
+
+
+# models.yaml
+
+
+def _models(rng: random.Random, count: int, ref: _Reference) -> tuple[str, list[str], int]:
+    """The models' text, every requestable name (ids and aliases), and how many are covered."""
+    lines = ["# Generated by bench/bundlegen.py: synthetic models and release timelines.", "models:"]
+    names: list[str] = []
+    covered_count = 0
+    for index in range(count):
+        model_id = f"gen-{index:05d}"
+        aliases = [f"{model_id}-latest", f"g{index}"][: rng.choice((0, 0, 1, 2))]
+        names += [model_id, *aliases]
+        evaluations = _evaluations(rng)
+        # A missing evaluation counts as met, as the loader does (fail closed).
+        covered = any(float(evaluations.get(name, "inf")) >= floor for name, floor in ref.thresholds)
+        covered_count += covered
+        waived = covered and rng.random() < 0.01
+        lines.append(f"  {model_id}:")
+        if aliases:
+            lines.append(f"    aliases: [{', '.join(aliases)}]")
+        lines.append(f"    upstream: {rng.choice(('default', 'default', 'pool-a', 'pool-b'))}")
+        lines.append("    evaluations:")
+        lines += [f"      {name}: {value}" for name, value in evaluations.items()]
+        if waived:
+            lines += ["    review_waiver:", "      reason: Evaluated under a prior agreement (synthetic)"]
+        lines.append("    release:")
+        for stage, start, tiers, groups in _timeline(rng, covered and not waived, ref.review_days):
+            lines.append(f"      - stage: {stage}")
+            lines.append(f"        from: {_stamp(start)}")
+            if tiers is not None:
+                lines.append(f"        tiers: [{', '.join(tiers)}]")
+            if groups is not None:
+                lines.append(f"        jurisdictions: [{', '.join(groups)}]")
+    return "\n".join(lines) + "\n", names, covered_count
+
+
+def _evaluations(rng: random.Random) -> dict[str, str]:
+    """Evaluation results as YAML scalars; `3.0e+26`, the form YAML 1.1 reads as a float."""
+    exponent = rng.choice((23, 24, 25, 25, 26, 26, 27))
+    evaluations = {"training_compute_flop": f"{rng.uniform(1, 9.9):.1f}e+{exponent}"}
+    if rng.random() < 0.99:  # the rest: coverage cannot be established, so covered (with a warning)
+        evaluations["cyber_capability_score"] = f"{rng.betavariate(2, 4):.2f}"
+    return evaluations
+
+
+Stage = tuple[str, datetime, Sequence[str] | None, Sequence[str] | None]
+
+
+def _timeline(rng: random.Random, needs_review: bool, review_days: int) -> list[Stage]:
+    start = EPOCH + timedelta(seconds=rng.randrange(int(SPAN.total_seconds())))
+    start = start.replace(second=0)
+    stages: list[Stage] = []
+    if rng.random() < 0.3:
+        stages.append(("internal", start, None, None))
+        start += timedelta(days=rng.randint(1, 60), hours=rng.randint(0, 23))
+    review = needs_review or rng.random() < 0.1
+    if review:
+        groups = rng.choice((["us"], ["us"], None))
+        stages.append(("government_review", start, ["government"], groups))
+        # Reviews end within the window; a later stage always follows.
+        start += timedelta(days=rng.randint(1, review_days - 1), hours=rng.randint(0, 23))
+    limited = rng.random() < (0.7 if review else 0.4)
+    general = rng.random() < 0.85 or not (limited or review)
+    if review and not (limited or general):
+        general = True
+    if limited:
+        tiers = rng.choice((["government", "vetted_partner"], ["government", "vetted_partner", "verified"], None))
+        groups = rng.choice((["us"], ["us", "tier1_allies"], None))
+        stages.append(("limited_partner", start, tiers, groups))
+        start += timedelta(days=rng.randint(7, 120), hours=rng.randint(0, 23))
+    if general:
+        stages.append(("general", start, None, None))
+    return stages
+
+
+# suspensions.yaml
+
+SCOPES = (
+    ("deny_outside", ["us"]),
+    ("deny_outside", ["us", "tier1_allies"]),
+    ("deny_in", ["countries_of_concern"]),
+    ("deny_in", ["ear_d5"]),
+)
+
+
+def _suspensions(rng: random.Random, count: int, names: list[str]) -> str:
+    lines = ["# Generated by bench/bundlegen.py: synthetic export suspensions.", "suspensions:"]
+    for index in range(count):
+        scope, groups = rng.choice(SCOPES)
+        start = EPOCH + timedelta(days=rng.randrange(4 * 365), hours=rng.randrange(24))
+        lines += [
+            f"  - id: gen-suspension-{index:04d}",
+            f"    models: [{', '.join(rng.sample(names, rng.randint(1, 5)))}]",
+            f"    {scope}: [{', '.join(groups)}]",
+            f"    from: {_stamp(start)}",
+        ]
+        if rng.random() < 0.8:
+            lines.append(f"    until: {_stamp(start + timedelta(days=rng.randint(3, 60)))}")
+        lines += [
+            "    reason: Synthetic suspension for benchmarks",
+            f'    reference: "BENCH-{index:04d}"',
+        ]
+        if rng.random() < 0.1:
+            lines.append("    mode: shadow")
+    return "\n".join(lines) + "\n"
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _day(rng: random.Random, first: date, last: date) -> date:
+    return first + timedelta(days=rng.randint(0, (last - first).days))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write a large synthetic policy bundle.")
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--orgs", type=int, default=100_000)
+    parser.add_argument("--models", type=int, default=10_000)
+    parser.add_argument("--suspensions", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=20260801)
+    args = parser.parse_args(argv)
+    made = generate(args.directory, args.orgs, args.models, args.seed, suspensions=args.suspensions)
+    print(
+        f"wrote {made.directory}: {made.orgs} orgs, {made.models} models "
+        f"({made.covered} covered), {made.suspensions} suspensions"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
