@@ -92,6 +92,20 @@ def decide(policy: Policy, facts: Facts, now: datetime) -> Decision:
     return _Evaluation(policy, facts, now.timestamp()).run()
 
 
+def decide_listing(policy: Policy, facts: Facts, now: datetime) -> Decision:
+    """Decide a model-catalogue request (`GET /v1/models`): only the rules that do
+    not depend on a model apply (credential, organization, all-model rules); the
+    catalogue itself is then filtered with `decide()` per model."""
+    if facts.credential != "valid":
+        return decide(policy, facts, now)
+    evaluation = _Evaluation(policy, facts, now.timestamp())
+    tier = evaluation.check_organization()
+    evaluation.check_rules(policy.all_models, Reason.JURISDICTION_EMBARGOED, "all_models", declared=False)
+    if facts.observed_country is None and policy.all_models.unknown_country == "deny":
+        evaluation.deny(Reason.JURISDICTION_UNKNOWN, "all_models.unknown_country", "observed")
+    return evaluation.decision(None, None, None, tier, concealed=False)
+
+
 class _Evaluation:
     """The state of one decision while its rules are applied."""
 
@@ -125,15 +139,19 @@ class _Evaluation:
             self.check_coverage_rules(covered)
         if model is not None:
             self.check_suspensions(model)
+        return self.decision(model, stage_name, covered, tier, concealed=concealed)
+
+    def decision(self, model: Model | None, stage: str | None, covered: bool | None, tier: str | None,
+                 *, concealed: bool) -> Decision:
         reasons = order({m.reason for m in self.matches}, concealed=concealed)
         matches = tuple(sorted(self.matches, key=lambda m: reasons.index(m.reason)))
         return Decision(
             allowed=not reasons,
             status=status_of(reasons[0], concealed=concealed) if reasons else 200,
             reasons=reasons,
-            policy_version=policy.version,
+            policy_version=self.policy.version,
             model=model.id if model else None,
-            stage=stage_name,
+            stage=stage,
             covered=covered,
             tier=tier,
             upstream=model.upstream if model else None,

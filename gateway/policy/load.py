@@ -427,6 +427,10 @@ def _stage_tiers(stage: schema.Stage) -> frozenset[schema.Tier] | None:
     return {"internal": frozenset(), "government_review": frozenset({"government"})}.get(stage.stage)
 
 
+def _quota(quota: schema.Quota | None) -> snapshot.Quota | None:
+    return None if quota is None else snapshot.Quota(quota.requests_per_minute, quota.tokens_per_day)
+
+
 def _stamp(moment: datetime | None) -> float | None:
     return None if moment is None else moment.timestamp()
 
@@ -479,6 +483,7 @@ def _compile(parts: _Parts, framework: schema.Framework) -> snapshot.Policy:
             status_reason=o.status_reason,
             vetted_until=o.vetted_until,
             lapses_at=_lapse(o.vetted_until),
+            quota=_quota(o.quota),
         )
         for name, o in parts.organizations.items()
     }
@@ -507,6 +512,7 @@ def _compile(parts: _Parts, framework: schema.Framework) -> snapshot.Policy:
         models=MappingProxyType(models),
         suspensions=suspensions,
         groups=MappingProxyType({name: _group_set([name], parts) for name in parts.groups}),
+        quotas=MappingProxyType({tier: q for tier, q in ((t, _quota(v)) for t, v in framework.quotas.items()) if q}),
         documents=MappingProxyType(documents),
         names=MappingProxyType({key: models[name] for key, name in names.items()}),
     )

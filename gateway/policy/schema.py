@@ -79,6 +79,11 @@ class Rules(Entry):
     covered_models: RuleSet = RuleSet()
 
 
+class Quota(Entry):
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_day: int | None = Field(default=None, gt=0)
+
+
 class Framework(Entry):
     covered_model: CoveredModel
     review_window_max_days: int = Field(ge=1, le=366)
@@ -86,6 +91,8 @@ class Framework(Entry):
     unknown_country: Verdict = "allow"
     unknown_models: Verdict = "deny"
     conceal_unreleased: bool = True
+    # Per tier; an organization's own `quota` replaces its tier's.
+    quotas: dict[Tier, Quota] = {}
 
 
 # organizations.yaml
@@ -98,6 +105,7 @@ class Organization(Entry):
     vetted_until: date | None = None
     status: Literal["active", "suspended", "denied"] = "active"
     status_reason: Text | None = None
+    quota: Quota | None = None
 
 
 # models.yaml

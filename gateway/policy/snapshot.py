@@ -56,6 +56,12 @@ class RuleSet:
 
 
 @dataclass(frozen=True, slots=True)
+class Quota:
+    requests_per_minute: int | None
+    tokens_per_day: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Organization:
     id: str
     name: str
@@ -67,6 +73,7 @@ class Organization:
     # Epoch seconds at which vetting lapses: the start of the day after
     # `vetted_until`, since the date is valid through its end (UTC).
     lapses_at: float | None
+    quota: Quota | None = None
 
     def effective_tier(self, now: float) -> Tier:
         if self.lapses_at is not None and now >= self.lapses_at:
@@ -144,6 +151,7 @@ class Policy:
     models: Mapping[str, Model]
     suspensions: tuple[Suspension, ...]
     groups: Mapping[str, GroupSet]
+    quotas: Mapping[str, Quota]
     # The validated documents, by file, for explain, diff and the admin API.
     documents: Mapping[str, Any] = field(repr=False)
     # Canonical name or alias -> model.
@@ -151,3 +159,6 @@ class Policy:
 
     def model_named(self, requested: str) -> Model | None:
         return self.names.get(canonical_name(requested))
+
+    def quota_for(self, org: Organization, tier: str) -> Quota | None:
+        return org.quota or self.quotas.get(tier)
