@@ -1,0 +1,106 @@
+"""From request headers to a `Principal` (SPEC §1.2).
+
+Where the credential is: `Authorization: Bearer <credential>` (RFC 6750 §2.1;
+the scheme is case-insensitive, RFC 9110 §11.1) or Anthropic's
+`x-api-key: <credential>`. If both are sent they must carry the same
+credential: two different ones leave it ambiguous who is calling, and the
+upstream might act on the one we did not check.
+
+What it is: three non-empty dot-separated parts make a JWT (RFC 7515 §7.1);
+anything else is an API key. A JWT never falls back to the API-key store, nor
+the reverse, so the two cannot be played against each other.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Protocol
+
+from gateway.identity.apikeys import ApiKeyLookup, ApiKeyStore
+from gateway.identity.jwt import JwtSettings, JwtVerifier
+from gateway.identity.principal import Principal, invalid, missing
+
+MAX_CREDENTIAL_BYTES = 8 * 1024
+# Visible ASCII only: covers RFC 6750's b64token and every key we issue, and
+# keeps control characters and spaces out of everything downstream.
+_CREDENTIAL = re.compile(r"[\x21-\x7e]+")
+
+
+class IdentitySettings(Protocol):
+    """The `identity` config section (SPEC §3)."""
+
+    @property
+    def jwt(self) -> JwtSettings | None: ...
+
+    @property
+    def api_keys(self) -> bool: ...
+
+
+class Authenticator:
+    def __init__(self, jwt: JwtVerifier | None, api_keys: ApiKeyLookup | None) -> None:
+        self.jwt = jwt
+        self.api_keys = api_keys
+
+    @classmethod
+    def from_config(cls, identity: IdentitySettings, state_dir: str | Path) -> Authenticator:
+        """Embedded mode: a JWT verifier if configured, the state directory's key file if enabled."""
+        jwt = JwtVerifier(identity.jwt) if identity.jwt is not None else None
+        keys = ApiKeyStore(state_dir) if identity.api_keys else None
+        return cls(jwt, keys)
+
+    async def start(self) -> None:
+        if self.jwt is not None:
+            await self.jwt.start()
+
+    async def close(self) -> None:
+        if self.jwt is not None:
+            await self.jwt.close()
+
+    async def authenticate(self, authorization: str | None, x_api_key: str | None) -> Principal:
+        credential = _credential(authorization, x_api_key)
+        if is_jwt(credential):
+            if self.jwt is None:
+                raise invalid("JWT presented but no JWT issuer is configured")
+            return await self.jwt.verify(credential)
+        if self.api_keys is None:
+            raise invalid("API key presented but API keys are disabled")
+        principal = await self.api_keys.lookup(credential)
+        if principal is None:
+            raise invalid("unknown or revoked API key")
+        return principal
+
+
+def is_jwt(credential: str) -> bool:
+    parts = credential.split(".")
+    return len(parts) == 3 and all(parts)
+
+
+def _credential(authorization: str | None, x_api_key: str | None) -> str:
+    if authorization is None:
+        if x_api_key is None:
+            raise missing("no Authorization or x-api-key header")
+        _check(x_api_key, "x-api-key")
+        return x_api_key
+    credential = _bearer(authorization)
+    if x_api_key is not None and x_api_key != credential:
+        raise invalid("Authorization and x-api-key carry different credentials")
+    return credential
+
+
+def _bearer(value: str) -> str:
+    parts = value.split(" ")
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise invalid("Authorization is not 'Bearer <credential>'")
+    scheme, credential = parts
+    if scheme.lower() != "bearer":
+        raise invalid(f"Authorization scheme {scheme[:20]!r} is not Bearer")
+    _check(credential, "Authorization")
+    return credential
+
+
+def _check(credential: str, header: str) -> None:
+    if len(credential) > MAX_CREDENTIAL_BYTES:
+        raise invalid(f"{header} credential longer than {MAX_CREDENTIAL_BYTES} bytes")
+    if not _CREDENTIAL.fullmatch(credential):
+        raise invalid(f"{header} credential is empty or has characters outside visible ASCII")

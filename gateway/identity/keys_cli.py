@@ -1,0 +1,70 @@
+"""`gateway keys create|revoke|list` (SPEC §3), for the main CLI to wire up.
+
+Each function takes the parsed arguments: `state_dir` (the config's
+`state_dir`, already resolved), `json` (bool), and `org`/`label` for create,
+`key_id` for revoke, optionally `org` for list. Each returns an exit status.
+The secret is printed once, by `create`; nothing can show it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from gateway.identity.apikeys import ApiKeyStoreError, ApiKeyStore
+
+SHOWN_ONCE = "This secret is shown only once and cannot be shown again: store it now."
+
+
+def keys_create(args: argparse.Namespace) -> int:
+    store = ApiKeyStore(args.state_dir)
+    try:
+        key_id, secret = store.create(args.org, getattr(args, "label", None))
+    except (ApiKeyStoreError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"key_id": key_id, "org_id": args.org, "secret": secret, "warning": SHOWN_ONCE}))
+    else:
+        print(f"Created API key {key_id} for organization {args.org}.")
+        print(f"Secret: {secret}")
+    print(f"warning: {SHOWN_ONCE}", file=sys.stderr)
+    return 0
+
+
+def keys_revoke(args: argparse.Namespace) -> int:
+    store = ApiKeyStore(args.state_dir)
+    try:
+        found = store.revoke(args.key_id)
+    except ApiKeyStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"key_id": args.key_id, "revoked": found}))
+    elif found:
+        print(f"Revoked {args.key_id}; running gateways refuse it within about a second.")
+    if not found:
+        print(f"error: no API key {args.key_id!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def keys_list(args: argparse.Namespace) -> int:
+    try:
+        keys = ApiKeyStore(args.state_dir).list()
+    except ApiKeyStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    org = getattr(args, "org", None)
+    keys = [key for key in keys if org is None or key.org_id == org]
+    if args.json:
+        print(json.dumps([asdict(key) for key in keys], indent=2))
+        return 0
+    rows = [("KEY ID", "ORG", "CREATED", "REVOKED", "LABEL")]
+    rows += [(k.key_id, k.org_id, k.created_at, k.revoked_at or "-", k.label or "") for k in keys]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+    return 0
