@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from gateway import countries, explain
+from gateway.config import Config, ConfigError, load_config
 from gateway.decision import Facts, decide
 from gateway.geo import GeoDatabaseError, GeoIP
 from gateway.policy.issues import PolicyError
@@ -92,10 +94,42 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_tour
+def _config(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(args.config, os.environ)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
 
-    return run_tour(args.policy) if args.policy else run_tour()
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    serve(_config(args))
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from gateway.identity import keys_cli
+
+    config = _config(args)
+    args.state_dir = config.state_dir
+    if args.keys_verb == "create":
+        try:
+            orgs = load_bundle(config.policy_dir).policy.organizations
+        except PolicyError:
+            orgs = None
+        if orgs is not None and args.org not in orgs:
+            print(f"warning: organization {args.org!r} is not in the policy at {config.policy_dir}", file=sys.stderr)
+        return keys_cli.keys_create(args)
+    return {"revoke": keys_cli.keys_revoke, "list": keys_cli.keys_list}[args.keys_verb](args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway import demo
+
+    if args.tour:
+        return demo.run_tour(args.policy) if args.policy else demo.run_tour()
+    return demo.run_demo(check_only=args.check, public_port=args.port, admin_port=args.admin_port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,8 +158,30 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--json", action="store_true", help="machine-readable output")
     validate.set_defaults(run=cmd_policy_validate)
 
-    demo = verbs.add_parser("demo", help="a guided tour of decisions over the shipped policies (offline)")
-    demo.add_argument("--policy", metavar="DIR", help="policy bundle (default: the shipped policies/)")
+    serve = verbs.add_parser("serve", help="run the gateway (public and admin listeners)")
+    serve.add_argument("--config", metavar="FILE", help="YAML config (SPEC §3); GATEWAY_* variables override it")
+    serve.set_defaults(run=cmd_serve)
+
+    keys = verbs.add_parser("keys", help="manage API keys (embedded mode: under state_dir)")
+    key_verbs = keys.add_subparsers(dest="keys_verb", required=True, metavar="VERB")
+    create = key_verbs.add_parser("create", help="create a key for an organization; the secret is shown once")
+    create.add_argument("--org", required=True)
+    create.add_argument("--label")
+    revoke = key_verbs.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id", metavar="KEY_ID")
+    listing = key_verbs.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--org", help="only this organization's keys")
+    for verb in (create, revoke, listing):
+        verb.add_argument("--config", metavar="FILE", help="YAML config (for state_dir)")
+        verb.add_argument("--json", action="store_true", help="machine-readable output")
+        verb.set_defaults(run=cmd_keys)
+
+    demo = verbs.add_parser("demo", help="run the gateway, a demo upstream and demo credentials in one offline process")
+    demo.add_argument("--check", action="store_true", help="send every printed example, report, and exit")
+    demo.add_argument("--port", type=int, default=8080, help="public port (a free one if taken)")
+    demo.add_argument("--admin-port", type=int, default=9090, help="admin port (a free one if taken)")
+    demo.add_argument("--tour", action="store_true", help="only print a tour of decisions (no servers)")
+    demo.add_argument("--policy", metavar="DIR", help="with --tour: policy bundle (default: the shipped policies/)")
     demo.set_defaults(run=cmd_demo)
     return parser
 

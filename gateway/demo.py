@@ -1,79 +1,275 @@
-"""`gateway demo`: a tour of decisions over the shipped policy bundle.
+"""`gateway demo`: the whole product in one offline process.
 
-Each stop decides one request with the pure core and prints the `gateway
-explain` command that reproduces it, so a new user sees allowed requests,
-concealment of a pre-release model, jurisdiction denials and an Entity List
-denial in one run, offline. The tour is pinned to one moment so that it reads
-the same whatever day it is run.
+A demo upstream that speaks the OpenAI and Anthropic APIs, the gateway in front
+of it with the shipped policies, the embedded country database, a demo JWT
+signing key and API keys for several organizations, all state in a temporary
+directory. It prints ready-to-paste commands; `--check` runs them itself.
+
+Decisions are made as of DEMO_TIME so that the demo reads the same whatever day
+it runs (the shipped example timelines are written around it). 127.0.0.1 is a
+trusted proxy, so `X-Forwarded-For` plays the client's public address.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shlex
-from dataclasses import dataclass
+import signal
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import aiohttp
+from authlib.jose import JsonWebKey, jwt
 
 from gateway.cli import parse_time
+from gateway.config import Config, load_config
 from gateway.decision import Facts, decide
+from gateway.demo_upstream import DemoServer
+from gateway.demo_upstream import serve as serve_upstream
+from gateway.geodata import ATTRIBUTION
+from gateway.identity import ApiKeyStore
 from gateway.policy.load import load_bundle
+from gateway.server import Service
 
 SHIPPED_POLICIES = Path(__file__).resolve().parent.parent / "policies"
-TOUR_TIME = "2026-12-01T12:00:00Z"
+DEMO_TIME = "2026-12-01T12:00:00Z"
+ISSUER, AUDIENCE = "https://demo-idp.invalid/", "frontier-gateway"
+DEMO_ORGS = ("org-gov-evaluator", "org-partner-us", "org-partner-jp", "org-developer-us", "org-entity-listed")
+# Public addresses and where the embedded DB-IP database places them.
+US, JP, CN, IR = "8.8.8.8", "133.11.0.1", "114.114.114.114", "217.218.0.1"
 
 
 @dataclass(frozen=True)
-class Stop:
-    story: str
-    org: str
-    model: str
-    country: str | None
-    region: str | None = None
-    anonymizer: bool = False
+class Example:
+    title: str
+    expect: int
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any] | None = None
+    stream: bool = False
 
+    def curl(self, base_url: str) -> str:
+        argv = ["curl", "-sS" + ("N" if self.stream else ""), "-i" if not self.stream else "-s", base_url + self.path]
+        for name, value in self.headers.items():
+            argv += ["-H", f"{name}: {value}"]
+        if self.body is not None:
+            argv += ["-H", "Content-Type: application/json", "-d", json.dumps(self.body)]
+        return shlex.join(argv)
+
+
+def examples(keys: dict[str, str], token: str) -> list[Example]:
+    def chat(model: str, text: str, **extra: Any) -> dict[str, Any]:
+        return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+
+    def bearer(credential: str, ip: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {credential}", "X-Forwarded-For": ip}
+
+    return [
+        Example("A vetted US partner uses a covered model in its limited rollout", 200, "/v1/chat/completions",
+                bearer(keys["org-partner-us"], US), chat("example-frontier-2", "Hello from a vetted partner")),
+        Example("A standard developer asks for that pre-release model: concealed as not found", 404,
+                "/v1/chat/completions", bearer(keys["org-developer-us"], US), chat("example-frontier-2", "Is it out yet?")),
+        Example("The Japanese partner's credential used from China: 451, with a blocked-by link", 451,
+                "/v1/chat/completions", bearer(keys["org-partner-jp"], CN), chat("example-frontier-2", "Hello")),
+        Example("The same partner from Japan, through the Anthropic Messages API", 200, "/v1/messages",
+                {"x-api-key": keys["org-partner-jp"], "anthropic-version": "2023-06-01", "X-Forwarded-For": JP},
+                {"model": "example-frontier-2", "max_tokens": 64, "messages": [{"role": "user", "content": "Konnichiwa"}]}),
+        Example("A streaming answer from an open model (server-sent events, chunk by chunk)", 200,
+                "/v1/chat/completions", bearer(keys["org-developer-us"], US),
+                chat("example-small-latest", "Stream a short answer please", stream=True), stream=True),
+        Example("Any model from a comprehensively embargoed country", 451, "/v1/chat/completions",
+                bearer(keys["org-developer-us"], IR), chat("example-small-1", "Hello")),
+        Example("An Entity List match is refused everything", 403, "/v1/chat/completions",
+                bearer(keys["org-entity-listed"], US), chat("example-small-1", "Hello")),
+        Example("A government evaluator signs in with a JWT; the model list is filtered to what it may use", 200,
+                "/v1/models", bearer(token, US)),
+    ]
+
+
+@dataclass
+class DemoRuntime:
+    service: Service
+    upstream: DemoServer
+    workdir: Path
+    keys: dict[str, str]
+    token: str
+    url: str = ""
+    admin_url: str = ""
+    examples: list[Example] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        await self.service.stop()
+        await self.upstream.stop()
+
+
+def _port_or_free(port: int) -> int:
+    """The preferred port if it is free (so printed commands stay short), else 0."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port
+
+
+def _config(workdir: Path, upstream_url: str, public: int, admin: int, policy_dir: Path) -> Config:
+    path = workdir / "gateway.yaml"
+    path.write_text(json.dumps({
+        "listen": f"127.0.0.1:{public}",
+        "admin_listen": f"127.0.0.1:{admin}",
+        "policy_dir": str(policy_dir),
+        "state_dir": str(workdir / "state"),
+        "upstreams": {"default": {"url": upstream_url}},
+        "trusted_proxies": ["127.0.0.1/32", "::1/128"],
+        "identity": {"jwt": {"jwks_file": "jwks.json", "issuer": ISSUER, "audience": AUDIENCE, "algorithms": ["RS256"]}},
+        "audit": {"path": str(workdir / "audit.jsonl")},
+    }))
+    return load_config(path, {})
+
+
+def _signing_key(workdir: Path) -> Any:
+    key = JsonWebKey.generate_key("RSA", 2048, is_private=True, options={"kid": "demo"})
+    public = key.as_dict(is_private=False) | {"kid": "demo", "alg": "RS256", "use": "sig"}
+    (workdir / "jwks.json").write_text(json.dumps({"keys": [public]}))
+    return key
+
+
+async def start_demo(workdir: Path, *, public_port: int = 8080, admin_port: int = 9090,
+                     policy_dir: Path = SHIPPED_POLICIES) -> DemoRuntime:
+    upstream = await serve_upstream("127.0.0.1", 0, models=sorted(load_bundle(policy_dir).policy.models))
+    config = _config(workdir, upstream.url, _port_or_free(public_port), _port_or_free(admin_port), policy_dir)
+    signing = _signing_key(workdir)
+    store = ApiKeyStore(config.state_dir)
+    keys = {org: store.create(org, "demo")[1] for org in DEMO_ORGS}
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "analyst@caisi.example", "org_id": "org-gov-evaluator",
+              "iat": now, "exp": now + 24 * 3600}
+    token = jwt.encode({"alg": "RS256", "kid": "demo"}, claims, signing).decode()
+    demo_time = parse_time(DEMO_TIME).timestamp()
+    service = Service(config, clock=lambda: demo_time)
+    await service.start()
+    public, admin = service.bound_ports()
+    runtime = DemoRuntime(service, upstream, workdir, keys, token, f"http://127.0.0.1:{public}",
+                          f"http://127.0.0.1:{admin}")
+    runtime.examples = examples(keys, token)
+    return runtime
+
+
+async def check(runtime: DemoRuntime) -> list[tuple[Example, int]]:
+    """Send every example; return what each one answered."""
+    results = []
+    async with aiohttp.ClientSession() as session:
+        for example in runtime.examples:
+            async with session.request("POST" if example.body is not None else "GET", runtime.url + example.path,
+                                       headers=example.headers, json=example.body) as response:
+                await response.read()
+                results.append((example, response.status))
+    return results
+
+
+def _sdk_snippet(runtime: DemoRuntime) -> str:
+    return (
+        "from openai import OpenAI\n"
+        f"client = OpenAI(base_url=\"{runtime.url}/v1\", api_key=\"{runtime.keys['org-partner-us']}\",\n"
+        f"                default_headers={{\"X-Forwarded-For\": \"{US}\"}})\n"
+        "reply = client.chat.completions.create(model=\"example-frontier-2\",\n"
+        "                                       messages=[{\"role\": \"user\", \"content\": \"Hello\"}])\n"
+        "print(reply.choices[0].message.content)"
+    )
+
+
+def describe(runtime: DemoRuntime) -> str:
+    lines = [
+        "Frontier Gateway demo — everything runs in this process, offline.",
+        f"  gateway   {runtime.url}   (admin, metrics: {runtime.admin_url}/metrics, {runtime.admin_url}/readyz)",
+        f"  upstream  {runtime.upstream.url}   (a demo model server speaking the OpenAI and Anthropic APIs)",
+        f"  policy    {SHIPPED_POLICIES} (shipped examples), decisions as of {DEMO_TIME}",
+        f"  audit     {runtime.workdir / 'audit.jsonl'}",
+        f"  {ATTRIBUTION}",
+        "",
+        "127.0.0.1 is a trusted proxy here, so X-Forwarded-For plays the caller's public address",
+        f"({US} is the US, {JP} Japan, {CN} China, {IR} Iran in the embedded country database).",
+        "",
+    ]
+    for number, example in enumerate(runtime.examples, 1):
+        lines += [f"{number}. {example.title} — expect {example.expect}", f"   {example.curl(runtime.url)}", ""]
+    lines += ["With the official OpenAI SDK (pip install openai):", "", _sdk_snippet(runtime), "",
+              "Press Ctrl-C to stop."]
+    return "\n".join(lines)
+
+
+async def _run(check_only: bool, public_port: int, admin_port: int) -> int:
+    with tempfile.TemporaryDirectory(prefix="gateway-demo-") as directory:
+        runtime = await start_demo(Path(directory), public_port=public_port, admin_port=admin_port)
+        try:
+            print(describe(runtime), flush=True)
+            if check_only:
+                results = await check(runtime)
+                print("\nChecking every example:")
+                for example, status in results:
+                    print(f"  {'ok ' if status == example.expect else 'BAD'} {status}  {example.title}")
+                return 0 if all(status == example.expect for example, status in results) else 1
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+            await stop.wait()
+            return 0
+        finally:
+            await runtime.stop()
+
+
+def run_demo(*, check_only: bool = False, public_port: int = 8080, admin_port: int = 9090) -> int:
+    import uvloop
+
+    return uvloop.run(_run(check_only, public_port, admin_port))
+
+
+# The offline decision tour (no servers): `gateway demo --tour`.
 
 TOUR = (
-    Stop("A vetted US partner uses a covered model in its limited rollout", "org-partner-us", "example-frontier-2", "US"),
-    Stop("A vetted Japanese partner, from Japan (an allied jurisdiction)", "org-partner-jp", "example-frontier-2", "JP"),
-    Stop("The same partner's credential seen from China", "org-partner-jp", "example-frontier-2", "CN"),
-    Stop("A standard developer asks for the pre-release model: concealed", "org-developer-us", "example-frontier-2", "US"),
-    Stop("A partner whose vetting lapsed counts as standard", "org-lapsed-partner", "example-frontier-2", "US"),
-    Stop("A small, uncovered model is open to every tier", "org-developer-us", "example-small-latest", "BR"),
-    Stop("...but not from a comprehensively embargoed country", "org-developer-us", "example-small-1", "IR"),
-    Stop("...nor from an embargoed region (needs a City database)", "org-developer-us", "example-small-1", "UA", "UA-43"),
-    Stop("An org declared in China is refused a covered model even from a US address", "org-verified-cn", "example-frontier-1", "US"),
-    Stop("Covered models are refused through anonymizers", "org-developer-us", "example-frontier-1", "US", anonymizer=True),
-    Stop("Covered models are refused when the country is unknown", "org-developer-us", "example-frontier-1", None),
-    Stop("An Entity List match is denied everything", "org-entity-listed", "example-small-1", "US"),
+    ("A vetted US partner uses a covered model in its limited rollout", "org-partner-us", "example-frontier-2", "US", None, False),
+    ("A vetted Japanese partner, from Japan (an allied jurisdiction)", "org-partner-jp", "example-frontier-2", "JP", None, False),
+    ("The same partner's credential seen from China", "org-partner-jp", "example-frontier-2", "CN", None, False),
+    ("A standard developer asks for the pre-release model: concealed", "org-developer-us", "example-frontier-2", "US", None, False),
+    ("A partner whose vetting lapsed counts as standard", "org-lapsed-partner", "example-frontier-2", "US", None, False),
+    ("A small, uncovered model is open to every tier", "org-developer-us", "example-small-latest", "BR", None, False),
+    ("...but not from a comprehensively embargoed country", "org-developer-us", "example-small-1", "IR", None, False),
+    ("...nor from an embargoed region (needs a City database)", "org-developer-us", "example-small-1", "UA", "UA-43", False),
+    ("An org declared in China is refused a covered model even from a US address", "org-verified-cn", "example-frontier-1", "US", None, False),
+    ("Covered models are refused through anonymizers", "org-developer-us", "example-frontier-1", "US", None, True),
+    ("Covered models are refused when the country is unknown", "org-developer-us", "example-frontier-1", None, None, False),
+    ("An Entity List match is denied everything", "org-entity-listed", "example-small-1", "US", None, False),
 )
 
 
-def explain_command(stop: Stop, policy_dir: Path) -> str:
+def _explain_command(org: str, model: str, country: str | None, region: str | None, anonymizer: bool,
+                     policy_dir: Path) -> str:
     try:
         policy_dir = policy_dir.resolve().relative_to(Path.cwd())
     except ValueError:
         pass
-    argv = ["gateway", "explain", "--policy", str(policy_dir), "--org", stop.org, "--model", stop.model, "--at", TOUR_TIME]
-    if stop.country:
-        argv += ["--country", stop.country]
-    if stop.region:
-        argv += ["--region", stop.region]
-    if stop.anonymizer:
-        argv.append("--anonymizer")
+    argv = ["gateway", "explain", "--policy", str(policy_dir), "--org", org, "--model", model, "--at", DEMO_TIME]
+    argv += ["--country", country] if country else []
+    argv += ["--region", region] if region else []
+    argv += ["--anonymizer"] if anonymizer else []
     return shlex.join(argv)
 
 
 def run_tour(policy_dir: Path = SHIPPED_POLICIES) -> int:
     policy_dir = Path(policy_dir)
     policy = load_bundle(policy_dir).policy
-    now = parse_time(TOUR_TIME)
-    print(f"Frontier Gateway decision tour — policy {policy_dir} (version {policy.version}), as of {TOUR_TIME}\n")
-    for number, stop in enumerate(TOUR, 1):
-        facts = Facts(stop.org, stop.model, stop.country, stop.region, stop.anonymizer)
-        decision = decide(policy, facts, now)
-        outcome = f"{decision.verdict.upper()} {decision.status}"
-        if decision.reasons:
-            outcome += " " + ", ".join(decision.reasons)
-        print(f"{number:2}. {stop.story}\n    -> {outcome}\n    $ {explain_command(stop, policy_dir)}\n")
+    now = parse_time(DEMO_TIME)
+    print(f"Frontier Gateway decision tour — policy {policy_dir} (version {policy.version}), as of {DEMO_TIME}\n")
+    for number, (story, org, model, country, region, anonymizer) in enumerate(TOUR, 1):
+        decision = decide(policy, Facts(org, model, country, region, anonymizer), now)
+        outcome = f"{decision.verdict.upper()} {decision.status}" + (f" {', '.join(decision.reasons)}" if decision.reasons else "")
+        print(f"{number:2}. {story}\n    -> {outcome}\n    $ {_explain_command(org, model, country, region, anonymizer, policy_dir)}\n")
     print("Run any command above (add --json for machine-readable output) to see every rule behind the")
     print("decision; after `make demo` the command is .venv/bin/gateway, or activate .venv first.")
     return 0

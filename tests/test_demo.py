@@ -10,7 +10,7 @@ from gateway.cli import main
 
 
 def test_tour_outcomes(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo"]) == 0
+    assert main(["demo", "--tour"]) == 0
     outcomes = re.findall(r"-> (ALLOW|DENY) (\d{3})", capsys.readouterr().out)
     assert outcomes == [
         ("ALLOW", "200"), ("ALLOW", "200"), ("DENY", "451"), ("DENY", "404"), ("DENY", "404"), ("ALLOW", "200"),
@@ -19,9 +19,28 @@ def test_tour_outcomes(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_tour_commands_reproduce_each_decision(capsys: pytest.CaptureFixture[str]) -> None:
-    main(["demo"])
+    main(["demo", "--tour"])
     tour = capsys.readouterr().out
     for outcome, command in re.findall(r"-> (\w+ \d{3}).*\n\s+\$ gateway (.+)", tour):
         assert main([*command.split(), "--json"]) == 0
         explained = capsys.readouterr().out
         assert f'"status": {outcome.split()[1]}' in explained
+
+
+def test_demo_examples_answer_as_printed(tmp_path) -> None:
+    import asyncio
+
+    from gateway.demo import check, describe, start_demo
+
+    async def run() -> tuple[str, list[tuple[int, int]]]:
+        runtime = await start_demo(tmp_path, public_port=0, admin_port=0)
+        try:
+            results = await check(runtime)
+            return describe(runtime), [(example.expect, status) for example, status in results]
+        finally:
+            await runtime.stop()
+
+    text, results = asyncio.run(run())
+    assert len(results) == 8 and all(expect == status for expect, status in results), results
+    assert {expect for expect, _ in results} == {200, 403, 404, 451}
+    assert "curl" in text and "IP Geolocation by DB-IP" in text and "from openai import OpenAI" in text

@@ -1,0 +1,423 @@
+"""The public listener: one raw ASGI application whose request path reads top to
+bottom (SPEC §1): route -> identity -> model -> jurisdiction -> decide -> quota
+-> forward -> audit + metrics. Every step that cannot establish a fact it needs
+ends the request with a denial; nothing is forwarded by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import aiohttp
+
+from gateway import proxy, responses
+from gateway.audit import AuditLog
+from gateway.clientip import TrustedProxies, client_ip
+from gateway.config import Config
+from gateway.decision import Decision, Facts, decide, decide_listing
+from gateway.geo import UNKNOWN, GeoIP, Place
+from gateway.identity import Authenticator, CredentialError, Principal
+from gateway.metrics import Metrics
+from gateway.policy.snapshot import Policy
+from gateway.quota import LocalQuota
+from gateway.reasons import Reason
+from gateway.request_body import RequestError, extract_model
+from gateway.routing import Route, Router
+
+log = logging.getLogger("gateway")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON = (b"content-type", b"application/json")
+
+
+class PolicyState:
+    """The policy snapshot in force; replaced whole, never edited."""
+
+    def __init__(self, policy: Policy | None = None) -> None:
+        self.policy = policy
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one request established, for its response, audit record and metrics."""
+
+    decision_id: str
+    started: float
+    method: str = ""
+    path: str = ""
+    api: str = "openai"
+    principal: Principal | None = None
+    client_ip: str | None = None
+    place: Place = UNKNOWN
+    requested_model: str | None = None
+    decision: Decision | None = None
+    decision_seconds: float | None = None
+    status: int = 0
+    error: str | None = None
+    upstream_status: int | None = None
+    upstream_bytes: int = 0
+    response_started: bool = False
+    completed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: Config,
+        state: PolicyState,
+        authenticator: Authenticator,
+        geo: GeoIP,
+        upstreams: proxy.Upstreams,
+        audit: AuditLog,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.identity = authenticator
+        self.geo = geo
+        self.upstreams = upstreams
+        self.audit = audit
+        self.metrics = metrics
+        self.clock = clock
+        self.router = Router(config.routes)
+        self.trusted = TrustedProxies(config.trusted_proxies)
+        self.quota = LocalQuota()
+        self.decode = frozenset(config.request.decode_encodings)
+        self.blocked_by = f"<{config.denials.blocked_by}>; rel=\"blocked-by\"".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        elif scope["type"] == "websocket":
+            # Upgrades are never forwarded: the decision covers one request, not a session.
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = Exchange(uuid.uuid4().hex, time.perf_counter(), scope["method"], scope["path"])
+        self.metrics.inflight.inc()
+        try:
+            await self.process(exchange, scope, receive, send)
+        except RequestError as error:
+            # Malformed or ambiguous: refused before (or instead of) a decision.
+            await self.reply(exchange, send, responses.for_status(error.status, error.message, error.param))
+        except Exception:
+            log.exception("request %s failed", exchange.decision_id)
+            if not exchange.response_started:
+                await self.reply(exchange, send, responses.for_status(503))
+        finally:
+            self.metrics.inflight.dec()
+            self.finish(exchange)
+
+    async def process(self, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = scope["headers"]
+        route = self.router.match(scope.get("raw_path") or scope["path"].encode(), scope["method"])
+        exchange.api = route.api
+        policy = self.state.policy
+        if policy is None or not self.audit.healthy:
+            return await self.deny(exchange, send, _unavailable(policy))
+
+        principal, credential = await self.authenticate(exchange, headers)
+        if principal is None:
+            facts = Facts(org_id=None, model=None, credential=credential)
+            return await self.deny(exchange, send, self.decide(exchange, policy, facts))
+
+        model, body = await self.read_model(exchange, route, scope, receive)
+        exchange.client_ip = client_ip(_peer(scope), _all(headers, b"x-forwarded-for"), self.trusted)
+        exchange.place = place = self.geo.locate(exchange.client_ip) if exchange.client_ip else UNKNOWN
+        facts = Facts(principal.org_id, model, place.country, place.region, place.anonymizer)
+        decision = self.decide(exchange, policy, facts, listing=route.kind == "models_list")
+        if not decision.allowed:
+            return await self.deny(exchange, send, decision)
+
+        retry_after = self.admit(policy, principal, decision)
+        if retry_after is not None:
+            return await self.deny(exchange, send, _rate_limited(decision), retry_after=retry_after)
+
+        if route.kind == "models_list":
+            return await self.list_models(exchange, policy, facts, route, scope, send)
+        await self.forward(exchange, decision, principal, route, scope, body, receive, send)
+
+    # Facts
+
+    async def authenticate(self, exchange: Exchange, headers: list[tuple[bytes, bytes]]) -> tuple[Principal | None, str]:
+        authorization = _single(headers, b"authorization")
+        api_key = _single(headers, b"x-api-key")
+        try:
+            exchange.principal = await self.identity.authenticate(authorization, api_key)
+        except CredentialError as error:
+            exchange.extra["credential_error"] = error.detail
+            token = (authorization or api_key or "").count(".") == 2
+            exchange.extra["token"] = token
+            return None, "missing" if error.reason == Reason.CREDENTIAL_MISSING else "invalid"
+        return exchange.principal, "valid"
+
+    async def read_model(self, exchange: Exchange, route: Route, scope: Scope, receive: Receive) -> tuple[str | None, bytes]:
+        """The model the request names, and the exact bytes to forward."""
+        if route.kind == "models_list":
+            return None, b""
+        if route.kind == "models_get":
+            exchange.requested_model = route.model_in_path
+            return route.model_in_path, b""
+        if scope["method"] != "POST":
+            raise RequestError(400, "This endpoint is served only for requests that name a model.", None)
+        if any(key.strip().casefold() == "model" for key, _ in parse_qsl(scope["query_string"].decode("latin-1"))):
+            raise RequestError(400, "The model must be given in the request body only.", "model")
+        headers = scope["headers"]
+        raw = await self.read_body(receive, _single(headers, b"content-length"))
+        model, body, _ = extract_model(
+            raw,
+            _single(headers, b"content-type"),
+            _single(headers, b"content-encoding"),
+            max_bytes=self.config.request.max_body_bytes,
+            decode_encodings=self.decode,
+        )
+        exchange.requested_model = model
+        exchange.extra["decoded"] = body is not raw
+        return model, body
+
+    async def read_body(self, receive: Receive, content_length: str | None) -> bytes:
+        limit = self.config.request.max_body_bytes
+        if content_length is not None and (not content_length.isdigit() or int(content_length) > limit):
+            status = 413 if content_length.isdigit() else 400
+            raise RequestError(status, responses.for_status(status).message, None)
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestError(400, "The request body was not received.", None)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, responses.for_status(413).message, None)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def decide(self, exchange: Exchange, policy: Policy, facts: Facts, *, listing: bool = False) -> Decision:
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        started = time.perf_counter()
+        decision = (decide_listing if listing else decide)(policy, facts, now)
+        exchange.decision_seconds = time.perf_counter() - started
+        exchange.decision = decision
+        return decision
+
+    def admit(self, policy: Policy, principal: Principal, decision: Decision) -> float | None:
+        org = policy.organizations[principal.org_id]
+        quota = policy.quota_for(org, decision.tier or org.tier)
+        return self.quota.admit(org.id, quota.requests_per_minute if quota else None, self.clock())
+
+    # Acting on the decision
+
+    async def forward(self, exchange: Exchange, decision: Decision, principal: Principal, route: Route,
+                      scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        session = self.upstreams.sessions.get(decision.upstream or "")
+        if session is None:
+            log.error("model %s names upstream %r, which is not configured", decision.model, decision.upstream)
+            return await self.reply(exchange, send, responses.for_status(503))
+        headers = proxy.request_headers(
+            scope["headers"],
+            org_id=principal.org_id,
+            decision_id=exchange.decision_id,
+            pass_credentials=self.config.forward.pass_credentials,
+            drop_content_encoding=exchange.extra.get("decoded", False),
+            extra=self.upstreams.config[decision.upstream or ""].headers,
+        )
+        target = route.path + (f"?{scope['query_string'].decode('latin-1')}" if scope["query_string"] else "")
+        # A client that goes away cancels the upstream request (and its stream).
+        watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, asyncio.current_task(), exchange))
+        started = time.perf_counter()
+        try:
+            async with session.request(scope["method"], target, headers=headers, data=body or None,
+                                       allow_redirects=False) as upstream:
+                self.metrics.upstream_seconds.observe(time.perf_counter() - started)
+                exchange.upstream_status = upstream.status
+                await self.start_response(exchange, send, upstream.status,
+                                          proxy.response_headers(upstream.raw_headers, exchange.decision_id.encode()))
+                async for chunk in upstream.content.iter_any():
+                    exchange.upstream_bytes += len(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                exchange.completed = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not watcher.done() or watcher.cancelled():
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            exchange.error = "client_disconnected"
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            await self.upstream_failed(exchange, send, error)
+        finally:
+            watcher.cancel()
+
+    async def list_models(self, exchange: Exchange, policy: Policy, facts: Facts, route: Route,
+                          scope: Scope, send: Send) -> None:
+        """GET /v1/models, filtered to the models this caller may use."""
+        session = self.upstreams.sessions["default"]
+        headers = proxy.request_headers(
+            [(n, v) for n, v in scope["headers"] if n != b"accept-encoding"],
+            org_id=facts.org_id or "", decision_id=exchange.decision_id,
+            pass_credentials=self.config.forward.pass_credentials, drop_content_encoding=False,
+            extra=self.upstreams.config["default"].headers,
+        )
+        try:
+            async with session.get(route.path, headers=headers, allow_redirects=False) as upstream:
+                exchange.upstream_status = upstream.status
+                payload = await upstream.read()
+                exchange.upstream_bytes = len(payload)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            return await self.upstream_failed(exchange, send, error)
+        if exchange.upstream_status != 200:
+            return await self.reply(exchange, send, responses.for_status(502))
+        try:
+            catalogue = json.loads(payload)
+            entries = [e for e in catalogue["data"] if isinstance(e, dict) and isinstance(e.get("id"), str)]
+        except (ValueError, KeyError, TypeError):
+            return await self.reply(exchange, send, responses.for_status(502))
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        catalogue["data"] = [e for e in entries if decide(policy, _with_model(facts, e["id"]), now).allowed]
+        body = json.dumps(catalogue, separators=(",", ":")).encode()
+        await self.start_response(exchange, send, 200, [JSON, (b"x-gateway-decision-id", exchange.decision_id.encode())])
+        await send({"type": "http.response.body", "body": body})
+
+    async def upstream_failed(self, exchange: Exchange, send: Send, error: BaseException) -> None:
+        kind = "timeout" if isinstance(error, asyncio.TimeoutError) else "connect" if isinstance(error, aiohttp.ClientConnectionError) else "protocol"
+        self.metrics.upstream_errors.labels(kind).inc()
+        exchange.error = f"upstream_{kind}"
+        log.warning("upstream failed for %s: %r", exchange.decision_id, error)
+        if exchange.response_started:
+            # Too late for a status: end the stream so the client sees it cut short.
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        else:
+            await self.reply(exchange, send, responses.for_status(504 if kind == "timeout" else 502))
+
+    # Responses
+
+    async def deny(self, exchange: Exchange, send: Send, decision: Decision, *, retry_after: float | None = None) -> None:
+        exchange.decision = decision
+        reason = decision.reasons[0]
+        denial = responses.for_reason(reason, decision.status, token=exchange.extra.get("token", False))
+        extra: list[tuple[bytes, bytes]] = []
+        if denial.status == 451:
+            extra.append((b"link", self.blocked_by))
+        if retry_after is not None:
+            extra.append((b"retry-after", str(int(retry_after)).encode()))
+        if denial.status == 401:
+            extra.append((b"www-authenticate", b'Bearer realm="frontier-gateway"'))
+        await self.reply(exchange, send, denial, extra)
+
+    async def reply(self, exchange: Exchange, send: Send, denial: responses.Denial,
+                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        if exchange.decision is None:
+            exchange.error = denial.code
+        headers = [JSON, (b"x-gateway-decision-id", exchange.decision_id.encode()), *(extra or [])]
+        await self.start_response(exchange, send, denial.status, headers)
+        await send({"type": "http.response.body", "body": responses.body(denial, exchange.api)})
+
+    async def start_response(self, exchange: Exchange, send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        exchange.status = status
+        exchange.response_started = True
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+
+    # Record
+
+    def finish(self, exchange: Exchange) -> None:
+        decision = exchange.decision
+        policy = self.state.policy
+        principal = exchange.principal
+        org = policy.organizations.get(principal.org_id) if policy and principal else None
+        reasons = [str(r) for r in decision.reasons] if decision else []
+        allowed = decision is not None and decision.allowed and exchange.status < 400
+        first = reasons[0] if reasons else (exchange.error or "none")
+        self.audit.record({
+            "time": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "decision_id": exchange.decision_id,
+            "method": exchange.method,
+            "path": exchange.path,
+            "org": principal.org_id if principal else None,
+            "subject": principal.subject if principal else None,
+            "credential_id": principal.credential_id if principal else None,
+            "client_ip": exchange.client_ip,
+            "observed_country": exchange.place.country,
+            "observed_region": exchange.place.region,
+            "declared_country": org.country if org else None,
+            "anonymizer": exchange.place.anonymizer,
+            "requested_model": exchange.requested_model,
+            "model": decision.model if decision else None,
+            "stage": decision.stage if decision else None,
+            "covered": decision.covered if decision else None,
+            "tier": decision.tier if decision else None,
+            "decision": "allow" if allowed else "deny",
+            "status": exchange.status,
+            "reasons": reasons,
+            "error": exchange.error,
+            "policy_version": decision.policy_version if decision else (policy.version if policy else None),
+            "decision_us": round(exchange.decision_seconds * 1e6, 1) if exchange.decision_seconds is not None else None,
+            "upstream_status": exchange.upstream_status,
+            "upstream_bytes": exchange.upstream_bytes,
+        })
+        model = decision.model if decision and decision.model else "none"
+        self.metrics.requests.labels(
+            "allow" if allowed else "deny", first, model,
+            (decision.stage if decision else None) or "none", (decision.tier if decision else None) or "none",
+        ).inc()
+        if not allowed:
+            self.metrics.denials.labels(first, exchange.place.country or "unknown", model).inc()
+        self.metrics.request_seconds.observe(time.perf_counter() - exchange.started)
+
+
+def _unavailable(policy: Policy | None) -> Decision:
+    return Decision(False, 503, (Reason.STATE_UNAVAILABLE,), policy.version if policy else "none")
+
+
+def _rate_limited(decision: Decision) -> Decision:
+    return Decision(False, 429, (Reason.RATE_LIMITED,), decision.policy_version, decision.model, decision.stage,
+                    decision.covered, decision.tier, decision.upstream)
+
+
+def _with_model(facts: Facts, model: str) -> Facts:
+    return Facts(facts.org_id, model, facts.observed_country, facts.observed_region, facts.anonymizer, facts.credential)
+
+
+def _peer(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+def _all(headers: list[tuple[bytes, bytes]], name: bytes) -> list[str]:
+    return [value.decode("latin-1") for key, value in headers if key == name]
+
+
+def _single(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """A header that must appear at most once; a repeated one is ambiguous."""
+    values = _all(headers, name)
+    if len(values) > 1:
+        raise RequestError(400, f"The {name.decode()} header may appear only once.", None)
+    return values[0] if values else None
+
+
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any] | None, exchange: Exchange) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            # uvicorn also reports "disconnect" once the response is complete.
+            if task is not None and not exchange.completed:
+                task.cancel()
+            return

@@ -1,0 +1,213 @@
+"""The gateway's configuration file (SPEC §3), validated whole before anything starts.
+
+Every key may be overridden from the environment: `GATEWAY_REDIS__URL=...` sets
+`redis.url` (nested keys joined by `__`, values read as YAML scalars or flow
+collections). Unknown keys, in the file or the environment, are errors; every
+error names the key and the bad value. Relative paths are taken relative to the
+config file's directory, so a config works from any working directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.policy.yamlsource import YamlSyntaxError, parse
+from gateway.routing import DEFAULT_ROUTES
+
+ENV_PREFIX = "GATEWAY_"
+
+HostPort = Annotated[str, Field(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Upstream(Section):
+    url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+/?$")]
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(600.0, gt=0)
+    # Headers added to every forwarded request, e.g. the upstream's own API key.
+    headers: dict[str, str] = {}
+
+
+class GeoIPConfig(Section):
+    country_db: str | None = None  # None: the embedded DB-IP Country Lite database
+    anonymous_ip_db: str | None = None
+
+
+class JwtConfig(Section):
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    issuer: str
+    audience: str
+    algorithms: list[str] = ["RS256", "ES256"]
+    org_claim: str = "org_id"
+    leeway_s: float = Field(30, ge=0, le=300)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtConfig:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("give exactly one of jwks_file or jwks_url")
+        return self
+
+
+class IdentityConfig(Section):
+    jwt: JwtConfig | None = None
+    api_keys: bool = True
+
+
+class RedisConfig(Section):
+    url: str | None = None
+    max_staleness_s: float = Field(5.0, gt=0)
+
+
+class AuditConfig(Section):
+    path: str = "audit.jsonl"
+
+
+class AdminToken(Section):
+    name: str
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    role: Literal["viewer", "operator"]
+
+
+class AdminConfig(Section):
+    tokens: list[AdminToken] = []
+
+
+class RequestConfig(Section):
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    # Content-Encodings the gateway decodes (then forwards decoded); others get 415.
+    decode_encodings: list[Literal["gzip", "deflate"]] = []
+
+
+class ForwardConfig(Section):
+    pass_credentials: bool = False
+
+
+class DenialConfig(Section):
+    # RFC 7725: the 451 response's Link rel="blocked-by" names who implements the block.
+    blocked_by: str = "urn:frontier-gateway:export-controls"
+
+
+class Config(Section):
+    listen: HostPort = "127.0.0.1:8080"
+    admin_listen: HostPort = "127.0.0.1:9090"
+    policy_dir: str = "policies/"
+    state_dir: str = ".gateway-state/"
+    upstreams: dict[str, Upstream] = {"default": Upstream(url="http://127.0.0.1:8000")}
+    trusted_proxies: list[str] = ["127.0.0.1/32"]
+    routes: list[str] = list(DEFAULT_ROUTES)
+    geoip: GeoIPConfig = GeoIPConfig()
+    identity: IdentityConfig = IdentityConfig()
+    redis: RedisConfig = RedisConfig()
+    audit: AuditConfig = AuditConfig()
+    admin: AdminConfig = AdminConfig()
+    request: RequestConfig = RequestConfig()
+    forward: ForwardConfig = ForwardConfig()
+    denials: DenialConfig = DenialConfig()
+
+    @field_validator("upstreams")
+    @classmethod
+    def _has_default(cls, value: dict[str, Upstream]) -> dict[str, Upstream]:
+        if "default" not in value:
+            raise ValueError("an upstream named 'default' is required")
+        return value
+
+    @field_validator("listen", "admin_listen")
+    @classmethod
+    def _port_in_range(cls, value: str) -> str:
+        if not 0 <= int(value.rsplit(":", 1)[1]) <= 65535:
+            raise ValueError("port must be 0-65535")
+        return value
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str]) -> Config:
+    """Read the file (if any), apply environment overrides, validate, resolve paths."""
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        base = Path(path).resolve().parent
+        try:
+            document = parse(Path(path).read_text(encoding="utf-8")).data
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot be read: {exc.strerror}"]) from None
+        except YamlSyntaxError as exc:
+            raise ConfigError([f"{path}:{exc.line or '?'}: {exc}"]) from None
+        if document is not None and not isinstance(document, dict):
+            raise ConfigError([f"{path}: must be a mapping of keys"])
+        data = document or {}
+    problems = _apply_environment(data, environ)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems += [_describe(err, source) for err in exc.errors()]
+    if problems:
+        raise ConfigError(problems)
+    return _resolve_paths(config, base)
+
+
+def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    problems = []
+    for name, text in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        if not all(keys):
+            problems.append(f"{name}: malformed variable name")
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        target = data
+        for key in keys[:-1]:
+            child = target.setdefault(key, {})
+            if not isinstance(child, dict):
+                problems.append(f"{name}: {'.'.join(keys)} does not name a setting")
+                break
+            target = child
+        else:
+            target[keys[-1]] = value
+    return problems
+
+
+def _describe(err: Any, source: str) -> str:
+    key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    bad = err.get("input")
+    shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(bad, dict) else f" (got {bad!r})"
+    return f"{source}: {key}: {message}{shown}"
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    def resolve(value: str | None) -> str | None:
+        return None if value is None else str((base / value).resolve()) if not Path(value).is_absolute() else value
+
+    geoip = config.geoip.model_copy(
+        update={"country_db": resolve(config.geoip.country_db), "anonymous_ip_db": resolve(config.geoip.anonymous_ip_db)}
+    )
+    updates: dict[str, Any] = {
+        "policy_dir": resolve(config.policy_dir),
+        "state_dir": resolve(config.state_dir),
+        "geoip": geoip,
+        "audit": config.audit.model_copy(update={"path": resolve(config.audit.path)}),
+    }
+    if config.identity.jwt is not None and config.identity.jwt.jwks_file is not None:
+        jwt = config.identity.jwt.model_copy(update={"jwks_file": resolve(config.identity.jwt.jwks_file)})
+        updates["identity"] = config.identity.model_copy(update={"jwt": jwt})
+    return config.model_copy(update=updates)

@@ -1,0 +1,44 @@
+"""Prometheus metrics (SPEC §6). Labels are bounded: reason codes, stage and tier
+names, canonical model ids from the policy, ISO country codes — never IPs, org
+ids or free text. Each gateway owns a registry, so several can share a process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+# The *_created series double the exposition for no use in dashboards or alerts.
+disable_created_metrics()
+
+# Decisions take microseconds; requests through an upstream take milliseconds to minutes.
+DECISION_BUCKETS = (2e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025)
+REQUEST_BUCKETS = (5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter("gateway_requests", "Requests by decision.",
+                                ["decision", "reason", "model", "stage", "tier"], registry=registry)
+        self.denials = Counter("gateway_denials", "Denied requests.", ["reason", "country", "model"], registry=registry)
+        self.decision_seconds = Histogram("gateway_decision_seconds", "Time to decide.", buckets=DECISION_BUCKETS, registry=registry)
+        self.upstream_seconds = Histogram("gateway_upstream_seconds", "Upstream time to response headers.",
+                                          buckets=REQUEST_BUCKETS, registry=registry)
+        self.request_seconds = Histogram("gateway_request_seconds", "Whole request time.", buckets=REQUEST_BUCKETS, registry=registry)
+        self.inflight = Gauge("gateway_inflight_requests", "Requests in progress.", registry=registry)
+        self.upstream_errors = Counter("gateway_upstream_errors", "Upstream failures.", ["kind"], registry=registry)
+        self.policy_info = Gauge("gateway_policy_info", "The policy version in force (value 1).", ["version"], registry=registry)
+        self.policy_reloads = Counter("gateway_policy_reloads", "Policy reloads.", ["result"], registry=registry)
+        self.suspensions_active = Gauge("gateway_suspensions_active", "Suspensions in force.", registry=registry)
+        self.redis_up = Gauge("gateway_redis_up", "1 when Redis answers (fleet mode).", registry=registry)
+        self.audit_spooled = Gauge("gateway_audit_spooled", "Audit records waiting to be written.", registry=registry)
+        self.audit_lost = Counter("gateway_audit_lost", "Audit records that could not be written.", registry=registry)
+        self._policy_version: str | None = None
+
+    def policy_loaded(self, version: str) -> None:
+        if self._policy_version is not None:
+            self.policy_info.remove(self._policy_version)
+        self.policy_info.labels(version).set(1)
+        self._policy_version = version
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,92 @@
+"""Forwarding to upstreams with aiohttp: header hygiene and pooled sessions.
+
+What the upstream sees is decided here: hop-by-hop headers (RFC 9110 §7.6.1)
+and every header named in `Connection` are dropped, as are the client's
+credentials (unless configured), any client-sent `X-Gateway-*` header (only the
+gateway speaks with that prefix), method-override headers (the method decided
+on is the method forwarded) and client forwarding headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import aiohttp
+
+from gateway.config import Upstream
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"proxy-connection",
+    b"te", b"trailer", b"transfer-encoding", b"upgrade",
+})
+_CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
+_NEVER_FORWARDED = HOP_BY_HOP | frozenset({
+    b"host", b"content-length", b"expect",
+    b"x-http-method-override", b"x-http-method", b"x-method-override",
+    b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip",
+})
+_STRIPPED_RESPONSE = HOP_BY_HOP | frozenset({b"x-gateway-decision-id", b"x-gateway-org"})
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    return {token.strip().lower() for name, value in headers if name == b"connection" for token in value.split(b",")}
+
+
+def request_headers(
+    client: list[tuple[bytes, bytes]],
+    *,
+    org_id: str,
+    decision_id: str,
+    pass_credentials: bool,
+    drop_content_encoding: bool,
+    extra: dict[str, str],
+) -> list[tuple[str, str]]:
+    """The headers to send upstream for an allowed request."""
+    dropped = _NEVER_FORWARDED | _connection_tokens(client)
+    if not pass_credentials:
+        dropped |= _CREDENTIALS
+    if drop_content_encoding:
+        dropped |= {b"content-encoding"}
+    out = [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in client
+        if name not in dropped and not name.startswith(b"x-gateway-")
+    ]
+    out += list(extra.items())
+    out.append(("X-Gateway-Org", org_id))
+    out.append(("X-Gateway-Decision-Id", decision_id))
+    return out
+
+
+def response_headers(upstream: Iterable[tuple[bytes, bytes]], decision_id: bytes) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers as the client will see them."""
+    upstream = list(upstream)
+    dropped = _STRIPPED_RESPONSE | _connection_tokens(upstream)
+    out = [(name.lower(), value) for name, value in upstream if name.lower() not in dropped]
+    out.append((b"x-gateway-decision-id", decision_id))
+    return out
+
+
+class Upstreams:
+    """One pooled aiohttp session per configured upstream."""
+
+    def __init__(self, upstreams: dict[str, Upstream]) -> None:
+        self.config = upstreams
+        self.sessions: dict[str, aiohttp.ClientSession] = {}
+
+    async def start(self) -> None:
+        for name, upstream in self.config.items():
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
+            self.sessions[name] = aiohttp.ClientSession(
+                base_url=upstream.url.rstrip("/"),
+                connector=connector,
+                auto_decompress=False,  # bytes pass through as the upstream sent them
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=upstream.connect_timeout_s, sock_read=upstream.read_timeout_s
+                ),
+            )
+
+    async def close(self) -> None:
+        for session in self.sessions.values():
+            await session.close()

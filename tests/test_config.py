@@ -1,0 +1,105 @@
+"""The config file and its environment overrides: errors name the key and the bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems(path: Path | None, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, environ or {})
+    return refused.value.problems
+
+
+def test_spec_example_loads_with_paths_relative_to_the_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, """
+listen: 127.0.0.1:8080
+admin_listen: 127.0.0.1:9090
+policy_dir: policies/
+state_dir: .gateway-state/
+upstreams:
+  default: {url: "http://127.0.0.1:8000", connect_timeout_s: 5, read_timeout_s: 600}
+trusted_proxies: [127.0.0.1/32]
+geoip:
+  country_db: data/GeoLite2-City.mmdb
+  anonymous_ip_db: null
+identity:
+  jwt:
+    jwks_file: null
+    jwks_url: https://idp.example/.well-known/jwks.json
+    issuer: https://idp.example/
+    audience: frontier-gateway
+    algorithms: [RS256, ES256]
+    org_claim: org_id
+    leeway_s: 30
+  api_keys: true
+redis: {url: null}
+audit: {path: audit.jsonl}
+admin:
+  tokens:
+    - {name: ops, sha256: "%s", role: operator}
+""" % ("ab" * 32)), {})
+    assert config.policy_dir == str(tmp_path / "policies")
+    assert config.geoip.country_db == str(tmp_path / "data/GeoLite2-City.mmdb")
+    assert config.identity.jwt is not None and config.identity.jwt.jwks_url.endswith("jwks.json")
+    assert config.admin.tokens[0].role == "operator"
+
+
+def test_environment_overrides_nested_keys(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "redis: {url: null}\n"), {
+        "GATEWAY_REDIS__URL": "redis://127.0.0.1:6379/0",
+        "GATEWAY_TRUSTED_PROXIES": "[10.0.0.0/8, 127.0.0.1/32]",
+        "GATEWAY_IDENTITY__API_KEYS": "false",
+        "GATEWAY_UPSTREAMS__DEFAULT__URL": "http://upstream:9000",
+        "UNRELATED": "ignored",
+    })
+    assert config.redis.url == "redis://127.0.0.1:6379/0"
+    assert config.trusted_proxies == ["10.0.0.0/8", "127.0.0.1/32"]
+    assert config.identity.api_keys is False
+    assert config.upstreams["default"].url == "http://upstream:9000"
+
+
+def test_unknown_keys_are_errors_in_the_file_and_the_environment(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, "listen: 127.0.0.1:8080\nlisten_port: 8080\n"), {"GATEWAY_REDIS__URLL": "x"})
+    assert any("listen_port: unknown key" in p for p in found)
+    assert any("redis.urll: unknown key" in p for p in found)
+
+
+def test_errors_name_the_key_and_the_bad_value(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, """
+listen: localhost
+upstreams:
+  default: {url: "ftp://x", connect_timeout_s: -1}
+admin:
+  tokens: [{name: ops, sha256: "not-hex", role: root}]
+"""))
+    text = "\n".join(found)
+    assert "listen: " in text and "'localhost'" in text
+    assert "upstreams.default.url" in text and "'ftp://x'" in text
+    assert "upstreams.default.connect_timeout_s" in text and "-1" in text
+    assert "admin.tokens.0.sha256" in text and "admin.tokens.0.role" in text and "'root'" in text
+
+
+def test_jwt_needs_exactly_one_key_source(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, "identity:\n  jwt: {issuer: i, audience: a}\n"))
+    assert any("exactly one of jwks_file or jwks_url" in p for p in found)
+
+
+def test_an_upstream_named_default_is_required(tmp_path: Path) -> None:
+    assert any("'default'" in p for p in problems(write(tmp_path, "upstreams: {other: {url: 'http://x:1'}}\n")))
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    assert "cannot be read" in problems(tmp_path / "absent.yaml")[0]
+    assert "YAML syntax error" in problems(write(tmp_path, "listen: [\n"))[0]
+    assert "must be a mapping" in problems(write(tmp_path, "- a\n"))[0]

@@ -1,0 +1,341 @@
+"""The request path end to end: official SDKs and raw HTTP through a real gateway
+to a real upstream on loopback. Every denial asserts that nothing reached the
+upstream; every allowed request asserts what the upstream saw."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from e2e import CN_IP, GB_ANONYMIZER_IP, SE_IP, US_IP, Stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(tmp_path_factory.mktemp("gateway"))
+    yield stack
+    stack.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_upstream(stack: Stack) -> None:
+    stack.upstream.app.reset()
+
+
+def openai_client(stack: Stack, key: str, ip: str = US_IP, **kwargs: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.url + "/v1", api_key=key, max_retries=0,
+                         default_headers={"X-Forwarded-For": ip}, **kwargs)
+
+
+def anthropic_client(stack: Stack, key: str, ip: str = US_IP) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=stack.url, api_key=key, max_retries=0, default_headers={"X-Forwarded-For": ip})
+
+
+def request(stack: Stack, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+            source: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
+    host, port = stack.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10, source_address=(source, 0))
+    connection.putrequest(method, path, skip_accept_encoding=True)
+    for name, value in (headers or {}).items():
+        connection.putheader(name, value)
+    if body is not None:
+        connection.putheader("Content-Length", str(len(body)))
+    connection.endheaders(body)
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+
+CHAT = {"model": "frontier-5.6", "messages": [{"role": "user", "content": "hello"}]}
+
+
+class TestAllowed:
+    def test_openai_chat_reaches_the_upstream_with_gateway_headers_only(self, stack: Stack) -> None:
+        client = openai_client(stack, stack.api_key("org-acme"))
+        raw = client.chat.completions.with_raw_response.create(model="frontier-5.6", messages=[{"role": "user", "content": "hi"}])
+        reply = raw.parse()
+        assert reply.choices[0].message.content.startswith("[demo:frontier-5.6]")
+        assert raw.headers["x-gateway-decision-id"]
+        [seen] = stack.received
+        assert seen.header("x-gateway-org") == "org-acme"
+        assert seen.header("x-gateway-decision-id") == raw.headers["x-gateway-decision-id"]
+        assert seen.header("authorization") is None and seen.header("x-forwarded-for") is None
+
+    def test_openai_stream_async(self, stack: Stack) -> None:
+        async def run() -> list[str]:
+            client = openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key=stack.api_key("org-kyoto"), max_retries=0,
+                                        default_headers={"X-Forwarded-For": "2001:218::1"})
+            stream = await client.chat.completions.create(model="fr-5.6", stream=True,
+                                                          messages=[{"role": "user", "content": "stream please"}])
+            parts = [chunk.choices[0].delta.content async for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
+            await client.close()
+            return parts
+
+        import asyncio
+
+        parts = asyncio.run(run())
+        assert len(parts) > 1 and "".join(parts).startswith("[demo:fr-5.6]")
+
+    def test_anthropic_messages_and_stream(self, stack: Stack) -> None:
+        client = anthropic_client(stack, stack.api_key("org-caisi"))
+        message = client.messages.create(model="frontier-5.6", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+        assert message.content[0].text.startswith("[demo:frontier-5.6]")
+        with client.messages.stream(model="small-2", max_tokens=50, messages=[{"role": "user", "content": "go"}]) as stream:
+            text = "".join(stream.text_stream)
+        assert text.startswith("[demo:small-2]")
+
+    def test_jwt_caller(self, stack: Stack) -> None:
+        client = openai_client(stack, stack.signing.token("org-acme"))
+        reply = client.embeddings.create(model="small-2", input="vector")
+        assert len(reply.data[0].embedding) > 0
+        assert stack.received[0].header("x-gateway-org") == "org-acme"
+
+    def test_models_list_is_filtered_to_the_callers_models(self, stack: Stack) -> None:
+        public = [m.id for m in openai_client(stack, stack.api_key("org-public")).models.list()]
+        partner = [m.id for m in openai_client(stack, stack.api_key("org-acme")).models.list()]
+        assert public == ["fable", "mythos", "small-2"]
+        assert partner == ["frontier-5.6", "fable", "mythos", "small-2"]
+
+
+class TestDenied:
+    def test_concealed_pre_release_model_is_not_found(self, stack: Stack) -> None:
+        with pytest.raises(openai.NotFoundError) as denied:
+            openai_client(stack, stack.api_key("org-public")).chat.completions.create(**CHAT)
+        assert denied.value.code == "model_not_found"
+        assert "frontier" not in str(denied.value.body)
+        assert stack.received == []
+
+    def test_country_of_concern_is_451_with_blocked_by_link(self, stack: Stack) -> None:
+        with pytest.raises(openai.APIStatusError) as denied:
+            openai_client(stack, stack.api_key("org-kyoto"), ip=CN_IP).chat.completions.create(**CHAT)
+        assert denied.value.status_code == 451
+        assert denied.value.code == "unsupported_country_region_territory"
+        assert 'rel="blocked-by"' in denied.value.response.headers["link"]
+        assert stack.received == []
+
+    def test_anthropic_shape_for_anonymizer(self, stack: Stack) -> None:
+        with pytest.raises(anthropic.APIStatusError) as denied:
+            anthropic_client(stack, stack.api_key("org-acme"), ip=GB_ANONYMIZER_IP).messages.create(
+                model="frontier-5.6", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+        assert denied.value.status_code == 451
+        assert denied.value.body["type"] == "error" and denied.value.body["error"]["type"] == "permission_error"
+        assert stack.received == []
+
+    def test_denied_org(self, stack: Stack) -> None:
+        with pytest.raises(openai.PermissionDeniedError):
+            openai_client(stack, stack.api_key("org-listed")).chat.completions.create(**(CHAT | {"model": "small-2"}))
+        assert stack.received == []
+
+    def test_bad_api_key_and_missing_key_get_the_same_401(self, stack: Stack) -> None:
+        bodies = []
+        for headers in ({"Authorization": "Bearer fgw_not-a-key"}, {}, {"x-api-key": "nope"}):
+            status, _, body = request(stack, "POST", "/v1/chat/completions", json.dumps(CHAT).encode(),
+                                      headers | {"Content-Type": "application/json"})
+            bodies.append((status, body))
+        assert {b for b in bodies} == {(401, bodies[0][1])}
+        assert stack.received == []
+
+    def test_sdk_authentication_error(self, stack: Stack) -> None:
+        with pytest.raises(anthropic.AuthenticationError):
+            anthropic_client(stack, "wrong").messages.create(model="small-2", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+
+
+class TestJwtAttacks:
+    @pytest.mark.parametrize("make", [
+        lambda s: s.signing.token("org-acme", lifetime=-120),                      # expired beyond leeway
+        lambda s: s.signing.token("org-acme", nbf=2_000_000_000),                 # not yet valid
+        lambda s: s.signing.token("org-acme", iss="https://evil.test/"),
+        lambda s: s.signing.token("org-acme", aud="someone-else"),
+        lambda s: s.signing.token("org-acme", org_id=""),
+        lambda s: _alg_none(s),
+        lambda s: _hs256_with_public_key(s),
+        lambda s: s.signing.token("org-acme", padding="x" * 20_000),              # oversized
+        lambda s: _without_exp(s),
+    ], ids=["expired", "nbf-future", "wrong-iss", "wrong-aud", "empty-org", "alg-none", "hs256-confusion", "oversized", "no-exp"])
+    def test_refused_and_not_forwarded(self, stack: Stack, make: Any) -> None:
+        status, headers, body = request(stack, "POST", "/v1/chat/completions", json.dumps(CHAT).encode(),
+                                        {"Authorization": f"Bearer {make(stack)}", "Content-Type": "application/json",
+                                         "X-Forwarded-For": US_IP})
+        assert status == 401, body
+        assert headers["x-gateway-decision-id"]
+        assert stack.received == []
+
+
+def _b64(data: dict[str, Any]) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def _alg_none(stack: Stack) -> str:
+    import time
+
+    claims = {"iss": "https://idp.test/", "aud": "frontier-gateway", "sub": "x", "org_id": "org-acme", "exp": int(time.time()) + 60}
+    return f"{_b64({'alg': 'none', 'kid': stack.signing.kid})}.{_b64(claims)}.AAAA"
+
+
+def _hs256_with_public_key(stack: Stack) -> str:
+    """The classic confusion: HMAC keyed with the RSA public key a verifier might hold."""
+    import base64
+    import hashlib
+    import hmac
+    import time
+
+    public_pem = stack.signing.key.as_pem(is_private=False)
+    claims = {"iss": "https://idp.test/", "aud": "frontier-gateway", "sub": "x", "org_id": "org-acme", "exp": int(time.time()) + 60}
+    signing_input = f"{_b64({'alg': 'HS256', 'kid': stack.signing.kid})}.{_b64(claims)}"
+    signature = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+
+def _without_exp(stack: Stack) -> str:
+    import time
+
+    from authlib.jose import jwt
+
+    claims = {"iss": "https://idp.test/", "aud": "frontier-gateway", "sub": "x", "org_id": "org-acme", "iat": int(time.time())}
+    return jwt.encode({"alg": "RS256", "kid": stack.signing.kid}, claims, stack.signing.key).decode()
+
+
+class TestClientAddress:
+    def test_forwarded_for_from_an_untrusted_peer_is_ignored(self, stack: Stack) -> None:
+        key = stack.api_key("org-acme")
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "X-Forwarded-For": US_IP}
+        status, _, _ = request(stack, "POST", "/v1/chat/completions", json.dumps(CHAT).encode(), headers, source="127.0.0.2")
+        assert status == 451  # the peer 127.0.0.2 has no country: a covered model fails closed
+        status, _, _ = request(stack, "POST", "/v1/chat/completions", json.dumps(CHAT | {"model": "small-2"}).encode(),
+                               headers, source="127.0.0.2")
+        assert status == 200
+        assert [r.json()["model"] for r in stack.received] == ["small-2"]
+
+    def test_rightmost_untrusted_entry_wins_over_a_spoofed_left_one(self, stack: Stack) -> None:
+        key = stack.api_key("org-kyoto")
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "X-Forwarded-For": f"{SE_IP}, {CN_IP}"}
+        status, _, _ = request(stack, "POST", "/v1/chat/completions", json.dumps(CHAT).encode(), headers)
+        assert status == 451 and stack.received == []
+
+
+class TestMalformed:
+    def headers(self, stack: Stack, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {stack.api_key('org-public')}", "Content-Type": "application/json",
+                "X-Forwarded-For": US_IP} | extra
+
+    @pytest.mark.parametrize("body,status", [
+        (b'{"model": "small-2", "model": "frontier-5.6", "messages": []}', 400),
+        (b'{"model": "small-2", "MODEL": "frontier-5.6", "messages": []}', 400),
+        (b'{"messages": []}', 400),
+        (b'{"model": 5}', 400),
+        (b'not json', 400),
+        (b'\xef\xbb\xbf{"model": "small-2"}', 400),
+    ])
+    def test_ambiguous_bodies_are_refused(self, stack: Stack, body: bytes, status: int) -> None:
+        code, _, reply = request(stack, "POST", "/v1/chat/completions", body, self.headers(stack))
+        assert code == status
+        assert json.loads(reply)["error"]["code"] == "invalid_request"
+        assert stack.received == []
+
+    def test_compressed_body_is_415(self, stack: Stack) -> None:
+        body = gzip.compress(json.dumps(CHAT | {"model": "small-2"}).encode())
+        code, _, _ = request(stack, "POST", "/v1/chat/completions", body, self.headers(stack, **{"Content-Encoding": "gzip"}))
+        assert code == 415 and stack.received == []
+
+    def test_wrong_content_type_is_415(self, stack: Stack) -> None:
+        code, _, _ = request(stack, "POST", "/v1/chat/completions", json.dumps(CHAT).encode(),
+                             self.headers(stack, **{"Content-Type": "text/plain"}))
+        assert code == 415 and stack.received == []
+
+    def test_model_in_the_query_is_refused(self, stack: Stack) -> None:
+        code, _, _ = request(stack, "POST", "/v1/chat/completions?model=frontier-5.6",
+                             json.dumps(CHAT | {"model": "small-2"}).encode(), self.headers(stack))
+        assert code == 400 and stack.received == []
+
+    @pytest.mark.parametrize("path,status", [
+        ("/v1/../v1/chat/completions", 400), ("//v1/chat/completions", 400), ("/v1/chat/%63ompletions", 400),
+        ("/v1%2fchat/completions", 400), ("/v1/chat/completions/", 400), ("/admin/policy", 404), ("/v2/chat/completions", 404),
+        ("/v1/files", 404),
+    ])
+    def test_path_tricks(self, stack: Stack, path: str, status: int) -> None:
+        code, headers, _ = request(stack, "POST", path, json.dumps(CHAT | {"model": "small-2"}).encode(), self.headers(stack))
+        assert code == status and headers["x-gateway-decision-id"]
+        assert stack.received == []
+
+    def test_client_sent_gateway_headers_never_reach_the_upstream(self, stack: Stack) -> None:
+        headers = self.headers(stack, **{"X-Gateway-Org": "org-caisi", "X-Gateway-Decision-Id": "forged",
+                                         "X-HTTP-Method-Override": "DELETE", "Connection": "close, X-Secret", "X-Secret": "1"})
+        code, _, _ = request(stack, "POST", "/v1/chat/completions", json.dumps(CHAT | {"model": "small-2"}).encode(), headers)
+        assert code == 200
+        [seen] = stack.received
+        assert seen.header("x-gateway-org") == "org-public"
+        assert seen.header("x-gateway-decision-id") != "forged"
+        assert seen.header("x-http-method-override") is None and seen.header("x-secret") is None
+
+
+class TestRecordsAndAdmin:
+    def test_one_audit_record_per_request(self, stack: Stack) -> None:
+        before = len(stack.audit_records())
+        key = stack.api_key("org-public")
+        statuses = [
+            request(stack, "POST", "/v1/chat/completions", json.dumps(CHAT | {"model": "small-2"}).encode(),
+                    {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "X-Forwarded-For": US_IP})[0],
+            request(stack, "POST", "/v1/chat/completions", b"{}", {"Content-Type": "application/json"})[0],
+            request(stack, "GET", "/nope")[0],
+        ]
+        records = stack.audit_records()[before:]
+        assert statuses == [200, 401, 404]
+        assert [(r["status"], r["decision"]) for r in records] == [(200, "allow"), (401, "deny"), (404, "deny")]
+        assert records[0]["org"] == "org-public" and records[0]["observed_country"] == "US"
+        assert records[1]["reasons"] == ["credential_missing"]
+
+    def test_health_readiness_and_metrics(self, stack: Stack) -> None:
+        import urllib.request
+
+        with urllib.request.urlopen(stack.admin_url + "/readyz") as ready:
+            assert json.load(ready)["ready"] is True
+        with urllib.request.urlopen(stack.admin_url + "/metrics") as metrics:
+            text = metrics.read().decode()
+        assert "gateway_requests_total{" in text and "gateway_policy_info{version=" in text
+
+
+class TestUpstreamFaults:
+    def test_client_going_away_cancels_the_upstream_stream(self, stack: Stack) -> None:
+        import socket
+        import time
+
+        stack.upstream.app.stream_delay_s = 0.2
+        try:
+            body = json.dumps({"model": "small-2", "stream": True, "messages": [{"role": "user", "content": "a long story " * 20}]})
+            host, port = stack.url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port))) as sock:
+                sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              f"Authorization: Bearer {stack.api_key('org-public')}\r\nX-Forwarded-For: {US_IP}\r\n"
+                              f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
+                assert b"200 OK" in sock.recv(65536)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and stack.received[0].outcome != "disconnected":
+                time.sleep(0.05)
+            assert stack.received[0].outcome == "disconnected"
+        finally:
+            stack.upstream.app.stream_delay_s = 0.0
+        record = stack.audit_records()[-1]
+        assert record["error"] == "client_disconnected" and record["decision"] == "allow"
+
+    def test_unreachable_upstream_is_502_in_the_api_shape(self, tmp_path: Path) -> None:
+        isolated = Stack(tmp_path)
+        try:
+            isolated.thread.run(isolated.upstream.stop())
+            client = openai_client(isolated, isolated.api_key("org-public"))
+            with pytest.raises(openai.APIStatusError) as failed:
+                client.chat.completions.create(model="small-2", messages=[{"role": "user", "content": "x"}])
+            assert failed.value.status_code == 502 and failed.value.code == "upstream_unavailable"
+            assert isolated.audit_records()[-1]["error"] == "upstream_connect"
+        finally:
+            isolated.service_stop_only()
