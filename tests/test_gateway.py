@@ -339,3 +339,29 @@ class TestUpstreamFaults:
             assert isolated.audit_records()[-1]["error"] == "upstream_connect"
         finally:
             isolated.service_stop_only()
+
+
+class TestConfiguredDecoding:
+    def test_gzip_body_is_decoded_and_forwarded_plain_when_configured(self, tmp_path: Path) -> None:
+        decoding = Stack(tmp_path, extra_config="request: {decode_encodings: [gzip], max_body_bytes: 100000}")
+        try:
+            headers = {"Authorization": f"Bearer {decoding.api_key('org-public')}", "Content-Type": "application/json",
+                       "Content-Encoding": "gzip", "X-Forwarded-For": US_IP}
+            plain = json.dumps(CHAT | {"model": "small-2"}).encode()
+            status, _, _ = request(decoding, "POST", "/v1/chat/completions", gzip.compress(plain), headers)
+            assert status == 200
+            [seen] = decoding.received
+            assert seen.body == plain and seen.header("content-encoding") is None
+            bomb = gzip.compress(b'{"model": "small-2", "pad": "' + b"a" * 5_000_000 + b'"}')
+            status, _, _ = request(decoding, "POST", "/v1/chat/completions", bomb, headers)
+            assert status == 413 and len(decoding.received) == 1
+        finally:
+            decoding.close()
+
+
+def test_oversized_body_is_413(stack: Stack) -> None:
+    headers = {"Authorization": f"Bearer {stack.api_key('org-public')}", "Content-Type": "application/json"}
+    body = b'{"model": "small-2", "pad": "' + b"a" * (4 * 1024 * 1024) + b'"}'
+    status, _, reply = request(stack, "POST", "/v1/chat/completions", body, headers)
+    assert status == 413 and json.loads(reply)["error"]["code"] == "request_too_large"
+    assert stack.received == []
