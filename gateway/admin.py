@@ -1,22 +1,81 @@
-"""The admin listener (SPEC §4): health, readiness and metrics; never the public one."""
+"""The admin listener (SPEC §4), never the public one: health, readiness and
+metrics for anyone who can reach it; the admin API for bearer tokens with a
+role. `viewer` reads, `operator` also changes. Every change goes through
+`LiveState`, which records who, when, what, before and after.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.app import PolicyState
+from gateway import countries, explain
+from gateway.config import AdminToken
+from gateway.decision import Facts, decide
+from gateway.live.overlay import ChangeError
+from gateway.live.state import LiveState, PolicyState
 from gateway.metrics import Metrics
+from gateway.policy.issues import PolicyError
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+MAX_ADMIN_BODY = 64 * 1024 * 1024
+Handler = Callable[[Request], Awaitable[Response]]
 
 
-def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callable[[], list[str]]) -> Starlette:
+def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+class Tokens:
+    """Admin bearer tokens, known only by their SHA-256 (config `admin.tokens`)."""
+
+    def __init__(self, tokens: list[AdminToken]) -> None:
+        self.tokens = tokens
+
+    def identify(self, request: Request) -> AdminToken | None:
+        scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not credential:
+            return None
+        digest = hashlib.sha256(credential.strip().encode()).hexdigest()
+        found = None
+        for token in self.tokens:  # compare with every token, in constant time each
+            if hmac.compare_digest(digest, token.sha256):
+                found = token
+        return found
+
+
+def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callable[[], list[str]],
+                     live: LiveState, tokens: list[AdminToken], audit_path: str | None = None) -> Starlette:
     """`ready_checks` returns what is missing for readiness (empty when ready)."""
+    known = Tokens(tokens)
+
+    def guarded(role: str, handler: Callable[[Request, str], Awaitable[Response]]) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            token = known.identify(request)
+            if token is None:
+                return error(401, "unauthorized", "A valid admin bearer token is required.")
+            if role == "operator" and token.role != "operator":
+                return error(403, "forbidden", f"The {token.role} role cannot make changes.")
+            try:
+                return await handler(request, token.name)
+            except ChangeError as refused:
+                return error(refused.status, "change_refused", "The change was refused.", problems=refused.problems)
+            except PolicyError as refused:
+                return error(422, "invalid_policy", str(refused), issues=[i.as_dict() for i in refused.issues])
+            except BodyError as refused:
+                return error(400, "invalid_request", str(refused))
+        return endpoint
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -24,18 +83,134 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
     async def readyz(request: Request) -> Response:
         missing = ready_checks()
         policy = state.policy
-        body = {
-            "ready": not missing,
-            "policy_version": policy.version if policy else None,
-            "missing": missing,
-        }
+        body = {"ready": not missing, "policy_version": policy.version if policy else None, "missing": missing}
         return JSONResponse(body, status_code=200 if not missing else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.exposition(), media_type=PROMETHEUS_TEXT)
 
+    async def get_policy(request: Request, actor: str) -> Response:
+        policy = state.policy
+        return JSONResponse({
+            "policy_version": policy.version if policy else None,
+            "bundle_version": live.base_version,
+            "files_version": live.files_version,
+            "revision": live.revision,
+            "files": live.bundle_files,
+            "overlay": live.overlay.as_json(),
+        })
+
+    async def put_policy(request: Request, actor: str) -> Response:
+        body = await json_body(request)
+        files = body.get("files")
+        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise BodyError('expected {"files": {"<name>.yaml": "<YAML text>", ...}}')
+        return JSONResponse(await live.put_policy(files, actor))
+
+    async def list_suspensions(request: Request, actor: str) -> Response:
+        policy = state.policy
+        items = [{"id": s.id, "models": sorted(s.models), "scope": s.scope, "groups": list(s.groups.names),
+                  "reason": s.reason, "reference": s.reference, "mode": s.mode,
+                  "live": s.id in live.overlay.suspensions} for s in (policy.suspensions if policy else ())]
+        return JSONResponse({"suspensions": items})
+
+    async def create_suspension(request: Request, actor: str) -> Response:
+        return JSONResponse(await live.suspend(await json_body(request), actor), status_code=201)
+
+    async def lift_suspension(request: Request, actor: str) -> Response:
+        return JSONResponse(await live.lift(request.path_params["id"], actor))
+
+    async def patch_organization(request: Request, actor: str) -> Response:
+        return JSONResponse(await live.patch_organization(request.path_params["id"], await json_body(request), actor))
+
+    async def explain_endpoint(request: Request, actor: str) -> Response:
+        policy = state.policy
+        if policy is None:
+            return error(503, "unavailable", "No policy is loaded.")
+        body = await json_body(request)
+        facts, now = _facts(body)
+        return JSONResponse(explain.as_json(policy, facts, decide(policy, facts, now), now))
+
+    async def decisions(request: Request, actor: str) -> Response:
+        filters = {k: request.query_params[k] for k in ("org", "model", "observed_country", "decision") if k in request.query_params}
+        limit = min(int(request.query_params.get("limit", "100") or 100), 1000)
+        records = [r for r in tail_jsonl(audit_path, 10 * limit) if all(str(r.get(k)) == v for k, v in filters.items())]
+        return JSONResponse({"decisions": records[:limit]})
+
+    async def changes(request: Request, actor: str) -> Response:
+        return JSONResponse({"changes": await live.changes(min(int(request.query_params.get("limit", "100") or 100), 1000))})
+
     return Starlette(routes=[
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
+        Route("/admin/policy", guarded("viewer", get_policy), methods=["GET"]),
+        Route("/admin/policy", guarded("operator", put_policy), methods=["PUT"]),
+        Route("/admin/suspensions", guarded("viewer", list_suspensions), methods=["GET"]),
+        Route("/admin/suspensions", guarded("operator", create_suspension), methods=["POST"]),
+        Route("/admin/suspensions/{id}", guarded("operator", lift_suspension), methods=["DELETE"]),
+        Route("/admin/organizations/{id}", guarded("operator", patch_organization), methods=["PATCH"]),
+        Route("/admin/explain", guarded("viewer", explain_endpoint), methods=["POST"]),
+        Route("/admin/decisions", guarded("viewer", decisions), methods=["GET"]),
+        Route("/admin/changes", guarded("viewer", changes), methods=["GET"]),
     ])
+
+
+class BodyError(ValueError):
+    pass
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_ADMIN_BODY):
+        raise BodyError("the body is too large")
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise BodyError("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BodyError("the body must be a JSON object")
+    return body
+
+
+def _facts(body: dict[str, Any]) -> tuple[Facts, datetime]:
+    org, model = body.get("org"), body.get("model")
+    if not isinstance(org, str) or not isinstance(model, str):
+        raise BodyError("org and model are required strings")
+    country = body.get("country")
+    region = body.get("region")
+    if country is not None and (not isinstance(country, str) or not countries.is_country(country.upper())):
+        raise BodyError("country must be an ISO 3166-1 alpha-2 code")
+    if region is not None and (not isinstance(region, str) or not countries.is_region(region.upper())):
+        raise BodyError("region must be an ISO 3166-2 code")
+    try:
+        at = datetime.fromisoformat(body["at"]) if body.get("at") else datetime.now(UTC)
+    except (TypeError, ValueError):
+        raise BodyError("at must be an ISO 8601 time") from None
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    facts = Facts(org, model, country.upper() if country else None, region.upper() if region else None,
+                  bool(body.get("anonymizer", False)))
+    return facts, at
+
+
+def tail_jsonl(path: str | None, limit: int) -> list[dict[str, Any]]:
+    """The last `limit` records of a JSONL file, newest first."""
+    if path is None or not os.path.exists(path):
+        return []
+    with Path(path).open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        end = position = handle.tell()
+        data = b""
+        while position > 0 and data.count(b"\n") <= limit:
+            position = max(0, position - 65536)
+            handle.seek(position)
+            data = handle.read(end - position)
+    lines = data.splitlines()[-limit:]
+    records = []
+    for line in reversed(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records

@@ -28,7 +28,8 @@ from gateway.geo import UNKNOWN, GeoIP, Place
 from gateway.identity import Authenticator, CredentialError, Principal
 from gateway.metrics import Metrics
 from gateway.policy.snapshot import Policy
-from gateway.quota import LocalQuota
+from gateway.live.state import PolicyState
+from gateway.quota import LocalQuota, Quota
 from gateway.reasons import Reason
 from gateway.request_body import RequestError, extract_model
 from gateway.routing import Route, Router
@@ -41,13 +42,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 JSON = (b"content-type", b"application/json")
-
-
-class PolicyState:
-    """The policy snapshot in force; replaced whole, never edited."""
-
-    def __init__(self, policy: Policy | None = None) -> None:
-        self.policy = policy
 
 
 @dataclass(slots=True)
@@ -85,6 +79,7 @@ class Gateway:
         audit: AuditLog,
         metrics: Metrics,
         *,
+        quota: Quota | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -97,7 +92,7 @@ class Gateway:
         self.clock = clock
         self.router = Router(config.routes)
         self.trusted = TrustedProxies(config.trusted_proxies)
-        self.quota = LocalQuota()
+        self.quota = quota or LocalQuota()
         self.decode = frozenset(config.request.decode_encodings)
         self.blocked_by = f"<{config.denials.blocked_by}>; rel=\"blocked-by\"".encode()
 
@@ -129,7 +124,7 @@ class Gateway:
         route = self.router.match(scope.get("raw_path") or scope["path"].encode(), scope["method"])
         exchange.api = route.api
         policy = self.state.policy
-        if policy is None or not self.audit.healthy:
+        if policy is None or not self.state.usable() or not self.audit.healthy:
             return await self.deny(exchange, send, _unavailable(policy))
 
         principal, credential = await self.authenticate(exchange, headers)
@@ -145,7 +140,11 @@ class Gateway:
         if not decision.allowed:
             return await self.deny(exchange, send, decision)
 
-        retry_after = self.admit(policy, principal, decision)
+        try:
+            retry_after = await self.admit(policy, principal, decision)
+        except Exception as error:  # quota state unreachable: fail closed
+            log.warning("quota check failed: %r", error)
+            return await self.deny(exchange, send, _unavailable(policy))
         if retry_after is not None:
             return await self.deny(exchange, send, _rate_limited(decision), retry_after=retry_after)
 
@@ -218,10 +217,13 @@ class Gateway:
         exchange.decision = decision
         return decision
 
-    def admit(self, policy: Policy, principal: Principal, decision: Decision) -> float | None:
+    async def admit(self, policy: Policy, principal: Principal, decision: Decision) -> float | None:
         org = policy.organizations[principal.org_id]
         quota = policy.quota_for(org, decision.tier or org.tier)
-        return self.quota.admit(org.id, quota.requests_per_minute if quota else None, self.clock())
+        if quota is None or quota.requests_per_minute is None:
+            return None
+        # Quota windows follow the wall clock, not the (injectable) decision clock.
+        return await self.quota.admit(org.id, quota.requests_per_minute, time.time())
 
     # Acting on the decision
 

@@ -64,7 +64,11 @@ class IdentityConfig(Section):
 
 class RedisConfig(Section):
     url: str | None = None
+    # Decide from the in-memory mirror for at most this long while Redis is unreachable.
     max_staleness_s: float = Field(5.0, gt=0)
+    # Prefix (and Cluster hash tag) of every key, so gateways can share one Redis.
+    namespace: str = Field("fgw", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    timeout_s: float = Field(0.5, gt=0, le=10)
 
 
 class AuditConfig(Section):

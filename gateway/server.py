@@ -16,16 +16,17 @@ from collections.abc import Callable, Iterator
 import uvicorn
 
 from gateway.admin import create_admin_app
-from gateway.app import Gateway, PolicyState
+from gateway.app import Gateway
 from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.geo import GeoIP
 from gateway.geodata import default_country_db
 from gateway.identity import Authenticator
+from gateway.live.state import LiveState, PolicyState, watch_sighup
+from gateway.live.store import LocalStore, RedisStore, Store
 from gateway.metrics import Metrics
-from gateway.policy.issues import PolicyError
-from gateway.policy.load import load_bundle
 from gateway.proxy import Upstreams
+from gateway.quota import LocalQuota, Quota, RedisQuota
 
 log = logging.getLogger("gateway")
 
@@ -58,7 +59,13 @@ class Service:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
-        self.state = PolicyState()
+        fleet = config.redis.url is not None
+        self.state = PolicyState(max_staleness_s=config.redis.max_staleness_s if fleet else None)
+        redis = config.redis
+        self.store: Store = (RedisStore(redis.url, namespace=redis.namespace, timeout_s=redis.timeout_s) if redis.url
+                             else LocalStore(config.state_dir))
+        self.quota: Quota = RedisQuota(self.store.redis, redis.namespace) if isinstance(self.store, RedisStore) else LocalQuota()
+        self.live = LiveState(self.state, self.store, self.metrics, config.policy_dir)
         self.geo: GeoIP | None = None
         self.upstreams = Upstreams(config.upstreams)
         self.audit = AuditLog(config.audit.path, self.metrics)
@@ -66,22 +73,12 @@ class Service:
         self.gateway: Gateway | None = None
         self.authenticator = Authenticator.from_config(config.identity, config.state_dir)
 
-    def load_policy(self) -> None:
-        try:
-            loaded = load_bundle(self.config.policy_dir)
-        except PolicyError as error:
-            self.metrics.policy_reloads.labels("failure").inc()
-            log.error("%s", error.report())
-            return
-        self.state.policy = loaded.policy
-        self.metrics.policy_reloads.labels("success").inc()
-        self.metrics.policy_loaded(loaded.policy.version)
-        self.metrics.suspensions_active.set(len(loaded.policy.suspensions))
-
     def missing(self) -> list[str]:
         missing = []
         if self.state.policy is None:
             missing.append("policy")
+        elif not self.state.usable():
+            missing.append("shared state (redis)")
         if self.geo is None:
             missing.append("geoip")
         if not self.audit.healthy:
@@ -90,14 +87,14 @@ class Service:
 
     async def start(self) -> None:
         config = self.config
-        self.load_policy()
+        await self.live.start()
         self.geo = GeoIP(config.geoip.country_db or default_country_db(), config.geoip.anonymous_ip_db)
         await self.authenticator.start()
         await self.upstreams.start()
         self.audit.start()
         self.gateway = Gateway(config, self.state, self.authenticator, self.geo, self.upstreams, self.audit, self.metrics,
-                               clock=self.clock)
-        admin = create_admin_app(self.state, self.metrics, self.missing)
+                               quota=self.quota, clock=self.clock)
+        admin = create_admin_app(self.state, self.metrics, self.missing, self.live, config.admin.tokens, config.audit.path)
         self.servers = [_Server(_uvicorn_config(self.gateway, config.listen)),
                         _Server(_uvicorn_config(admin, config.admin_listen))]
         self._tasks = [asyncio.ensure_future(server.serve()) for server in self.servers]
@@ -114,6 +111,7 @@ class Service:
         for server in self.servers:
             server.should_exit = True
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.live.stop()
         await self.audit.close()
         await self.upstreams.close()
         await self.authenticator.close()
@@ -129,6 +127,7 @@ class Service:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        watch_sighup(self.live)
         await stop.wait()
         await self.stop()
 

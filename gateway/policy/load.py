@@ -44,6 +44,12 @@ class Loaded:
 
 def load_bundle(directory: str | FsPath) -> Loaded:
     """Read the bundle's files from `directory` and load them."""
+    texts, problems = read_bundle(directory)
+    return load_texts(texts, extra_issues=problems)
+
+
+def read_bundle(directory: str | FsPath) -> tuple[dict[str, str], list[Issue]]:
+    """The bundle's files as {name: text}, and problems reading them."""
     root = FsPath(directory)
     if not root.is_dir():
         raise PolicyError([Issue(str(root), "", "policy directory not found")])
@@ -60,7 +66,7 @@ def load_bundle(directory: str | FsPath) -> Loaded:
             texts[path.name] = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(Issue(path.name, "", f"cannot be read: {exc}"))
-    return load_texts(texts, extra_issues=problems)
+    return texts, problems
 
 
 def load_texts(texts: Mapping[str, str], *, extra_issues: list[Issue] | None = None) -> Loaded:
@@ -413,7 +419,7 @@ def _rule_set(rules: schema.RuleSet, parts: _Parts) -> snapshot.RuleSet:
     )
 
 
-def _lapse(vetted_until: date | None) -> float | None:
+def lapse_time(vetted_until: date | None) -> float | None:
     if vetted_until is None:
         return None
     return datetime.combine(vetted_until + timedelta(days=1), time(), tzinfo=UTC).timestamp()
@@ -482,7 +488,7 @@ def _compile(parts: _Parts, framework: schema.Framework) -> snapshot.Policy:
             status=o.status,
             status_reason=o.status_reason,
             vetted_until=o.vetted_until,
-            lapses_at=_lapse(o.vetted_until),
+            lapses_at=lapse_time(o.vetted_until),
             quota=_quota(o.quota),
         )
         for name, o in parts.organizations.items()

@@ -1,0 +1,195 @@
+"""Live changes on top of a policy bundle (SPEC §4): suspensions created and
+lifted, and organization overrides, made through the admin API.
+
+Pure: an `Overlay` is data, `check_*` validate one change against the bundle
+(every error at once, in the admin API's terms), and `apply()` derives the
+effective snapshot incrementally — only the organizations and models a change
+touches are rebuilt, so a change takes effect in milliseconds even on a
+registry of 10^5 organizations. The effective version is a hash of the bundle's
+version and the overlay, so every change produces a new version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import date
+from types import MappingProxyType
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.policy import schema
+from gateway.policy.load import lapse_time
+from gateway.policy.snapshot import GroupSet, Organization, Policy, Suspension
+
+ORG_FIELDS = ("status", "tier", "vetted_until", "status_reason")
+
+
+@dataclass(frozen=True)
+class Overlay:
+    # Live suspensions by id, as validated suspension documents (JSON-ready).
+    suspensions: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    # Ids of bundle suspensions lifted live.
+    lifted: frozenset[str] = frozenset()
+    # Organization id -> the fields that override the bundle's record.
+    organizations: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "suspensions": dict(sorted(self.suspensions.items())),
+            "lifted": sorted(self.lifted),
+            "organizations": dict(sorted(self.organizations.items())),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Overlay:
+        return cls(dict(data.get("suspensions", {})), frozenset(data.get("lifted", ())),
+                   dict(data.get("organizations", {})))
+
+    def empty(self) -> bool:
+        return not (self.suspensions or self.lifted or self.organizations)
+
+
+class ChangeError(Exception):
+    """A live change was refused; `problems` names every field at fault."""
+
+    def __init__(self, problems: list[str], status: int = 422) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+        self.status = status
+
+
+# Checking one change
+
+
+def check_suspension(base: Policy, overlay: Overlay, data: Mapping[str, Any], new_id: str) -> dict[str, Any]:
+    """Validate a suspension for POST /admin/suspensions; return its document."""
+    document = {"id": new_id, **data}
+    try:
+        suspension = schema.Suspension.model_validate(document, strict=False)
+    except ValidationError as exc:
+        raise ChangeError([f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]) from None
+    problems = []
+    if suspension.id in _suspension_ids(base, overlay):
+        raise ChangeError([f"id: a suspension {suspension.id!r} exists already"], status=409)
+    for model in suspension.models:
+        if base.model_named(model) is None:
+            problems.append(f"models: unknown model {model!r}")
+    scopes = [s for s in ("deny_outside", "deny_in") if getattr(suspension, s) is not None]
+    if len(scopes) != 1:
+        problems.append("give exactly one of deny_outside or deny_in")
+    for scope in scopes:
+        problems += [f"{scope}: unknown jurisdiction group {g!r}" for g in getattr(suspension, scope) if g not in base.groups]
+    if suspension.from_ and suspension.until and suspension.until <= suspension.from_:
+        problems.append("until: must be later than 'from'")
+    if problems:
+        raise ChangeError(problems)
+    return suspension.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def check_org_patch(base: Policy, org_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a PATCH /admin/organizations/{id}; return the override fields."""
+    if org_id not in base.organizations:
+        raise ChangeError([f"organization {org_id!r} is not in the policy"], status=404)
+    unknown = sorted(set(data) - set(ORG_FIELDS))
+    if unknown or not data:
+        raise ChangeError([f"{key}: unknown field" for key in unknown] or [f"give one or more of {', '.join(ORG_FIELDS)}"])
+    org = base.organizations[org_id]
+    merged = {"name": org.name, "country": org.country, "tier": org.tier, "status": org.status,
+              "vetted_until": org.vetted_until.isoformat() if org.vetted_until else None,
+              "status_reason": org.status_reason} | dict(data)
+    try:
+        schema.Organization.model_validate({k: v for k, v in merged.items() if v is not None}, strict=False)
+    except ValidationError as exc:
+        raise ChangeError([f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]) from None
+    return dict(data)
+
+
+def _suspension_ids(base: Policy, overlay: Overlay) -> set[str]:
+    return {s.id for s in base.suspensions} | set(overlay.suspensions)
+
+
+# Deriving the effective snapshot
+
+
+def apply(base: Policy, overlay: Overlay) -> Policy:
+    """The bundle with the live changes in force. Changes that no longer fit the
+    bundle (an org or model it dropped) are skipped, never a reason to refuse it."""
+    if overlay.empty():
+        return base
+    organizations = _organizations(base, overlay)
+    suspensions = tuple(s for s in base.suspensions if s.id not in overlay.lifted)
+    suspensions += tuple(_compile_suspension(base, doc) for doc in overlay.suspensions.values())
+    models = dict(base.models)
+    touched = {m for s in (*base.suspensions, *suspensions) for m in s.models if m in models}
+    for name in touched:
+        models[name] = replace(models[name], suspensions=tuple(s for s in suspensions if name in s.models))
+    names = {key: models[model.id] for key, model in base.names.items()}
+    return replace(
+        base,
+        version=_version(base.version, overlay),
+        organizations=MappingProxyType(organizations),
+        models=MappingProxyType(models),
+        names=MappingProxyType(names),
+        suspensions=suspensions,
+    )
+
+
+def _organizations(base: Policy, overlay: Overlay) -> Mapping[str, Organization]:
+    if not overlay.organizations:
+        return base.organizations
+    organizations = dict(base.organizations)
+    for org_id, fields in overlay.organizations.items():
+        org = organizations.get(org_id)
+        if org is None:
+            continue
+        vetted = fields.get("vetted_until", org.vetted_until)
+        vetted = date.fromisoformat(vetted) if isinstance(vetted, str) else vetted
+        organizations[org_id] = replace(
+            org,
+            status=fields.get("status", org.status),
+            tier=fields.get("tier", org.tier),
+            status_reason=fields.get("status_reason", org.status_reason),
+            vetted_until=vetted,
+            lapses_at=lapse_time(vetted),
+        )
+    return organizations
+
+
+def _compile_suspension(base: Policy, document: Mapping[str, Any]) -> Suspension:
+    suspension = schema.Suspension.model_validate(document, strict=False)
+    scope = "deny_outside" if suspension.deny_outside is not None else "deny_in"
+    groups = [g for g in (suspension.deny_outside if scope == "deny_outside" else suspension.deny_in) or [] if g in base.groups]
+    models = frozenset(m.id for m in (base.model_named(name) for name in suspension.models) if m is not None)
+    return Suspension(
+        id=suspension.id,
+        models=models,
+        scope=scope,
+        groups=union(base, groups),
+        starts=suspension.from_.timestamp() if suspension.from_ else None,
+        ends=suspension.until.timestamp() if suspension.until else None,
+        reason=suspension.reason,
+        reference=suspension.reference,
+        mode=suspension.mode,
+    )
+
+
+def union(base: Policy, names: list[str]) -> GroupSet:
+    countries: dict[str, str] = {}
+    regions: dict[str, str] = {}
+    for name in names:
+        group = base.groups[name]
+        for code in group.countries:
+            countries.setdefault(code, name)
+        for code in group.regions:
+            regions.setdefault(code, name)
+    return GroupSet(tuple(names), MappingProxyType(countries), MappingProxyType(regions))
+
+
+def _version(base_version: str, overlay: Overlay) -> str:
+    canonical = json.dumps([base_version, overlay.as_json()], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+

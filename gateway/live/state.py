@@ -1,0 +1,306 @@
+"""The live policy of one replica: a mirror of the shared state, kept current.
+
+Requests never wait on the store: they read `PolicyState.policy`, which this
+class replaces whole whenever the shared revision moves. It learns of changes
+three ways: a change made here is applied at once; other replicas' changes are
+announced on pub/sub; and a resync every `RESYNC_S` catches anything missed and
+doubles as the store's health check. When the store cannot be read for longer
+than `max_staleness_s`, `PolicyState.usable()` turns false and the gateway
+answers 503 until a resync succeeds (SPEC: fail closed).
+
+Policy files are watched too (`policy_dir`, polled, or SIGHUP): a valid new
+bundle is published to the store; an invalid, empty or truncated one is
+refused with its errors logged, and the running snapshot stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.live import overlay as overlays
+from gateway.live.overlay import ChangeError, Overlay
+from gateway.live.store import Shared, Store
+from gateway.metrics import Metrics
+from gateway.policy.issues import PolicyError
+from gateway.policy.load import Loaded, load_texts, read_bundle
+from gateway.policy.snapshot import Policy
+
+log = logging.getLogger("gateway.live")
+
+RESYNC_S = 0.5
+FILE_POLL_S = 1.0
+
+
+class PolicyState:
+    """The snapshot in force and how fresh it is; replaced whole, never edited."""
+
+    def __init__(self, policy: Policy | None = None, *, max_staleness_s: float | None = None) -> None:
+        self.policy = policy
+        self.max_staleness_s = max_staleness_s
+        self.synced_at = time.monotonic()
+
+    def usable(self) -> bool:
+        if self.policy is None:
+            return False
+        return self.max_staleness_s is None or time.monotonic() - self.synced_at <= self.max_staleness_s
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class LiveState:
+    def __init__(self, state: PolicyState, store: Store, metrics: Metrics, policy_dir: str, *,
+                 on_change: Callable[[Policy], None] | None = None) -> None:
+        self.state = state
+        self.store = store
+        self.metrics = metrics
+        self.policy_dir = policy_dir
+        self.on_change = on_change
+        self.base: Policy | None = None
+        self.base_version: str | None = None
+        self.files_version: str | None = None
+        self.overlay = Overlay()
+        self.revision = -1
+        self._base_texts: dict[str, str] = {}
+        self._publish_pending = False
+        self._files_stamp: tuple[tuple[str, int, int], ...] = ()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sync_lock = asyncio.Lock()
+        self.reload_requested = asyncio.Event()
+
+    @property
+    def bundle_files(self) -> dict[str, str]:
+        """The YAML texts of the bundle in force (before live changes)."""
+        return dict(self._base_texts)
+
+    # Starting and stopping
+
+    async def start(self) -> None:
+        try:
+            await self.reload_files(initial=True)
+        except Exception as error:  # the store is down: publish once it answers
+            self._publish_pending = True
+            log.error("cannot publish the policy files: %r", error)
+        try:
+            await self.resync(force=True)
+        except Exception as error:  # the store is down at start: not ready until it answers
+            log.error("cannot read the shared state: %r", error)
+            self.metrics.redis_up.set(0)
+        self._tasks = [asyncio.ensure_future(loop()) for loop in (self._listen, self._resync_forever, self._watch_files)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
+
+    # Following the shared state
+
+    async def resync(self, *, force: bool = False) -> None:
+        async with self._sync_lock:
+            revision = await self.store.revision()
+            if force or revision != self.revision:
+                await self._apply(await self.store.read())
+            self.state.synced_at = time.monotonic()
+            self.metrics.redis_up.set(1)
+
+    async def _apply(self, shared: Shared) -> None:
+        if shared.bundle is None and self.base is not None and shared.revision < self.revision:
+            # The store lost its data (e.g. Redis restarted without persistence):
+            # put back what this replica holds rather than silently drop live changes.
+            await self._restore()
+            shared = await self.store.read()
+        if shared.bundle is not None and shared.bundle_version != self.base_version:
+            try:
+                loaded = await asyncio.to_thread(load_texts, shared.bundle)
+            except PolicyError as error:
+                log.error("the shared bundle %s is invalid here: %s", shared.bundle_version, error.report())
+            else:
+                self.base, self.base_version = loaded.policy, shared.bundle_version
+                self._base_texts = dict(shared.bundle)
+        self.files_version = shared.files_version or self.files_version
+        self.overlay = shared.overlay
+        self.revision = shared.revision
+        if self.base is not None:
+            policy = overlays.apply(self.base, self.overlay)
+            if self.state.policy is None or policy.version != self.state.policy.version:
+                self.state.policy = policy
+                self.metrics.policy_loaded(policy.version)
+                self.metrics.suspensions_active.set(len(policy.suspensions))
+                if self.on_change is not None:
+                    self.on_change(policy)
+
+    async def _restore(self) -> None:
+        log.warning("shared state is empty at revision < %d: restoring it from this replica's mirror", self.revision)
+        fields = {f"susp:{k}": _json(v) for k, v in self.overlay.suspensions.items()}
+        fields |= {f"lift:{k}": "1" for k in self.overlay.lifted}
+        fields |= {f"org:{o}:{n}": _json(v) for o, f in self.overlay.organizations.items() for n, v in f.items()}
+        bundle = {"files": dict(self._base_texts), "version": self.base_version, "files_version": self.files_version}
+        change = {"actor": "replica", "action": "state.restore", "target": "shared state", "time": _now(),
+                  "before": None, "after": {"bundle_version": self.base_version, "overlay": self.overlay.as_json()}}
+        await self.store.write(set_fields=fields, delete_fields=[], bundle=bundle, change=change)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async for _ in self.store.notifications():
+                    await self.resync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("change notifications interrupted: %r", error)
+            await asyncio.sleep(RESYNC_S)
+
+    async def _resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RESYNC_S)
+            try:
+                await self.resync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self.metrics.redis_up.set(0)
+                log.warning("shared state unreachable: %r", error)
+
+    # Policy files
+
+    def _stamp(self) -> tuple[tuple[str, int, int], ...]:
+        try:
+            entries = sorted(os.scandir(self.policy_dir), key=lambda e: e.name)
+            return tuple((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries if e.name.endswith((".yaml", ".yml")))
+        except OSError:
+            return ()
+
+    async def _watch_files(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.reload_requested.wait(), FILE_POLL_S)
+            except TimeoutError:
+                pass
+            forced = self.reload_requested.is_set()
+            self.reload_requested.clear()
+            if forced or self._publish_pending or self._stamp() != self._files_stamp:
+                try:
+                    await self.reload_files(initial=self._publish_pending)
+                    self._publish_pending = False
+                except Exception as error:
+                    self._publish_pending = True
+                    log.error("policy reload could not be published: %r", error)
+
+    async def reload_files(self, *, initial: bool = False) -> bool:
+        """Validate policy_dir; publish it if it is new. False when refused."""
+        self._files_stamp = self._stamp()
+        try:
+            texts, problems = await asyncio.to_thread(read_bundle, self.policy_dir)
+            loaded: Loaded = await asyncio.to_thread(load_texts, texts, extra_issues=problems)
+        except PolicyError as error:
+            self.metrics.policy_reloads.labels("failure").inc()
+            log.error("policy %s refused, the running policy stays:\n%s", self.policy_dir, error.report())
+            return False
+        self.metrics.policy_reloads.labels("success").inc()
+        version = loaded.policy.version
+        if initial:
+            shared = await self._read_or_none()
+            # Adopt the shared bundle (it may have been set through the admin API)
+            # unless these files are new since they were last published.
+            if shared is not None and shared.bundle is not None and shared.files_version == version:
+                return True
+        elif version == self.files_version:
+            return True
+        await self.publish_bundle(texts, version, actor="policy_dir", from_files=True)
+        return True
+
+    async def _read_or_none(self) -> Shared | None:
+        try:
+            return await self.store.read()
+        except Exception as error:
+            log.error("cannot read the shared state: %r", error)
+            return None
+
+    # Changes (the admin API calls these)
+
+    def _require_base(self) -> Policy:
+        if self.base is None:
+            raise ChangeError(["no valid policy is loaded"], status=503)
+        return self.base
+
+    async def _write(self, change: dict[str, Any], *, set_fields: dict[str, str] | None = None,
+                     delete_fields: list[str] | None = None, bundle: dict[str, Any] | None = None) -> dict[str, Any]:
+        before = self.state.policy.version if self.state.policy else None
+        record = change | {"time": _now(), "policy_version_before": before}
+        await self.store.write(set_fields=set_fields or {}, delete_fields=delete_fields or [], bundle=bundle, change=record)
+        await self.resync()
+        return record | {"policy_version": self.state.policy.version if self.state.policy else None}
+
+    async def publish_bundle(self, texts: dict[str, str], version: str, *, actor: str, from_files: bool = False) -> dict[str, Any]:
+        bundle = {"files": texts, "version": version, "files_version": version if from_files else self.files_version}
+        change = {"actor": actor, "action": "policy.replace", "target": "policy",
+                  "before": {"bundle_version": self.base_version}, "after": {"bundle_version": version}}
+        return await self._write(change, bundle=bundle)
+
+    async def put_policy(self, texts: dict[str, str], actor: str) -> dict[str, Any]:
+        loaded = await asyncio.to_thread(load_texts, texts)  # PolicyError: refused whole, nothing changes
+        return await self.publish_bundle(texts, loaded.policy.version, actor=actor)
+
+    async def suspend(self, data: dict[str, Any], actor: str) -> dict[str, Any]:
+        base = self._require_base()
+        new_id = str(data.get("id") or f"susp-{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(3)}")
+        document = overlays.check_suspension(base, self.overlay, {k: v for k, v in data.items() if k != "id"}, new_id)
+        change = {"actor": actor, "action": "suspension.create", "target": new_id, "before": None, "after": document}
+        record = await self._write(change, set_fields={f"susp:{new_id}": _json(document)})
+        return record | {"suspension": document}
+
+    async def lift(self, suspension_id: str, actor: str) -> dict[str, Any]:
+        base = self._require_base()
+        if suspension_id in self.overlay.suspensions:
+            before = self.overlay.suspensions[suspension_id]
+            change = {"actor": actor, "action": "suspension.lift", "target": suspension_id, "before": before, "after": None}
+            return await self._write(change, delete_fields=[f"susp:{suspension_id}"])
+        in_bundle = next((s for s in base.suspensions if s.id == suspension_id), None)
+        if in_bundle is None or suspension_id in self.overlay.lifted:
+            raise ChangeError([f"no suspension {suspension_id!r} is in force"], status=404)
+        change = {"actor": actor, "action": "suspension.lift", "target": suspension_id,
+                  "before": {"id": suspension_id, "source": "policy files", "reason": in_bundle.reason}, "after": None}
+        return await self._write(change, set_fields={f"lift:{suspension_id}": "1"})
+
+    async def patch_organization(self, org_id: str, data: dict[str, Any], actor: str) -> dict[str, Any]:
+        base = self._require_base()
+        fields = overlays.check_org_patch(base, org_id, data)
+        current = self.state.policy.organizations[org_id] if self.state.policy else base.organizations[org_id]
+        before = {name: _plain(getattr(current, name)) for name in fields}
+        change = {"actor": actor, "action": "organization.update", "target": org_id, "before": before, "after": fields}
+        # null resets a field to the bundle's value.
+        return await self._write(
+            change,
+            set_fields={f"org:{org_id}:{name}": _json(value) for name, value in fields.items() if value is not None},
+            delete_fields=[f"org:{org_id}:{name}" for name, value in fields.items() if value is None],
+        )
+
+    async def changes(self, limit: int = 100) -> list[dict[str, Any]]:
+        return await self.store.changes(limit)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _plain(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def watch_sighup(live: LiveState) -> None:
+    """SIGHUP asks for a policy reload, as operators expect of a daemon."""
+    import signal
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, live.reload_requested.set)
+
+
