@@ -123,6 +123,13 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
     async def patch_organization(request: Request, actor: str) -> Response:
         return JSONResponse(await live.patch_organization(request.path_params["id"], await json_body(request), actor))
 
+    async def reload(request: Request, actor: str) -> Response:
+        accepted = await live.reload_files()
+        policy = state.policy
+        if not accepted:
+            return error(422, "invalid_policy", "The policy files were refused; the running policy stays (see the logs).")
+        return JSONResponse({"reloaded": True, "policy_version": policy.version if policy else None, "actor": actor})
+
     async def explain_endpoint(request: Request, actor: str) -> Response:
         policy = state.policy
         if policy is None:
@@ -150,6 +157,7 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         Route("/admin/suspensions", guarded("operator", create_suspension), methods=["POST"]),
         Route("/admin/suspensions/{id}", guarded("operator", lift_suspension), methods=["DELETE"]),
         Route("/admin/organizations/{id}", guarded("operator", patch_organization), methods=["PATCH"]),
+        Route("/admin/reload", guarded("operator", reload), methods=["POST"]),
         Route("/admin/explain", guarded("viewer", explain_endpoint), methods=["POST"]),
         Route("/admin/decisions", guarded("viewer", decisions), methods=["GET"]),
         Route("/admin/changes", guarded("viewer", changes), methods=["GET"]),
