@@ -31,6 +31,7 @@ from gateway.policy.snapshot import Policy
 from gateway.live.state import PolicyState
 from gateway.quota import LocalQuota, Quota
 from gateway.reasons import Reason
+from gateway.usage import Tap
 from gateway.request_body import RequestError, extract_model
 from gateway.routing import Route, Router
 
@@ -65,6 +66,8 @@ class Exchange:
     upstream_bytes: int = 0
     response_started: bool = False
     completed: bool = False
+    tokens: Tap | None = None
+    tokens_used: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -141,7 +144,7 @@ class Gateway:
             return await self.deny(exchange, send, decision)
 
         try:
-            retry_after = await self.admit(policy, principal, decision)
+            retry_after = await self.admit(exchange, policy, principal, decision)
         except Exception as error:  # quota state unreachable: fail closed
             log.warning("quota check failed: %r", error)
             return await self.deny(exchange, send, _unavailable(policy))
@@ -217,13 +220,22 @@ class Gateway:
         exchange.decision = decision
         return decision
 
-    async def admit(self, policy: Policy, principal: Principal, decision: Decision) -> float | None:
+    async def admit(self, exchange: Exchange, policy: Policy, principal: Principal, decision: Decision) -> float | None:
+        """None when the org's quotas admit the request; else seconds to wait."""
         org = policy.organizations[principal.org_id]
         quota = policy.quota_for(org, decision.tier or org.tier)
-        if quota is None or quota.requests_per_minute is None:
+        if quota is None:
             return None
         # Quota windows follow the wall clock, not the (injectable) decision clock.
-        return await self.quota.admit(org.id, quota.requests_per_minute, time.time())
+        now = time.time()
+        if quota.tokens_per_day is not None:
+            exchange.tokens = Tap()
+            waited = await self.quota.tokens_exhausted(org.id, quota.tokens_per_day, now)
+            if waited is not None:
+                return waited
+        if quota.requests_per_minute is not None:
+            return await self.quota.admit(org.id, quota.requests_per_minute, now)
+        return None
 
     # Acting on the decision
 
@@ -252,11 +264,15 @@ class Gateway:
                 exchange.upstream_status = upstream.status
                 await self.start_response(exchange, send, upstream.status,
                                           proxy.response_headers(upstream.raw_headers, exchange.decision_id.encode()))
+                tap = exchange.tokens
                 async for chunk in upstream.content.iter_any():
                     exchange.upstream_bytes += len(chunk)
+                    if tap is not None:
+                        tap.feed(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 exchange.completed = True
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self.count_tokens(exchange, principal)
         except asyncio.CancelledError:
             if not watcher.done() or watcher.cancelled():
                 raise
@@ -268,6 +284,16 @@ class Gateway:
             await self.upstream_failed(exchange, send, error)
         finally:
             watcher.cancel()
+
+    async def count_tokens(self, exchange: Exchange, principal: Principal) -> None:
+        if exchange.tokens is None:
+            return
+        exchange.tokens_used = exchange.tokens.tokens()
+        if exchange.tokens_used:
+            try:
+                await self.quota.add_tokens(principal.org_id, exchange.tokens_used, time.time())
+            except Exception as error:
+                log.warning("could not count %d tokens for %s: %r", exchange.tokens_used, principal.org_id, error)
 
     async def list_models(self, exchange: Exchange, policy: Policy, facts: Facts, route: Route,
                           scope: Scope, send: Send) -> None:
@@ -374,6 +400,7 @@ class Gateway:
             "decision_us": round(exchange.decision_seconds * 1e6, 1) if exchange.decision_seconds is not None else None,
             "upstream_status": exchange.upstream_status,
             "upstream_bytes": exchange.upstream_bytes,
+            "tokens": exchange.tokens_used,
         })
         model = decision.model if decision and decision.model else "none"
         self.metrics.requests.labels(
