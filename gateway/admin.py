@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
+import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from gateway.live.state import LiveState, PolicyState
 from gateway.metrics import Metrics
 from gateway.policy.issues import PolicyError
 
+log = logging.getLogger("gateway.admin")
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 MAX_ADMIN_BODY = 64 * 1024 * 1024
 Handler = Callable[[Request], Awaitable[Response]]
@@ -75,6 +78,10 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
                 return error(422, "invalid_policy", str(refused), issues=[i.as_dict() for i in refused.issues])
             except BodyError as refused:
                 return error(400, "invalid_request", str(refused))
+            except Exception as failure:  # the store could not be reached: fail closed, never a bare 500
+                log.warning("admin %s %s failed: %r", request.method, request.url.path, failure)
+                return error(503, "state_unavailable", "The shared state could not be reached; the change was not "
+                             "confirmed. Check GET /admin/changes before retrying.")
         return endpoint
 
     async def healthz(request: Request) -> Response:
@@ -110,6 +117,8 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
     async def list_suspensions(request: Request, actor: str) -> Response:
         policy = state.policy
         items = [{"id": s.id, "models": sorted(s.models), "scope": s.scope, "groups": list(s.groups.names),
+                  "from": explain.iso(s.starts) if s.starts is not None else None,
+                  "until": explain.iso(s.ends) if s.ends is not None else None,
                   "reason": s.reason, "reference": s.reference, "mode": s.mode,
                   "live": s.id in live.overlay.suspensions} for s in (policy.suspensions if policy else ())]
         return JSONResponse({"suspensions": items})
@@ -124,7 +133,7 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         return JSONResponse(await live.patch_organization(request.path_params["id"], await json_body(request), actor))
 
     async def reload(request: Request, actor: str) -> Response:
-        accepted = await live.reload_files()
+        accepted = await live.reload_files(force=True)
         policy = state.policy
         if not accepted:
             return error(422, "invalid_policy", "The policy files were refused; the running policy stays (see the logs).")
@@ -140,12 +149,12 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
 
     async def decisions(request: Request, actor: str) -> Response:
         filters = {k: request.query_params[k] for k in ("org", "model", "observed_country", "decision") if k in request.query_params}
-        limit = min(int(request.query_params.get("limit", "100") or 100), 1000)
-        records = [r for r in tail_jsonl(audit_path, 10 * limit) if all(str(r.get(k)) == v for k, v in filters.items())]
-        return JSONResponse({"decisions": records[:limit]})
+        limit = _limit(request)
+        matching = (r for r in read_backwards(audit_path) if all(str(r.get(k)) == v for k, v in filters.items()))
+        return JSONResponse({"decisions": list(itertools.islice(matching, limit))})
 
     async def changes(request: Request, actor: str) -> Response:
-        return JSONResponse({"changes": await live.changes(min(int(request.query_params.get("limit", "100") or 100), 1000))})
+        return JSONResponse({"changes": await live.changes(_limit(request))})
 
     return Starlette(routes=[
         Route("/healthz", healthz),
@@ -202,23 +211,35 @@ def _facts(body: dict[str, Any]) -> tuple[Facts, datetime]:
     return facts, at
 
 
-def tail_jsonl(path: str | None, limit: int) -> list[dict[str, Any]]:
-    """The last `limit` records of a JSONL file, newest first."""
+def _limit(request: Request) -> int:
+    text = request.query_params.get("limit", "100")
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise BodyError("limit must be a whole number from 1 to 1000")
+    return int(text)
+
+
+def read_backwards(path: str | None, *, block: int = 1 << 16) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file, newest first, reading from the end."""
     if path is None or not os.path.exists(path):
-        return []
+        return
     with Path(path).open("rb") as handle:
         handle.seek(0, os.SEEK_END)
-        end = position = handle.tell()
-        data = b""
-        while position > 0 and data.count(b"\n") <= limit:
-            position = max(0, position - 65536)
+        position = handle.tell()
+        rest = b""
+        while position > 0:
+            step = min(block, position)
+            position -= step
             handle.seek(position)
-            data = handle.read(end - position)
-    lines = data.splitlines()[-limit:]
-    records = []
-    for line in reversed(lines):
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
+            lines = (handle.read(step) + rest).split(b"\n")
+            rest = lines.pop(0)  # may be the end of a line that starts further back
+            yield from _parsed(reversed(lines))
+        yield from _parsed([rest])
+
+
+def _parsed(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -24,6 +25,8 @@ from pydantic import ValidationError
 from gateway.policy import schema
 from gateway.policy.load import lapse_time
 from gateway.policy.snapshot import GroupSet, Organization, Policy, Suspension
+
+log = logging.getLogger("gateway.live")
 
 ORG_FIELDS = ("status", "tier", "vetted_until", "status_reason")
 
@@ -66,32 +69,37 @@ class ChangeError(Exception):
 
 
 def check_suspension(base: Policy, overlay: Overlay, data: Mapping[str, Any], new_id: str) -> dict[str, Any]:
-    """Validate a suspension for POST /admin/suspensions; return its document."""
+    """Validate a suspension for POST /admin/suspensions; return its document.
+    Shape and references are checked together, so every problem is named at once."""
     document = {"id": new_id, **data}
+    if new_id in _suspension_ids(base, overlay):
+        raise ChangeError([f"id: a suspension {new_id!r} exists already"], status=409)
+    problems = []
     try:
         suspension = schema.Suspension.model_validate(document, strict=False)
     except ValidationError as exc:
-        raise ChangeError([f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]) from None
-    problems = []
-    if suspension.id in _suspension_ids(base, overlay):
-        raise ChangeError([f"id: a suspension {suspension.id!r} exists already"], status=409)
-    for model in suspension.models:
-        if base.model_named(model) is None:
-            problems.append(f"models: unknown model {model!r}")
-    scopes = [s for s in ("deny_outside", "deny_in") if getattr(suspension, s) is not None]
+        suspension = None
+        problems += [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
+    problems += [f"models: unknown model {m!r}" for m in _strings(data.get("models")) if base.model_named(m) is None]
+    scopes = [s for s in ("deny_outside", "deny_in") if data.get(s) is not None]
     if len(scopes) != 1:
         problems.append("give exactly one of deny_outside or deny_in")
     for scope in scopes:
-        problems += [f"{scope}: unknown jurisdiction group {g!r}" for g in getattr(suspension, scope) if g not in base.groups]
-    if suspension.from_ and suspension.until and suspension.until <= suspension.from_:
+        problems += [f"{scope}: unknown jurisdiction group {g!r}" for g in _strings(data.get(scope)) if g not in base.groups]
+    if suspension is not None and suspension.from_ and suspension.until and suspension.until <= suspension.from_:
         problems.append("until: must be later than 'from'")
-    if problems:
+    if problems or suspension is None:
         raise ChangeError(problems)
     return suspension.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+def _strings(value: Any) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
 def check_org_patch(base: Policy, org_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate a PATCH /admin/organizations/{id}; return the override fields."""
+    """Validate a PATCH /admin/organizations/{id}; return the override fields,
+    normalised as the policy files would write them (null: back to the files' value)."""
     if org_id not in base.organizations:
         raise ChangeError([f"organization {org_id!r} is not in the policy"], status=404)
     unknown = sorted(set(data) - set(ORG_FIELDS))
@@ -101,11 +109,21 @@ def check_org_patch(base: Policy, org_id: str, data: Mapping[str, Any]) -> dict[
     merged = {"name": org.name, "country": org.country, "tier": org.tier, "status": org.status,
               "vetted_until": org.vetted_until.isoformat() if org.vetted_until else None,
               "status_reason": org.status_reason} | dict(data)
+    if isinstance(data.get("vetted_until"), str) and not _is_date(data["vetted_until"]):
+        raise ChangeError(["vetted_until: must be a date, YYYY-MM-DD"])
     try:
-        schema.Organization.model_validate({k: v for k, v in merged.items() if v is not None}, strict=False)
+        validated = schema.Organization.model_validate({k: v for k, v in merged.items() if v is not None}, strict=False)
     except ValidationError as exc:
         raise ChangeError([f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]) from None
-    return dict(data)
+    normal = validated.model_dump(mode="json")
+    return {name: None if data[name] is None else normal[name] for name in data}
+
+
+def _is_date(text: str) -> bool:
+    try:
+        return date.fromisoformat(text).isoformat() == text
+    except ValueError:
+        return False
 
 
 def _suspension_ids(base: Policy, overlay: Overlay) -> set[str]:
@@ -122,7 +140,11 @@ def apply(base: Policy, overlay: Overlay) -> Policy:
         return base
     organizations = _organizations(base, overlay)
     suspensions = tuple(s for s in base.suspensions if s.id not in overlay.lifted)
-    suspensions += tuple(_compile_suspension(base, doc) for doc in overlay.suspensions.values())
+    for document in overlay.suspensions.values():
+        try:
+            suspensions += (_compile_suspension(base, document),)
+        except (ValidationError, ValueError, KeyError, TypeError) as error:
+            log.error("live suspension %r cannot be applied and is skipped: %s", document.get("id"), error)
     models = dict(base.models)
     touched = {m for s in (*base.suspensions, *suspensions) for m in s.models if m in models}
     for name in touched:
@@ -146,8 +168,12 @@ def _organizations(base: Policy, overlay: Overlay) -> Mapping[str, Organization]
         org = organizations.get(org_id)
         if org is None:
             continue
-        vetted = fields.get("vetted_until", org.vetted_until)
-        vetted = date.fromisoformat(vetted) if isinstance(vetted, str) else vetted
+        try:
+            vetted = fields.get("vetted_until", org.vetted_until)
+            vetted = date.fromisoformat(vetted) if isinstance(vetted, str) else vetted
+        except ValueError:
+            log.error("live override of %s has a bad vetted_until %r and is skipped", org_id, fields["vetted_until"])
+            continue
         organizations[org_id] = replace(
             org,
             status=fields.get("status", org.status),

@@ -29,8 +29,8 @@ from gateway.live import overlay as overlays
 from gateway.live.overlay import ChangeError, Overlay
 from gateway.live.store import Shared, Store
 from gateway.metrics import Metrics
-from gateway.policy.issues import PolicyError
-from gateway.policy.load import Loaded, load_texts, read_bundle
+from gateway.policy.issues import Issue, PolicyError
+from gateway.policy.load import FILES, Loaded, load_texts, read_bundle
 from gateway.policy.snapshot import Policy
 
 log = logging.getLogger("gateway.live")
@@ -69,6 +69,7 @@ class LiveState:
         self.base_version: str | None = None
         self.files_version: str | None = None
         self.overlay = Overlay()
+        self.epoch: str | None = None
         self.revision = -1
         self._base_texts: dict[str, str] = {}
         self._publish_pending = False
@@ -100,25 +101,38 @@ class LiveState:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded: a Redis client caught mid-reconnect can swallow a cancellation.
+        await asyncio.wait(self._tasks, timeout=3) if self._tasks else None
         await self.store.close()
 
     # Following the shared state
 
     async def resync(self, *, force: bool = False) -> None:
         async with self._sync_lock:
-            revision = await self.store.revision()
-            if force or revision != self.revision:
+            epoch, revision = await self.store.stamp()
+            if self._store_lost_state(epoch, revision) and await self._restore():
+                epoch, revision = await self.store.stamp()
+            if force or (epoch, revision) != (self.epoch, self.revision):
                 await self._apply(await self.store.read())
             self.state.synced_at = time.monotonic()
             self.metrics.redis_up.set(1)
 
+    def _store_lost_state(self, epoch: str | None, revision: int) -> bool:
+        """The store is empty (e.g. Redis restarted without persistence), or was
+        restored by a replica that had not seen the latest change."""
+        if self.base is None or self.epoch is None:
+            return False
+        return epoch is None or (epoch == self.epoch and revision < self.revision)
+
+    async def _restore(self) -> bool:
+        log.warning("the shared state is missing or older than this replica's (revision %d): restoring it", self.revision)
+        mirror = Shared(self.epoch, self.revision, self._base_texts, self.base_version, self.files_version, self.overlay)
+        change = {"actor": "replica", "action": "state.restore", "target": "shared state", "time": _now(),
+                  "before": None, "after": {"bundle_version": self.base_version, "revision": self.revision},
+                  "policy_version": self.state.policy.version if self.state.policy else None}
+        return await self.store.restore(mirror, change)
+
     async def _apply(self, shared: Shared) -> None:
-        if shared.bundle is None and self.base is not None and shared.revision < self.revision:
-            # The store lost its data (e.g. Redis restarted without persistence):
-            # put back what this replica holds rather than silently drop live changes.
-            await self._restore()
-            shared = await self.store.read()
         if shared.bundle is not None and shared.bundle_version != self.base_version:
             try:
                 loaded = await asyncio.to_thread(load_texts, shared.bundle)
@@ -129,25 +143,15 @@ class LiveState:
                 self._base_texts = dict(shared.bundle)
         self.files_version = shared.files_version or self.files_version
         self.overlay = shared.overlay
-        self.revision = shared.revision
+        self.epoch, self.revision = shared.epoch, shared.revision
         if self.base is not None:
-            policy = overlays.apply(self.base, self.overlay)
+            policy = overlays.apply(self.base, self.overlay)  # skips, and logs, entries that do not fit
             if self.state.policy is None or policy.version != self.state.policy.version:
                 self.state.policy = policy
                 self.metrics.policy_loaded(policy.version)
                 self.metrics.suspensions_active.set(len(policy.suspensions))
                 if self.on_change is not None:
                     self.on_change(policy)
-
-    async def _restore(self) -> None:
-        log.warning("shared state is empty at revision < %d: restoring it from this replica's mirror", self.revision)
-        fields = {f"susp:{k}": _json(v) for k, v in self.overlay.suspensions.items()}
-        fields |= {f"lift:{k}": "1" for k in self.overlay.lifted}
-        fields |= {f"org:{o}:{n}": _json(v) for o, f in self.overlay.organizations.items() for n, v in f.items()}
-        bundle = {"files": dict(self._base_texts), "version": self.base_version, "files_version": self.files_version}
-        change = {"actor": "replica", "action": "state.restore", "target": "shared state", "time": _now(),
-                  "before": None, "after": {"bundle_version": self.base_version, "overlay": self.overlay.as_json()}}
-        await self.store.write(set_fields=fields, delete_fields=[], bundle=bundle, change=change)
 
     async def _listen(self) -> None:
         while True:
@@ -190,14 +194,15 @@ class LiveState:
             self.reload_requested.clear()
             if forced or self._publish_pending or self._stamp() != self._files_stamp:
                 try:
-                    await self.reload_files(initial=self._publish_pending)
+                    await self.reload_files(initial=self._publish_pending, force=forced)
                     self._publish_pending = False
                 except Exception as error:
                     self._publish_pending = True
                     log.error("policy reload could not be published: %r", error)
 
-    async def reload_files(self, *, initial: bool = False) -> bool:
-        """Validate policy_dir; publish it if it is new. False when refused."""
+    async def reload_files(self, *, initial: bool = False, force: bool = False) -> bool:
+        """Validate policy_dir; publish it if it is new (or `force`d: an operator's
+        reload makes the files the policy again, even after a PUT). False when refused."""
         self._files_stamp = self._stamp()
         try:
             texts, problems = await asyncio.to_thread(read_bundle, self.policy_dir)
@@ -214,14 +219,16 @@ class LiveState:
             # unless these files are new since they were last published.
             if shared is not None and shared.bundle is not None and shared.files_version == version:
                 return True
-        elif version == self.files_version:
+        elif version == self.files_version and not (force and version != self.base_version):
             return True
-        await self.publish_bundle(texts, version, actor="policy_dir", from_files=True)
+        await self.publish_bundle(texts, loaded.policy, actor="policy_dir", from_files=True)
         return True
 
     async def _read_or_none(self) -> Shared | None:
         try:
-            return await self.store.read()
+            shared = await self.store.read()
+            self.epoch = shared.epoch if self.epoch is None else self.epoch
+            return shared
         except Exception as error:
             log.error("cannot read the shared state: %r", error)
             return None
@@ -233,30 +240,48 @@ class LiveState:
             raise ChangeError(["no valid policy is loaded"], status=503)
         return self.base
 
-    async def _write(self, change: dict[str, Any], *, set_fields: dict[str, str] | None = None,
+    async def _write(self, change: dict[str, Any], after: Policy, *, set_fields: dict[str, str] | None = None,
                      delete_fields: list[str] | None = None, bundle: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Record and store one change; `after` is the policy it puts in force."""
         before = self.state.policy.version if self.state.policy else None
-        record = change | {"time": _now(), "policy_version_before": before}
-        await self.store.write(set_fields=set_fields or {}, delete_fields=delete_fields or [], bundle=bundle, change=record)
+        record = change | {"time": _now(), "policy_version_before": before, "policy_version": after.version}
+        await self.store.write(set_fields=set_fields or {}, delete_fields=delete_fields or [], bundle=bundle,
+                               change=record, epoch=self.epoch)
         await self.resync()
-        return record | {"policy_version": self.state.policy.version if self.state.policy else None}
+        return record
 
-    async def publish_bundle(self, texts: dict[str, str], version: str, *, actor: str, from_files: bool = False) -> dict[str, Any]:
+    def _with(self, **changes: Any) -> Policy:
+        """The effective policy once the overlay is changed as given."""
+        base = self._require_base()
+        current = self.overlay
+        updated = Overlay(
+            changes.get("suspensions", current.suspensions),
+            changes.get("lifted", current.lifted),
+            changes.get("organizations", current.organizations),
+        )
+        return overlays.apply(base, updated)
+
+    async def publish_bundle(self, texts: dict[str, str], policy: Policy, *, actor: str, from_files: bool = False) -> dict[str, Any]:
+        version = policy.version
         bundle = {"files": texts, "version": version, "files_version": version if from_files else self.files_version}
         change = {"actor": actor, "action": "policy.replace", "target": "policy",
                   "before": {"bundle_version": self.base_version}, "after": {"bundle_version": version}}
-        return await self._write(change, bundle=bundle)
+        return await self._write(change, overlays.apply(policy, self.overlay), bundle=bundle)
 
     async def put_policy(self, texts: dict[str, str], actor: str) -> dict[str, Any]:
+        unknown = [Issue(name, "", "unknown policy file") for name in texts if name not in FILES]
+        if unknown:
+            raise PolicyError(unknown)
         loaded = await asyncio.to_thread(load_texts, texts)  # PolicyError: refused whole, nothing changes
-        return await self.publish_bundle(texts, loaded.policy.version, actor=actor)
+        return await self.publish_bundle(texts, loaded.policy, actor=actor)
 
     async def suspend(self, data: dict[str, Any], actor: str) -> dict[str, Any]:
         base = self._require_base()
         new_id = str(data.get("id") or f"susp-{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(3)}")
         document = overlays.check_suspension(base, self.overlay, {k: v for k, v in data.items() if k != "id"}, new_id)
         change = {"actor": actor, "action": "suspension.create", "target": new_id, "before": None, "after": document}
-        record = await self._write(change, set_fields={f"susp:{new_id}": _json(document)})
+        after = self._with(suspensions={**self.overlay.suspensions, new_id: document})
+        record = await self._write(change, after, set_fields={f"susp:{new_id}": _json(document)})
         return record | {"suspension": document}
 
     async def lift(self, suspension_id: str, actor: str) -> dict[str, Any]:
@@ -264,13 +289,15 @@ class LiveState:
         if suspension_id in self.overlay.suspensions:
             before = self.overlay.suspensions[suspension_id]
             change = {"actor": actor, "action": "suspension.lift", "target": suspension_id, "before": before, "after": None}
-            return await self._write(change, delete_fields=[f"susp:{suspension_id}"])
+            remaining = {k: v for k, v in self.overlay.suspensions.items() if k != suspension_id}
+            return await self._write(change, self._with(suspensions=remaining), delete_fields=[f"susp:{suspension_id}"])
         in_bundle = next((s for s in base.suspensions if s.id == suspension_id), None)
         if in_bundle is None or suspension_id in self.overlay.lifted:
             raise ChangeError([f"no suspension {suspension_id!r} is in force"], status=404)
         change = {"actor": actor, "action": "suspension.lift", "target": suspension_id,
                   "before": {"id": suspension_id, "source": "policy files", "reason": in_bundle.reason}, "after": None}
-        return await self._write(change, set_fields={f"lift:{suspension_id}": "1"})
+        after = self._with(lifted=self.overlay.lifted | {suspension_id})
+        return await self._write(change, after, set_fields={f"lift:{suspension_id}": "1"})
 
     async def patch_organization(self, org_id: str, data: dict[str, Any], actor: str) -> dict[str, Any]:
         base = self._require_base()
@@ -278,9 +305,13 @@ class LiveState:
         current = self.state.policy.organizations[org_id] if self.state.policy else base.organizations[org_id]
         before = {name: _plain(getattr(current, name)) for name in fields}
         change = {"actor": actor, "action": "organization.update", "target": org_id, "before": before, "after": fields}
+        override = {**self.overlay.organizations.get(org_id, {}), **fields}
+        override = {name: value for name, value in override.items() if value is not None}
+        organizations = {k: v for k, v in self.overlay.organizations.items() if k != org_id}
+        after = self._with(organizations=organizations | ({org_id: override} if override else {}))
         # null resets a field to the bundle's value.
         return await self._write(
-            change,
+            change, after,
             set_fields={f"org:{org_id}:{name}": _json(value) for name, value in fields.items() if value is not None},
             delete_fields=[f"org:{org_id}:{name}" for name, value in fields.items() if value is None],
         )

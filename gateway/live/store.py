@@ -1,5 +1,5 @@
 """Where the live state is kept: the active bundle, the overlay of live changes,
-a revision counter and the change log (SPEC §4, §7).
+an (epoch, revision) stamp and the change log (SPEC §4, §7).
 
 `LocalStore` (embedded mode) keeps them under `state_dir`, so a restart loses
 nothing. `RedisStore` (fleet mode) keeps them in Redis under one hash tag, so
@@ -7,12 +7,18 @@ every multi-key write is one MULTI transaction even on Redis Cluster, and
 announces each change on a pub/sub channel. Both store the overlay as flat
 fields (`susp:<id>`, `lift:<id>`, `org:<id>:<field>`), so two operators
 changing different fields of one org never overwrite each other.
+
+The epoch names one life of the shared state: a Redis that restarts without
+persistence comes back with none. Writes are conditional on the epoch the
+writer knows, so a change is never written into a state that replicas would
+mistake for the one they hold; replicas restore a lost state from their mirror.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,22 +27,37 @@ from typing import Any, Protocol
 from gateway.live.overlay import Overlay
 
 CHANGE_LOG_MAX = 100_000
+LOCAL_EPOCH = "local"
 
 
 def keys(namespace: str) -> dict[str, str]:
     """Key names under one hash tag, `{namespace}`: one Cluster slot for every
     multi-key transaction. Several gateways (or tests) can share a Redis by name."""
     tag = "{" + namespace + "}"
-    return {name: f"{tag}:{name}" for name in ("bundle", "overlay", "revision", "changes", "events")}
+    return {name: f"{tag}:{name}" for name in ("bundle", "overlay", "epoch", "revision", "changes", "events")}
+
+
+class StoreConflict(Exception):
+    """The shared state is not the one the writer expected (it was reset or
+    restored meanwhile): nothing was written."""
 
 
 @dataclass(frozen=True)
 class Shared:
+    epoch: str | None
     revision: int
     bundle: dict[str, str] | None  # file name -> YAML text; None until one is published
     bundle_version: str | None
     files_version: str | None  # version of the last bundle published from policy_dir
     overlay: Overlay
+
+
+def fields_of(overlay: Overlay) -> dict[str, str]:
+    """The overlay as the flat fields the stores keep."""
+    fields = {f"susp:{k}": json.dumps(v, sort_keys=True) for k, v in overlay.suspensions.items()}
+    fields |= {f"lift:{k}": "1" for k in overlay.lifted}
+    fields |= {f"org:{o}:{n}": json.dumps(v, sort_keys=True) for o, f in overlay.organizations.items() for n, v in f.items()}
+    return fields
 
 
 def overlay_from_fields(fields: dict[str, str]) -> Overlay:
@@ -58,10 +79,12 @@ def overlay_from_fields(fields: dict[str, str]) -> Overlay:
 class Store(Protocol):
     async def read(self) -> Shared: ...
 
-    async def revision(self) -> int: ...
+    async def stamp(self) -> tuple[str | None, int]: ...
 
-    async def write(self, *, set_fields: dict[str, str], delete_fields: list[str], bundle: dict[str, str] | None,
-                    change: dict[str, Any]) -> int: ...
+    async def write(self, *, set_fields: dict[str, str], delete_fields: list[str], bundle: dict[str, Any] | None,
+                    change: dict[str, Any], epoch: str | None) -> int: ...
+
+    async def restore(self, shared: Shared, change: dict[str, Any]) -> bool: ...
 
     async def changes(self, limit: int) -> list[dict[str, Any]]: ...
 
@@ -71,42 +94,43 @@ class Store(Protocol):
 
 
 class LocalStore:
-    """Embedded mode: files under `state_dir/live/`, written atomically."""
+    """Embedded mode: one file under `state_dir/live/`, written atomically."""
 
     def __init__(self, state_dir: str | Path) -> None:
         self.directory = Path(state_dir) / "live"
 
-    def _read_json(self, name: str, default: Any) -> Any:
-        path = self.directory / name
-        return json.loads(path.read_text()) if path.exists() else default
-
-    def _write_json(self, name: str, value: Any) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        temporary = self.directory / f".{name}.tmp"
-        temporary.write_text(json.dumps(value, sort_keys=True))
-        os.replace(temporary, self.directory / name)
+    def _state(self) -> dict[str, Any]:
+        path = self.directory / "state.json"
+        return json.loads(path.read_text()) if path.exists() else {"revision": 0, "bundle": None, "fields": {}}
 
     async def read(self) -> Shared:
-        state = self._read_json("state.json", {"revision": 0, "bundle": None, "fields": {}})
+        state = self._state()
         bundle = state["bundle"] or {}
-        return Shared(state["revision"], bundle.get("files"), bundle.get("version"), bundle.get("files_version"),
-                      overlay_from_fields(state["fields"]))
+        return Shared(LOCAL_EPOCH, state["revision"], bundle.get("files"), bundle.get("version"),
+                      bundle.get("files_version"), overlay_from_fields(state["fields"]))
 
-    async def revision(self) -> int:
-        return int(self._read_json("state.json", {"revision": 0})["revision"])
+    async def stamp(self) -> tuple[str | None, int]:
+        return LOCAL_EPOCH, int(self._state()["revision"])
 
     async def write(self, *, set_fields: dict[str, str], delete_fields: list[str], bundle: dict[str, Any] | None,
-                    change: dict[str, Any]) -> int:
-        state = self._read_json("state.json", {"revision": 0, "bundle": None, "fields": {}})
+                    change: dict[str, Any], epoch: str | None = None) -> int:
+        state = self._state()
         state["fields"].update(set_fields)
         for name in delete_fields:
             state["fields"].pop(name, None)
         if bundle is not None:
             state["bundle"] = bundle
         state["revision"] += 1
-        self._write_json("state.json", state)
-        self.directory.joinpath("changes.jsonl").open("a").write(json.dumps(change | {"revision": state["revision"]}) + "\n")
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temporary = self.directory / ".state.json.tmp"
+        temporary.write_text(json.dumps(state, sort_keys=True))
+        os.replace(temporary, self.directory / "state.json")
+        with (self.directory / "changes.jsonl").open("a") as log:
+            log.write(json.dumps(change | {"revision": state["revision"]}) + "\n")
         return int(state["revision"])
+
+    async def restore(self, shared: Shared, change: dict[str, Any]) -> bool:
+        return False  # files under state_dir are not lost behind a running process's back
 
     async def changes(self, limit: int) -> list[dict[str, Any]]:
         path = self.directory / "changes.jsonl"
@@ -135,34 +159,80 @@ class RedisStore:
         self.keys = keys(namespace)
 
     async def read(self) -> Shared:
+        keys = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.get(self.keys["revision"]).hgetall(self.keys["bundle"]).hgetall(self.keys["overlay"])
-            revision, bundle, fields = await pipe.execute()
+            pipe.get(keys["epoch"]).get(keys["revision"]).hgetall(keys["bundle"]).hgetall(keys["overlay"])
+            epoch, revision, bundle, fields = await pipe.execute()
         files = json.loads(bundle["files"]) if bundle.get("files") else None
-        return Shared(int(revision or 0), files, bundle.get("version"), bundle.get("files_version"),
-                      overlay_from_fields(fields))
+        return Shared(epoch, int(revision or 0), files, bundle.get("version") or None,
+                      bundle.get("files_version") or None, overlay_from_fields(fields))
 
-    async def revision(self) -> int:
-        return int(await self.redis.get(self.keys["revision"]) or 0)
+    async def stamp(self) -> tuple[str | None, int]:
+        epoch, revision = await self.redis.mget(self.keys["epoch"], self.keys["revision"])
+        return epoch, int(revision or 0)
 
     async def write(self, *, set_fields: dict[str, str], delete_fields: list[str], bundle: dict[str, Any] | None,
-                    change: dict[str, Any]) -> int:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if set_fields:
-                pipe.hset(self.keys["overlay"], mapping=set_fields)
-            if delete_fields:
-                pipe.hdel(self.keys["overlay"], *delete_fields)
-            if bundle is not None:
-                pipe.hset(self.keys["bundle"], mapping={
-                    "files": json.dumps(bundle["files"]), "version": bundle["version"],
-                    "files_version": bundle.get("files_version") or ""})
-            # The change record is part of the same transaction: no change without its record.
-            pipe.xadd(self.keys["changes"], {"change": json.dumps(change)}, maxlen=CHANGE_LOG_MAX, approximate=True)
-            pipe.incr(self.keys["revision"])
-            results = await pipe.execute()
+                    change: dict[str, Any], epoch: str | None) -> int:
+        """Apply one change if the shared state is still in `epoch` (None: it must
+        be new, and this write starts an epoch); else StoreConflict."""
+        from redis.exceptions import WatchError
+
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                await pipe.watch(self.keys["epoch"])
+                current = await pipe.get(self.keys["epoch"])
+                if current != epoch:
+                    raise StoreConflict(f"the shared state is in epoch {current!r}, not {epoch!r}")
+                pipe.multi()
+                if current is None:
+                    pipe.set(self.keys["epoch"], secrets.token_hex(8))
+                self._queue(pipe, set_fields, delete_fields, bundle, change)
+                results = await pipe.execute()
+        except WatchError:
+            raise StoreConflict("the shared state changed during the write") from None
         revision = int(results[-1])
         await self.redis.publish(self.keys["events"], str(revision))
         return revision
+
+    def _queue(self, pipe: Any, set_fields: dict[str, str], delete_fields: list[str],
+               bundle: dict[str, Any] | None, change: dict[str, Any]) -> None:
+        if set_fields:
+            pipe.hset(self.keys["overlay"], mapping=set_fields)
+        if delete_fields:
+            pipe.hdel(self.keys["overlay"], *delete_fields)
+        if bundle is not None:
+            pipe.hset(self.keys["bundle"], mapping={
+                "files": json.dumps(bundle["files"]), "version": bundle["version"] or "",
+                "files_version": bundle.get("files_version") or ""})
+        # The change record is part of the same transaction: no change without its record.
+        pipe.xadd(self.keys["changes"], {"change": json.dumps(change)}, maxlen=CHANGE_LOG_MAX, approximate=True)
+        pipe.incr(self.keys["revision"])
+
+    async def restore(self, shared: Shared, change: dict[str, Any]) -> bool:
+        """Put a replica's mirror back when the store lost its state (no epoch) or
+        holds an older state of the same epoch (restored by a replica that lagged):
+        the newest mirror wins. False when the store does not need it."""
+        from redis.exceptions import WatchError
+
+        keys = self.keys
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                await pipe.watch(keys["epoch"], keys["revision"])
+                epoch, revision = await pipe.mget(keys["epoch"], keys["revision"])
+                if not (epoch is None or (epoch == shared.epoch and int(revision or 0) < shared.revision)):
+                    return False
+                pipe.multi()
+                pipe.set(keys["epoch"], shared.epoch or secrets.token_hex(8))
+                pipe.set(keys["revision"], shared.revision - 1)  # _queue's INCR lands on it
+                pipe.delete(keys["overlay"])
+                bundle = {"files": shared.bundle or {}, "version": shared.bundle_version,
+                          "files_version": shared.files_version}
+                self._queue(pipe, fields_of(shared.overlay), [], bundle, change)
+                await pipe.execute()
+        except WatchError:
+            return False
+        await self.redis.publish(keys["events"], str(shared.revision))
+        return True
 
     async def changes(self, limit: int) -> list[dict[str, Any]]:
         entries = await self.redis.xrevrange(self.keys["changes"], count=limit)
