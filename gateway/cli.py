@@ -113,6 +113,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     config = _config(args)
     args.state_dir = config.state_dir
+    args.redis = config.redis  # redis.url set: the keys live in Redis (fleet mode)
     if args.keys_verb == "create":
         try:
             orgs = load_bundle(config.policy_dir).policy.organizations
@@ -130,6 +131,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.tour:
         return demo.run_tour(args.policy) if args.policy else demo.run_tour()
     return demo.run_demo(check_only=args.check, public_port=args.port, admin_port=args.admin_port)
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from gateway import admin_cli
+
+    return admin_cli.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tour", action="store_true", help="only print a tour of decisions (no servers)")
     demo.add_argument("--policy", metavar="DIR", help="with --tour: policy bundle (default: the shipped policies/)")
     demo.set_defaults(run=cmd_demo)
+
+    from gateway import admin_cli
+
+    admin = verbs.add_parser("admin", help="drive a running gateway's admin API: suspend, lift, org, reload, policy, ...",
+                             description="Drive a running gateway's admin API (SPEC §4). The URL and token can also "
+                                         "come from GATEWAY_ADMIN_URL and GATEWAY_ADMIN_TOKEN.")
+    admin_cli.add_arguments(admin)
+    admin.set_defaults(run=cmd_admin)
     return parser
 
 

@@ -1,0 +1,572 @@
+"""`gateway admin`: drive a running gateway's admin API (SPEC §4) from a shell.
+
+    gateway admin --url http://127.0.0.1:9090 suspend --model fable --deny-outside us --reason "BIS order"
+
+The URL and the bearer token can come from `GATEWAY_ADMIN_URL` and
+`GATEWAY_ADMIN_TOKEN` (or `--token-file`), so tokens need not appear in shell
+history. HTTP is the standard library's urllib with a short timeout.
+
+Output is one readable line per item; `--json` prints the API's JSON instead.
+Exit status: 0 done; 1 the API refused or failed (its message and every
+problem are printed); 2 the admin API could not be reached, or bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:9090"
+DEFAULT_TIMEOUT_S = 10.0
+RESET_WORDS = ("none", "reset", "null")
+STATUSES = ("active", "suspended", "denied")
+
+
+class AdminUsageError(Exception):
+    """Bad command-line input: printed, exit status 2."""
+
+
+class Unreachable(Exception):
+    """The admin API did not answer (refused, timed out, bad address): exit status 2."""
+
+
+class Failed(Exception):
+    """Something this command cannot accept in an answer: printed, exit status 1."""
+
+
+@dataclass
+class Refused(Exception):
+    """The admin API answered with an error status: exit status 1."""
+
+    status: int
+    body: Any  # the decoded JSON body, or the raw text when it was not JSON
+
+
+# HTTP
+
+
+@dataclass
+class Client:
+    url: str
+    token: str | None
+    timeout: float = DEFAULT_TIMEOUT_S
+
+    def call(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
+        target = self.url + path
+        if query:
+            target += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json", "User-Agent": "frontier-gateway-admin-cli"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            request = urllib.request.Request(target, data=data, method=method, headers=headers)
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as answer:
+            raw = answer.read()
+            raise Refused(answer.code, _decode(raw)) from None
+        except urllib.error.URLError as failure:
+            raise Unreachable(_reason(failure.reason)) from None
+        except (TimeoutError, socket.timeout):
+            raise Unreachable(f"no answer within {self.timeout:g}s") from None
+        except (http.client.HTTPException, ConnectionError, OSError) as failure:
+            raise Unreachable(_reason(failure)) from None
+        except ValueError as failure:  # e.g. "unknown url type"
+            raise Unreachable(str(failure)) from None
+        decoded = _decode(raw)
+        if isinstance(decoded, str) and decoded:
+            raise Failed(f"the answer from {self.url} is not JSON (is this the admin listener?): {decoded[:200]}")
+        return decoded
+
+
+def _decode(raw: bytes) -> Any:
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text) if text.strip() else None
+    except ValueError:
+        return text.strip()
+
+
+def _reason(reason: object) -> str:
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return "timed out"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, http.client.RemoteDisconnected):
+        return "the server closed the connection without answering"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return str(reason) or type(reason).__name__
+
+
+def normalise_url(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise AdminUsageError(f"--url: {url!r} is not an http(s) URL (e.g. http://127.0.0.1:9090)")
+    return url
+
+
+def segment(value: str) -> str:
+    """One path segment, every reserved character escaped."""
+    return urllib.parse.quote(value, safe="")
+
+
+# Input
+
+
+def parse_time(text: str, option: str) -> str:
+    """ISO 8601; a time without an offset is UTC (SPEC §2.1). Sent with its offset."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise AdminUsageError(f"{option}: {text!r} is not an ISO 8601 time (e.g. 2026-12-01T00:00:00Z)") from None
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def parse_reset(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in RESET_WORDS
+
+
+def parse_date(text: str) -> str:
+    try:
+        return date.fromisoformat(text.strip()).isoformat()
+    except ValueError:
+        raise AdminUsageError(f"--vetted-until: {text!r} is not a date (YYYY-MM-DD) or 'none'") from None
+
+
+# Output
+
+
+def show(args: argparse.Namespace, body: Any, readable: Callable[[Any], Iterable[str]]) -> None:
+    if args.json:
+        print(json.dumps(body, indent=2, sort_keys=False))
+        return
+    for line in readable(body):
+        print(line)
+
+
+def compact(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def version_line(body: dict[str, Any]) -> str:
+    before, after = body.get("policy_version_before"), body.get("policy_version")
+    if before and after and before != after:
+        return f"policy version {before} -> {after}"
+    return f"policy version {after or '-'}" + (" (unchanged)" if before and before == after else "")
+
+
+def issue_line(issue: Any) -> str:
+    if not isinstance(issue, dict):
+        return str(issue)
+    where = str(issue.get("file") or "")
+    if issue.get("line"):
+        where += f":{issue['line']}"
+    key = f" {issue['path']}:" if issue.get("path") else ""
+    severity = "" if issue.get("severity", "error") == "error" else f" ({issue['severity']})"
+    return f"{where}:{key} {issue.get('message', '')}{severity}"
+
+
+def print_refusal(refused: Refused, as_json: bool) -> None:
+    body = refused.body
+    if as_json and isinstance(body, dict):
+        print(json.dumps(body, indent=2))
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        message = error.get("message") or error.get("code") or "the request was refused"
+        print(f"error: {message} (HTTP {refused.status}{', ' + error['code'] if error.get('code') else ''})", file=sys.stderr)
+        for problem in error.get("problems") or []:
+            print(f"  {problem}", file=sys.stderr)
+        for issue in error.get("issues") or []:
+            print(f"  {issue_line(issue)}", file=sys.stderr)
+    else:
+        text = body if isinstance(body, str) and body else http.client.responses.get(refused.status, "")
+        print(f"error: HTTP {refused.status}: {text}", file=sys.stderr)
+
+
+# Verbs: each returns (method, path, body, query) via the client and prints the answer.
+
+
+def do_status(client: Client, args: argparse.Namespace) -> int:
+    try:
+        body = client.call("GET", "/readyz")
+    except Refused as refused:
+        if refused.status != 503 or not isinstance(refused.body, dict):
+            raise
+        body = refused.body
+    show(args, body, lambda b: [
+        f"{'ready' if b.get('ready') else 'NOT READY'}; policy version {b.get('policy_version') or '-'}"
+        + (f"; missing: {', '.join(b.get('missing') or [])}" if b.get("missing") else "")])
+    return 0 if body.get("ready") else 1
+
+
+def do_suspend(client: Client, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"models": args.model, "reason": args.reason}
+    if args.deny_outside is not None:
+        body["deny_outside"] = args.deny_outside
+    if args.deny_in is not None:
+        body["deny_in"] = args.deny_in
+    if args.reference:
+        body["reference"] = args.reference
+    if args.from_:
+        body["from"] = parse_time(args.from_, "--from")
+    if args.until:
+        body["until"] = parse_time(args.until, "--until")
+    if args.id:
+        body["id"] = args.id
+    answer = client.call("POST", "/admin/suspensions", body)
+
+    def readable(b: dict[str, Any]) -> list[str]:
+        doc = b.get("suspension") or b.get("after") or {}
+        scope = ("outside " + ", ".join(doc["deny_outside"])) if doc.get("deny_outside") is not None \
+            else "in " + ", ".join(doc.get("deny_in") or [])
+        window = "".join([f" from {doc['from']}" if doc.get("from") else "", f" until {doc['until']}" if doc.get("until") else ""])
+        return [f"suspension {doc.get('id', b.get('target'))} created: {', '.join(doc.get('models', []))} denied {scope}{window}",
+                version_line(b)]
+    show(args, answer, readable)
+    return 0
+
+
+def do_lift(client: Client, args: argparse.Namespace) -> int:
+    answer = client.call("DELETE", f"/admin/suspensions/{segment(args.id)}")
+    show(args, answer, lambda b: [f"suspension {b.get('target', args.id)} lifted", version_line(b)])
+    return 0
+
+
+def do_org(client: Client, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {}
+    if args.status is not None:
+        body["status"] = None if parse_reset(args.status) else args.status
+    if args.tier is not None:
+        body["tier"] = None if parse_reset(args.tier) else args.tier.strip()
+    if args.vetted_until is not None:
+        body["vetted_until"] = None if parse_reset(args.vetted_until) else parse_date(args.vetted_until)
+    if args.reason is not None:
+        body["status_reason"] = None if parse_reset(args.reason) else args.reason
+    if not body:
+        raise AdminUsageError("give one or more of --status, --tier, --vetted-until, --reason")
+    answer = client.call("PATCH", f"/admin/organizations/{segment(args.org_id)}", body)
+
+    def readable(b: dict[str, Any]) -> list[str]:
+        before, after = b.get("before") or {}, b.get("after") or {}
+        parts = [f"{name} {compact(before.get(name))} -> "
+                 f"{'(policy files value)' if after.get(name) is None else compact(after.get(name))}" for name in after]
+        return [f"organization {b.get('target', args.org_id)} updated: {'; '.join(parts)}", version_line(b)]
+    show(args, answer, readable)
+    return 0
+
+
+def do_reload(client: Client, args: argparse.Namespace) -> int:
+    answer = client.call("POST", "/admin/reload")
+    show(args, answer, lambda b: [f"policy files reloaded; policy version {b.get('policy_version') or '-'}"])
+    return 0
+
+
+def do_policy_get(client: Client, args: argparse.Namespace) -> int:
+    answer = client.call("GET", "/admin/policy")
+    files: dict[str, str] = answer.get("files") or {}
+    overlay = answer.get("overlay") or {}
+    written: list[Path] = []
+    if args.out:
+        out = Path(args.out)
+        for name in files:
+            if Path(name).name != name or not name.endswith((".yaml", ".yml")):
+                raise Failed(f"refusing to write a file named {name!r} from the answer")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for name, text in sorted(files.items()):
+                (out / name).write_text(text, encoding="utf-8")
+                written.append(out / name)
+        except OSError as failure:
+            raise AdminUsageError(f"--out: cannot write to {out}: {failure.strerror or failure}") from None
+
+    def readable(b: dict[str, Any]) -> list[str]:
+        lines = [f"policy version {b.get('policy_version') or '-'} (bundle {b.get('bundle_version') or '-'}, "
+                 f"policy files {b.get('files_version') or '-'}, revision {b.get('revision')})"]
+        if written:
+            lines.append(f"wrote {len(written)} files to {args.out}: {', '.join(p.name for p in written)}")
+        else:
+            lines += [f"file {name}: {len(text.splitlines())} lines" for name, text in sorted(files.items())]
+        live = overlay.get("suspensions") or {}
+        lifted = overlay.get("lifted") or []
+        orgs = overlay.get("organizations") or {}
+        if live or lifted or orgs:
+            lines.append("live changes on top of the bundle" + (" (not in the files written)" if written else "") + ":")
+            lines += [f"  suspension {sid} (live)" for sid in live]
+            lines += [f"  suspension {sid} lifted" for sid in lifted]
+            lines += [f"  organization {oid}: {compact(fields)}" for oid, fields in orgs.items()]
+        else:
+            lines.append("no live changes on top of the bundle")
+        return lines
+    if args.json and args.out:
+        print(json.dumps({k: v for k, v in answer.items() if k != "files"} | {"written": [str(p) for p in written]}, indent=2))
+    else:
+        show(args, answer, readable)
+    return 0
+
+
+def do_policy_put(client: Client, args: argparse.Namespace) -> int:
+    from gateway.policy.load import read_bundle
+    from gateway.policy.issues import PolicyError
+
+    try:
+        texts, problems = read_bundle(args.directory)
+    except PolicyError as refused:
+        problems = list(refused.issues)
+        texts = {}
+    if problems:
+        print(f"error: {args.directory}: the bundle cannot be sent", file=sys.stderr)
+        for issue in problems:
+            print(f"  {issue}", file=sys.stderr)
+        return 1
+    answer = client.call("PUT", "/admin/policy", {"files": texts})
+    show(args, answer, lambda b: [
+        f"policy replaced from {args.directory}: bundle {compact((b.get('before') or {}).get('bundle_version'))} -> "
+        f"{compact((b.get('after') or {}).get('bundle_version'))}", version_line(b)])
+    return 0
+
+
+def do_suspensions(client: Client, args: argparse.Namespace) -> int:
+    answer = client.call("GET", "/admin/suspensions")
+
+    def readable(b: dict[str, Any]) -> list[str]:
+        items = b.get("suspensions") or []
+        if not items:
+            return ["no suspensions"]
+        lines = []
+        for s in items:
+            window = "".join([f" from {s['from']}" if s.get("from") else "", f" until {s['until']}" if s.get("until") else ""])
+            scope = "outside" if s.get("scope") == "deny_outside" else "in"
+            source = "live" if s.get("live") else "policy files"
+            mode = f" [{s['mode']}]" if s.get("mode") not in (None, "enforce") else ""
+            reference = f" ({s['reference']})" if s.get("reference") else ""
+            lines.append(f"{s.get('id')}: {','.join(s.get('models') or [])} denied {scope} {','.join(s.get('groups') or [])}"
+                         f"{window} [{source}]{mode} — {s.get('reason')}{reference}")
+        return lines
+    show(args, answer, readable)
+    return 0
+
+
+def do_changes(client: Client, args: argparse.Namespace) -> int:
+    answer = client.call("GET", "/admin/changes", query={"limit": args.limit})
+
+    def readable(b: dict[str, Any]) -> list[str]:
+        items = b.get("changes") or []
+        if not items:
+            return ["no changes"]
+        lines = []
+        for c in items:
+            versions = f"{c.get('policy_version_before') or '-'} -> {c.get('policy_version') or '?'}"
+            lines.append(f"{c.get('time')} {c.get('actor')} {c.get('action')} {c.get('target')}: "
+                         f"{compact(c.get('before'))} -> {compact(c.get('after'))} (policy {versions})")
+        return lines
+    show(args, answer, readable)
+    return 0
+
+
+def do_decisions(client: Client, args: argparse.Namespace) -> int:
+    query = {"org": args.org, "model": args.model, "observed_country": args.country.upper() if args.country else None,
+             "decision": args.decision, "limit": args.limit}
+    answer = client.call("GET", "/admin/decisions", query=query)
+
+    def readable(b: dict[str, Any]) -> list[str]:
+        items = b.get("decisions") or []
+        if not items:
+            return ["no decisions"]
+        lines = []
+        for d in items:
+            reasons = ",".join(d.get("reasons") or []) or "-"
+            lines.append(f"{d.get('time')} {d.get('decision')} {d.get('status')} org={d.get('org') or '-'} "
+                         f"model={d.get('model') or d.get('requested_model') or '-'} country={d.get('observed_country') or '-'} "
+                         f"reasons={reasons} id={d.get('decision_id')}")
+        return lines
+    show(args, answer, readable)
+    return 0
+
+
+def do_explain(client: Client, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"org": args.org, "model": args.model, "anonymizer": args.anonymizer}
+    if args.country:
+        body["country"] = args.country.upper()
+    if args.region:
+        body["region"] = args.region.upper()
+    if args.at:
+        body["at"] = parse_time(args.at, "--at")
+    answer = client.call("POST", "/admin/explain", body)
+
+    def readable(b: dict[str, Any]) -> list[str]:
+        reasons = ", ".join(b.get("reasons") or []) or "none"
+        lines = [f"{b.get('decision')} ({b.get('status')}): reasons {reasons}",
+                 f"org {b.get('org')} (tier {b.get('tier') or '-'}, declared {b.get('declared_country') or '-'}); "
+                 f"model {b.get('model') or b.get('requested_model')} (stage {b.get('stage') or '-'}, "
+                 f"{'covered' if b.get('covered') else 'not covered'})",
+                 f"observed {b.get('observed_country') or 'unknown'}"
+                 + (f" {b['observed_region']}" if b.get("observed_region") else "")
+                 + (", anonymizer" if b.get("anonymizer") else "")
+                 + f"; at {b.get('at')}; policy version {b.get('policy_version')}"]
+        for match in b.get("matches") or []:
+            detail = ", ".join(f"{k} {v}" for k, v in match.items() if k not in ("reason",) and v is not None)
+            lines.append(f"  {match.get('reason')}: {detail}")
+        return lines
+    show(args, answer, readable)
+    return 0
+
+
+# Parser
+
+
+def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """Connection options, accepted before and after the verb."""
+    default: Any = None if top else argparse.SUPPRESS
+    group = parser.add_argument_group("connection")
+    group.add_argument("--url", default=default, metavar="ADMIN_URL",
+                       help=f"admin listener URL (env GATEWAY_ADMIN_URL; default {DEFAULT_URL})")
+    group.add_argument("--token", default=default, metavar="T",
+                       help="admin bearer token (better: env GATEWAY_ADMIN_TOKEN or --token-file, to keep it out of shell history)")
+    group.add_argument("--token-file", default=default, metavar="FILE", help="read the admin token from FILE")
+    group.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S if top else argparse.SUPPRESS, metavar="SECONDS",
+                       help=f"HTTP timeout (default {DEFAULT_TIMEOUT_S:g})")
+    group.add_argument("--json", action="store_true", default=False if top else argparse.SUPPRESS,
+                       help="print the API's JSON instead of readable lines")
+
+
+def add_arguments(admin: argparse.ArgumentParser) -> None:
+    """Fill in `gateway admin`'s options and verbs (cli.py makes the parser)."""
+    admin.epilog = ("exit status: 0 done; 1 the admin API refused or failed (every problem is printed); "
+                    "2 the admin API could not be reached, or bad usage")
+    _common(admin, top=True)
+    verbs = admin.add_subparsers(dest="admin_verb", required=True, metavar="VERB")
+
+    def verb(name: str, run: Callable[[Client, argparse.Namespace], int], help_text: str, description: str = "") -> argparse.ArgumentParser:
+        parser = verbs.add_parser(name, help=help_text, description=description or help_text)
+        _common(parser, top=False)
+        parser.set_defaults(admin_run=run)
+        return parser
+
+    verb("status", do_status, "readiness and the policy version in force (GET /readyz)")
+
+    suspend = verb("suspend", do_suspend, "suspend models, in force at once (POST /admin/suspensions)",
+                   "Create a live suspension: the models are denied (451 export_suspended) outside, or in, "
+                   "the given jurisdiction groups. Prints the new id and the policy version.")
+    suspend.add_argument("--model", required=True, action="extend", nargs="+", metavar="M",
+                         help="model id or alias (repeatable)")
+    scope = suspend.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--deny-outside", action="extend", nargs="+", metavar="GROUP",
+                       help="deny unless the request is from these jurisdiction groups")
+    scope.add_argument("--deny-in", action="extend", nargs="+", metavar="GROUP",
+                       help="deny requests from these jurisdiction groups")
+    suspend.add_argument("--reason", required=True, metavar="TEXT", help="why (recorded and shown in the change log)")
+    suspend.add_argument("--reference", metavar="REF", help="e.g. the order or ticket")
+    suspend.add_argument("--from", dest="from_", metavar="ISO", help="start (ISO 8601; no offset means UTC; default: now)")
+    suspend.add_argument("--until", metavar="ISO", help="end, exclusive (ISO 8601; default: until lifted)")
+    suspend.add_argument("--id", metavar="ID", help="the suspension's id (default: generated)")
+
+    lift = verb("lift", do_lift, "lift a suspension, live or from the policy files (DELETE /admin/suspensions/ID)")
+    lift.add_argument("id", metavar="ID")
+
+    org = verb("org", do_org, "override an organization's status, tier or vetting (PATCH /admin/organizations/ORG_ID)",
+               "Override fields of an organization's record. A value of 'none' (or 'reset') removes the "
+               "override: the field goes back to the policy files' value.")
+    org.add_argument("org_id", metavar="ORG_ID")
+    org.add_argument("--status", choices=[*STATUSES, *RESET_WORDS[:2]], help="active, suspended or denied")
+    org.add_argument("--tier", metavar="T", help="government, vetted_partner, verified or standard")
+    org.add_argument("--vetted-until", metavar="DATE|none", help="vetting valid through this date (YYYY-MM-DD, UTC)")
+    org.add_argument("--reason", metavar="TEXT", help="the status reason (status_reason), e.g. 'Entity List match'")
+
+    verb("reload", do_reload, "re-read the policy files on the gateway now (POST /admin/reload)")
+
+    policy = verbs.add_parser("policy", help="get or replace the policy bundle (GET/PUT /admin/policy)",
+                              description="Get or replace the policy bundle in force.")
+    _common(policy, top=False)
+    policy_verbs = policy.add_subparsers(dest="policy_verb", required=True, metavar="VERB")
+    get = policy_verbs.add_parser("get", help="show the bundle in force; --out writes its files",
+                                  description="Show the bundle in force (GET /admin/policy). Live changes are listed, "
+                                              "not written into the files.")
+    _common(get, top=False)
+    get.add_argument("--out", metavar="DIR", help="write the bundle's YAML files into DIR")
+    get.set_defaults(admin_run=do_policy_get)
+    put = policy_verbs.add_parser("put", help="replace the bundle with a directory's YAML files",
+                                  description="Replace the bundle with DIR's five YAML files (PUT /admin/policy). "
+                                              "An invalid bundle is refused whole, every issue listed.")
+    _common(put, top=False)
+    put.add_argument("directory", metavar="DIR")
+    put.set_defaults(admin_run=do_policy_put)
+
+    verb("suspensions", do_suspensions, "list the suspensions in the policy in force (GET /admin/suspensions)")
+
+    changes = verb("changes", do_changes, "the change log, newest first: who, when, what, before/after (GET /admin/changes)")
+    changes.add_argument("--limit", type=int, metavar="N", help="at most N changes (server default 100)")
+
+    decisions = verb("decisions", do_decisions, "recent decisions from the audit log, newest first (GET /admin/decisions)")
+    decisions.add_argument("--org", help="only this organization")
+    decisions.add_argument("--model", help="only this (canonical) model id")
+    decisions.add_argument("--country", help="only this observed country (ISO 3166-1 alpha-2)")
+    decisions.add_argument("--decision", choices=["allow", "deny"], help="only allowed or denied requests")
+    decisions.add_argument("--limit", type=int, metavar="N", help="at most N decisions (server default 100)")
+
+    explain = verb("explain", do_explain, "decide one request on the running policy and say why (POST /admin/explain)")
+    explain.add_argument("--org", required=True, help="organization id")
+    explain.add_argument("--model", required=True, help="model name or alias")
+    explain.add_argument("--country", help="observed country (ISO 3166-1 alpha-2); omitted: unknown")
+    explain.add_argument("--region", help="observed ISO 3166-2 region, e.g. UA-43")
+    explain.add_argument("--anonymizer", action="store_true", help="the client came through a VPN/Tor/hosting network")
+    explain.add_argument("--at", metavar="ISO8601", help="decide at this time (default: now)")
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if getattr(args, "token_file", None):
+        try:
+            return Path(args.token_file).read_text().strip() or None
+        except OSError as failure:
+            raise AdminUsageError(f"--token-file: cannot read {args.token_file}: {failure.strerror or failure}") from None
+    return getattr(args, "token", None) or os.environ.get("GATEWAY_ADMIN_TOKEN") or None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one `gateway admin` verb; returns the exit status."""
+    args.json = bool(getattr(args, "json", False))
+    url = ""
+    try:
+        url = normalise_url(getattr(args, "url", None) or os.environ.get("GATEWAY_ADMIN_URL") or DEFAULT_URL)
+        token = _token(args)
+        if token is None and args.admin_verb != "status":
+            raise AdminUsageError("no admin token: set GATEWAY_ADMIN_TOKEN, or give --token-file FILE or --token T")
+        timeout = getattr(args, "timeout", DEFAULT_TIMEOUT_S)
+        if not timeout > 0:
+            raise AdminUsageError("--timeout must be positive")
+        return int(args.admin_run(Client(url, token, timeout), args))
+    except AdminUsageError as problem:
+        print(f"gateway admin: error: {problem}", file=sys.stderr)
+        return 2
+    except Unreachable as failure:
+        print(f"gateway admin: cannot reach the admin API at {url}: {failure}", file=sys.stderr)
+        return 2
+    except Refused as refused:
+        print_refusal(refused, args.json)
+        return 1
+    except Failed as failure:
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
