@@ -22,6 +22,7 @@ from gateway.config import Config
 from gateway.geo import GeoIP
 from gateway.geodata import default_country_db
 from gateway.identity import Authenticator
+from gateway.identity.redis_keys import RedisApiKeyStore
 from gateway.live.state import LiveState, PolicyState, watch_sighup
 from gateway.live.store import LocalStore, RedisStore, Store
 from gateway.metrics import Metrics
@@ -71,7 +72,10 @@ class Service:
         self.audit = AuditLog(config.audit.path, self.metrics)
         self.servers: list[_Server] = []
         self.gateway: Gateway | None = None
-        self.authenticator = Authenticator.from_config(config.identity, config.state_dir)
+        # Fleet mode: API keys from Redis, so every replica accepts a key the CLI created anywhere.
+        self.api_keys = (RedisApiKeyStore(redis.url, namespace=redis.namespace, timeout_s=redis.timeout_s)
+                         if redis.url and config.identity.api_keys else None)
+        self.authenticator = Authenticator.from_config(config.identity, config.state_dir, api_keys=self.api_keys)
 
     def missing(self) -> list[str]:
         missing = []
@@ -89,6 +93,8 @@ class Service:
         config = self.config
         await self.live.start()
         self.geo = GeoIP(config.geoip.country_db or default_country_db(), config.geoip.anonymous_ip_db)
+        if self.api_keys is not None:
+            await self.api_keys.start()
         await self.authenticator.start()
         await self.upstreams.start()
         self.audit.start()
@@ -115,6 +121,8 @@ class Service:
         await self.audit.close()
         await self.upstreams.close()
         await self.authenticator.close()
+        if self.api_keys is not None:
+            await self.api_keys.close()
         if self.geo is not None:
             self.geo.close()
 

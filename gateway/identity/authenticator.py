@@ -43,10 +43,12 @@ class Authenticator:
         self.api_keys = api_keys
 
     @classmethod
-    def from_config(cls, identity: IdentitySettings, state_dir: str | Path) -> Authenticator:
-        """Embedded mode: a JWT verifier if configured, the state directory's key file if enabled."""
+    def from_config(cls, identity: IdentitySettings, state_dir: str | Path, *,
+                    api_keys: ApiKeyLookup | None = None) -> Authenticator:
+        """A JWT verifier if configured; if API keys are enabled, `api_keys` (fleet mode: the
+        Redis store) or else the state directory's key file (embedded mode)."""
         jwt = JwtVerifier(identity.jwt) if identity.jwt is not None else None
-        keys = ApiKeyStore(state_dir) if identity.api_keys else None
+        keys = (api_keys if api_keys is not None else ApiKeyStore(state_dir)) if identity.api_keys else None
         return cls(jwt, keys)
 
     async def start(self) -> None:

@@ -1,8 +1,10 @@
 """`gateway keys create|revoke|list` (SPEC §3), for the main CLI to wire up.
 
 Each function takes the parsed arguments: `state_dir` (the config's
-`state_dir`, already resolved), `json` (bool), and `org`/`label` for create,
-`key_id` for revoke, optionally `org` for list. Each returns an exit status.
+`state_dir`, already resolved), optionally `redis` (the config's `redis`
+section: with a `url`, the keys live in Redis, shared by the fleet), `json`
+(bool), and `org`/`label` for create, `key_id` for revoke, optionally `org` for
+list. Each returns an exit status.
 The secret is printed once, by `create`; nothing can show it again.
 """
 
@@ -13,13 +15,23 @@ import json
 import sys
 from dataclasses import asdict
 
-from gateway.identity.apikeys import ApiKeyStoreError, ApiKeyStore
+from gateway.identity.apikeys import ApiKeyAdmin, ApiKeyStoreError, ApiKeyStore
 
 SHOWN_ONCE = "This secret is shown only once and cannot be shown again: store it now."
 
 
+def _store(args: argparse.Namespace) -> ApiKeyAdmin:
+    """Fleet mode (`redis.url` set): the keys in Redis; embedded mode: the state directory's file."""
+    redis = getattr(args, "redis", None)
+    if redis is not None and redis.url:
+        from gateway.identity.redis_keys import RedisApiKeyStore
+
+        return RedisApiKeyStore(redis.url, namespace=redis.namespace, timeout_s=redis.timeout_s)
+    return ApiKeyStore(args.state_dir)
+
+
 def keys_create(args: argparse.Namespace) -> int:
-    store = ApiKeyStore(args.state_dir)
+    store = _store(args)
     try:
         key_id, secret = store.create(args.org, getattr(args, "label", None))
     except (ApiKeyStoreError, ValueError) as exc:
@@ -35,7 +47,7 @@ def keys_create(args: argparse.Namespace) -> int:
 
 
 def keys_revoke(args: argparse.Namespace) -> int:
-    store = ApiKeyStore(args.state_dir)
+    store = _store(args)
     try:
         found = store.revoke(args.key_id)
     except ApiKeyStoreError as exc:
@@ -53,7 +65,7 @@ def keys_revoke(args: argparse.Namespace) -> int:
 
 def keys_list(args: argparse.Namespace) -> int:
     try:
-        keys = ApiKeyStore(args.state_dir).list()
+        keys = _store(args).list()
     except ApiKeyStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
