@@ -139,6 +139,9 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
             return error(422, "invalid_policy", "The policy files were refused; the running policy stays (see the logs).")
         return JSONResponse({"reloaded": True, "policy_version": policy.version if policy else None, "actor": actor})
 
+    async def reinstate_credential(request: Request, actor: str) -> Response:
+        return JSONResponse(await live.reinstate_credential(request.path_params["id"], actor))
+
     async def explain_endpoint(request: Request, actor: str) -> Response:
         policy = state.policy
         if policy is None:
@@ -167,6 +170,7 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         Route("/admin/suspensions/{id}", guarded("operator", lift_suspension), methods=["DELETE"]),
         Route("/admin/organizations/{id}", guarded("operator", patch_organization), methods=["PATCH"]),
         Route("/admin/reload", guarded("operator", reload), methods=["POST"]),
+        Route("/admin/credentials/{id:path}", guarded("operator", reinstate_credential), methods=["DELETE"]),
         Route("/admin/explain", guarded("viewer", explain_endpoint), methods=["POST"]),
         Route("/admin/decisions", guarded("viewer", decisions), methods=["GET"]),
         Route("/admin/changes", guarded("viewer", changes), methods=["GET"]),

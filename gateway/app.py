@@ -27,6 +27,7 @@ from gateway.decision import Decision, Facts, decide, decide_listing
 from gateway.geo import UNKNOWN, GeoIP, Place
 from gateway.identity import Authenticator, CredentialError, Principal
 from gateway.metrics import Metrics
+from gateway.misuse import LocalSightings, Sightings
 from gateway.policy.snapshot import Policy
 from gateway.live.state import PolicyState
 from gateway.quota import LocalQuota, Quota
@@ -68,6 +69,7 @@ class Exchange:
     completed: bool = False
     tokens: Tap | None = None
     tokens_used: int | None = None
+    misuse: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,6 +85,8 @@ class Gateway:
         metrics: Metrics,
         *,
         quota: Quota | None = None,
+        sightings: Sightings | None = None,
+        on_misuse: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -96,6 +100,9 @@ class Gateway:
         self.router = Router(config.routes)
         self.trusted = TrustedProxies(config.trusted_proxies)
         self.quota = quota or LocalQuota()
+        self.sightings = sightings or LocalSightings(config.credential_misuse.window_s)
+        self.on_misuse = on_misuse
+        self._background: set[asyncio.Future[Any]] = set()
         self.decode = frozenset(config.request.decode_encodings)
         self.blocked_by = f"<{config.denials.blocked_by}>; rel=\"blocked-by\"".encode()
 
@@ -130,7 +137,7 @@ class Gateway:
         if policy is None or not self.state.usable() or not self.audit.healthy:
             return await self.deny(exchange, send, _unavailable(policy))
 
-        principal, credential = await self.authenticate(exchange, headers)
+        principal, credential = await self.authenticate(exchange, headers, policy)
         if principal is None:
             facts = Facts(org_id=None, model=None, credential=credential)
             return await self.deny(exchange, send, self.decide(exchange, policy, facts))
@@ -138,6 +145,8 @@ class Gateway:
         model, body = await self.read_model(exchange, route, scope, receive)
         exchange.client_ip = client_ip(_peer(scope), _all(headers, b"x-forwarded-for"), self.trusted)
         exchange.place = place = self.geo.locate(exchange.client_ip) if exchange.client_ip else UNKNOWN
+        if place.country is not None:
+            await self.watch_credential(exchange, principal, place.country, policy)
         facts = Facts(principal.org_id, model, place.country, place.region, place.anonymizer)
         decision = self.decide(exchange, policy, facts, listing=route.kind == "models_list")
         if not decision.allowed:
@@ -157,17 +166,41 @@ class Gateway:
 
     # Facts
 
-    async def authenticate(self, exchange: Exchange, headers: list[tuple[bytes, bytes]]) -> tuple[Principal | None, str]:
+    async def authenticate(self, exchange: Exchange, headers: list[tuple[bytes, bytes]],
+                           policy: Policy) -> tuple[Principal | None, str]:
         authorization = _single(headers, b"authorization")
         api_key = _single(headers, b"x-api-key")
+        exchange.extra["token"] = (authorization or api_key or "").count(".") == 2
         try:
-            exchange.principal = await self.identity.authenticate(authorization, api_key)
+            principal = await self.identity.authenticate(authorization, api_key)
         except CredentialError as error:
             exchange.extra["credential_error"] = error.detail
-            token = (authorization or api_key or "").count(".") == 2
-            exchange.extra["token"] = token
             return None, "missing" if error.reason == Reason.CREDENTIAL_MISSING else "invalid"
-        return exchange.principal, "valid"
+        if principal.credential_id in policy.suspended_credentials:
+            exchange.extra["credential_error"] = "credential suspended"
+            return None, "invalid"
+        exchange.principal = principal
+        return principal, "valid"
+
+    async def watch_credential(self, exchange: Exchange, principal: Principal, country: str, policy: Policy) -> None:
+        """Flag a credential seen from too many countries; suspend it if so configured."""
+        settings = self.config.credential_misuse
+        try:
+            countries = await self.sightings.observe(principal.credential_id, country, time.time())
+        except Exception as error:  # monitoring, not a fact the decision needs
+            log.warning("credential sightings unavailable: %r", error)
+            return
+        if len(countries) < settings.countries:
+            return
+        exchange.misuse = sorted(countries)
+        org = policy.organizations.get(principal.org_id)
+        self.metrics.credential_misuse.labels(org.tier if org else "unknown").inc()
+        if settings.suspend and self.on_misuse is not None:
+            why = {"reason": "credential misuse", "countries": exchange.misuse, "org": principal.org_id,
+                   "window_s": settings.window_s, "decision_id": exchange.decision_id}
+            task = asyncio.ensure_future(self.on_misuse(principal.credential_id, why))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def read_model(self, exchange: Exchange, route: Route, scope: Scope, receive: Receive) -> tuple[str | None, bytes]:
         """The model the request names, and the exact bytes to forward."""
@@ -401,6 +434,7 @@ class Gateway:
             "upstream_status": exchange.upstream_status,
             "upstream_bytes": exchange.upstream_bytes,
             "tokens": exchange.tokens_used,
+            "credential_misuse": exchange.misuse,
         })
         model = decision.model if decision and decision.model else "none"
         self.metrics.requests.labels(

@@ -95,6 +95,14 @@ class ForwardConfig(Section):
     pass_credentials: bool = False
 
 
+class MisuseConfig(Section):
+    # A credential seen from `countries` or more countries within `window_s` is flagged.
+    window_s: float = Field(3600, gt=0)
+    countries: int = Field(2, ge=2)
+    # Also suspend it (fleet-wide in fleet mode); reinstated through the admin API.
+    suspend: bool = False
+
+
 class DenialConfig(Section):
     # RFC 7725: the 451 response's Link rel="blocked-by" names who implements the block.
     blocked_by: str = "urn:frontier-gateway:export-controls"
@@ -116,6 +124,7 @@ class Config(Section):
     request: RequestConfig = RequestConfig()
     forward: ForwardConfig = ForwardConfig()
     denials: DenialConfig = DenialConfig()
+    credential_misuse: MisuseConfig = MisuseConfig()
 
     @field_validator("upstreams")
     @classmethod

@@ -32,6 +32,10 @@ class Metrics:
         self.redis_up = Gauge("gateway_redis_up", "1 when Redis answers (fleet mode).", registry=registry)
         self.audit_spooled = Gauge("gateway_audit_spooled", "Audit records waiting to be written.", registry=registry)
         self.audit_lost = Counter("gateway_audit_lost", "Audit records that could not be written.", registry=registry)
+        self.credential_misuse = Counter("gateway_credential_misuse", "Requests whose credential was seen from one more "
+                                         "country than the misuse threshold allows.", ["tier"], registry=registry)
+        self.would_deny = Counter("gateway_would_deny", "Requests shadow-mode rules would have denied.", ["reason"],
+                                  registry=registry)
         self._policy_version: str | None = None
 
     def policy_loaded(self, version: str) -> None:

@@ -26,6 +26,7 @@ from gateway.identity.redis_keys import RedisApiKeyStore
 from gateway.live.state import LiveState, PolicyState, watch_sighup
 from gateway.live.store import LocalStore, RedisStore, Store
 from gateway.metrics import Metrics
+from gateway.misuse import LocalSightings, RedisSightings, Sightings
 from gateway.proxy import Upstreams
 from gateway.quota import LocalQuota, Quota, RedisQuota
 
@@ -77,6 +78,12 @@ class Service:
                          if redis.url and config.identity.api_keys else None)
         self.authenticator = Authenticator.from_config(config.identity, config.state_dir, api_keys=self.api_keys)
 
+    def sightings(self) -> Sightings:
+        window = self.config.credential_misuse.window_s
+        if isinstance(self.store, RedisStore):
+            return RedisSightings(self.store.redis, self.config.redis.namespace, window)
+        return LocalSightings(window)
+
     def missing(self) -> list[str]:
         missing = []
         if self.state.policy is None:
@@ -99,7 +106,8 @@ class Service:
         await self.upstreams.start()
         self.audit.start()
         self.gateway = Gateway(config, self.state, self.authenticator, self.geo, self.upstreams, self.audit, self.metrics,
-                               quota=self.quota, clock=self.clock)
+                               quota=self.quota, sightings=self.sightings(), clock=self.clock,
+                               on_misuse=lambda credential, why: self.live.suspend_credential(credential, why, "misuse-detector"))
         admin = create_admin_app(self.state, self.metrics, self.missing, self.live, config.admin.tokens, config.audit.path)
         self.servers = [_Server(_uvicorn_config(self.gateway, config.listen)),
                         _Server(_uvicorn_config(admin, config.admin_listen))]

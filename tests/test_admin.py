@@ -109,7 +109,7 @@ def no_leftover_live_changes(request: pytest.FixtureRequest) -> Iterator[None]:
         shared: Stack = request.getfixturevalue("stack")
         status, body = admin(shared, "GET", "/admin/policy", token=VIEWER)
         assert status == 200
-        assert body["overlay"] == {"suspensions": {}, "lifted": [], "organizations": {}}, "a test left a live change behind"
+        assert body["overlay"] == {"suspensions": {}, "lifted": [], "organizations": {}, "credentials": {}}, "a test left a live change behind"
 
 
 SUSPENSION = {"models": ["fable"], "deny_outside": ["us"], "reason": "BIS order pending review", "reference": "BIS-2026-12"}

@@ -90,7 +90,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def no_leftover_live_changes(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if "stack" in request.fixturenames:
-        assert overlay(request.getfixturevalue("stack")) == {"suspensions": {}, "lifted": [], "organizations": {}}
+        assert overlay(request.getfixturevalue("stack")) == {"suspensions": {}, "lifted": [], "organizations": {}, "credentials": {}}
 
 
 ADMIN_VERBS = [["status"], ["suspend"], ["lift"], ["org"], ["reload"], ["policy"], ["policy", "get"], ["policy", "put"],

@@ -337,7 +337,7 @@ def test_admin_api_refusals_change_nothing(fleets: FleetFactory, shared_redis_ur
     assert a.policy_version() == version and b.policy_version() == version
     assert len(b.admin("GET", "/admin/changes", token=VIEWER_TOKEN).json["changes"]) == changes
     assert b.admin("GET", "/admin/policy", token=VIEWER_TOKEN).json["overlay"] == {
-        "suspensions": {}, "lifted": [], "organizations": {}}
+        "suspensions": {}, "lifted": [], "organizations": {}, "credentials": {}}
     key = fleet.key("org-public")
     assert a.chat(key).status == 200 and b.chat(key).status == 200
     fleet.check_nothing_denied_was_forwarded()

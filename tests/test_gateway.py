@@ -365,3 +365,34 @@ def test_oversized_body_is_413(stack: Stack) -> None:
     status, _, reply = request(stack, "POST", "/v1/chat/completions", body, headers)
     assert status == 413 and json.loads(reply)["error"]["code"] == "request_too_large"
     assert stack.received == []
+
+
+class TestCredentialMisuse:
+    def test_a_credential_seen_from_two_countries_is_flagged_and_suspended(self, tmp_path: Path) -> None:
+        watched = Stack(tmp_path, extra_config="credential_misuse: {window_s: 600, countries: 2, suspend: true}")
+        try:
+            key = watched.api_key("org-public")
+            body = json.dumps(CHAT | {"model": "small-2"}).encode()
+            headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+            assert request(watched, "POST", "/v1/chat/completions", body, headers | {"X-Forwarded-For": US_IP})[0] == 200
+            assert request(watched, "POST", "/v1/chat/completions", body, headers | {"X-Forwarded-For": SE_IP})[0] == 200
+            flagged = watched.audit_records()[-1]
+            assert flagged["credential_misuse"] == ["SE", "US"]
+            import time as clock
+
+            deadline = clock.monotonic() + 3
+            status = 200
+            while status != 401 and clock.monotonic() < deadline:
+                status = request(watched, "POST", "/v1/chat/completions", body, headers | {"X-Forwarded-For": US_IP})[0]
+            assert status == 401  # suspended fleet-wide as a live change, with a record of why
+            forwarded = len(watched.received)
+            other = watched.api_key("org-acme")  # other credentials are untouched
+            assert request(watched, "POST", "/v1/chat/completions", body,
+                           {**headers, "Authorization": f"Bearer {other}", "X-Forwarded-For": US_IP})[0] == 200
+            assert len(watched.received) == forwarded + 1
+            import urllib.request
+
+            with urllib.request.urlopen(watched.admin_url + "/metrics") as metrics:
+                assert 'gateway_credential_misuse_total{tier="standard"}' in metrics.read().decode()
+        finally:
+            watched.close()

@@ -39,21 +39,19 @@ class Overlay:
     lifted: frozenset[str] = frozenset()
     # Organization id -> the fields that override the bundle's record.
     organizations: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    # Credential id -> why it was suspended.
+    credentials: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "suspensions": dict(sorted(self.suspensions.items())),
             "lifted": sorted(self.lifted),
             "organizations": dict(sorted(self.organizations.items())),
+            "credentials": dict(sorted(self.credentials.items())),
         }
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Overlay:
-        return cls(dict(data.get("suspensions", {})), frozenset(data.get("lifted", ())),
-                   dict(data.get("organizations", {})))
-
     def empty(self) -> bool:
-        return not (self.suspensions or self.lifted or self.organizations)
+        return not (self.suspensions or self.lifted or self.organizations or self.credentials)
 
 
 class ChangeError(Exception):
@@ -152,6 +150,7 @@ def apply(base: Policy, overlay: Overlay) -> Policy:
     names = {key: models[model.id] for key, model in base.names.items()}
     return replace(
         base,
+        suspended_credentials=frozenset(overlay.credentials),
         version=_version(base.version, overlay),
         organizations=MappingProxyType(organizations),
         models=MappingProxyType(models),

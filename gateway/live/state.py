@@ -258,6 +258,7 @@ class LiveState:
             changes.get("suspensions", current.suspensions),
             changes.get("lifted", current.lifted),
             changes.get("organizations", current.organizations),
+            changes.get("credentials", current.credentials),
         )
         return overlays.apply(base, updated)
 
@@ -315,6 +316,21 @@ class LiveState:
             set_fields={f"org:{org_id}:{name}": _json(value) for name, value in fields.items() if value is not None},
             delete_fields=[f"org:{org_id}:{name}" for name, value in fields.items() if value is None],
         )
+
+    async def suspend_credential(self, credential_id: str, why: dict[str, Any], actor: str) -> dict[str, Any]:
+        if credential_id in self.overlay.credentials:
+            return {"credential": credential_id, "already": True}
+        change = {"actor": actor, "action": "credential.suspend", "target": credential_id, "before": None, "after": why}
+        after = self._with(credentials={**self.overlay.credentials, credential_id: why})
+        return await self._write(change, after, set_fields={f"cred:{credential_id}": _json(why)})
+
+    async def reinstate_credential(self, credential_id: str, actor: str) -> dict[str, Any]:
+        if credential_id not in self.overlay.credentials:
+            raise ChangeError([f"credential {credential_id!r} is not suspended"], status=404)
+        before = self.overlay.credentials[credential_id]
+        change = {"actor": actor, "action": "credential.reinstate", "target": credential_id, "before": before, "after": None}
+        remaining = {k: v for k, v in self.overlay.credentials.items() if k != credential_id}
+        return await self._write(change, self._with(credentials=remaining), delete_fields=[f"cred:{credential_id}"])
 
     async def changes(self, limit: int = 100) -> list[dict[str, Any]]:
         return await self.store.changes(limit)

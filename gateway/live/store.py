@@ -5,7 +5,7 @@ an (epoch, revision) stamp and the change log (SPEC §4, §7).
 nothing. `RedisStore` (fleet mode) keeps them in Redis under one hash tag, so
 every multi-key write is one MULTI transaction even on Redis Cluster, and
 announces each change on a pub/sub channel. Both store the overlay as flat
-fields (`susp:<id>`, `lift:<id>`, `org:<id>:<field>`), so two operators
+fields (`susp:<id>`, `lift:<id>`, `org:<id>:<field>`, `cred:<id>`), so two operators
 changing different fields of one org never overwrite each other.
 
 The epoch names one life of the shared state: a Redis that restarts without
@@ -57,6 +57,7 @@ def fields_of(overlay: Overlay) -> dict[str, str]:
     fields = {f"susp:{k}": json.dumps(v, sort_keys=True) for k, v in overlay.suspensions.items()}
     fields |= {f"lift:{k}": "1" for k in overlay.lifted}
     fields |= {f"org:{o}:{n}": json.dumps(v, sort_keys=True) for o, f in overlay.organizations.items() for n, v in f.items()}
+    fields |= {f"cred:{k}": json.dumps(v, sort_keys=True) for k, v in overlay.credentials.items()}
     return fields
 
 
@@ -64,6 +65,7 @@ def overlay_from_fields(fields: dict[str, str]) -> Overlay:
     suspensions: dict[str, Any] = {}
     lifted: set[str] = set()
     organizations: dict[str, dict[str, Any]] = {}
+    credentials: dict[str, Any] = {}
     for key, value in fields.items():
         kind, _, rest = key.partition(":")
         if kind == "susp":
@@ -73,7 +75,9 @@ def overlay_from_fields(fields: dict[str, str]) -> Overlay:
         elif kind == "org":
             org_id, _, name = rest.rpartition(":")
             organizations.setdefault(org_id, {})[name] = json.loads(value)
-    return Overlay(suspensions, frozenset(lifted), organizations)
+        elif kind == "cred":
+            credentials[rest] = json.loads(value)
+    return Overlay(suspensions, frozenset(lifted), organizations, credentials)
 
 
 class Store(Protocol):

@@ -156,6 +156,8 @@ class Policy:
     documents: Mapping[str, Any] = field(repr=False)
     # Canonical name or alias -> model.
     names: Mapping[str, Model] = field(repr=False)
+    # Credentials suspended live (e.g. by credential-misuse detection): refused as invalid.
+    suspended_credentials: frozenset[str] = frozenset()
 
     def model_named(self, requested: str) -> Model | None:
         return self.names.get(canonical_name(requested))
