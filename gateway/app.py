@@ -435,7 +435,11 @@ class Gateway:
             "upstream_bytes": exchange.upstream_bytes,
             "tokens": exchange.tokens_used,
             "credential_misuse": exchange.misuse,
+            "would_deny": [str(r) for r in decision.shadow] if decision and decision.shadow else None,
         })
+        if decision is not None:
+            for reason in decision.shadow:
+                self.metrics.would_deny.labels(str(reason)).inc()
         model = decision.model if decision and decision.model else "none"
         self.metrics.requests.labels(
             "allow" if allowed else "deny", first, model,

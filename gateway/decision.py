@@ -48,14 +48,16 @@ class Match:
     subject: Subject | None = None
     place: str | None = None
     group: str | None = None
+    shadow: bool = False  # from a rule, group or suspension in `mode: shadow`: reported, not enforced
 
-    def as_dict(self) -> dict[str, str | None]:
+    def as_dict(self) -> dict[str, str | bool | None]:
         return {
             "reason": str(self.reason),
             "rule": self.rule,
             "subject": self.subject,
             "place": self.place,
             "group": self.group,
+            "shadow": self.shadow,
         }
 
 
@@ -71,6 +73,8 @@ class Decision:
     tier: str | None = None
     upstream: str | None = None
     matches: tuple[Match, ...] = ()
+    # Reasons that shadow-mode rules would add if they were enforced.
+    shadow: tuple[Reason, ...] = ()
 
     @property
     def verdict(self) -> str:
@@ -120,8 +124,8 @@ class _Evaluation:
         self.declared: str | None = None
 
     def deny(self, reason: Reason, rule: str, subject: Subject | None = None,
-             place: str | None = None, group: str | None = None) -> None:
-        self.matches.append(Match(reason, rule, subject, place, group))
+             place: str | None = None, group: str | None = None, *, shadow: bool = False) -> None:
+        self.matches.append(Match(reason, rule, subject, place, group, shadow))
 
     def run(self) -> Decision:
         policy, facts = self.policy, self.facts
@@ -143,8 +147,10 @@ class _Evaluation:
 
     def decision(self, model: Model | None, stage: str | None, covered: bool | None, tier: str | None,
                  *, concealed: bool) -> Decision:
-        reasons = order({m.reason for m in self.matches}, concealed=concealed)
-        matches = tuple(sorted(self.matches, key=lambda m: reasons.index(m.reason)))
+        reasons = order({m.reason for m in self.matches if not m.shadow}, concealed=concealed)
+        shadow = order({m.reason for m in self.matches if m.shadow}, concealed=concealed)
+        ranked = reasons + shadow
+        matches = tuple(sorted(self.matches, key=lambda m: (m.shadow, ranked.index(m.reason))))
         return Decision(
             allowed=not reasons,
             status=status_of(reasons[0], concealed=concealed) if reasons else 200,
@@ -156,6 +162,7 @@ class _Evaluation:
             tier=tier,
             upstream=model.upstream if model else None,
             matches=matches,
+            shadow=shadow,
         )
 
     def check_organization(self) -> str | None:
@@ -203,34 +210,39 @@ class _Evaluation:
         """`unknown_country` is set at the top level (models that are not covered),
         for covered models, and for all models; the most specific verdict applies."""
         policy = self.policy
-        verdicts = [("all_models.unknown_country", policy.all_models.unknown_country)]
+        verdicts = [("all_models.unknown_country", policy.all_models.unknown_country, policy.all_models.shadow)]
         if covered and policy.covered_models.unknown_country is not None:
-            verdicts.append(("covered_models.unknown_country", policy.covered_models.unknown_country))
+            verdicts.append(("covered_models.unknown_country", policy.covered_models.unknown_country,
+                             policy.covered_models.shadow))
         else:
-            verdicts.append(("framework.unknown_country", policy.unknown_country))
-        for rule, verdict in verdicts:
-            if verdict == "deny":
-                self.deny(Reason.JURISDICTION_UNKNOWN, rule, "observed")
-                return
+            verdicts.append(("framework.unknown_country", policy.unknown_country, False))
+        denials = [(rule, shadow) for rule, verdict, shadow in verdicts if verdict == "deny"]
+        # An enforced verdict wins; a shadow one is reported only when none is enforced.
+        for rule, shadow in sorted(denials, key=lambda denial: denial[1])[:1]:
+            self.deny(Reason.JURISDICTION_UNKNOWN, rule, "observed", shadow=shadow)
 
     def check_rules(self, rules: RuleSet, reason: Reason, name: str, *, declared: bool) -> None:
+        deny = rules.deny
         for subject, country, region in self.places(declared=declared or rules.check_declared_country):
-            group = rules.deny.match(country, region)
+            group, shadow, groups = deny.match(country, region), rules.shadow, deny
+            if group is None and deny.shadow is not None:
+                group, shadow, groups = deny.shadow_match(country, region), True, deny.shadow
             if group is not None:
-                place = country if country in rules.deny.countries else region
-                self.deny(reason, f"{name}.deny_jurisdictions", subject, place, group)
+                place = country if country in groups.countries else region
+                self.deny(reason, f"{name}.deny_jurisdictions", subject, place, group, shadow=shadow)
         if rules.deny_anonymizers and self.facts.anonymizer:
-            self.deny(Reason.ANONYMIZER, f"{name}.deny_anonymizers", "observed")
+            self.deny(Reason.ANONYMIZER, f"{name}.deny_anonymizers", "observed", shadow=rules.shadow)
 
     def check_suspensions(self, model: Model) -> None:
         declared = self.checks_declared(model.covered)
         for suspension in model.suspensions:
-            if suspension.mode != "enforce" or not suspension.in_force(self.now):
+            if not suspension.in_force(self.now):
                 continue
             for subject, country, region in self.places(declared=declared):
                 inside = suspension.groups.match(country, region) is not None
                 if inside == (suspension.scope == "deny_in"):
-                    self.deny(Reason.EXPORT_SUSPENDED, f"suspensions.{suspension.id}", subject, country)
+                    self.deny(Reason.EXPORT_SUSPENDED, f"suspensions.{suspension.id}", subject, country,
+                              shadow=suspension.mode == "shadow")
 
     def checks_declared(self, covered: bool) -> bool:
         return covered and self.policy.covered_models.check_declared_country

@@ -36,6 +36,7 @@ def as_json(policy: Policy, facts: Facts, decision: Decision, now: datetime) -> 
         "declared_country": _org(policy, facts).country if _org(policy, facts) else None,
         "anonymizer": facts.anonymizer,
         "matches": [m.as_dict() for m in decision.matches],
+        "would_deny": [str(r) for r in decision.shadow],
         "coverage": _coverage_json(model) if model else None,
         "next_stage": _next_stage_json(model, now) if model else None,
     }
@@ -148,4 +149,5 @@ def _describe_match(match: Match, decision: Decision) -> str:
         detail = "the observed country is unknown"
     else:
         detail = ""
-    return f"{match.reason}: {match.rule}" + (f" ({detail})" if detail else "")
+    shadow = " [shadow: reported, not enforced]" if match.shadow else ""
+    return f"{match.reason}: {match.rule}" + (f" ({detail})" if detail else "") + shadow

@@ -96,3 +96,28 @@ def test_semantics(name: str, policy: Policy, org: str, model: str, country: str
     facts = Facts(org_id=org, model=model, observed_country=country, observed_region=region)
     decision = decide(policy, facts, at(when))
     assert (decision.status, list(decision.reasons)) == (status, reasons)
+
+
+SHADOW_GROUP = load_texts({**{n: t for n, t in REFERENCE_TEXTS.items()},
+                           "jurisdictions.yaml": REFERENCE_TEXTS["jurisdictions.yaml"] + EXTRA_GROUPS
+                           + "  trial_list:\n    countries: [BR, VN]\n    source: trial\n    mode: shadow\n",
+                           "models.yaml": REFERENCE_TEXTS["models.yaml"] + EXTRA_MODELS,
+                           "organizations.yaml": REFERENCE_TEXTS["organizations.yaml"] + EXTRA_ORGS,
+                           "framework.yaml": REFERENCE_TEXTS["framework.yaml"].replace(
+                               "deny_jurisdictions: [embargoed]", "deny_jurisdictions: [embargoed, trial_list]")}).policy
+SHADOW_RULES = variant("framework.yaml", "    deny_anonymizers: true\n", "    deny_anonymizers: true\n    mode: shadow\n")
+
+
+@pytest.mark.parametrize("name,policy,org,model,country,anonymizer,when,status,reasons,shadow", [
+    ("shadow group: reported, not enforced", SHADOW_GROUP, "org-public", "small-2", "BR", False, "2026-12-01T00:00:00Z", 200, [], ["jurisdiction_embargoed"]),
+    ("shadow group beside an enforced one", SHADOW_GROUP, "org-public", "small-2", "IR", False, "2026-12-01T00:00:00Z", 451, ["jurisdiction_embargoed"], []),
+    ("shadow suspension", SHADOW, "org-public", "fable", "JP", False, "2026-11-10T00:00:00Z", 200, [], ["export_suspended"]),
+    ("shadow covered rules: concern", SHADOW_RULES, "org-public", "frontier-5.6", "CN", False, "2027-02-02T00:00:00Z", 200, [], ["jurisdiction_of_concern"]),
+    ("shadow covered rules: anonymizer", SHADOW_RULES, "org-public", "frontier-5.6", "US", True, "2027-02-02T00:00:00Z", 200, [], ["anonymizer"]),
+    ("shadow covered rules: unknown country", SHADOW_RULES, "org-public", "frontier-5.6", None, False, "2027-02-02T00:00:00Z", 200, [], ["jurisdiction_unknown"]),
+    ("shadow rules do not lift enforced ones", SHADOW_RULES, "org-public", "small-2", "IR", False, "2027-02-02T00:00:00Z", 451, ["jurisdiction_embargoed"], []),
+])
+def test_shadow_mode(name: str, policy: Policy, org: str, model: str, country: str | None, anonymizer: bool, when: str,
+                     status: int, reasons: list[str], shadow: list[str]) -> None:
+    decision = decide(policy, Facts(org, model, country, None, anonymizer), at(when))
+    assert (decision.status, list(decision.reasons), list(decision.shadow)) == (status, reasons, shadow)

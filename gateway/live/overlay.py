@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from gateway.policy import schema
 from gateway.policy.load import lapse_time
-from gateway.policy.snapshot import GroupSet, Organization, Policy, Suspension
+from gateway.policy.snapshot import GroupSet, Organization, Policy, Suspension, merge
 
 log = logging.getLogger("gateway.live")
 
@@ -203,15 +203,14 @@ def _compile_suspension(base: Policy, document: Mapping[str, Any]) -> Suspension
 
 
 def union(base: Policy, names: list[str]) -> GroupSet:
-    countries: dict[str, str] = {}
-    regions: dict[str, str] = {}
+    members = []
     for name in names:
         group = base.groups[name]
-        for code in group.countries:
-            countries.setdefault(code, name)
-        for code in group.regions:
-            regions.setdefault(code, name)
-    return GroupSet(tuple(names), MappingProxyType(countries), MappingProxyType(regions))
+        shadow = group.shadow
+        if shadow is not None:
+            members.append((name, shadow.countries, shadow.regions, True))
+        members.append((name, group.countries, group.regions, False))
+    return merge(tuple(names), members)
 
 
 def _version(base_version: str, overlay: Overlay) -> str:

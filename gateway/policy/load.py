@@ -399,15 +399,11 @@ def _coverage(
 def _group_set(names: list[str] | None, parts: _Parts) -> snapshot.GroupSet:
     if not names:
         return snapshot.EMPTY_GROUPS
-    found_countries: dict[str, str] = {}
-    found_regions: dict[str, str] = {}
+    members = []
     for name in names:
-        inner_countries, inner_regions = parts.expanded.get(name, ({}, {}))
-        for code in inner_countries:
-            found_countries.setdefault(code, name)
-        for code in inner_regions:
-            found_regions.setdefault(code, name)
-    return snapshot.GroupSet(tuple(names), MappingProxyType(found_countries), MappingProxyType(found_regions))
+        countries, regions = parts.expanded.get(name, ({}, {}))
+        members.append((name, countries, regions, parts.groups[name].mode == "shadow"))
+    return snapshot.merge(tuple(names), members)
 
 
 def _rule_set(rules: schema.RuleSet, parts: _Parts) -> snapshot.RuleSet:
@@ -416,6 +412,7 @@ def _rule_set(rules: schema.RuleSet, parts: _Parts) -> snapshot.RuleSet:
         check_declared_country=rules.check_declared_country,
         deny_anonymizers=rules.deny_anonymizers,
         unknown_country=rules.unknown_country,
+        shadow=rules.mode == "shadow",
     )
 
 

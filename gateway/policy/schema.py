@@ -45,6 +45,8 @@ class Group(Entry):
     source: Text
     as_of: date | None = None
     notes: Text | None = None
+    # shadow: deny rules report a match but do not enforce it (trialling a new list).
+    mode: Mode = "enforce"
 
 
 # framework.yaml
@@ -72,6 +74,7 @@ class RuleSet(Entry):
     check_declared_country: bool = False
     deny_anonymizers: bool = False
     unknown_country: Verdict | None = None
+    mode: Mode = "enforce"
 
 
 class Rules(Entry):

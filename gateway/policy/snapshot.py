@@ -33,9 +33,12 @@ class GroupSet:
     names: tuple[str, ...]
     countries: Mapping[str, str]
     regions: Mapping[str, str]
+    # Groups in `mode: shadow`: reported when they match, never enforced, and
+    # they admit no one where a list admits (stage jurisdictions).
+    shadow: GroupSet | None = None
 
     def match(self, country: str | None, region: str | None = None) -> str | None:
-        """The group that contains this place, or None."""
+        """The enforced group that contains this place, or None."""
         if country is None:
             return None
         group = self.countries.get(country)
@@ -43,8 +46,25 @@ class GroupSet:
             group = self.regions.get(region)
         return group
 
+    def shadow_match(self, country: str | None, region: str | None = None) -> str | None:
+        return self.shadow.match(country, region) if self.shadow is not None else None
+
 
 EMPTY_GROUPS = GroupSet((), MappingProxyType({}), MappingProxyType({}))
+
+
+def merge(names: tuple[str, ...], parts: list[tuple[str, Mapping[str, str], Mapping[str, str], bool]]) -> GroupSet:
+    """A GroupSet from (group, countries, regions, shadow) in listing order;
+    each place maps to the first listed group that contains it."""
+    maps: dict[bool, tuple[dict[str, str], dict[str, str]]] = {False: ({}, {}), True: ({}, {})}
+    for name, countries, regions, shadow in parts:
+        for code in countries:
+            maps[shadow][0].setdefault(code, name)
+        for code in regions:
+            maps[shadow][1].setdefault(code, name)
+    shadow = maps[True]
+    shadow_set = GroupSet(names, MappingProxyType(shadow[0]), MappingProxyType(shadow[1])) if any(shadow) else None
+    return GroupSet(names, MappingProxyType(maps[False][0]), MappingProxyType(maps[False][1]), shadow_set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +73,7 @@ class RuleSet:
     check_declared_country: bool
     deny_anonymizers: bool
     unknown_country: Verdict | None
+    shadow: bool = False  # `mode: shadow`: every match is reported, none enforced
 
 
 @dataclass(frozen=True, slots=True)
