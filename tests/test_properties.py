@@ -427,8 +427,10 @@ def test_status_comes_from_the_first_reason_and_reasons_follow_precedence(
     if decision.reasons:
         assert decision.status == status[spec_key(decision.reasons[0], decision)]
         assert decision.reason == decision.reasons[0]
-    # Every reason is explained by a matched rule, and every match gives a reported reason.
-    assert {m.reason for m in decision.matches} == set(decision.reasons)
+    # Every reason is explained by an enforced match, and every enforced match gives a
+    # reported reason; shadow matches give only would-deny reasons.
+    assert {m.reason for m in decision.matches if not m.shadow} == set(decision.reasons)
+    assert {m.reason for m in decision.matches if m.shadow} == set(decision.shadow)
 
 
 # Determinism
