@@ -16,6 +16,7 @@ from gateway.decision import Facts, decide
 from gateway.geo import GeoDatabaseError, GeoIP
 from gateway.policy.issues import PolicyError
 from gateway.policy.load import load_bundle
+from gateway.policy.snapshot import Policy
 
 
 class UsageError(Exception):
@@ -34,6 +35,8 @@ def parse_time(text: str) -> datetime:
 def cmd_explain(args: argparse.Namespace) -> int:
     policy = load_bundle(args.policy).policy
     now = parse_time(args.at) if args.at else datetime.now(UTC)
+    if args.org is None:
+        return _explain_timeline(args, policy, now)
     country, region, anonymizer = _place(args)
     facts = Facts(
         org_id=args.org,
@@ -47,6 +50,25 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(json.dumps(explain.as_json(policy, facts, decision, now), indent=2))
     else:
         print(explain.render(policy, facts, decision, now))
+    return 0
+
+
+def _explain_timeline(args: argparse.Namespace, policy: Policy, now: datetime) -> int:
+    """`explain --model X` without `--org`: the model's release timeline."""
+    from gateway import timeline
+
+    given = [f"--{name.replace('_', '-')}" for name in ("country", "ip", "region", "geoip_db", "anonymous_ip_db")
+             if getattr(args, name) is not None] + (["--anonymizer"] if args.anonymizer else [])
+    if given:
+        raise UsageError(f"{', '.join(given)} needs --org (without --org, explain shows the model's release timeline)")
+    try:
+        timeline.find_model(policy, args.model)
+    except KeyError:
+        raise UsageError(f"--model: {args.model!r} is not a model or alias in the policy") from None
+    if args.json:
+        print(json.dumps(timeline.as_json(policy, args.model, now), indent=2))
+    else:
+        print(timeline.render(policy, args.model, now))
     return 0
 
 
@@ -79,7 +101,8 @@ def _place(args: argparse.Namespace) -> tuple[str | None, str | None, bool]:
 
 
 def cmd_policy_validate(args: argparse.Namespace) -> int:
-    loaded = load_bundle(args.directory)
+    # The time only adds warnings (expired suspensions, vetting lapsed or lapsing soon).
+    loaded = load_bundle(args.directory, now=parse_time(args.at) if args.at else datetime.now(UTC))
     policy = loaded.policy
     if args.json:
         print(json.dumps({"valid": True, "version": policy.version, "issues": [w.as_dict() for w in loaded.warnings]}, indent=2))
@@ -91,6 +114,46 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
         f"{len(policy.organizations)} organizations, {len(policy.models)} models, "
         f"{len(policy.suspensions)} suspensions"
     )
+    return 0
+
+
+def cmd_policy_diff(args: argparse.Namespace) -> int:
+    from gateway.policy import diff
+
+    old = load_bundle(args.old).policy
+    new = load_bundle(args.new).policy
+    at = parse_time(args.at) if args.at else datetime.now(UTC)
+    try:
+        result = diff.diff(old, new, at, models=args.model, anonymizer=args.anonymizer)
+    except KeyError as exc:
+        raise UsageError(f"--model: {exc.args[0]!r} is in neither bundle") from None
+    if args.json:
+        print(json.dumps(diff.as_json(result), indent=2))
+    else:
+        print(diff.render(result, args.old, args.new))
+    return 0
+
+
+def cmd_policy_simulate(args: argparse.Namespace) -> int:
+    from itertools import chain
+
+    from gateway.policy import simulate
+
+    policy = load_bundle(args.directory).policy
+    baseline = load_bundle(args.against).policy if args.against else None
+    at = parse_time(args.at) if args.at else None
+    for path in args.audit:
+        if not os.path.isfile(path):
+            raise UsageError(f"--audit: {path!r} is not a file")
+    try:
+        result = simulate.simulate(policy, chain.from_iterable(simulate.read_audit(p) for p in args.audit),
+                                   at=at, baseline=baseline)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--audit: cannot be read: {exc}") from None
+    if args.json:
+        print(json.dumps(simulate.as_json(result, examples=args.examples), indent=2))
+    else:
+        print(simulate.render(result, bundle=args.directory, audit=", ".join(args.audit), examples=args.examples))
     return 0
 
 
@@ -139,13 +202,27 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return admin_cli.run(args)
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from gateway import audit
+
+    result = audit.verify(args.files)
+    print(json.dumps(result.as_json(), indent=2) if args.json else audit.render(result))
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Frontier Gateway: export-control access gateway.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    ex = verbs.add_parser("explain", help="decide one request from given facts and say why")
+    ex = verbs.add_parser("explain", help="decide one request from given facts and say why; without --org, "
+                                          "show a model's release timeline",
+                          description="With --org: decide one request and say why (SPEC §2.1). Without --org: "
+                                      "the model's release timeline at --at — whether it is covered and which "
+                                      "evaluations decide it, every stage with its dates and audience, the "
+                                      "government review's use of the review window, suspensions, and what "
+                                      "changes next and when.")
     ex.add_argument("--policy", required=True, metavar="DIR", help="policy bundle directory")
-    ex.add_argument("--org", required=True, help="organization id")
+    ex.add_argument("--org", help="organization id (omit for the model's release timeline)")
     ex.add_argument("--model", required=True, help="model name or alias as a client would send it")
     where = ex.add_mutually_exclusive_group()
     where.add_argument("--country", help="observed country (ISO 3166-1 alpha-2); omitted: unknown")
@@ -162,8 +239,48 @@ def build_parser() -> argparse.ArgumentParser:
     policy_verbs = policy.add_subparsers(dest="policy_verb", required=True, metavar="VERB")
     validate = policy_verbs.add_parser("validate", help="check a bundle and report every error")
     validate.add_argument("directory", metavar="DIR")
+    validate.add_argument("--at", metavar="ISO8601",
+                          help="judge time-relative warnings (expired suspensions, lapsing vetting) at this time "
+                               "(default: now)")
     validate.add_argument("--json", action="store_true", help="machine-readable output")
     validate.set_defaults(run=cmd_policy_validate)
+
+    pdiff = policy_verbs.add_parser(
+        "diff", help="the semantic difference between two bundles: who gains or loses access to what",
+        description="Lists groups that gained or lost countries (includes expanded), framework settings, models "
+                    "whose covered status, stages or fields changed, and organizations and suspensions added, "
+                    "removed or changed. Then the access delta: decide() under both bundles at --at for every "
+                    "model x tier x place (every ISO country, every region a group names, and an unknown "
+                    "country), with one active organization per tier whose declared country is the observed "
+                    "country; decisions that flip between allow and deny are grouped by model, tier and "
+                    "direction. Organizations whose own entry changed are also decided at their declared "
+                    "countries. The grid is about 1,000 decisions per model and bundle: for large bundles, "
+                    "compare a few models at a time with --model.")
+    pdiff.add_argument("old", metavar="OLD", help="the bundle in force (directory)")
+    pdiff.add_argument("new", metavar="NEW", help="the proposed bundle (directory)")
+    pdiff.add_argument("--at", metavar="ISO8601", help="decide at this time (default: now)")
+    pdiff.add_argument("--model", action="append", metavar="MODEL",
+                       help="only this model (id or alias) in the access delta; repeat for more")
+    pdiff.add_argument("--anonymizer", action="store_true", help="decide the grid as if through a VPN/Tor/hosting network")
+    pdiff.add_argument("--json", action="store_true", help="machine-readable output")
+    pdiff.set_defaults(run=cmd_policy_diff)
+
+    sim = policy_verbs.add_parser(
+        "simulate", help="replay recorded requests under a proposed bundle: which decisions would flip",
+        description="Decide the facts of every audit record (org, requested model, observed country and region, "
+                    "anonymizer) again under DIR, at the record's own time unless --at is given, and compare with "
+                    "the recorded decision (or with --against OLD). Flips are counted by model, organization, "
+                    "country and reason, with example decision ids. Records without an organization or a model "
+                    "(401, unrouted 404, 400 bodies, model listings) are skipped and counted.")
+    sim.add_argument("directory", metavar="DIR", help="the proposed bundle")
+    sim.add_argument("--audit", required=True, action="append", metavar="FILE",
+                     help="audit JSONL file; repeat for rotated files")
+    sim.add_argument("--at", metavar="ISO8601", help="decide every record at this time (default: each record's own)")
+    sim.add_argument("--against", metavar="OLD",
+                     help="compare with decisions under this bundle instead of the recorded ones")
+    sim.add_argument("--examples", type=int, default=10, metavar="N", help="example flips to list (default 10)")
+    sim.add_argument("--json", action="store_true", help="machine-readable output")
+    sim.set_defaults(run=cmd_policy_simulate)
 
     serve = verbs.add_parser("serve", help="run the gateway (public and admin listeners)")
     serve.add_argument("--config", metavar="FILE", help="YAML config (SPEC §3); GATEWAY_* variables override it")
@@ -198,6 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
                                          "come from GATEWAY_ADMIN_URL and GATEWAY_ADMIN_TOKEN.")
     admin_cli.add_arguments(admin)
     admin.set_defaults(run=cmd_admin)
+
+    audit = verbs.add_parser("audit", help="work with the audit trail")
+    audit_verbs = audit.add_subparsers(dest="audit_verb", required=True, metavar="VERB")
+    verify = audit_verbs.add_parser(
+        "verify", help="check the hash chain of audit files",
+        description="Recompute every record's hash and check every prev link and seq, per replica. Give rotated "
+                    "files oldest first, e.g. audit.jsonl.2 audit.jsonl.1 audit.jsonl. Exit status 1 at the first "
+                    "bad record (edited, removed, reordered, garbage), naming its file and line.")
+    verify.add_argument("files", nargs="+", metavar="FILE")
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
+    verify.set_defaults(run=cmd_audit_verify)
     return parser
 
 

@@ -42,10 +42,11 @@ class Loaded:
     warnings: tuple[Issue, ...]
 
 
-def load_bundle(directory: str | FsPath) -> Loaded:
-    """Read the bundle's files from `directory` and load them."""
+def load_bundle(directory: str | FsPath, *, now: datetime | None = None) -> Loaded:
+    """Read the bundle's files from `directory` and load them. With `now`, also
+    warn about what is suspicious at that time (see `load_texts`)."""
     texts, problems = read_bundle(directory)
-    return load_texts(texts, extra_issues=problems)
+    return load_texts(texts, extra_issues=problems, now=now)
 
 
 def read_bundle(directory: str | FsPath) -> tuple[dict[str, str], list[Issue]]:
@@ -69,21 +70,27 @@ def read_bundle(directory: str | FsPath) -> tuple[dict[str, str], list[Issue]]:
     return texts, problems
 
 
-def load_texts(texts: Mapping[str, str], *, extra_issues: list[Issue] | None = None) -> Loaded:
-    """Load a bundle given as {file name: YAML text}."""
+def load_texts(
+    texts: Mapping[str, str], *, extra_issues: list[Issue] | None = None, now: datetime | None = None
+) -> Loaded:
+    """Load a bundle given as {file name: YAML text}.
+
+    `now` only adds warnings that depend on the time (a suspension already
+    expired, vetting lapsed or lapsing within 14 days); without it loading
+    reads no clock and the same texts always give the same result."""
     # A large registry builds millions of short-lived objects that the cyclic
     # GC would scan again and again (it doubled load time at 10^5 orgs).
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load(texts, extra_issues)
+        return _load(texts, extra_issues, now)
     finally:
         if enabled:
             gc.enable()
 
 
-def _load(texts: Mapping[str, str], extra_issues: list[Issue] | None) -> Loaded:
-    checker = _Checker(list(extra_issues or []))
+def _load(texts: Mapping[str, str], extra_issues: list[Issue] | None, now: datetime | None) -> Loaded:
+    checker = _Checker(list(extra_issues or []), now)
     docs = {name: checker.parse(name, texts.get(name)) for name in FILES}
     parts = checker.validate_files(docs)
     if checker.errors():
@@ -106,10 +113,16 @@ class _Parts:
     expanded: dict[str, tuple[dict[str, str], dict[str, str]]] = field(default_factory=dict)
 
 
+# Vetting that lapses this soon is worth a warning (with `now`).
+LAPSE_WARNING = timedelta(days=14)
+
+
 class _Checker:
-    def __init__(self, issues: list[Issue]) -> None:
+    def __init__(self, issues: list[Issue], now: datetime | None = None) -> None:
         self.issues = issues
         self.docs: dict[str, YamlDocument] = {}
+        # Time-relative warnings need a time; None: skip them (deterministic).
+        self.now = None if now is None else (now if now.tzinfo else now.replace(tzinfo=UTC))
 
     def errors(self) -> list[Issue]:
         return [i for i in self.issues if i.severity == "error"]
@@ -209,6 +222,7 @@ class _Checker:
         self.check_organizations(parts)
         self.check_models(parts)
         self.check_suspensions(parts)
+        self.check_group_usage(parts)
         return parts
 
     def group_refs(self, file: str, path: Path, names: list[str], parts: _Parts) -> None:
@@ -265,10 +279,52 @@ class _Checker:
             path: Path = ("rules", rule_name, "deny_jurisdictions")
             self.group_refs(FRAMEWORK, path, rules.deny_jurisdictions, parts)
 
+    def check_group_usage(self, parts: _Parts) -> None:
+        """Warn about groups nothing refers to, directly or through `include`."""
+        if parts.framework is None or self.errors():
+            return  # a bundle with errors has unknown or misspelt references: groups would look unused
+        rules = parts.framework.rules
+        used = {*rules.all_models.deny_jurisdictions, *rules.covered_models.deny_jurisdictions}
+        for model in parts.models.values():
+            for stage in model.release:
+                used.update(stage.jurisdictions or ())
+        for suspension in parts.suspensions:
+            used.update(suspension.deny_outside or ())
+            used.update(suspension.deny_in or ())
+        pending = [name for name in used if name in parts.groups]
+        while pending:
+            for included in parts.groups[pending.pop()].include:
+                if included in parts.groups and included not in used:
+                    used.add(included)
+                    pending.append(included)
+        for name in parts.groups:
+            if name not in used:
+                self.warn(JURISDICTIONS, ("groups", name),
+                          "group is not used: no rule, stage or suspension names it, directly or through include")
+
     def check_organizations(self, parts: _Parts) -> None:
         for name, org in parts.organizations.items():
             if not countries.is_country(org.country):
                 self.report(ORGANIZATIONS, ("organizations", name, "country"), f"{org.country!r} is not an ISO 3166-1 alpha-2 code")
+            self.check_vetting(name, org)
+
+    def check_vetting(self, name: str, org: schema.Organization) -> None:
+        base: Path = ("organizations", name)
+        if org.tier == "vetted_partner" and org.vetted_until is None:
+            self.warn(ORGANIZATIONS, base + ("tier",), "vetted_partner without vetted_until: the vetting never lapses")
+        if org.tier == "standard" and org.vetted_until is not None:
+            self.warn(ORGANIZATIONS, base + ("vetted_until",), "vetted_until has no effect on a standard organization")
+        lapses = lapse_time(org.vetted_until)
+        if self.now is None or lapses is None or org.tier == "standard" or org.status == "denied":
+            return
+        left = lapses - self.now.timestamp()
+        if left <= 0:
+            self.warn(ORGANIZATIONS, base + ("vetted_until",),
+                      f"vetting lapsed after {org.vetted_until}: the organization counts as standard, not {org.tier}")
+        elif left <= LAPSE_WARNING.total_seconds():
+            self.warn(ORGANIZATIONS, base + ("vetted_until",),
+                      f"vetting lapses in {round(left / 86400, 1):g} days (valid through {org.vetted_until}): "
+                      f"the organization will then count as standard, not {org.tier}")
 
     def check_models(self, parts: _Parts) -> None:
         seen: dict[str, str] = {}
@@ -294,6 +350,7 @@ class _Checker:
                 self.group_refs(MODELS, path + ("jurisdictions",), stage.jurisdictions, parts)
             if stage.stage == "government_review" and stage.tiers is not None and set(stage.tiers) - {"government"}:
                 self.report(MODELS, path + ("tiers",), "a government_review stage admits only the government tier")
+            self.check_audience(model, path, stage, parts)
             if index == 0:
                 continue
             before = model.release[index - 1]
@@ -315,6 +372,57 @@ class _Checker:
         if model.release[-1].stage == "government_review":
             self.warn(MODELS, base + (len(model.release) - 1,), "government review has no end: no later stage is scheduled")
         self.check_review_requirement(name, model, parts)
+
+    def check_audience(self, model: schema.Model, path: Path, stage: schema.Stage, parts: _Parts) -> None:
+        """Warn about a stage that is legal but open to no one (it never really
+        starts), or open to more callers than its name suggests."""
+        if stage.tiers is not None and not stage.tiers and stage.stage != "internal":
+            self.warn(MODELS, path + ("tiers",), f"empty tiers admit no one: the {stage.stage} stage is never open to any caller")
+        if stage.stage == "limited_partner" and stage.tiers is None:
+            self.warn(MODELS, path, "limited_partner stage without tiers admits every tier; list the tiers it is limited to")
+        if stage.jurisdictions is None:
+            return
+        if not stage.jurisdictions:
+            self.warn(MODELS, path + ("jurisdictions",),
+                      "empty jurisdictions admit no one: the stage is never open to any caller "
+                      "(omit the key to allow anywhere the rules do not deny)")
+            return
+        if any(name not in parts.groups for name in stage.jurisdictions):
+            return  # an unknown group is an error already
+        admitted_countries: set[str] = set()
+        admitted_regions: set[str] = set()
+        for name in stage.jurisdictions:
+            if _shadow(parts.groups[name]):
+                continue  # a group in shadow mode admits no one
+            inner_countries, inner_regions = parts.expanded.get(name, ({}, {}))
+            admitted_countries.update(inner_countries)
+            admitted_regions.update(inner_regions)
+        if not admitted_countries and not admitted_regions:
+            self.warn(MODELS, path + ("jurisdictions",),
+                      "its jurisdictions contain no country or region: the stage is never open to any caller")
+            return
+        if parts.framework is None:
+            return
+        rule_names = ["all_models"]
+        if _coverage(parts.framework.covered_model, model.evaluations).covered:
+            rule_names.append("covered_models")
+        denied_countries: set[str] = set()
+        denied_regions: set[str] = set()
+        for rule_name in rule_names:
+            rules: schema.RuleSet = getattr(parts.framework.rules, rule_name)
+            if _shadow(rules):
+                continue
+            for name in rules.deny_jurisdictions:
+                if name in parts.groups and not _shadow(parts.groups[name]):
+                    inner_countries, inner_regions = parts.expanded.get(name, ({}, {}))
+                    denied_countries.update(inner_countries)
+                    denied_regions.update(inner_regions)
+        open_countries = admitted_countries - denied_countries
+        open_regions = {r for r in admitted_regions - denied_regions if r[:2] not in denied_countries}
+        if not open_countries and not open_regions:
+            self.warn(MODELS, path + ("jurisdictions",),
+                      f"every country and region of its jurisdictions is denied by rules.{' / rules.'.join(rule_names)}: "
+                      "the stage is never open to any caller")
 
     def check_review_requirement(self, name: str, model: schema.Model, parts: _Parts) -> None:
         if parts.framework is None:
@@ -358,6 +466,19 @@ class _Checker:
                 self.group_refs(SUSPENSIONS, base + (scope,), getattr(suspension, scope), parts)
             if suspension.from_ and suspension.until and suspension.until <= suspension.from_:
                 self.report(SUSPENSIONS, base + ("until",), "must be later than 'from'")
+            if suspension.deny_outside is not None and not suspension.deny_outside:
+                self.warn(SUSPENSIONS, base + ("deny_outside",),
+                          "empty deny_outside denies everywhere: every country is outside it")
+            if suspension.deny_in is not None and not suspension.deny_in:
+                self.warn(SUSPENSIONS, base + ("deny_in",), "empty deny_in denies nowhere: the suspension does nothing")
+            if self.now is not None and suspension.until is not None and suspension.until <= self.now:
+                self.warn(SUSPENSIONS, base + ("until",),
+                          f"already expired at {_iso(suspension.until)}: the suspension no longer applies; remove it")
+
+
+def _shadow(entry: BaseModel) -> bool:
+    """A group or rule set in `mode: shadow`: it reports matches but enforces none."""
+    return getattr(entry, "mode", "enforce") == "shadow"
 
 
 def _valid_name(name: str) -> bool:
