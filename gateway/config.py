@@ -73,6 +73,12 @@ class RedisConfig(Section):
 
 class AuditConfig(Section):
     path: str = "audit.jsonl"
+    # This writer's id in the hash chain and the stream; default: hostname + a hash of
+    # the path. Set it where hostnames change across restarts but the files persist.
+    replica: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    max_bytes: int = Field(100 * 1024 * 1024, ge=4096)  # rotate the file when it reaches this size
+    keep: int = Field(10, ge=1, le=1000)                # rotated files kept: path.1 (newest) .. path.<keep>
+    stream_maxlen: int = Field(1_000_000, ge=1000)      # fleet mode: entries kept in {ns}:audit (approximately)
 
 
 class AdminToken(Section):

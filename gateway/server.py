@@ -70,7 +70,9 @@ class Service:
         self.live = LiveState(self.state, self.store, self.metrics, config.policy_dir)
         self.geo: GeoIP | None = None
         self.upstreams = Upstreams(config.upstreams)
-        self.audit = AuditLog(config.audit.path, self.metrics)
+        # Fleet mode: the audit stream goes through the store's Redis client.
+        self.audit = AuditLog.from_config(config.audit, self.metrics, state_dir=config.state_dir, namespace=redis.namespace,
+                                          redis=self.store.redis if isinstance(self.store, RedisStore) else None)
         self.servers: list[_Server] = []
         self.gateway: Gateway | None = None
         # Fleet mode: API keys from Redis, so every replica accepts a key the CLI created anywhere.
@@ -104,7 +106,7 @@ class Service:
             await self.api_keys.start()
         await self.authenticator.start()
         await self.upstreams.start()
-        self.audit.start()
+        await self.audit.start()
         self.gateway = Gateway(config, self.state, self.authenticator, self.geo, self.upstreams, self.audit, self.metrics,
                                quota=self.quota, sightings=self.sightings(), clock=self.clock,
                                on_misuse=lambda credential, why: self.live.suspend_credential(credential, why, "misuse-detector"))
@@ -125,8 +127,8 @@ class Service:
         for server in self.servers:
             server.should_exit = True
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.audit.close()  # before live.stop(), which closes the Redis client the audit stream uses
         await self.live.stop()
-        await self.audit.close()
         await self.upstreams.close()
         await self.authenticator.close()
         if self.api_keys is not None:

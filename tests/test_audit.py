@@ -1,0 +1,596 @@
+"""The audit trail (SPEC §5): one hash-chained record per request, in a rotating
+JSONL file and, in fleet mode, a capped Redis Stream with a disk spool.
+
+Unit tests drive `AuditLog` on a private event loop; end-to-end tests count the
+requests a real gateway answered and the records it wrote. In every test
+gateway_audit_lost_total stays 0. Tests that need Redis use $REDIS_URL (run
+under scripts/with-redis) with a namespace of their own; the outage test starts
+a redis-server of its own ($REDIS_SERVER_BIN) to stop and start again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_sync
+
+from e2e import CN_IP, US_IP, Stack
+from fleet import RedisServer, Reply, redis_server_binary, request
+from gateway import audit
+from gateway.audit import ZERO_HASH, AuditFile, AuditLog, canonical, verify
+from gateway.cli import main
+from gateway.metrics import Metrics
+
+CHAT = {"model": "small-2", "messages": [{"role": "user", "content": "hello"}]}
+
+
+# Helpers
+
+
+def entry(n: int, **extra: Any) -> dict[str, Any]:
+    """A record as Gateway.finish makes one (fewer fields)."""
+    return {"time": f"2026-12-01T12:00:{n % 60:02d}.000000Z", "decision_id": uuid.uuid4().hex, "status": 200,
+            "decision": "allow", "reasons": [], "decision_us": round(n * 1.37, 1), "org": "org-acme", **extra}
+
+
+def lost(metrics: Metrics) -> float:
+    return metrics.registry.get_sample_value("gateway_audit_lost_total") or 0.0
+
+
+def spooled(metrics: Metrics) -> float:
+    return metrics.registry.get_sample_value("gateway_audit_spooled") or 0.0
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s")
+        await asyncio.sleep(0.01)
+    return value
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s")
+        time.sleep(0.02)
+    return value
+
+
+async def write(path: Path, entries: list[dict[str, Any]], *, one_by_one: bool = False, **options: Any) -> AuditLog:
+    """Start an AuditLog, record `entries`, close it (everything written). `one_by_one`:
+    each record in a batch of its own (the writer takes whatever is queued at once)."""
+    log = AuditLog(path, options.pop("metrics", None) or Metrics(), **options)
+    await log.start()
+    for item in entries:
+        log.record(item)
+        if one_by_one:
+            await eventually(lambda: not log.queue)
+    await log.close()
+    assert lost(log.metrics) == 0
+    return log
+
+
+def chain_of(path: Path, count: int = 20) -> list[bytes]:
+    asyncio.run(write(path, [entry(n) for n in range(count)]))
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def is_device(path: str) -> bool:
+    return os.path.exists(path) and stat.S_ISCHR(os.stat(path).st_mode)
+
+
+def verify_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(["audit", "verify", *args])
+    return code, capsys.readouterr().out
+
+
+# The chain
+
+
+class TestChain:
+    def test_many_records_form_one_chain(self, tmp_path: Path) -> None:
+        path = tmp_path / "audit.jsonl"
+        awkward = [
+            entry(1, decision_us=0.1 + 0.2, ratio=1e-7, big=2**70, neg=-0.0),  # floats written by repr, read back exactly
+            entry(2, path="/v1/ünïcode/日本", note="tab\tand \"quotes\" and \\"),
+            entry(3, nan=float("nan"), inf=float("inf"), obj=object.__name__, when=Path("/x")),  # not plain JSON
+            entry(4, surrogate="bad \udcff byte"),                                              # not encodable
+        ]
+        log = asyncio.run(write(path, [entry(n) for n in range(1500)] + awkward))
+        written = records(path)
+        assert [r["seq"] for r in written] == list(range(1, 1505))
+        assert {r["replica"] for r in written} == {log.replica}
+        assert written[0]["prev"] == ZERO_HASH
+        assert all(r["prev"] == before["hash"] for before, r in zip(written, written[1:]))
+        assert written[-4]["decision_us"] == 0.1 + 0.2 and written[-4]["big"] == 2**70
+        assert written[-2]["nan"] == "nan" and written[-2]["when"] == "/x"
+        assert written[-1]["surrogate"] == "bad ? byte"
+        result = verify([path])
+        assert result.ok, result.problem
+        assert result.records == 1504 and result.last_hash == written[-1]["hash"]
+
+    def test_hash_is_over_the_canonical_record_without_hash(self, tmp_path: Path) -> None:
+        path = tmp_path / "audit.jsonl"
+        asyncio.run(write(path, [entry(1)]))
+        [record] = records(path)
+        digest = record.pop("hash")
+        import hashlib
+        assert hashlib.sha256(canonical(record)).hexdigest() == digest
+        assert canonical(record) == json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def test_a_restart_resumes_seq_and_prev(self, tmp_path: Path) -> None:
+        path = tmp_path / "audit.jsonl"
+        first = asyncio.run(write(path, [entry(n) for n in range(5)]))
+        second = asyncio.run(write(path, [entry(n) for n in range(5)]))
+        written = records(path)
+        assert first.replica == second.replica
+        assert [r["seq"] for r in written] == list(range(1, 11))
+        assert written[5]["prev"] == written[4]["hash"]
+        assert verify([path]).ok
+
+    def test_a_record_cut_short_by_a_crash_is_dropped_and_the_chain_goes_on(self, tmp_path: Path) -> None:
+        path = tmp_path / "audit.jsonl"
+        asyncio.run(write(path, [entry(n) for n in range(3)]))
+        with path.open("ab") as handle:
+            handle.write(b'{"decision":"allow","decision_id":"half-writ')
+        assert verify([path]).problem.kind == "garbage"
+        asyncio.run(write(path, [entry(n) for n in range(2)]))
+        assert [r["seq"] for r in records(path)] == [1, 2, 3, 4, 5]
+        assert verify([path]).ok
+
+    def test_a_configured_replica_names_the_chain(self, tmp_path: Path) -> None:
+        path = tmp_path / "audit.jsonl"
+        asyncio.run(write(path, [entry(1)], replica="gw-a"))
+        asyncio.run(write(path, [entry(2)], replica="gw-a"))
+        asyncio.run(write(path, [entry(3)], replica="gw-b"))  # renamed: a new chain from seq 1
+        assert [(r["replica"], r["seq"]) for r in records(path)] == [("gw-a", 1), ("gw-a", 2), ("gw-b", 1)]
+        result = verify([path])
+        assert result.ok and set(result.replicas) == {"gw-a", "gw-b"}
+
+    @pytest.mark.skipif(not is_device("/dev/null"), reason="needs /dev/null")
+    def test_a_device_is_written_to_but_never_rotated(self, tmp_path: Path) -> None:
+        path = tmp_path / "audit.jsonl"
+        path.symlink_to("/dev/null")  # like audit.path: /dev/stdout
+        asyncio.run(write(path, [entry(n, pad="x" * 200) for n in range(40)], max_bytes=4096, one_by_one=True))
+        assert path.is_symlink() and not list(tmp_path.glob("audit.jsonl.*"))
+        assert is_device("/dev/null")
+
+    def test_reading_back_from_the_end(self, tmp_path: Path) -> None:
+        path = tmp_path / "lines"
+        for content, expected in [(b"", []), (b"partial", []), (b"a\n", [b"a"]), (b"a\nb\n", [b"b", b"a"]),
+                                  (b"a\nbb\npartial", [b"bb", b"a"]), (b"first\n\nthird\n", [b"third", b"first"]),
+                                  (b"x" * 50 + b"\n" + b"y" * 70, [b"x" * 50])]:
+            path.write_bytes(content)
+            for block in (1, 2, 3, 7, 64, 1 << 16):
+                assert list(audit._lines_backwards(path, block)) == expected, (content, block)
+
+    def test_two_writers_cannot_share_a_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "audit.jsonl"
+        one, two = AuditFile(path), AuditFile(path)
+        one.open()
+        try:
+            with pytest.raises(OSError, match="in use by another gateway process"):
+                two.open()
+        finally:
+            one.close()
+
+
+class TestRotation:
+    def test_rotation_keeps_the_chain_across_files(self, tmp_path: Path) -> None:
+        path = tmp_path / "audit.jsonl"
+        asyncio.run(write(path, [entry(n, pad="x" * 200) for n in range(100)], max_bytes=4096, keep=50,
+                          one_by_one=True))
+        rotated = sorted(tmp_path.glob("audit.jsonl.*"), key=lambda p: -int(p.suffix[1:]))
+        assert len(rotated) >= 5 and all(p.stat().st_size >= 4096 for p in rotated)
+        files = [*rotated, path]
+        chained = [r for f in files for r in records(f)]
+        assert [r["seq"] for r in chained] == list(range(1, 101))
+        first_of_new_file = records(files[1])[0]
+        assert first_of_new_file["prev"] == records(files[0])[-1]["hash"]
+        result = verify(files)
+        assert result.ok and result.records == 100
+
+    def test_only_keep_rotated_files_are_kept_and_verify_starts_where_they_do(self, tmp_path: Path) -> None:
+        path = tmp_path / "audit.jsonl"
+        asyncio.run(write(path, [entry(n, pad="x" * 200) for n in range(100)], max_bytes=4096, keep=3,
+                          one_by_one=True))
+        assert sorted(p.name for p in tmp_path.glob("audit.jsonl.*")) == ["audit.jsonl.1", "audit.jsonl.2", "audit.jsonl.3"]
+        files = [tmp_path / "audit.jsonl.3", tmp_path / "audit.jsonl.2", tmp_path / "audit.jsonl.1", path]
+        result = verify(files)
+        assert result.ok and next(iter(result.replicas.values())).first_seq > 1
+        assert "starts past seq 1" in audit.render(result)
+
+    def test_a_restart_right_after_rotation_resumes_from_the_rotated_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "audit.jsonl"
+        asyncio.run(write(path, [entry(n) for n in range(4)], keep=3))
+        # As if stopped between the rename and the new file (rotate() itself creates it).
+        os.replace(path, tmp_path / "audit.jsonl.1")
+        asyncio.run(write(path, [entry(n) for n in range(2)], keep=3))
+        assert [r["seq"] for r in records(path)] == [5, 6]
+        assert verify([tmp_path / "audit.jsonl.1", path]).ok
+
+
+class TestVerify:
+    def test_an_intact_chain(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        path = tmp_path / "audit.jsonl"
+        lines = chain_of(path)
+        code, out = verify_cli(capsys, str(path))
+        assert code == 0
+        assert "OK: 20 records" in out and json.loads(lines[-1])["hash"] in out
+        code, out = verify_cli(capsys, "--json", str(path))
+        report = json.loads(out)
+        assert code == 0 and report["ok"] is True and report["records"] == 20 and report["error"] is None
+        assert report["last_hash"] == json.loads(lines[-1])["hash"]
+
+    def check(self, tmp_path: Path, capsys: pytest.CaptureFixture[str], lines: list[bytes], *,
+              kind: str, line: int, seq: int | None, says: str) -> None:
+        path = tmp_path / "tampered.jsonl"
+        path.write_bytes(b"".join(lines))
+        code, out = verify_cli(capsys, str(path))
+        assert code == 1, out
+        assert f"{path}:{line}:" in out and kind in out and says in out, out
+        assert "Traceback" not in out
+        code, out = verify_cli(capsys, "--json", str(path))
+        error = json.loads(out)["error"]
+        assert code == 1 and (error["file"], error["line"], error["seq"], error["kind"]) == (str(path), line, seq, kind)
+
+    def test_an_edited_field(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        lines = chain_of(tmp_path / "audit.jsonl")
+        lines[6] = lines[6].replace(b'"status":200', b'"status":403')
+        self.check(tmp_path, capsys, lines, kind="edited", line=7, seq=7, says="hash mismatch")
+
+    def test_an_edited_record_whose_hash_was_recomputed(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        lines = chain_of(tmp_path / "audit.jsonl")
+        record = json.loads(lines[6])
+        record.pop("hash")
+        record["org"] = "someone-else"
+        lines[6] = audit.seal(record, record["replica"], record["seq"], record["prev"]).line + b"\n"
+        self.check(tmp_path, capsys, lines, kind="prev-mismatch", line=8, seq=8, says="prev is not the hash of seq 7")
+
+    def test_a_removed_record(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        lines = chain_of(tmp_path / "audit.jsonl")
+        del lines[6]
+        self.check(tmp_path, capsys, lines, kind="removed", line=7, seq=8, says="seq 7 missing")
+
+    def test_two_swapped_records(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        lines = chain_of(tmp_path / "audit.jsonl")
+        lines[6], lines[7] = lines[7], lines[6]
+        self.check(tmp_path, capsys, lines, kind="reordered", line=7, seq=8, says="comes before seq 7")
+
+    def test_a_duplicated_record(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        lines = chain_of(tmp_path / "audit.jsonl")
+        lines.insert(7, lines[6])
+        self.check(tmp_path, capsys, lines, kind="duplicate", line=8, seq=7, says="the same record as")
+
+    def test_a_truncated_last_line(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        lines = chain_of(tmp_path / "audit.jsonl")
+        lines[-1] = lines[-1][:len(lines[-1]) // 2]
+        self.check(tmp_path, capsys, lines, kind="garbage", line=20, seq=None, says="cut short")
+
+    def test_garbage(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        lines = chain_of(tmp_path / "audit.jsonl")
+        for index, junk, says in [(3, b"hello world\n", "not JSON"), (3, b"\xff\xfe\n", "not UTF-8"),
+                                  (3, b"\n", "empty line"), (3, b"[1, 2]\n", "not a JSON object")]:
+            self.check(tmp_path, capsys, lines[:index] + [junk] + lines[index:], kind="garbage", line=4, seq=None,
+                       says=says)
+        not_ours = json.dumps({"seq": 4, "hello": "world"}).encode() + b"\n"
+        self.check(tmp_path, capsys, lines[:3] + [not_ours] + lines[3:], kind="malformed", line=4, seq=4,
+                   says="not an audit record")
+
+    def test_files_in_the_wrong_order(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        lines = chain_of(tmp_path / "audit.jsonl")
+        (tmp_path / "older").write_bytes(b"".join(lines[:10]))
+        (tmp_path / "newer").write_bytes(b"".join(lines[10:]))
+        assert verify_cli(capsys, str(tmp_path / "older"), str(tmp_path / "newer"))[0] == 0
+        code, out = verify_cli(capsys, str(tmp_path / "newer"), str(tmp_path / "older"))
+        assert code == 1 and f"{tmp_path / 'older'}:1:" in out and "seq goes backwards" in out
+
+    def test_a_missing_file(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        code, out = verify_cli(capsys, str(tmp_path / "nope.jsonl"))
+        assert code == 1 and "cannot be read" in out and "Traceback" not in out
+
+
+# Failing closed
+
+
+class TestFailClosed:
+    def test_a_nearly_full_queue_refuses_new_requests_and_loses_nothing(self, tmp_path: Path) -> None:
+        async def run() -> None:
+            log = AuditLog(tmp_path / "audit.jsonl", Metrics(), capacity=100)
+            # Not started: nothing drains the queue.
+            for n in range(log.high_water):
+                log.record(entry(n))
+            log.file_ok = True
+            assert not log.healthy and len(log.queue) == log.high_water < log.capacity
+            await log.start()
+            await eventually(lambda: log.healthy)
+            await log.close()
+            assert lost(log.metrics) == 0 and len(records(tmp_path / "audit.jsonl")) == log.high_water
+
+        asyncio.run(run())
+
+    def test_a_file_that_cannot_be_opened(self, tmp_path: Path) -> None:
+        path = tmp_path / "audit.jsonl"
+        path.mkdir()  # a directory where the file should be
+
+        async def run() -> None:
+            log = AuditLog(path, Metrics())
+            await log.start()
+            assert not log.healthy
+            for n in range(3):  # the records of the 503s that refused requests meanwhile
+                log.record(entry(n, status=503))
+            await asyncio.sleep(0.2)
+            assert not log.healthy and len(log.queue) == 3
+            path.rmdir()
+            await eventually(lambda: log.healthy and not log.queue)
+            await log.close()
+            assert lost(log.metrics) == 0
+
+        asyncio.run(run())
+        assert [r["status"] for r in records(path)] == [503, 503, 503] and verify([path]).ok
+
+    @pytest.mark.skipif(not is_device("/dev/full"), reason="needs /dev/full")
+    def test_a_full_disk_mid_run(self, tmp_path: Path) -> None:
+        # Only ever a symlink in tmp_path, given to AuditLog as is: the test unlinks the
+        # symlink, never the device (config loading would resolve it to /dev/full itself).
+        path = tmp_path / "audit.jsonl"
+        path.symlink_to("/dev/full")  # opens fine; every write fails with ENOSPC
+
+        async def run() -> None:
+            log = AuditLog(path, Metrics())
+            await log.start()
+            assert log.healthy
+            for n in range(3):
+                log.record(entry(n))
+            await eventually(lambda: not log.healthy)
+            await asyncio.sleep(0.2)
+            assert len(log.queue) == 3  # kept, not dropped
+            assert path.is_symlink()
+            path.unlink()                # space again
+            await eventually(lambda: log.healthy and not log.queue)
+            await log.close()
+            assert lost(log.metrics) == 0
+
+        asyncio.run(run())
+        assert [r["seq"] for r in records(path)] == [1, 2, 3] and verify([path]).ok
+
+
+# A real gateway
+
+
+def chat(stack: Stack, *, key: str | None, model: str = "small-2", ip: str = US_IP, body: Any = None) -> Reply:
+    headers = {"X-Forwarded-For": ip} | ({"Authorization": f"Bearer {key}"} if key else {})
+    if isinstance(body, str):
+        headers["Content-Type"] = "application/json"
+    return request("POST", stack.url + "/v1/chat/completions", body if body is not None else CHAT | {"model": model},
+                   headers)
+
+
+def mixed_requests(stack: Stack, key: Callable[[str], str]) -> list[Reply]:
+    """Allowed, denied, 400, 401 and 404 requests."""
+    sent = []
+    for _ in range(3):
+        sent += [
+            chat(stack, key=key("org-public")),                                       # 200
+            chat(stack, key=key("org-acme"), model="frontier-5.6", ip=CN_IP),           # denied (451)
+            chat(stack, key=key("org-public"), body="{not json"),                      # 400
+            chat(stack, key=None),                                                      # 401
+            request("GET", stack.url + "/nope"),                                        # 404
+            chat(stack, key=key("org-public"), model="nextgen-7"),                     # 404, concealed
+        ]
+    return sent
+
+
+def check_one_record_each(sent: list[Reply], written: list[dict[str, Any]]) -> None:
+    assert len(written) == len(sent)
+    by_id = {r["decision_id"]: r for r in written}
+    assert len(by_id) == len(written)
+    for reply in sent:
+        assert by_id[reply.decision_id]["status"] == reply.status
+
+
+@pytest.fixture
+def stacks(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """Start Stacks; each is closed at the end, after checking that it lost no record."""
+    started: list[Stack] = []
+
+    def start(**options: Any) -> Stack:
+        directory = tmp_path / f"stack-{len(started)}"
+        directory.mkdir()
+        prepare = options.pop("prepare", None)
+        if prepare is not None:
+            prepare(directory)
+        started.append(Stack(directory, **options))
+        return started[-1]
+
+    yield start
+    for stack in started:
+        stack.close()
+        assert lost(stack.service.metrics) == 0
+
+
+def ready(stack: Stack) -> bool:
+    return request("GET", stack.admin_url + "/readyz").status == 200
+
+
+class TestGateway:
+    def test_exactly_one_record_per_request(self, stacks: Callable[..., Stack]) -> None:
+        stack = stacks()
+        sent = mixed_requests(stack, stack.api_key)
+        assert {reply.status for reply in sent} == {200, 451, 400, 401, 404}
+        written = wait_for(lambda: (r := stack.audit_records()) and len(r) >= len(sent) and r)
+        check_one_record_each(sent, written)
+        assert verify([Path(stack.config.audit.path)]).ok
+
+    def test_an_unwritable_audit_file_means_503_until_it_is_writable(self, stacks: Callable[..., Stack]) -> None:
+        stack = stacks(prepare=lambda directory: (directory / "audit.jsonl").mkdir())
+        path = stack.directory / "audit.jsonl"
+        refused = [chat(stack, key=stack.api_key("org-public")) for _ in range(3)]
+        assert [reply.status for reply in refused] == [503, 503, 503]
+        assert request("GET", stack.admin_url + "/readyz").json["missing"] == ["audit"]
+        path.rmdir()
+        wait_for(lambda: ready(stack))
+        served = [chat(stack, key=stack.api_key("org-public")) for _ in range(3)]
+        assert [reply.status for reply in served] == [200, 200, 200]
+        written = wait_for(lambda: (r := stack.audit_records()) and len(r) >= 6 and r)
+        check_one_record_each(refused + served, written)
+        assert verify([path]).ok
+
+
+# Fleet mode: the Redis stream
+
+
+@pytest.fixture
+def redis_url() -> str:
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        pytest.skip("needs a Redis: run under scripts/with-redis (make test)")
+    return url
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server binary ($REDIS_SERVER_BIN or PATH)")
+    server = RedisServer(binary, tmp_path / "redis")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+def stream_lines(url: str, namespace: str) -> list[bytes]:
+    client = redis_sync.Redis.from_url(url)
+    try:
+        return [fields[b"record"] for _, fields in client.xrange("{" + namespace + "}:audit")]
+    finally:
+        client.close()
+
+
+def fleet_config(url: str, namespace: str) -> str:
+    return f"redis: {{url: '{url}', namespace: {namespace}}}"
+
+
+async def open_redis(url: str) -> Any:
+    import redis.asyncio
+
+    return redis.asyncio.Redis.from_url(url, decode_responses=True, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+
+class TestStream:
+    def test_records_reach_the_stream_as_written(self, stacks: Callable[..., Stack], redis_url: str) -> None:
+        namespace = f"audit-{uuid.uuid4().hex[:12]}"
+        stack = stacks(extra_config=fleet_config(redis_url, namespace))
+        sent = mixed_requests(stack, stack.signing.token)
+        local = wait_for(lambda: (r := stack.audit_records()) and len(r) >= len(sent) and r)
+        check_one_record_each(sent, local)
+        lines = wait_for(lambda: (s := stream_lines(redis_url, namespace)) and len(s) >= len(sent) and s)
+        assert lines == Path(stack.config.audit.path).read_bytes().splitlines()
+        assert audit.verify_lines(lines).ok
+
+    def test_redis_down_spools_then_replays_in_order(self, stacks: Callable[..., Stack],
+                                                     private_redis: RedisServer) -> None:
+        namespace = f"audit-{uuid.uuid4().hex[:12]}"
+        url = private_redis.url
+        stack = stacks(extra_config=fleet_config(url, namespace))
+        metrics = stack.service.metrics
+        key = stack.signing.token("org-public")
+        sent = [chat(stack, key=key) for _ in range(5)]
+        wait_for(lambda: len(stream_lines(url, namespace)) == 5)
+        client = redis_sync.Redis.from_url(url)
+        client.save()  # the restarted server comes back with what it had (an operator's AOF, in production)
+        client.close()
+
+        private_redis.kill()
+        sent += [chat(stack, key=key) for _ in range(10)]  # served from the mirror, or 503 once it is stale
+        wait_for(lambda: spooled(metrics) == 10)
+        spool = next(Path(stack.config.state_dir).glob("audit-spool-*.jsonl"))
+        assert len(spool.read_bytes().splitlines()) == 10
+
+        private_redis.start()
+        lines = wait_for(lambda: (s := stream_lines(url, namespace)) and len(s) == 15 and s, timeout=15)
+        wait_for(lambda: spooled(metrics) == 0)
+        assert spool.read_bytes() == b""
+        assert [json.loads(line)["seq"] for line in lines] == list(range(1, 16))
+        assert lines == Path(stack.config.audit.path).read_bytes().splitlines()
+        check_one_record_each(sent, [json.loads(line) for line in lines])
+        time.sleep(0.3)
+        assert len(stream_lines(url, namespace)) == 15  # nothing sent twice
+        assert lost(metrics) == 0
+
+    def test_a_batch_that_reached_redis_is_not_sent_again(self, tmp_path: Path, redis_url: str,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+        """The reply to EXEC was lost: the records are spooled although Redis has them.
+        The acked mark makes the replay skip them."""
+        namespace = f"audit-{uuid.uuid4().hex[:12]}"
+        path, state = tmp_path / "audit.jsonl", tmp_path / "state"
+
+        async def run() -> None:
+            nowhere = await open_redis("redis://127.0.0.1:1/0")  # refused: everything spools
+            log = await write(path, [entry(n) for n in range(8)], redis=nowhere, namespace=namespace, state_dir=state)
+            await nowhere.aclose()
+            lines = path.read_bytes().splitlines()
+            spool = state / f"audit-spool-{log.replica}.jsonl"
+            assert spool.read_bytes().splitlines() == lines
+            # What a lost reply leaves behind: the first 3 are in the stream and marked.
+            client = await open_redis(redis_url)
+            stream = "{" + namespace + "}:audit"
+            for line in lines[:3]:
+                await client.xadd(stream, {"record": line})
+            third = json.loads(lines[2])
+            await client.hset("{" + namespace + "}:audit-acked", log.replica, f"{third['seq']}:{third['hash']}")
+
+            log = AuditLog(path, Metrics(), redis=client, namespace=namespace, state_dir=state)
+            await log.start()
+            await eventually(lambda: spooled(log.metrics) == 0)
+            log.record(entry(9))
+            await log.close()
+            await client.aclose()
+            assert spool.read_bytes() == b"" and lost(log.metrics) == 0
+
+        asyncio.run(run())
+        assert "8 spooled records to replay" not in caplog.text  # 8 were spooled, 3 skipped by the mark
+        lines = stream_lines(redis_url, namespace)
+        assert [json.loads(line)["seq"] for line in lines] == list(range(1, 10))
+        assert lines == path.read_bytes().splitlines()
+
+    def test_records_that_never_left_the_process_are_sent_from_the_file(self, tmp_path: Path, redis_url: str,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+        """Killed after writing the file, before the stream: the next start sends them."""
+        namespace = f"audit-{uuid.uuid4().hex[:12]}"
+        path, state = tmp_path / "audit.jsonl", tmp_path / "state"
+
+        async def run() -> None:
+            client = await open_redis(redis_url)
+            await write(path, [entry(n) for n in range(4)], redis=client, namespace=namespace, state_dir=state)
+            await write(path, [entry(n) for n in range(3)])  # the same chain, written with no stream at all
+            log = AuditLog(path, Metrics(), redis=client, namespace=namespace, state_dir=state)
+            await log.start()
+            await eventually(lambda: len(stream_lines(redis_url, namespace)) == 7)
+            log.record(entry(8))
+            await log.close()
+            await client.aclose()
+
+        asyncio.run(run())
+        assert "sending 3 records written locally but never sent (seq 5..7)" in caplog.text
+        lines = stream_lines(redis_url, namespace)
+        assert [json.loads(line)["seq"] for line in lines] == list(range(1, 9))
+        assert lines == path.read_bytes().splitlines()
