@@ -1,0 +1,297 @@
+"""The record format and the local file: canonical JSON, sealing a record into the
+chain, and `AuditFile`, the rotating JSONL file that holds the chain.
+
+The chain: every record carries `replica` (this writer's stable id), `seq`
+(1, 2, ... per replica, across restarts and rotations), `prev` (the hash of
+the record before, 64 zeros before the first) and `hash`, the SHA-256 of the
+record's canonical JSON (sorted keys, no spaces, UTF-8) without `hash`.
+`verify()` (`gateway audit verify`) recomputes all of it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+log = logging.getLogger("gateway.audit")
+
+ZERO_HASH = "0" * 64
+
+
+# The record format
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    """The bytes that are hashed: deterministic for anything JSON can hold. Floats are
+    written by `repr`, which reads back to the same float, so a verifier that parses
+    the line and serializes it again gets these bytes exactly."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _plain(value: Any) -> Any:
+    """`value` reduced to what canonical JSON can hold and read back identically: text
+    for other objects and non-finite floats, '?' for unpaired surrogates. Only used
+    for a record that canonical() refuses, so that a bad value never stops the writer."""
+    if isinstance(value, dict):
+        return {_plain(str(k)): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return _plain(str(value))
+
+
+class Sealed(NamedTuple):
+    """A record with its place in the chain: the line written (no newline), its seq and hash."""
+
+    seq: int
+    hash: str
+    line: bytes
+
+
+def seal(entry: dict[str, Any], replica: str, seq: int, prev: str) -> Sealed:
+    record = {**entry, "replica": replica, "seq": seq, "prev": prev}
+    record.pop("hash", None)
+    try:
+        body = canonical(record)
+    except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+        body = canonical(_plain(record))
+    digest = hashlib.sha256(body).hexdigest()
+    # `hash` goes last, after the sorted fields it covers: cheaper than serializing
+    # twice, and the verifier only needs the hash to match the other fields.
+    return Sealed(seq, digest, body[:-1] + b',"hash":"' + digest.encode() + b'"}')
+
+
+def _sealed_from_line(line: bytes) -> Sealed | None:
+    try:
+        record = json.loads(line)
+        return Sealed(record["seq"], record["hash"], line)
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def default_replica(path: str | Path) -> str:
+    """Stable across restarts, distinct for each audit file on a host (two gateways
+    cannot share one file: see AuditFile.open)."""
+    where = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}-{where}"
+
+
+# Reading JSONL files from the end
+
+
+def _lines_backwards(path: Path, block: int = 1 << 16) -> Iterator[bytes]:
+    """The complete lines of a regular file, last first (a trailing partial line is skipped)."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        position = handle.seek(0, os.SEEK_END)
+        rest = b""
+        in_tail = True  # still in the bytes after the last newline: nothing, or a partial line
+        while position > 0:
+            step = min(block, position)
+            position -= step
+            handle.seek(position)
+            lines = (handle.read(step) + rest).split(b"\n")
+            rest = lines.pop(0)  # may be the end of a line that starts further back
+            if in_tail and lines:
+                lines.pop()
+                in_tail = False
+            yield from (line for line in reversed(lines) if line)
+        if rest and not in_tail:
+            yield rest
+
+
+def _chain_fields(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if (isinstance(record, dict) and isinstance(record.get("seq"), int) and isinstance(record.get("hash"), str)
+            and isinstance(record.get("replica"), str)):
+        return record
+    return None
+
+
+# The local file
+
+
+class AuditFile:
+    """The local JSONL file and the chain state. Used from one thread at a time (the
+    AuditLog's worker thread): nothing here is async."""
+
+    def __init__(self, path: str | Path, *, replica: str | None = None, max_bytes: int = 100 * 1024 * 1024,
+                 keep: int = 10) -> None:
+        self.path = Path(path)
+        self.replica = replica or default_replica(self.path)
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.seq = 0                # the last seq written
+        self.prev = ZERO_HASH       # its hash
+        self.resumed = False
+        self.fd: int | None = None
+        self.size = 0               # bytes in the file that end on a complete record
+        self.regular = True         # a regular file (not a device): rotated, locked, read back
+        self._rotation_failing = False
+
+    def files(self) -> list[Path]:
+        """The current file and the rotated ones, newest first."""
+        return [self.path, *(self.rotated(n) for n in range(1, self.keep + 1))]
+
+    def rotated(self, n: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{n}")
+
+    def open(self) -> None:
+        """Open for appending (if not open), resuming the chain the first time."""
+        if self.fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            # A device or pipe (e.g. /dev/stdout) is written to, never locked, cut,
+            # read back or rotated: those are for files this gateway owns.
+            self.regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            size = 0
+            if self.regular:
+                try:
+                    # Two writers on one file would interleave two chains under one replica id.
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise OSError(f"{self.path} is in use by another gateway process") from None
+                size = self._cut_partial_line(fd)
+            if not self.resumed:
+                self._resume()
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd, self.size = fd, size
+
+    def _cut_partial_line(self, fd: int) -> int:
+        """A file that does not end in a newline was cut short mid-write (a crash, a full
+        disk): that record was never completed, so the chain continues from the last
+        whole one. Returns the size kept."""
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return size
+        keep = size
+        while keep > 0:
+            start = max(0, keep - (1 << 16))
+            newline = os.pread(fd, keep - start, start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            keep = start
+        log.warning("audit file %s ended in a partial record (%d bytes, a write cut short): removed them: %r",
+                    self.path, size - keep, os.pread(fd, min(size - keep, 200), keep))
+        os.ftruncate(fd, keep)
+        return keep
+
+    def _resume(self) -> None:
+        """Continue the chain from the newest record of this replica on disk (the current
+        file, or the newest rotated one if a rotation happened just before a stop)."""
+        last = None
+        for path in self.files():
+            last = next(filter(None, map(_chain_fields, _lines_backwards(path))), None)
+            if last is not None:
+                break
+        if last is not None and last["replica"] == self.replica:
+            self.seq, self.prev = last["seq"], last["hash"]
+        elif last is not None:
+            log.warning("audit file %s was written by replica %r, this is %r: a new chain starts at seq 1",
+                        self.path, last["replica"], self.replica)
+        self.resumed = True
+
+    def append(self, entries: list[dict[str, Any]]) -> list[Sealed]:
+        """Seal and write `entries`; the chain advances only if the write succeeds.
+        Raises OSError (the file is then closed, and reopened by the next call)."""
+        self.open()
+        sealed, seq, prev = [], self.seq, self.prev
+        for entry in entries:
+            seq += 1
+            sealed.append(record := seal(entry, self.replica, seq, prev))
+            prev = record.hash
+        if sealed:
+            self._write(b"".join(record.line + b"\n" for record in sealed))
+            self.seq, self.prev = seq, prev
+            if self.size >= self.max_bytes and self.regular:
+                self.rotate()
+        return sealed
+
+    def _write(self, data: bytes) -> None:
+        assert self.fd is not None
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError:
+            # Take back a partial write, so that the retry starts on a line boundary.
+            try:
+                if self.regular:
+                    os.ftruncate(self.fd, self.size)
+            except OSError:
+                pass  # the next open() cuts a partial last line
+            self.close()
+            raise
+        self.size += len(data)
+
+    def rotate(self) -> None:
+        """audit.jsonl -> .1 -> .2 ... -> .keep (the oldest is dropped). The chain goes on
+        in a new audit.jsonl."""
+        self.close()
+        if self.path.exists() and not stat.S_ISREG(self.path.stat().st_mode):
+            return
+        try:
+            for n in range(self.keep, 0, -1):
+                source = self.path if n == 1 else self.rotated(n - 1)
+                if source.exists():
+                    os.replace(source, self.rotated(n))
+        except OSError as exc:
+            if not self._rotation_failing:
+                log.error("audit file rotation failed, %s keeps growing: %s", self.path, exc)
+            self._rotation_failing = True
+            return
+        self._rotation_failing = False
+        try:
+            self.open()  # the new file exists at once (for tail -F, verify, the admin API)
+        except OSError:
+            pass  # not now: the next write opens it, and fails there if it must
+
+    def sealed_between(self, after_seq: int, after_hash: str, before_seq: int, *,
+                       limit: int = 100_000) -> list[Sealed] | None:
+        """This replica's records after (after_seq, after_hash) and before before_seq, oldest
+        first, read back from the files; None when that record is not found (another chain)
+        or there are more than `limit`."""
+        found: list[Sealed] = []
+        for path in self.files():
+            for line in _lines_backwards(path):
+                record = _chain_fields(line)
+                if record is None or record["replica"] != self.replica or record["seq"] >= before_seq:
+                    continue
+                if record["seq"] <= after_seq:
+                    return found[::-1] if (record["seq"], record["hash"]) == (after_seq, after_hash) else None
+                found.append(Sealed(record["seq"], record["hash"], line))
+                if len(found) > limit:
+                    return None
+        return None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)

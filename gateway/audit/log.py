@@ -1,0 +1,155 @@
+"""The audit log the gateway uses: `AuditLog`.
+
+Who does what:
+
+- `AuditLog.record()` runs on the request path, so it only appends the entry to
+  a bounded in-memory queue: no JSON, no hashing, no I/O.
+- One writer task takes the queue in batches and hands each batch to
+  `AuditFile` on a single worker thread, which gives every record its place in
+  the chain and appends the batch to the file. A record leaves the queue only
+  once it is in the file: a failed write is retried, never dropped.
+- In fleet mode the written lines then go to `AuditStream`, which XADDs them to
+  the stream `{ns}:audit`. What Redis cannot take is spooled to a file under
+  state_dir and replayed, in order, once Redis answers again.
+
+Fail closed: `healthy` is False while the file cannot be written, while the
+queue is nearly full, or while records can reach neither Redis nor the spool;
+the request path then answers 503. `record()` drops a record (and counts
+gateway_audit_lost_total) only when the queue is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import re
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from gateway.audit.chain import AuditFile
+from gateway.audit.stream import BATCH, RETRY_S, AuditStream
+from gateway.metrics import Metrics
+
+if TYPE_CHECKING:
+    from gateway.config import AuditConfig
+
+log = logging.getLogger("gateway.audit")
+T = TypeVar("T")
+
+CAPACITY = 10_000           # records queued in memory, at most
+
+
+class AuditLog:
+    def __init__(self, path: str | Path, metrics: Metrics, *, replica: str | None = None,
+                 max_bytes: int = 100 * 1024 * 1024, keep: int = 10, capacity: int = CAPACITY,
+                 redis: Any = None, namespace: str = "fgw", state_dir: str | Path = ".gateway-state",
+                 stream_maxlen: int = 1_000_000) -> None:
+        self.file = AuditFile(path, replica=replica, max_bytes=max_bytes, keep=keep)
+        self.path = self.file.path
+        self.metrics = metrics
+        self.capacity = capacity
+        # Refuse new requests a little before the queue is full: the room left is for the
+        # records of requests already admitted and of the 503s that refuse the others.
+        self.high_water = capacity - max(1, capacity // 5)
+        self.queue: deque[dict[str, Any]] = deque()
+        self.file_ok = False
+        self._wake = asyncio.Event()
+        self._busy = False
+        self._writer: asyncio.Task[None] | None = None
+        # One thread for every blocking file operation: they never overlap, and the
+        # event loop (the request path) never waits on the disk.
+        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
+        self.stream: AuditStream | None = None
+        if redis is not None:
+            safe = re.sub(r"[^A-Za-z0-9._-]", "_", self.file.replica)
+            self.stream = AuditStream(redis, namespace, Path(state_dir) / f"audit-spool-{safe}.jsonl", self.file,
+                                      metrics, maxlen=stream_maxlen, run_io=self._io)
+
+    @classmethod
+    def from_config(cls, config: AuditConfig, metrics: Metrics, *, state_dir: str | Path, redis: Any = None,
+                    namespace: str = "fgw") -> AuditLog:
+        return cls(config.path, metrics, replica=config.replica, max_bytes=config.max_bytes, keep=config.keep,
+                   redis=redis, namespace=namespace, state_dir=state_dir, stream_maxlen=config.stream_maxlen)
+
+    @property
+    def healthy(self) -> bool:
+        return self.file_ok and len(self.queue) < self.high_water and (self.stream is None or self.stream.ok)
+
+    @property
+    def replica(self) -> str:
+        return self.file.replica
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Queue one request's record (the request path: cheap, never blocks)."""
+        if len(self.queue) >= self.capacity:
+            self.metrics.audit_lost.inc()
+            log.error("audit queue full: record %s lost", entry.get("decision_id"))
+            return
+        self.queue.append(entry)
+        self._wake.set()
+
+    def _io(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
+
+    async def start(self) -> None:
+        """Open the file (resuming the chain) and start writing. A file that cannot be
+        opened is not fatal: the log stays unhealthy (503s) and the writer keeps trying."""
+        try:
+            await self._io(self.file.open)
+            self.file_ok = True
+        except OSError as exc:
+            log.error("audit file %s cannot be opened, refusing requests until it can: %s", self.path, exc)
+        if self.stream is not None:
+            if self.file_ok:
+                self.stream.written_seq = self.file.seq
+            await self.stream.start()
+        self._writer = asyncio.get_running_loop().create_task(self._write_forever())
+
+    async def _write_forever(self) -> None:
+        delay = RETRY_S[0]
+        while True:
+            if not self.queue and self.file_ok:
+                self._wake.clear()
+                await self._wake.wait()
+            # Read, don't take: a record leaves the queue only once it is in the file.
+            batch = list(itertools.islice(self.queue, BATCH))
+            self._busy = True
+            try:
+                sealed = await self._io(self.file.append, batch)  # an empty batch just reopens the file
+            except Exception as exc:  # OSError; anything else is a bug, but must not lose records either
+                if self.file_ok:
+                    log.error("audit file %s cannot be written, refusing requests until it can: %r", self.path, exc)
+                self.file_ok = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_S[1])
+                continue
+            finally:
+                self._busy = False
+            if not self.file_ok:
+                log.warning("audit file %s writable again", self.path)
+            self.file_ok, delay = True, RETRY_S[0]
+            for _ in batch:
+                self.queue.popleft()
+            if self.stream is not None:
+                self.stream.push(sealed, self.file.seq)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued (waiting up to `timeout` for a failing file), then stop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (self.queue or self._busy) and self._writer is not None and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self.queue:
+            self.metrics.audit_lost.inc(len(self.queue))
+            log.error("audit: %d records could not be written before shutdown", len(self.queue))
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.wait([self._writer], timeout=2)
+        if self.stream is not None:
+            await self.stream.close(timeout=min(2.0, max(0.0, deadline - loop.time())))
+        await self._io(self.file.close)
+        self._thread.shutdown(wait=True)

@@ -1,0 +1,200 @@
+"""Verification (`gateway audit verify`): recompute every hash, and per replica
+every seq and prev link, of records read from files or from the Redis stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.audit.chain import ZERO_HASH, _chain_fields, canonical
+
+
+@dataclass
+class Problem:
+    file: str
+    line: int
+    seq: int | None
+    replica: str | None
+    kind: str       # garbage | malformed | edited | removed | reordered | duplicate | prev-mismatch | unreadable
+    message: str
+
+
+@dataclass
+class ChainEnd:
+    first_seq: int
+    last_seq: int
+    last_hash: str
+    records: int
+    where: str      # file:line of the last record
+
+
+@dataclass
+class Verification:
+    files: list[str]
+    records: int = 0
+    last_hash: str | None = None
+    replicas: dict[str, ChainEnd] = field(default_factory=dict)
+    problem: Problem | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "files": self.files, "records": self.records, "last_hash": self.last_hash,
+            "replicas": {name: {"first_seq": end.first_seq, "last_seq": end.last_seq, "last_hash": end.last_hash,
+                                "records": end.records} for name, end in self.replicas.items()},
+            "error": None if self.problem is None else vars(self.problem),
+        }
+
+
+class _Unreadable(Exception):
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+Numbered = tuple[str, int, bytes]  # file, line number (from 1), the line with its newline if it had one
+LOOKAHEAD = 10_000  # lines read past a seq gap, looking for the missing record (reordered, or removed?)
+
+
+def _numbered_lines(paths: Iterable[str | Path]) -> Iterator[Numbered]:
+    for path in paths:
+        try:
+            handle = open(path, "rb")
+        except OSError as exc:
+            raise _Unreadable(str(path), f"{path}: cannot be read: {exc.strerror or exc}") from None
+        with handle:
+            for number, line in enumerate(handle, 1):
+                yield str(path), number, line
+
+
+def verify(paths: list[str | Path]) -> Verification:
+    """Check the records of `paths`, read in that order (oldest file first): every hash,
+    and per replica every seq and prev link. Stops at the first bad record."""
+    result = Verification([str(path) for path in paths])
+    lines = _numbered_lines(paths)
+    try:
+        for file, number, raw in lines:
+            result.problem = _check(result, file, number, raw, lines)
+            if result.problem is not None:
+                break
+    except _Unreadable as exc:
+        result.problem = Problem(exc.path, 0, None, None, "unreadable", str(exc))
+    return result
+
+
+def verify_lines(lines: Iterable[bytes], source: str = "stream") -> Verification:
+    """The same check over lines from elsewhere (e.g. the Redis stream's `record` fields)."""
+    result = Verification([source])
+    numbered = ((source, number, line) for number, line in enumerate(lines, 1))
+    for file, number, raw in numbered:
+        result.problem = _check(result, file, number, raw, numbered)
+        if result.problem is not None:
+            break
+    return result
+
+
+def _check(result: Verification, file: str, number: int, raw: bytes, rest: Iterator[Numbered]) -> Problem | None:
+    def problem(kind: str, message: str) -> Problem:
+        return Problem(file, number, record.get("seq") if isinstance(record, dict) else None,
+                       record.get("replica") if isinstance(record, dict) else None, kind, message)
+
+    record: Any = None
+    cut = "" if raw.endswith(b"\n") else " (the last line is cut short)"
+    if not raw.strip():
+        return problem("garbage", "empty line")
+    try:
+        record = json.loads(raw)
+    except UnicodeDecodeError:
+        return problem("garbage", f"not UTF-8 text{cut}")
+    except ValueError:
+        return problem("garbage", f"not JSON{cut}")
+    if not isinstance(record, dict):
+        return problem("garbage", "not a JSON object")
+    record_or_problem = _chain_of(record)
+    if isinstance(record_or_problem, str):
+        return problem("malformed", record_or_problem)
+    replica, seq, prev, digest = record_or_problem
+    body = {k: v for k, v in record.items() if k != "hash"}
+    try:
+        recomputed = hashlib.sha256(canonical(body)).hexdigest()
+    except ValueError:
+        recomputed = None
+    if recomputed != digest:
+        return problem("edited", "hash mismatch: the record is not what was written (edited after it was written)")
+
+    chain = result.replicas.get(replica)
+    where = f"{file}:{number}"
+    if chain is None:
+        if seq == 1 and prev != ZERO_HASH:
+            return problem("prev-mismatch", "the first record of a chain (seq 1) must have prev 000...0")
+        chain = result.replicas[replica] = ChainEnd(seq, seq - 1, prev, 0, where)
+    expected = chain.last_seq + 1
+    if seq > expected:
+        found = _look_ahead(rest, replica, expected)
+        if found is not None:
+            return problem("reordered", f"seq {seq} comes before seq {expected} ({found}): records out of order")
+        missing = f"seq {expected}" if seq == expected + 1 else f"seq {expected}..{seq - 1}"
+        return problem("removed", f"seq gap after seq {chain.last_seq} ({chain.where}): {missing} missing (removed)")
+    if seq < expected:
+        if seq == chain.last_seq and digest == chain.last_hash:
+            return problem("duplicate", f"the same record as {chain.where}")
+        return problem("reordered", f"seq goes backwards: seq {seq} after seq {chain.last_seq} ({chain.where})")
+    if prev != chain.last_hash:
+        return problem("prev-mismatch", f"prev is not the hash of seq {chain.last_seq} ({chain.where}): "
+                                        "that record was replaced, or records were removed and renumbered")
+    chain.last_seq, chain.last_hash, chain.where = seq, digest, where
+    chain.records += 1
+    result.records += 1
+    result.last_hash = digest
+    return None
+
+
+def _chain_of(record: dict[str, Any]) -> tuple[str, int, str, str] | str:
+    """(replica, seq, prev, hash) of a record, or what is wrong with them."""
+    replica, seq, prev, digest = (record.get(k) for k in ("replica", "seq", "prev", "hash"))
+    for name, value in (("replica", replica), ("seq", seq), ("prev", prev), ("hash", digest)):
+        if value is None:
+            return f"not an audit record: no {name!r}"
+    if not isinstance(replica, str) or not replica:
+        return "'replica' is not a non-empty string"
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        return "'seq' is not a positive integer"
+    for name, value in (("prev", prev), ("hash", digest)):
+        if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+            return f"{name!r} is not a SHA-256 hex digest"
+    return replica, seq, prev, digest
+
+
+def _look_ahead(rest: Iterator[Numbered], replica: str, seq: int) -> str | None:
+    """file:line of this replica's record `seq` among the next lines, if there."""
+    for file, number, raw in itertools.islice(rest, LOOKAHEAD):
+        record = _chain_fields(raw)
+        if record is not None and record["replica"] == replica and record["seq"] == seq:
+            return f"{file}:{number}"
+    return None
+
+
+def render(result: Verification) -> str:
+    """`gateway audit verify` without --json."""
+    problem = result.problem
+    if problem is not None:
+        at = f"{problem.file}:{problem.line}" if problem.line else problem.file
+        which = "" if problem.seq is None else f"seq {problem.seq}" + (f" (replica {problem.replica})" if problem.replica else "")
+        return (f"FAILED {at}: {which + ': ' if which else ''}{problem.kind}: {problem.message}\n"
+                f"{result.records} records verified before it")
+    lines = [f"OK: {result.records} records in {len(result.files)} file(s), hash chain intact"]
+    for name, end in result.replicas.items():
+        start = "" if end.first_seq == 1 else " (starts past seq 1: earlier records are in files not given)"
+        lines.append(f"  replica {name}: seq {end.first_seq}..{end.last_seq}{start}")
+    lines.append(f"last hash {result.last_hash or '-'}")
+    return "\n".join(lines)
