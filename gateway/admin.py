@@ -151,9 +151,16 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         return JSONResponse(explain.as_json(policy, facts, decide(policy, facts, now), now))
 
     async def decisions(request: Request, actor: str) -> Response:
-        filters = {k: request.query_params[k] for k in ("org", "model", "observed_country", "decision") if k in request.query_params}
+        query = request.query_params
+        filters = {k: query[k] for k in ("org", "model", "observed_country", "decision") if k in query}
+        if "country" in query:
+            filters["observed_country"] = query["country"].upper()
+        since, until = _time(query.get("since")), _time(query.get("until"))
         limit = _limit(request)
-        matching = (r for r in read_backwards(audit_path) if all(str(r.get(k)) == v for k, v in filters.items()))
+        matching = (
+            r for r in read_backwards(audit_path)
+            if all(str(r.get(k)) == v for k, v in filters.items()) and _within(r.get("time"), since, until)
+        )
         return JSONResponse({"decisions": list(itertools.islice(matching, limit))})
 
     async def changes(request: Request, actor: str) -> Response:
@@ -213,6 +220,27 @@ def _facts(body: dict[str, Any]) -> tuple[Facts, datetime]:
     facts = Facts(org, model, country.upper() if country else None, region.upper() if region else None,
                   bool(body.get("anonymizer", False)))
     return facts, at
+
+
+def _time(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise BodyError("since and until must be ISO 8601 times, e.g. 2026-12-01T00:00:00Z") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _within(stamp: Any, since: datetime | None, until: datetime | None) -> bool:
+    """`since` inclusive, `until` exclusive, as everywhere in the policy."""
+    if since is None and until is None:
+        return True
+    try:
+        moment = datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return False
+    return (since is None or moment >= since) and (until is None or moment < until)
 
 
 def _limit(request: Request) -> int:
