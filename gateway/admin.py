@@ -11,8 +11,7 @@ import hmac
 import itertools
 import json
 import logging
-import os
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import countries, explain
+from gateway.audit import lines_backwards
 from gateway.config import AdminToken
 from gateway.decision import Facts, decide
 from gateway.live.overlay import ChangeError
@@ -250,28 +250,12 @@ def _limit(request: Request) -> int:
     return int(text)
 
 
-def read_backwards(path: str | None, *, block: int = 1 << 16) -> Iterator[dict[str, Any]]:
-    """The records of a JSONL file, newest first, reading from the end."""
-    if path is None or not os.path.exists(path):
+def read_backwards(path: str | None) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL audit file, newest first."""
+    if path is None:
         return
-    with Path(path).open("rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        position = handle.tell()
-        rest = b""
-        while position > 0:
-            step = min(block, position)
-            position -= step
-            handle.seek(position)
-            lines = (handle.read(step) + rest).split(b"\n")
-            rest = lines.pop(0)  # may be the end of a line that starts further back
-            yield from _parsed(reversed(lines))
-        yield from _parsed([rest])
-
-
-def _parsed(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
-    for line in lines:
-        if line.strip():
-            try:
-                yield json.loads(line)
-            except ValueError:
-                continue
+    for line in lines_backwards(Path(path)):
+        try:
+            yield json.loads(line)
+        except ValueError:
+            continue

@@ -178,7 +178,7 @@ class TestChain:
                                   (b"x" * 50 + b"\n" + b"y" * 70, [b"x" * 50])]:
             path.write_bytes(content)
             for block in (1, 2, 3, 7, 64, 1 << 16):
-                assert list(audit._lines_backwards(path, block)) == expected, (content, block)
+                assert list(audit.lines_backwards(path, block)) == expected, (content, block)
 
     def test_two_writers_cannot_share_a_file(self, tmp_path: Path) -> None:
         path = tmp_path / "audit.jsonl"

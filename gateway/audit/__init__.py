@@ -7,7 +7,7 @@ rotating local JSONL file and, in fleet mode, also in a capped Redis Stream.
 - `verification`: `verify()`, `verify_lines()` and `render()` (`gateway audit verify`).
 """
 
-from gateway.audit.chain import ZERO_HASH, AuditFile, _lines_backwards, canonical, seal
+from gateway.audit.chain import ZERO_HASH, AuditFile, lines_backwards, canonical, seal
 from gateway.audit.log import AuditLog
 from gateway.audit.verification import render, verify, verify_lines
 
@@ -15,7 +15,7 @@ __all__ = [
     "ZERO_HASH",
     "AuditFile",
     "AuditLog",
-    "_lines_backwards",  # for tests/test_audit.py
+    "lines_backwards",
     "canonical",
     "render",
     "seal",

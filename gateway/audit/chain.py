@@ -93,7 +93,7 @@ def default_replica(path: str | Path) -> str:
 # Reading JSONL files from the end
 
 
-def _lines_backwards(path: Path, block: int = 1 << 16) -> Iterator[bytes]:
+def lines_backwards(path: Path, block: int = 1 << 16) -> Iterator[bytes]:
     """The complete lines of a regular file, last first (a trailing partial line is skipped)."""
     try:
         if not stat.S_ISREG(path.stat().st_mode):
@@ -208,7 +208,7 @@ class AuditFile:
         file, or the newest rotated one if a rotation happened just before a stop)."""
         last = None
         for path in self.files():
-            last = next(filter(None, map(_chain_fields, _lines_backwards(path))), None)
+            last = next(filter(None, map(_chain_fields, lines_backwards(path))), None)
             if last is not None:
                 break
         if last is not None and last["replica"] == self.replica:
@@ -280,7 +280,7 @@ class AuditFile:
         or there are more than `limit`."""
         found: list[Sealed] = []
         for path in self.files():
-            for line in _lines_backwards(path):
+            for line in lines_backwards(path):
                 record = _chain_fields(line)
                 if record is None or record["replica"] != self.replica or record["seq"] >= before_seq:
                     continue
