@@ -1,13 +1,16 @@
 # Developer and CI entry points. Everything runs from .venv, never the system Python.
-#   make venv | test | demo | bench | clean
+#   make venv | test | demo | fleet | bench | clean
 #   make test PYTEST_ARGS='-k decision -x'     make venv PYTHON=python3.12
+#   make fleet REPLICAS=3 FLEET_ARGS='--check'
 
 PYTHON      ?= python3
 VENV        := .venv
 BIN         := $(VENV)/bin
 PYTEST_ARGS ?=
+REPLICAS    ?= 2
+FLEET_ARGS  ?=
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo fleet bench clean
 
 venv: $(VENV)/.installed
 
@@ -29,6 +32,13 @@ test: venv
 
 demo: venv
 	$(BIN)/gateway demo
+
+# The docker-compose topology as local processes (gateway/fleet_local.py): Redis (a private one from
+# scripts/with-redis, or $$REDIS_URL), REPLICAS gateway replicas behind nginx (installed from Debian's
+# packages as root if missing, else a Python load balancer), the demo upstream, and Prometheus if
+# installed. Prints where each listens and curl commands through the load balancer; Ctrl-C stops all.
+fleet: venv
+	VENV=$(CURDIR)/$(VENV) scripts/with-redis $(BIN)/python -m gateway.fleet_local --replicas $(REPLICAS) $(FLEET_ARGS)
 
 bench: venv
 	$(BIN)/python bench/decide.py

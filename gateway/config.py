@@ -20,6 +20,9 @@ from gateway.policy.yamlsource import YamlSyntaxError, parse
 from gateway.routing import DEFAULT_ROUTES
 
 ENV_PREFIX = "GATEWAY_"
+# Read by `gateway admin` (the client), not config keys: exported in an operator's shell, they
+# must not make `gateway serve` or `gateway keys` refuse to start.
+CLIENT_VARIABLES = frozenset({"GATEWAY_ADMIN_URL", "GATEWAY_ADMIN_TOKEN"})
 
 HostPort = Annotated[str, Field(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")]
 
@@ -63,12 +66,30 @@ class IdentityConfig(Section):
 
 
 class RedisConfig(Section):
+    # redis://, rediss://, unix:// or redis+sentinel://host:port[,host:port]/service_name[/db]
+    # (gateway/redis_connect.py); None: embedded mode, one process.
     url: str | None = None
+    # A Redis Cluster, reached through the node(s) in `url` (redis://host:port[,host:port...]).
+    cluster: bool = False
     # Decide from the in-memory mirror for at most this long while Redis is unreachable.
     max_staleness_s: float = Field(5.0, gt=0)
     # Prefix (and Cluster hash tag) of every key, so gateways can share one Redis.
     namespace: str = Field("fgw", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     timeout_s: float = Field(0.5, gt=0, le=10)
+
+    @model_validator(mode="after")
+    def _usable_url(self) -> RedisConfig:
+        from gateway.redis_connect import parse
+
+        if self.url is None:
+            if self.cluster:
+                raise ValueError("redis.cluster needs redis.url (a node of the cluster)")
+            return self
+        try:
+            parse(self.url, cluster=self.cluster)
+        except ValueError as error:
+            raise ValueError(f"redis.url: {error}") from None
+        return self
 
 
 class AuditConfig(Section):
@@ -183,7 +204,7 @@ def load_config(path: str | Path | None, environ: Mapping[str, str]) -> Config:
 def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
     problems = []
     for name, text in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in CLIENT_VARIABLES:
             continue
         keys = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
         if not all(keys):

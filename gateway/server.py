@@ -29,6 +29,7 @@ from gateway.metrics import Metrics
 from gateway.misuse import LocalSightings, RedisSightings, Sightings
 from gateway.proxy import Upstreams
 from gateway.quota import LocalQuota, Quota, RedisQuota
+from gateway.redis_connect import connect
 
 log = logging.getLogger("gateway")
 
@@ -64,7 +65,7 @@ class Service:
         fleet = config.redis.url is not None
         self.state = PolicyState(max_staleness_s=config.redis.max_staleness_s if fleet else None)
         redis = config.redis
-        self.store: Store = (RedisStore(redis.url, namespace=redis.namespace, timeout_s=redis.timeout_s) if redis.url
+        self.store: Store = (RedisStore(client=connect(redis), namespace=redis.namespace) if redis.url
                              else LocalStore(config.state_dir))
         self.quota: Quota = RedisQuota(self.store.redis, redis.namespace) if isinstance(self.store, RedisStore) else LocalQuota()
         self.live = LiveState(self.state, self.store, self.metrics, config.policy_dir)
@@ -76,7 +77,7 @@ class Service:
         self.servers: list[_Server] = []
         self.gateway: Gateway | None = None
         # Fleet mode: API keys from Redis, so every replica accepts a key the CLI created anywhere.
-        self.api_keys = (RedisApiKeyStore(redis.url, namespace=redis.namespace, timeout_s=redis.timeout_s)
+        self.api_keys = (RedisApiKeyStore(redis.url, namespace=redis.namespace, timeout_s=redis.timeout_s, cluster=redis.cluster)
                          if redis.url and config.identity.api_keys else None)
         self.authenticator = Authenticator.from_config(config.identity, config.state_dir, api_keys=self.api_keys)
 

@@ -26,7 +26,8 @@ def _store(args: argparse.Namespace) -> ApiKeyAdmin:
     if redis is not None and redis.url:
         from gateway.identity.redis_keys import RedisApiKeyStore
 
-        return RedisApiKeyStore(redis.url, namespace=redis.namespace, timeout_s=redis.timeout_s)
+        return RedisApiKeyStore(redis.url, namespace=redis.namespace, timeout_s=redis.timeout_s,
+                                cluster=getattr(redis, "cluster", False))
     return ApiKeyStore(args.state_dir)
 
 

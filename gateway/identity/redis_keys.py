@@ -47,7 +47,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -65,6 +64,7 @@ from gateway.identity.apikeys import (
     hash_secret,
 )
 from gateway.identity.principal import Principal
+from gateway.redis_connect import before_pubsub, connect_url, describe
 
 log = logging.getLogger("gateway.identity")
 
@@ -86,8 +86,9 @@ class RedisApiKeyStore:
 
     def __init__(self, redis_url: str, *, namespace: str = "fgw", timeout_s: float = 0.5,
                  resync_s: float = RESYNC_S, full_resync_s: float = FULL_RESYNC_S,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, cluster: bool = False) -> None:
         self.redis_url = redis_url
+        self.cluster = cluster  # a Redis Cluster reached through redis_url (gateway/redis_connect.py)
         self.namespace = namespace
         self.timeout_s = timeout_s
         self.resync_s = resync_s
@@ -127,8 +128,7 @@ class RedisApiKeyStore:
     @property
     def client(self) -> aioredis.Redis:
         if self._async is None:
-            self._async = aioredis.Redis.from_url(self.redis_url, socket_timeout=self.timeout_s,
-                                                  socket_connect_timeout=self.timeout_s, decode_responses=True)
+            self._async = connect_url(self.redis_url, cluster=self.cluster, timeout_s=self.timeout_s)
         return self._async
 
     async def start(self) -> None:
@@ -225,6 +225,7 @@ class RedisApiKeyStore:
             self._stop_requested()
             pubsub = self.client.pubsub()
             try:
+                await before_pubsub(self.client)
                 await pubsub.subscribe(self.keys["events"])
                 await self.sync()  # whatever was announced while not subscribed
                 while True:
@@ -271,8 +272,7 @@ class RedisApiKeyStore:
 
     def _admin_client(self) -> redis.Redis:
         if self._sync is None:
-            self._sync = redis.Redis.from_url(self.redis_url, socket_timeout=self.timeout_s,
-                                              socket_connect_timeout=self.timeout_s, decode_responses=True)
+            self._sync = connect_url(self.redis_url, cluster=self.cluster, timeout_s=self.timeout_s, asyncio=False)
         return self._sync
 
     def create(self, org_id: str, label: str | None = None) -> tuple[str, str]:
@@ -400,9 +400,5 @@ def _parse(digest: str, text: str) -> ApiKeyRecord | None:
 
 
 def _where(url: str) -> str:
-    """host:port of a Redis URL, never its password."""
-    try:
-        parts = urlsplit(url)
-        return f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else parts.scheme + "://…"
-    except ValueError:
-        return "(unparsable URL)"
+    """The servers a Redis URL names (host:port, sentinels, cluster nodes), never its password."""
+    return describe(url)

@@ -154,11 +154,13 @@ class LocalStore:
 class RedisStore:
     """Fleet mode: the shared state in Redis; replicas mirror it in memory."""
 
-    def __init__(self, url: str, *, namespace: str = "fgw", timeout_s: float = 0.5) -> None:
-        import redis.asyncio as redis
+    def __init__(self, url: str | None = None, *, namespace: str = "fgw", timeout_s: float = 0.5,
+                 cluster: bool = False, client: Any = None) -> None:
+        """`client`: an asyncio client from gateway.redis_connect (decode_responses=True); else one is
+        made for `url` (standalone, Sentinel, or a Cluster with `cluster`)."""
+        from gateway.redis_connect import connect_url
 
-        self.redis = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                          decode_responses=True)
+        self.redis = client if client is not None else connect_url(url or "", cluster=cluster, timeout_s=timeout_s)
         self.namespace = namespace
         self.keys = keys(namespace)
 
@@ -222,7 +224,8 @@ class RedisStore:
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 await pipe.watch(keys["epoch"], keys["revision"])
-                epoch, revision = await pipe.mget(keys["epoch"], keys["revision"])
+                # Two GETs, not MGET: redis-py's Cluster pipeline refuses MGET even within one slot.
+                epoch, revision = await pipe.get(keys["epoch"]), await pipe.get(keys["revision"])
                 if not (epoch is None or (epoch == shared.epoch and int(revision or 0) < shared.revision)):
                     return False
                 pipe.multi()
@@ -244,6 +247,9 @@ class RedisStore:
 
     async def notifications(self) -> AsyncIterator[None]:
         """Yields once per announced change; raises when the connection fails."""
+        from gateway.redis_connect import before_pubsub
+
+        await before_pubsub(self.redis)
         pubsub = self.redis.pubsub()
         try:
             await pubsub.subscribe(self.keys["events"])
