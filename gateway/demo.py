@@ -52,9 +52,10 @@ class Example:
     headers: dict[str, str]
     body: dict[str, Any] | None = None
     stream: bool = False
+    direct: bool = False  # in `make fleet`: sent to a replica, bypassing the load balancer
 
     def curl(self, base_url: str) -> str:
-        argv = ["curl", "-sS" + ("N" if self.stream else ""), "-i" if not self.stream else "-s", base_url + self.path]
+        argv = ["curl", "-sS" + ("N" if self.stream else ""), *([] if self.stream else ["-i"]), base_url + self.path]
         for name, value in self.headers.items():
             argv += ["-H", f"{name}: {value}"]
         if self.body is not None:
@@ -62,13 +63,15 @@ class Example:
         return shlex.join(argv)
 
 
+def chat(model: str, text: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+
+
+def bearer(credential: str, ip: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}", "X-Forwarded-For": ip}
+
+
 def examples(keys: dict[str, str], token: str) -> list[Example]:
-    def chat(model: str, text: str, **extra: Any) -> dict[str, Any]:
-        return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
-
-    def bearer(credential: str, ip: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {credential}", "X-Forwarded-For": ip}
-
     return [
         Example("A vetted US partner uses a covered model in its limited rollout", 200, "/v1/chat/completions",
                 bearer(keys["org-partner-us"], US), chat("example-frontier-2", "Hello from a vetted partner")),

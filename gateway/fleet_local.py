@@ -32,7 +32,6 @@ import json
 import os
 import re
 import secrets
-import shlex
 import shutil
 import signal
 import socket
@@ -44,15 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.demo import AUDIENCE, CN, DEMO_ORGS, IR, ISSUER, JP, SHIPPED_POLICIES, US, Example, bearer, chat
+
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED_POLICIES = REPO / "policies"
 NGINX_PROXY_CONF = REPO / "deploy" / "nginx" / "proxy.conf"
 PROMETHEUS_RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
 LB_SOURCE = "127.0.0.2"  # the load balancer's address as the replicas see it: their only trusted proxy
 EDGE = "127.0.0.1"  # local callers, whose X-Forwarded-For the load balancer believes
-ISSUER, AUDIENCE = "https://demo-idp.invalid/", "frontier-gateway"  # as gateway.demo
-DEMO_ORGS = ("org-gov-evaluator", "org-partner-us", "org-partner-jp", "org-developer-us", "org-entity-listed")
-US, JP, CN, IR = "8.8.8.8", "133.11.0.1", "114.114.114.114", "217.218.0.1"  # in the embedded DB-IP database
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 TOKEN_LIFETIME_S = 7 * 24 * 3600
@@ -133,35 +130,9 @@ def _write_private(path: Path, text: str) -> None:
 # ---------------------------------------------------------------- examples
 
 
-@dataclass(frozen=True)
-class Example:
-    title: str
-    expect: int
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any] | None = None
-    stream: bool = False
-    direct: bool = False  # sent to a replica, bypassing the load balancer
-
-    def curl(self, base_url: str) -> str:
-        argv = ["curl", "-sS" + ("N" if self.stream else ""), *([] if self.stream else ["-i"]), base_url + self.path]
-        for name, value in self.headers.items():
-            argv += ["-H", f"{name}: {value}"]
-        if self.body is not None:
-            argv += ["-H", "Content-Type: application/json", "-d", json.dumps(self.body)]
-        return shlex.join(argv)
-
-
 def examples(credentials: Credentials) -> list[Example]:
     """Requests whose answers do not depend on the day (models already generally available)."""
     keys = credentials.keys
-
-    def chat(model: str, text: str, **extra: Any) -> dict[str, Any]:
-        return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
-
-    def bearer(credential: str, ip: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {credential}", "X-Forwarded-For": ip}
-
     return [
         Example("Allowed: a US developer uses an open model", 200, "/v1/chat/completions",
                 bearer(keys["org-developer-us"], US), chat("example-small-1", "Hello from the fleet")),
