@@ -388,9 +388,11 @@ class Gateway:
                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
         if exchange.decision is None:
             exchange.error = denial.code
-        headers = [JSON, (b"x-gateway-decision-id", exchange.decision_id.encode()), *(extra or [])]
+        body = responses.body(denial, exchange.api)
+        headers = [JSON, (b"content-length", str(len(body)).encode()),
+                   (b"x-gateway-decision-id", exchange.decision_id.encode()), *(extra or [])]
         await self.start_response(exchange, send, denial.status, headers)
-        await send({"type": "http.response.body", "body": responses.body(denial, exchange.api)})
+        await send({"type": "http.response.body", "body": body})
 
     async def start_response(self, exchange: Exchange, send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         exchange.status = status

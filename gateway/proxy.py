@@ -25,7 +25,8 @@ _NEVER_FORWARDED = HOP_BY_HOP | frozenset({
     b"x-http-method-override", b"x-http-method", b"x-method-override",
     b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip",
 })
-_STRIPPED_RESPONSE = HOP_BY_HOP | frozenset({b"x-gateway-decision-id", b"x-gateway-org"})
+# The listener sets its own Date; the upstream's would make a second one.
+_STRIPPED_RESPONSE = HOP_BY_HOP | frozenset({b"x-gateway-decision-id", b"x-gateway-org", b"date"})
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:

@@ -65,6 +65,7 @@ class TestAllowed:
         reply = raw.parse()
         assert reply.choices[0].message.content.startswith("[demo:frontier-5.6]")
         assert raw.headers["x-gateway-decision-id"]
+        assert len(raw.headers.get_list("date")) == 1  # the upstream's Date is not repeated
         [seen] = stack.received
         assert seen.header("x-gateway-org") == "org-acme"
         assert seen.header("x-gateway-decision-id") == raw.headers["x-gateway-decision-id"]
