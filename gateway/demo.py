@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from authlib.jose import JsonWebKey, jwt
+from gateway.identity._jose import JsonWebKey, jwt
 
 from gateway.cli import parse_time
 from gateway.config import Config, load_config

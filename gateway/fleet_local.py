@@ -80,7 +80,7 @@ def make_credentials(redis: Any, directory: Path) -> Credentials:
     org, created in Redis as `gateway keys create` does; a JWT signing key (its public half in
     `jwks.json`) and a token; an admin operator token. Kept in `credentials.json` (mode 0600,
     demo only) and reused by a later call: keys still valid in Redis are kept, others made anew."""
-    from authlib.jose import JsonWebKey, jwt
+    from gateway.identity._jose import JsonWebKey, jwt
 
     from gateway.identity.redis_keys import RedisApiKeyStore
 

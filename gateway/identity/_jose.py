@@ -14,6 +14,6 @@ from authlib.deprecate import AuthlibDeprecationWarning  # type: ignore[import-u
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", AuthlibDeprecationWarning)
-    from authlib.jose import JoseError, JsonWebKey, JsonWebSignature, Key  # type: ignore[import-untyped]
+    from authlib.jose import JoseError, JsonWebKey, JsonWebSignature, Key, jwt  # type: ignore[import-untyped]
 
-__all__ = ["JoseError", "JsonWebKey", "JsonWebSignature", "Key"]
+__all__ = ["JoseError", "JsonWebKey", "JsonWebSignature", "Key", "jwt"]
