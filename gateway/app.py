@@ -44,6 +44,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 JSON = (b"content-type", b"application/json")
+SETTLE_S = 1.0  # how long an answer may wait for its audit record to reach the file
 
 
 @dataclass(slots=True)
@@ -70,6 +71,7 @@ class Exchange:
     tokens: Tap | None = None
     tokens_used: int | None = None
     misuse: list[str] | None = None
+    recorded: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,7 +129,8 @@ class Gateway:
                 await self.reply(exchange, send, responses.for_status(503))
         finally:
             self.metrics.inflight.dec()
-            self.finish(exchange)
+            if not exchange.recorded:
+                self.finish(exchange)
 
     async def process(self, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         headers = scope["headers"]
@@ -298,14 +301,16 @@ class Gateway:
                 await self.start_response(exchange, send, upstream.status,
                                           proxy.response_headers(upstream.raw_headers, exchange.decision_id.encode()))
                 tap = exchange.tokens
+                length = upstream.content_length  # with a length, the client is done at its last byte
                 async for chunk in upstream.content.iter_any():
                     exchange.upstream_bytes += len(chunk)
                     if tap is not None:
                         tap.feed(chunk)
+                    if length is not None and exchange.upstream_bytes >= length:
+                        await self.complete(exchange, principal)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                exchange.completed = True
+                await self.complete(exchange, principal)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-            await self.count_tokens(exchange, principal)
         except asyncio.CancelledError:
             if not watcher.done() or watcher.cancelled():
                 raise
@@ -317,6 +322,15 @@ class Gateway:
             await self.upstream_failed(exchange, send, error)
         finally:
             watcher.cancel()
+
+    async def complete(self, exchange: Exchange, principal: Principal) -> None:
+        """The upstream's answer is all here: count it and record it before the client
+        receives its end."""
+        if exchange.completed:
+            return
+        exchange.completed = True
+        await self.count_tokens(exchange, principal)
+        await self.settle(exchange)
 
     async def count_tokens(self, exchange: Exchange, principal: Principal) -> None:
         if exchange.tokens is None:
@@ -356,6 +370,7 @@ class Gateway:
         catalogue["data"] = [e for e in entries if decide(policy, _with_model(facts, e["id"]), now).allowed]
         body = json.dumps(catalogue, separators=(",", ":")).encode()
         await self.start_response(exchange, send, 200, [JSON, (b"x-gateway-decision-id", exchange.decision_id.encode())])
+        await self.settle(exchange)
         await send({"type": "http.response.body", "body": body})
 
     async def upstream_failed(self, exchange: Exchange, send: Send, error: BaseException) -> None:
@@ -365,6 +380,7 @@ class Gateway:
         log.warning("upstream failed for %s: %r", exchange.decision_id, error)
         if exchange.response_started:
             # Too late for a status: end the stream so the client sees it cut short.
+            await self.settle(exchange)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         else:
             await self.reply(exchange, send, responses.for_status(504 if kind == "timeout" else 502))
@@ -392,6 +408,7 @@ class Gateway:
         headers = [JSON, (b"content-length", str(len(body)).encode()),
                    (b"x-gateway-decision-id", exchange.decision_id.encode()), *(extra or [])]
         await self.start_response(exchange, send, denial.status, headers)
+        await self.settle(exchange)
         await send({"type": "http.response.body", "body": body})
 
     async def start_response(self, exchange: Exchange, send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -401,7 +418,19 @@ class Gateway:
 
     # Record
 
-    def finish(self, exchange: Exchange) -> None:
+    async def settle(self, exchange: Exchange) -> None:
+        """Record the request and hold the end of its response until the record is in
+        the audit file, so no answered request goes unrecorded if the process dies.
+        Bounded: a file that cannot be written delays an answer by at most a second
+        (and makes the gateway refuse new requests meanwhile)."""
+        written = self.finish(exchange, wait=True)
+        if written is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(written), SETTLE_S)
+            except TimeoutError:
+                log.warning("audit record of %s not yet written; answering anyway", exchange.decision_id)
+
+    def finish(self, exchange: Exchange, *, wait: bool = False) -> asyncio.Future[None] | None:
         decision = exchange.decision
         policy = self.state.policy
         principal = exchange.principal
@@ -409,7 +438,8 @@ class Gateway:
         reasons = [str(r) for r in decision.reasons] if decision else []
         allowed = decision is not None and decision.allowed and exchange.status < 400
         first = reasons[0] if reasons else (exchange.error or "none")
-        self.audit.record({
+        exchange.recorded = True
+        written = self.audit.record(wait=wait, entry={
             "time": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
             "decision_id": exchange.decision_id,
             "method": exchange.method,
@@ -450,6 +480,7 @@ class Gateway:
         if not allowed:
             self.metrics.denials.labels(first, exchange.place.country or "unknown", model).inc()
         self.metrics.request_seconds.observe(time.perf_counter() - exchange.started)
+        return written
 
 
 def _unavailable(policy: Policy | None) -> Decision:

@@ -56,6 +56,7 @@ class AuditLog:
         # records of requests already admitted and of the 503s that refuse the others.
         self.high_water = capacity - max(1, capacity // 5)
         self.queue: deque[dict[str, Any]] = deque()
+        self._waiters: dict[int, asyncio.Future[None]] = {}  # id(queued entry) -> done once written
         self.file_ok = False
         self._wake = asyncio.Event()
         self._busy = False
@@ -83,14 +84,21 @@ class AuditLog:
     def replica(self) -> str:
         return self.file.replica
 
-    def record(self, entry: dict[str, Any]) -> None:
-        """Queue one request's record (the request path: cheap, never blocks)."""
+    def record(self, entry: dict[str, Any], *, wait: bool = False) -> asyncio.Future[None] | None:
+        """Queue one request's record (the request path: cheap, never blocks). With
+        `wait`, return a future that is done once the record is in the file, so the
+        caller can hold the end of its response until then."""
         if len(self.queue) >= self.capacity:
             self.metrics.audit_lost.inc()
             log.error("audit queue full: record %s lost", entry.get("decision_id"))
-            return
+            return None
         self.queue.append(entry)
         self._wake.set()
+        if not wait:
+            return None
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[id(entry)] = written
+        return written
 
     def _io(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         return asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
@@ -133,7 +141,9 @@ class AuditLog:
                 log.warning("audit file %s writable again", self.path)
             self.file_ok, delay = True, RETRY_S[0]
             for _ in batch:
-                self.queue.popleft()
+                written = self._waiters.pop(id(self.queue.popleft()), None)
+                if written is not None and not written.done():
+                    written.set_result(None)
             if self.stream is not None:
                 self.stream.push(sealed, self.file.seq)
 
