@@ -42,6 +42,7 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+Headers = dict[bytes, list[str]]  # request headers by lower-case name, in order
 
 JSON = (b"content-type", b"application/json")
 SETTLE_S = 1.0  # how long an answer may wait for its audit record to reach the file
@@ -133,7 +134,7 @@ class Gateway:
                 self.finish(exchange)
 
     async def process(self, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = scope["headers"]
+        headers = _index(scope["headers"])
         route = self.router.match(scope.get("raw_path") or scope["path"].encode(), scope["method"])
         exchange.api = route.api
         policy = self.state.policy
@@ -145,8 +146,8 @@ class Gateway:
             facts = Facts(org_id=None, model=None, credential=credential)
             return await self.deny(exchange, send, self.decide(exchange, policy, facts))
 
-        model, body = await self.read_model(exchange, route, scope, receive)
-        exchange.client_ip = client_ip(_peer(scope), _all(headers, b"x-forwarded-for"), self.trusted)
+        model, body = await self.read_model(exchange, route, scope, receive, headers)
+        exchange.client_ip = client_ip(_peer(scope), headers.get(b"x-forwarded-for", []), self.trusted)
         exchange.place = place = self.geo.locate(exchange.client_ip) if exchange.client_ip else UNKNOWN
         if place.country is not None:
             await self.watch_credential(exchange, principal, place.country, policy)
@@ -169,7 +170,7 @@ class Gateway:
 
     # Facts
 
-    async def authenticate(self, exchange: Exchange, headers: list[tuple[bytes, bytes]],
+    async def authenticate(self, exchange: Exchange, headers: Headers,
                            policy: Policy) -> tuple[Principal | None, str]:
         authorization = _single(headers, b"authorization")
         api_key = _single(headers, b"x-api-key")
@@ -205,7 +206,8 @@ class Gateway:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def read_model(self, exchange: Exchange, route: Route, scope: Scope, receive: Receive) -> tuple[str | None, bytes]:
+    async def read_model(self, exchange: Exchange, route: Route, scope: Scope, receive: Receive,
+                         headers: Headers) -> tuple[str | None, bytes]:
         """The model the request names, and the exact bytes to forward."""
         if route.kind == "models_list":
             return None, b""
@@ -216,7 +218,6 @@ class Gateway:
             raise RequestError(400, "This endpoint is served only for requests that name a model.", None)
         if any(key.strip().casefold() == "model" for key, _ in parse_qsl(scope["query_string"].decode("latin-1"))):
             raise RequestError(400, "The model must be given in the request body only.", "model")
-        headers = scope["headers"]
         raw = await self.read_body(receive, _single(headers, b"content-length"))
         model, body, _ = extract_model(
             raw,
@@ -501,13 +502,17 @@ def _peer(scope: Scope) -> str | None:
     return client[0] if client else None
 
 
-def _all(headers: list[tuple[bytes, bytes]], name: bytes) -> list[str]:
-    return [value.decode("latin-1") for key, value in headers if key == name]
+def _index(raw: list[tuple[bytes, bytes]]) -> Headers:
+    """The request's headers by (lower-case) name, read once per request."""
+    index: Headers = {}
+    for name, value in raw:
+        index.setdefault(name, []).append(value.decode("latin-1"))
+    return index
 
 
-def _single(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+def _single(headers: Headers, name: bytes) -> str | None:
     """A header that must appear at most once; a repeated one is ambiguous."""
-    values = _all(headers, name)
+    values = headers.get(name, [])
     if len(values) > 1:
         raise RequestError(400, f"The {name.decode()} header may appear only once.", None)
     return values[0] if values else None
