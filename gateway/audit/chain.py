@@ -135,7 +135,7 @@ def _chain_fields(line: bytes) -> dict[str, Any] | None:
 
 class AuditFile:
     """The local JSONL file and the chain state. Used from one thread at a time (the
-    AuditLog's worker thread): nothing here is async."""
+    AuditLog's event loop or its worker thread, never both at once): nothing here is async."""
 
     def __init__(self, path: str | Path, *, replica: str | None = None, max_bytes: int = 100 * 1024 * 1024,
                  keep: int = 10) -> None:
@@ -149,7 +149,7 @@ class AuditFile:
         self.fd: int | None = None
         self.size = 0               # bytes in the file that end on a complete record
         self.regular = True         # a regular file (not a device): rotated, locked, read back
-        self._rotation_failing = False
+        self._rotation_failed_at = -1  # the size at which rotation last failed
 
     def files(self) -> list[Path]:
         """The current file and the rotated ones, newest first."""
@@ -220,7 +220,8 @@ class AuditFile:
 
     def append(self, entries: list[dict[str, Any]]) -> list[Sealed]:
         """Seal and write `entries`; the chain advances only if the write succeeds.
-        Raises OSError (the file is then closed, and reopened by the next call)."""
+        Raises OSError (the file is then closed, and reopened by the next call).
+        Never rotates: the caller does, when `rotation_due`, off the event loop."""
         self.open()
         sealed, seq, prev = [], self.seq, self.prev
         for entry in entries:
@@ -230,9 +231,12 @@ class AuditFile:
         if sealed:
             self._write(b"".join(record.line + b"\n" for record in sealed))
             self.seq, self.prev = seq, prev
-            if self.size >= self.max_bytes and self.regular:
-                self.rotate()
         return sealed
+
+    @property
+    def rotation_due(self) -> bool:
+        # After a failed rotation, the next try waits for the next write.
+        return self.regular and self.size >= self.max_bytes and self.size != self._rotation_failed_at
 
     def _write(self, data: bytes) -> None:
         assert self.fd is not None
@@ -263,11 +267,12 @@ class AuditFile:
                 if source.exists():
                     os.replace(source, self.rotated(n))
         except OSError as exc:
-            if not self._rotation_failing:
+            if self._rotation_failed_at < 0:
                 log.error("audit file rotation failed, %s keeps growing: %s", self.path, exc)
-            self._rotation_failing = True
+            self._rotation_failed_at = self.size
             return
-        self._rotation_failing = False
+        self._rotation_failed_at = -1
+        self.size = 0
         try:
             self.open()  # the new file exists at once (for tail -F, verify, the admin API)
         except OSError:

@@ -2,12 +2,16 @@
 
 Who does what:
 
-- `AuditLog.record()` runs on the request path, so it only appends the entry to
-  a bounded in-memory queue: no JSON, no hashing, no I/O.
-- One writer task takes the queue in batches and hands each batch to
-  `AuditFile` on a single worker thread, which gives every record its place in
-  the chain and appends the batch to the file. A record leaves the queue only
-  once it is in the file: a failed write is retried, never dropped.
+- `AuditLog.record()` runs on the request path. When nothing is queued and the
+  file is open and healthy, it seals the record and appends it to the file at
+  once, on the event loop: one canonical JSON, one SHA-256 and one write(2) to
+  the page cache cost less than handing the record to a thread and back, and
+  the caller's answer need not wait. Otherwise it appends the entry to a
+  bounded in-memory queue.
+- One writer task drains the queue in batches, sealing and appending each batch
+  the same way; opening, reopening after a failure and rotating (the operations
+  that may block on the disk) run on a single worker thread. A record leaves
+  the queue only once it is in the file: a failed write is retried, never dropped.
 - In fleet mode the written lines then go to `AuditStream`, which XADDs them to
   the stream `{ns}:audit`. What Redis cannot take is spooled to a file under
   state_dir and replayed, in order, once Redis answers again.
@@ -92,6 +96,12 @@ class AuditLog:
             self.metrics.audit_lost.inc()
             log.error("audit queue full: record %s lost", entry.get("decision_id"))
             return None
+        if not self.queue and self._writable_now():
+            try:
+                self._append([entry])
+                return None
+            except Exception as exc:  # the writer retries it, off the loop
+                self._write_failed(exc)
         self.queue.append(entry)
         self._wake.set()
         if not wait:
@@ -99,6 +109,23 @@ class AuditLog:
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[id(entry)] = written
         return written
+
+    def _writable_now(self) -> bool:
+        """Whether a write on the loop can go ahead: the file open and healthy, and no
+        thread operation on it under way."""
+        return self.file_ok and not self._busy and self.file.fd is not None and not self.file.rotation_due
+
+    def _append(self, batch: list[dict[str, Any]]) -> None:
+        sealed = self.file.append(batch)
+        if self.stream is not None:
+            self.stream.push(sealed, self.file.seq)
+        if self.file.rotation_due:
+            self._wake.set()  # the writer rotates, on its thread
+
+    def _write_failed(self, exc: BaseException) -> None:
+        if self.file_ok:
+            log.error("audit file %s cannot be written, refusing requests until it can: %r", self.path, exc)
+        self.file_ok = False
 
     def _io(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         return asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
@@ -120,18 +147,20 @@ class AuditLog:
     async def _write_forever(self) -> None:
         delay = RETRY_S[0]
         while True:
-            if not self.queue and self.file_ok:
+            if not self.queue and self.file_ok and not self.file.rotation_due:
                 self._wake.clear()
                 await self._wake.wait()
             # Read, don't take: a record leaves the queue only once it is in the file.
             batch = list(itertools.islice(self.queue, BATCH))
             self._busy = True
             try:
-                sealed = await self._io(self.file.append, batch)  # an empty batch just reopens the file
+                if self.file.rotation_due:
+                    await self._io(self.file.rotate)
+                if self.file.fd is None:
+                    await self._io(self.file.open)
+                self._append(batch)  # the file is open: sealing and writing need no thread
             except Exception as exc:  # OSError; anything else is a bug, but must not lose records either
-                if self.file_ok:
-                    log.error("audit file %s cannot be written, refusing requests until it can: %r", self.path, exc)
-                self.file_ok = False
+                self._write_failed(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_S[1])
                 continue
@@ -144,8 +173,6 @@ class AuditLog:
                 written = self._waiters.pop(id(self.queue.popleft()), None)
                 if written is not None and not written.done():
                     written.set_result(None)
-            if self.stream is not None:
-                self.stream.push(sealed, self.file.seq)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Write what is queued (waiting up to `timeout` for a failing file), then stop."""

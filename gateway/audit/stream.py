@@ -261,9 +261,9 @@ class AuditStream:
         self.metrics.audit_spooled.set(self.spool.count)
 
     async def close(self, timeout: float) -> None:
-        """Send what waits in memory while Redis answers (up to `timeout`), spool the rest."""
+        """Send what waits in memory unless Redis is known down (up to `timeout`), spool the rest."""
         deadline = asyncio.get_running_loop().time() + timeout
-        while self.fresh and self.up and asyncio.get_running_loop().time() < deadline:
+        while self.fresh and self.up is not False and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
