@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from gateway.geo import parse_ip
+from gateway.geo import UNKNOWN, GeoIP, Place, parse_ip
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -140,3 +140,32 @@ def _by_prefix_length(networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6N
         shift = network.max_prefixlen - network.prefixlen
         groups.setdefault(shift, set()).add(int(network.network_address) >> shift)
     return tuple((shift, frozenset(prefixes)) for shift, prefixes in sorted(groups.items()))
+
+
+class ClientLocator:
+    """The client address and where it is, for a peer and its X-Forwarded-For values.
+
+    Memoised: both are pure functions of those inputs (trusted proxies and GeoIP
+    databases are fixed for the life of the process), and a client sends the same
+    ones request after request. Bounded, oldest entry out first; values too long to
+    be worth keeping are looked up every time."""
+
+    MAX_KEY_CHARS = 512
+
+    def __init__(self, trusted: TrustedProxies, geo: GeoIP, size: int = 4096) -> None:
+        self.trusted = trusted
+        self.geo = geo
+        self.size = size
+        self._memo: dict[tuple[str | None, ...], tuple[str | None, Place]] = {}
+
+    def locate(self, peer: str | None, forwarded_for: list[str]) -> tuple[str | None, Place]:
+        key = (peer, *forwarded_for)
+        found = self._memo.get(key)
+        if found is None:
+            address = client_ip(peer, forwarded_for, self.trusted)
+            found = (address, self.geo.locate(address) if address else UNKNOWN)
+            if sum(map(len, forwarded_for)) <= self.MAX_KEY_CHARS:
+                if len(self._memo) >= self.size:
+                    del self._memo[next(iter(self._memo))]
+                self._memo[key] = found
+        return found

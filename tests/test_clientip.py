@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.clientip import MAX_FORWARDED_ENTRIES, TrustedProxies, client_ip
-from gateway.geo import parse_ip
+from gateway.clientip import MAX_FORWARDED_ENTRIES, ClientLocator, TrustedProxies, client_ip
+from gateway.geo import UNKNOWN, GeoIP, parse_ip
+from gateway.geodata import default_country_db
 
 TRUSTED = TrustedProxies(["127.0.0.1/32", "10.0.0.0/8", "2001:db8:ffff::/48", "::1"])
 NOBODY = TrustedProxies([])
@@ -201,3 +202,27 @@ def test_result_comes_from_the_request(peer: str | None, headers: list[str]) -> 
     assert str(ipaddress.ip_address(result)) == result
     if not TRUSTED.contains(peer or ""):
         assert result == str(parse_ip(peer or ""))
+
+
+class TestClientLocator:
+    """The memoised path must answer exactly as the uncached one, however requests interleave."""
+
+    @pytest.fixture(scope="class")
+    def geo(self) -> GeoIP:
+        return GeoIP(default_country_db())
+
+    def test_memoised_answers_equal_fresh_ones_across_evictions(self, geo: GeoIP) -> None:
+        locator = ClientLocator(TRUSTED, geo, size=4)
+        cases = CASES + [("127.0.0.1", ["8.8.8.8"], "8.8.8.8"), ("127.0.0.1", ["8.8.8.8", "1.1.1.1"], "1.1.1.1")]
+        for _ in range(3):
+            for peer, forwarded, expected in cases:
+                address, place = locator.locate(peer, forwarded)
+                assert address == expected, (peer, forwarded)
+                assert place == (geo.locate(expected) if expected else UNKNOWN), (peer, forwarded)
+        assert len(locator._memo) <= 4
+
+    def test_the_header_values_are_part_of_the_key(self, geo: GeoIP) -> None:
+        locator = ClientLocator(TRUSTED, geo)
+        assert locator.locate("127.0.0.1", ["8.8.8.8"])[1].country == "US"
+        assert locator.locate("127.0.0.1", ["8.8.8.8", "9.9.9.9"])[0] == "9.9.9.9"
+        assert locator.locate("127.0.0.1", ["8.8.8.8", "9.9.9.9,"])[0] is None  # an empty last entry
