@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -21,7 +23,7 @@ import aiohttp
 
 from gateway import proxy, responses
 from gateway.audit import AuditLog
-from gateway.clientip import TrustedProxies, client_ip
+from gateway.clientip import ClientLocator, TrustedProxies
 from gateway.config import Config
 from gateway.decision import Decision, Facts, decide, decide_listing
 from gateway.geo import UNKNOWN, GeoIP, Place
@@ -101,7 +103,7 @@ class Gateway:
         self.metrics = metrics
         self.clock = clock
         self.router = Router(config.routes)
-        self.trusted = TrustedProxies(config.trusted_proxies)
+        self.locator = ClientLocator(TrustedProxies(config.trusted_proxies), geo)
         self.quota = quota or LocalQuota()
         self.sightings = sightings or LocalSightings(config.credential_misuse.window_s)
         self.on_misuse = on_misuse
@@ -117,7 +119,7 @@ class Gateway:
             await send({"type": "websocket.close", "code": 1008})
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = Exchange(uuid.uuid4().hex, time.perf_counter(), scope["method"], scope["path"])
+        exchange = Exchange(os.urandom(16).hex(), time.perf_counter(), scope["method"], scope["path"])
         self.metrics.inflight.inc()
         try:
             await self.process(exchange, scope, receive, send)
@@ -147,8 +149,8 @@ class Gateway:
             return await self.deny(exchange, send, self.decide(exchange, policy, facts))
 
         model, body = await self.read_model(exchange, route, scope, receive, headers)
-        exchange.client_ip = client_ip(_peer(scope), headers.get(b"x-forwarded-for", []), self.trusted)
-        exchange.place = place = self.geo.locate(exchange.client_ip) if exchange.client_ip else UNKNOWN
+        exchange.client_ip, place = self.locator.locate(_peer(scope), headers.get(b"x-forwarded-for", []))
+        exchange.place = place
         if place.country is not None:
             await self.watch_credential(exchange, principal, place.country, policy)
         facts = Facts(principal.org_id, model, place.country, place.region, place.anonymizer)
@@ -254,6 +256,7 @@ class Gateway:
         started = time.perf_counter()
         decision = (decide_listing if listing else decide)(policy, facts, now)
         exchange.decision_seconds = time.perf_counter() - started
+        self.metrics.decision_seconds.observe(exchange.decision_seconds)
         exchange.decision = decision
         return decision
 
@@ -441,7 +444,7 @@ class Gateway:
         first = reasons[0] if reasons else (exchange.error or "none")
         exchange.recorded = True
         written = self.audit.record(wait=wait, entry={
-            "time": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "time": _timestamp(time.time()),
             "decision_id": exchange.decision_id,
             "method": exchange.method,
             "path": exchange.path,
@@ -470,18 +473,33 @@ class Gateway:
             "credential_misuse": exchange.misuse,
             "would_deny": [str(r) for r in decision.shadow] if decision and decision.shadow else None,
         })
+        metrics = self.metrics
         if decision is not None:
             for reason in decision.shadow:
-                self.metrics.would_deny.labels(str(reason)).inc()
+                metrics.child(metrics.would_deny, str(reason)).inc()
         model = decision.model if decision and decision.model else "none"
-        self.metrics.requests.labels(
-            "allow" if allowed else "deny", first, model,
+        metrics.child(
+            metrics.requests, "allow" if allowed else "deny", first, model,
             (decision.stage if decision else None) or "none", (decision.tier if decision else None) or "none",
         ).inc()
         if not allowed:
-            self.metrics.denials.labels(first, exchange.place.country or "unknown", model).inc()
+            metrics.child(metrics.denials, first, exchange.place.country or "unknown", model).inc()
         self.metrics.request_seconds.observe(time.perf_counter() - exchange.started)
         return written
+
+
+def _timestamp(now: float) -> str:
+    """RFC 3339 in UTC with microseconds, as datetime.isoformat writes it."""
+    fraction, whole = math.modf(now)
+    micro = round(fraction * 1e6)  # as datetime.fromtimestamp rounds
+    if micro == 1_000_000:
+        whole, micro = whole + 1, 0
+    return f"{_second(int(whole))}.{micro:06d}Z"
+
+
+@lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
 def _unavailable(policy: Policy | None) -> Decision:

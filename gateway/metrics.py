@@ -4,6 +4,8 @@ ids or free text. Each gateway owns a registry, so several can share a process."
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
 # The *_created series double the exposition for no use in dashboards or alerts.
@@ -37,6 +39,16 @@ class Metrics:
         self.would_deny = Counter("gateway_would_deny", "Requests shadow-mode rules would have denied.", ["reason"],
                                   registry=registry)
         self._policy_version: str | None = None
+        self._children: dict[tuple[Counter, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Counter, *labels: str) -> Any:
+        """`metric.labels(*labels)`, memoised: prometheus-client's labels() is the costly
+        part of counting a request, and label sets are few (see the module doc)."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def policy_loaded(self, version: str) -> None:
         if self._policy_version is not None:

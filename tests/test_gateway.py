@@ -305,6 +305,23 @@ class TestRecordsAndAdmin:
             text = metrics.read().decode()
         assert "gateway_requests_total{" in text and "gateway_policy_info{version=" in text
 
+    def test_every_decision_is_timed_in_the_histogram(self, stack: Stack) -> None:
+        import urllib.request
+
+        def decisions_timed() -> float:
+            with urllib.request.urlopen(stack.admin_url + "/metrics") as metrics:
+                line = next(line for line in metrics.read().decode().splitlines()
+                            if line.startswith("gateway_decision_seconds_count"))
+            return float(line.split()[-1])
+
+        before = decisions_timed()
+        key = stack.api_key("org-public")
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "X-Forwarded-For": US_IP}
+        body = json.dumps(CHAT | {"model": "small-2"}).encode()
+        assert request(stack, "POST", "/v1/chat/completions", body, headers)[0] == 200
+        assert request(stack, "POST", "/v1/chat/completions", b"{}", {"Content-Type": "application/json"})[0] == 401
+        assert decisions_timed() == before + 2
+
 
 class TestUpstreamFaults:
     def test_client_going_away_cancels_the_upstream_stream(self, stack: Stack) -> None:
