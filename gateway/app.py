@@ -264,18 +264,12 @@ class Gateway:
         """None when the org's quotas admit the request; else seconds to wait."""
         org = policy.organizations[principal.org_id]
         quota = policy.quota_for(org, decision.tier or org.tier)
-        if quota is None:
+        if quota is None or (quota.requests_per_minute is None and quota.tokens_per_day is None):
             return None
-        # Quota windows follow the wall clock, not the (injectable) decision clock.
-        now = time.time()
         if quota.tokens_per_day is not None:
             exchange.tokens = Tap()
-            waited = await self.quota.tokens_exhausted(org.id, quota.tokens_per_day, now)
-            if waited is not None:
-                return waited
-        if quota.requests_per_minute is not None:
-            return await self.quota.admit(org.id, quota.requests_per_minute, now)
-        return None
+        # Quota windows follow the wall clock, not the (injectable) decision clock.
+        return await self.quota.admit(org.id, quota.requests_per_minute, quota.tokens_per_day, time.time())
 
     # Acting on the decision
 

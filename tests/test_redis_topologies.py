@@ -505,15 +505,19 @@ def test_quotas_and_sightings(topology: Topology) -> None:
         try:
             quota = RedisQuota(client, ns)
             now = time.time()
-            admitted = [await quota.admit("org-q", 3, now) for _ in range(5)]
+            admitted = [await quota.admit("org-q", 3, 100, now) for _ in range(5)]
             assert admitted[:3] == [None] * 3 and all(wait is not None for wait in admitted[3:])
             await quota.add_tokens("org-q", 70, now)
-            assert await quota.tokens_exhausted("org-q", 100, now) is None
+            assert await quota.admit("org-q", None, 100, now) is None
             await quota.add_tokens("org-q", 30, now)
-            assert await quota.tokens_exhausted("org-q", 100, now) is not None
-            sightings = RedisSightings(client, ns, 60)
-            await sightings.observe("key_1", "US", now)
-            assert await sightings.observe("key_1", "CN", now + 1) == {"US", "CN"}
+            assert await quota.admit("org-q", None, 100, now) is not None  # tokens spent, whatever the minute
+            here, there = RedisSightings(client, ns, 60), RedisSightings(client, ns, 60)  # two replicas
+            assert await here.observe("key_1", "US", now) == {"US"}
+            assert await there.observe("key_1", "CN", now + 1) == {"US", "CN"}
+            assert await here.observe("key_1", "DE", now + 2) == {"US", "CN", "DE"}  # a new country: at once
+            assert await there.observe("key_1", "CN", now + 3) == {"US", "CN"}  # written 2 s ago: not again
+            assert await there.observe("key_1", "CN", now + 7) == {"US", "CN", "DE"}
+            assert await here.observe("key_1", "US", now + 70) == {"US"}  # the others are out of the window
         finally:
             await client.aclose()
 
