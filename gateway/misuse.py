@@ -41,18 +41,47 @@ class LocalSightings:
                 del self._seen[key]
 
 
-class RedisSightings:
-    """One hash per credential (country -> last seen), expiring with the window."""
+# KEYS: the credential's hash. ARGV: country, now, seconds to keep. Returns HGETALL's flat list.
+_OBSERVE = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return redis.call('HGETALL', KEYS[1])
+"""
 
-    def __init__(self, redis: Any, namespace: str, window_s: float) -> None:
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisSightings:
+    """One hash per credential (country -> last seen), expiring with the window.
+
+    A credential seen again from the same country within `refresh_s` is not written
+    again: the answer is the countries Redis returned last time. A new country is
+    always written at once, and the replica that writes it gets every replica's
+    countries back, so detection is not delayed; only the last-seen times (kept for
+    a window of minutes or hours) lag by up to `refresh_s`. That takes a Redis round
+    trip off nearly every request."""
+
+    def __init__(self, redis: Any, namespace: str, window_s: float, *, refresh_s: float = 5.0,
+                 capacity: int = 100_000) -> None:
         self.redis = redis
         self.namespace = namespace
         self.window_s = window_s
+        self.refresh_s = min(refresh_s, window_s / 10)
+        self.capacity = capacity
+        self._recent: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
+        self._observe = redis.register_script(_OBSERVE)
 
     async def observe(self, credential_id: str, country: str, now: float) -> frozenset[str]:
+        recent = self._recent.get((credential_id, country))
+        if recent is not None and 0 <= now - recent[0] < self.refresh_s:
+            return recent[1]
         key = f"{self.namespace}:seen:{{{credential_id}}}"
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, country, now).hgetall(key).expire(key, int(self.window_s) + 1)
-            _, countries, _ = await pipe.execute()
+        flat = await self._observe([key], [country, now, int(self.window_s) + 1])
         horizon = now - self.window_s
-        return frozenset(c for c, seen in countries.items() if float(seen) >= horizon)
+        seen = frozenset(_text(c) for c, at in zip(flat[::2], flat[1::2]) if float(at) >= horizon)
+        if len(self._recent) >= self.capacity:
+            self._recent.clear()  # a cache only: the next sightings are written again
+        self._recent[(credential_id, country)] = (now, seen)
+        return seen
