@@ -109,7 +109,7 @@ class Probe:
         lines += [f"{name}: {value}" for name, value in headers]
         if body is not None:
             lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
-        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
         replies = self.raw(data, source=source)
         assert len(replies) == 1, replies
         return replies[0]
