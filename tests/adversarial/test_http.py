@@ -111,7 +111,7 @@ def test_framing_never_smuggles_a_request(gw: Probe, build) -> None:  # type: ig
     bytes(range(256)) * 4,
 ], ids=["empty lines", "long target", "many headers", "huge header", "TLS hello", "binary"])
 def test_garbage_is_refused_without_500(gw: Probe, data: bytes) -> None:
-    replies = gw.raw(data, timeout=3)
+    replies = gw.raw(data, timeout=1.5)  # some get no answer at all: the parser waits for a request
     assert all(r.status != 500 for r in replies), replies
     gw.nothing_forwarded()
 
