@@ -33,9 +33,10 @@ def admin_config() -> str:
     return f'admin:\n  tokens:\n    - {{name: ops, sha256: "{hashlib.sha256(OPERATOR.encode()).hexdigest()}", role: operator}}\n'
 
 
-def admin_post(stack: Stack, path: str) -> dict[str, Any]:
-    request = urllib.request.Request(stack.admin_url + path, data=b"", method="POST",
-                                     headers={"Authorization": f"Bearer {OPERATOR}"})
+def admin_call(stack: Stack, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    request = urllib.request.Request(stack.admin_url + path, data=json.dumps(body).encode() if body else b"",
+                                     method=method, headers={"Authorization": f"Bearer {OPERATOR}",
+                                                             "Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
 
@@ -49,12 +50,22 @@ def suspend_public(texts: dict[str, str]) -> None:
     texts["organizations.yaml"] = texts["organizations.yaml"].replace(marker, marker + "    status: suspended\n")
 
 
-def test_every_request_in_a_reload_race_is_decided_under_one_version(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["policy files reloaded", "live change through the admin API"])
+def test_every_request_in_a_policy_change_race_is_decided_under_one_version(tmp_path: Path, how: str) -> None:
     active = policy_variant(tmp_path / "active").joinpath("organizations.yaml").read_text()
     suspended = policy_variant(tmp_path / "suspended", suspend_public).joinpath("organizations.yaml").read_text()
     policy = policy_variant(tmp_path / "policy")
     stack = Stack(tmp_path, policy_dir=policy, extra_config=admin_config())
-    outcome = {admin_post(stack, "/admin/reload")["policy_version"]: 200}
+    outcome = {admin_call(stack, "POST", "/admin/reload")["policy_version"]: 200}
+
+    def change(suspend: bool) -> str:
+        """Org-public suspended or active again; the version now in force."""
+        if how == "live change through the admin API":
+            body = {"status": "suspended" if suspend else "active"}
+            return admin_call(stack, "PATCH", "/admin/organizations/org-public", body)["policy_version"]
+        (policy / "organizations.yaml").write_text(suspended if suspend else active)
+        return admin_call(stack, "POST", "/admin/reload")["policy_version"]
+
     key, body = stack.api_key("org-public"), chat_body(PLAIN)
     replies: list[tuple[int, str]] = []
     stop = threading.Event()
@@ -75,15 +86,14 @@ def test_every_request_in_a_reload_race_is_decided_under_one_version(tmp_path: P
         for worker in workers:
             worker.start()
         for flip in range(8):
-            (policy / "organizations.yaml").write_text(suspended if flip % 2 == 0 else active)
-            outcome[admin_post(stack, "/admin/reload")["policy_version"]] = 403 if flip % 2 == 0 else 200
+            outcome[change(suspend=flip % 2 == 0)] = 403 if flip % 2 == 0 else 200
             time.sleep(0.1)
     finally:
         stop.set()
         for worker in workers:
             worker.join(15)
     try:
-        assert len(outcome) == 2, outcome  # the two bundles, each with its one version
+        assert set(outcome.values()) == {200, 403}, outcome
         assert {status for status, _ in replies} == {200, 403}, "the race did not race"
         records = {}
         for record in stack.audit_records():
