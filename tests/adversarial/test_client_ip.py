@@ -156,3 +156,18 @@ def test_untrusted_peer_is_located_for_a_plain_model(gw: Probe) -> None:
 def test_huge_forwarded_for_is_refused_without_500(gw: Probe) -> None:
     reply = gw.send(body=chat_body(COVERED), ip=", ".join(["10.0.0.1"] * 5000) + f", {US_IP}")
     gw.denied(reply, 451)
+
+
+ROUTES = [("/v1/chat/completions", "openai"), ("/v1/completions", "openai"), ("/v1/embeddings", "openai"),
+          ("/v1/responses", "openai"), ("/v1/messages", "anthropic")]
+
+
+@pytest.mark.parametrize(("path", "api"), ROUTES, ids=[r[0] for r in ROUTES])
+@pytest.mark.parametrize("ip", [CN_IP, nat64(CN), teredo(CN), f"[::ffff:{CN_IP}]:443"])
+def test_every_route_locates_the_caller_the_same_way(gw: Probe, path: str, api: str, ip: str) -> None:
+    body = chat_body(PLAIN, input="x", prompt="x", max_tokens=5)
+    gw.denied(gw.send(path=path, body=body, ip=ip), 451, api=api)
+
+
+def test_models_listing_from_an_embargoed_country_is_not_forwarded(gw: Probe) -> None:
+    gw.denied(gw.send("GET", "/v1/models", ip=nat64(CN)), 451)

@@ -240,6 +240,8 @@ CARRIERS: list[tuple[str, Callable[[Keys, Probe], list[tuple[str, str]]], tuple[
     ("two spaces after the scheme", lambda k, g: [("Authorization", f"Bearer  {_token(k)}")], (401,)),
     ("tab after the scheme", lambda k, g: [("Authorization", f"Bearer\t{_token(k)}")], (401,)),
     ("trailing junk", lambda k, g: [("Authorization", f"Bearer {_token(k)} x")], (401,)),
+    ("non-ASCII credential", lambda k, g: [("Authorization", f"Bearer {_token(k)}é")], (401,)),
+    ("credential with a tab inside", lambda k, g: [("x-api-key", g.key()[:8] + "\t" + g.key()[8:])], (401,)),
     ("Bearer with nothing", lambda k, g: [("Authorization", "Bearer")], (401,)),
     ("empty x-api-key", lambda k, g: [("x-api-key", "")], (401,)),
     ("token in the query only", lambda k, g: [], (401,)),
