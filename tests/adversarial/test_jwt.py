@@ -200,6 +200,7 @@ def test_forged_token_in_x_api_key_is_refused_in_anthropic_shape(gw: Probe, keys
 # Controls: the same builders make tokens that are accepted, so the refusals above are about the forgery.
 ACCEPTED: list[tuple[str, Build]] = [
     ("plain", lambda k: k.sign(k.real_header())),
+    ("exp exactly now, inside the leeway", lambda k: k.sign(k.real_header(), k.claims(exp=NOW()))),
     ("exp 28 s ago, inside the leeway", lambda k: k.sign(k.real_header(), k.claims(exp=NOW() - 28))),
     ("exp fractional", lambda k: k.sign(k.real_header(), k.claims(exp=time.time() + 600.5))),
     ("nbf 25 s ahead, inside the leeway", lambda k: k.sign(k.real_header(), k.claims(nbf=NOW() + 25))),

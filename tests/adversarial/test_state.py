@@ -20,7 +20,7 @@ import pytest
 
 from conftest import REFERENCE_POLICY, at
 from e2e import CN_IP, DECISION_TIME, SE_IP, US_IP, Stack
-from fleet import RedisServer, policy_variant, redis_server_binary, start_fleet, wait_for
+from fleet import Fleet, RedisServer, Replica, policy_variant, redis_server_binary, start_fleet, wait_for
 
 from .conftest import CHAT, COVERED, PLAIN, Probe, chat_body
 
@@ -109,51 +109,99 @@ def test_every_request_in_a_policy_change_race_is_decided_under_one_version(tmp_
         stack.close()
 
 
-# 2. Redis frozen (SIGSTOP): not refused connections but silence, until timeouts fire.
+# 2. Fleet mode: two replicas on a Redis of their own, which a test may freeze (SIGSTOP).
 
 
-@pytest.fixture
-def frozen_redis(tmp_path: Path) -> Iterator[RedisServer]:
+@pytest.fixture(scope="module")
+def own_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, RedisServer]]:
     binary = redis_server_binary()
     if binary is None:
         pytest.skip("no redis-server binary ($REDIS_SERVER_BIN or PATH)")
-    server = RedisServer(binary, tmp_path / "redis")
+    directory = tmp_path_factory.mktemp("fleet")
+    server = RedisServer(binary, directory / "redis")
+    server.start()
+    fleet = None
     try:
-        server.start()
-        yield server
+        fleet = start_fleet(directory / "fleet", redis_url=server.url, size=2, max_staleness_s=1.0)
+        yield fleet, server
     finally:
         if server.process is not None and server.process.poll() is None:
             server.process.send_signal(signal.SIGCONT)
+        if fleet is not None:
+            fleet.close()
         server.close()
 
 
-def test_redis_frozen_mid_traffic_fails_closed_and_recovers(tmp_path: Path, frozen_redis: RedisServer) -> None:
-    fleet = start_fleet(tmp_path / "fleet", redis_url=frozen_redis.url, size=1, max_staleness_s=1.0)
-    try:
-        replica, token, key = fleet.a, fleet.token("org-public"), fleet.key("org-public")
-        first = len(replica.sent)  # start_fleet's probes of candidate key stores may be refused with 401
-        assert replica.chat(token).status == 200 and replica.chat(key).status == 200
-        assert frozen_redis.process is not None
-        frozen_redis.process.send_signal(signal.SIGSTOP)
-        frozen = time.monotonic()
-        during = []
-        while time.monotonic() < frozen + 3.0:
-            for credential in (token, key):
-                started = time.monotonic()
-                reply = replica.chat(credential, timeout=5)
-                during.append((time.monotonic() - frozen, time.monotonic() - started, reply))
-        assert {r.status for _, _, r in during} <= {200, 503}, [(round(t, 2), c, r) for t, c, r in during]
-        assert all(took < 2.5 for _, took, _ in during), [(t, took) for t, took, _ in during if took >= 2.5]
-        late = [r for since, _, r in during if since > 2.0]
-        assert late and all(r.status == 503 and r.code == "service_unavailable" for r in late), late
+def test_fleet_live_change_race_decides_each_request_under_one_version(own_fleet: tuple[Fleet, RedisServer]) -> None:
+    """Org-public suspended and reinstated on replica A while both replicas serve it."""
+    fleet, _ = own_fleet
+    key = fleet.token("org-public")
+    outcome = {fleet.a.policy_version(): 200}
+    first = {replica.name: len(replica.sent) for replica in fleet.replicas}
+    stop = threading.Event()
 
-        frozen_redis.process.send_signal(signal.SIGCONT)
-        wait_for(lambda: replica.chat(token).status == 200 and replica.chat(key).status == 200, timeout=5, interval=0.05)
-        assert {r.status for r in replica.sent[first:]} <= {200, 503}, replica.sent[first:]
-        fleet.check_nothing_denied_was_forwarded()
+    def traffic(replica: Replica) -> None:
+        while not stop.is_set():
+            replica.chat(key)
+
+    workers = [threading.Thread(target=traffic, args=(replica,)) for replica in fleet.replicas]
+    try:
+        for worker in workers:
+            worker.start()
+        for flip in range(6):
+            status = "suspended" if flip % 2 == 0 else "active"
+            change = fleet.a.admin("PATCH", "/admin/organizations/org-public", {"status": status})
+            assert change.status == 200, change
+            outcome[change.json["policy_version"]] = 403 if status == "suspended" else 200
+            time.sleep(0.25)
     finally:
-        frozen_redis.process and frozen_redis.process.send_signal(signal.SIGCONT)
-        fleet.close()
+        stop.set()
+        for worker in workers:
+            worker.join(15)
+    records = {r["decision_id"]: r for replica in fleet.replicas for r in _audit(replica.audit_path)}
+    replies = [r for replica in fleet.replicas for r in replica.sent[first[replica.name]:]]
+    assert {r.status for r in replies} == {200, 403}, "the race did not race"
+    for reply in replies:
+        record = records[reply.decision_id]
+        assert record["policy_version"] in outcome, record
+        assert reply.status == record["status"] == outcome[record["policy_version"]], (reply, record)
+    fleet.check_nothing_denied_was_forwarded()
+
+
+def _audit(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_redis_frozen_mid_traffic_fails_closed_and_recovers(own_fleet: tuple[Fleet, RedisServer]) -> None:
+    """Not a refused connection but silence: every request is answered within the Redis
+    timeouts, with 503 once the state is stale, and served again once Redis wakes."""
+    fleet, redis_server = own_fleet
+    token, key = fleet.token("org-public"), fleet.key("org-public")
+    first = {replica.name: len(replica.sent) for replica in fleet.replicas}
+    for replica in fleet.replicas:
+        assert replica.chat(token).status == 200 and replica.chat(key).status == 200
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)
+    frozen = time.monotonic()
+    during = []
+    try:
+        while time.monotonic() < frozen + 3.0:
+            for replica in fleet.replicas:
+                for credential in (token, key):
+                    started = time.monotonic()
+                    reply = replica.chat(credential, timeout=5)
+                    during.append((round(time.monotonic() - frozen, 2), round(time.monotonic() - started, 2), reply))
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    assert {r.status for _, _, r in during} <= {200, 503}, during
+    assert all(took < 2.5 for _, took, _ in during), [(t, took) for t, took, _ in during if took >= 2.5]
+    late = [r for since, _, r in during if since > 2.0]
+    assert late and all(r.status == 503 and r.code == "service_unavailable" for r in late), late
+
+    for replica in fleet.replicas:
+        wait_for(lambda: replica.chat(token).status == 200 and replica.chat(key).status == 200, timeout=5, interval=0.05)
+        assert {r.status for r in replica.sent[first[replica.name]:]} <= {200, 503}, replica.sent
+    fleet.check_nothing_denied_was_forwarded()
 
 
 # 3. Clock edges: decisions at a settable instant (credentials are checked at the real time).
