@@ -76,6 +76,7 @@ FORWARDED: list[tuple[str, list[str], str, int]] = [
     ("decimal whole", [str(int(US))], COVERED, 451),
     ("short form a.b.c", ["216.160.21304"], COVERED, 451),
     ("short form a.b", ["216.10506040"], COVERED, 451),
+    ("short form 8.8", ["8.8"], COVERED, 451),
     ("trailing dot", [f"{US_IP}."], COVERED, 451),
     ("octet over 255", ["216.160.83.256"], COVERED, 451),
     ("five octets", [f"{US_IP}.1"], COVERED, 451),

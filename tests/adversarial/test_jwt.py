@@ -218,6 +218,11 @@ def test_valid_token_of_an_org_the_policy_does_not_know_is_403(gw: Probe, keys: 
     gw.denied(gw.send(body=chat_body(), credential=keys.sign(keys.real_header(), keys.claims(org_id="org-nowhere"))), 403)
 
 
+@pytest.mark.parametrize("org", ["ORG-ACME", " org-acme", "org-acme ", "org-acme\u0000", "org\u2010acme", "org-acm"])
+def test_org_claim_is_matched_exactly(gw: Probe, keys: Keys, org: str) -> None:
+    gw.denied(gw.send(body=chat_body(), credential=keys.sign(keys.real_header(), keys.claims(org_id=org))), 403)
+
+
 def test_valid_token_of_a_denied_org_is_403(gw: Probe, keys: Keys) -> None:
     gw.denied(gw.send(body=chat_body(), credential=keys.sign(keys.real_header(), keys.claims(org_id="org-listed"))), 403)
 
