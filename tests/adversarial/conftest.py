@@ -16,6 +16,7 @@ denied anyway) is what shows that a disguised address was really located.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import socket
@@ -144,8 +145,12 @@ class Probe:
         error_shape(reply, api)
         self.nothing_forwarded()
 
+    def settle(self) -> None:
+        """Let the upstream's loop finish recording anything already sent to it."""
+        self.stack.thread.run(asyncio.sleep(0.02))
+
     def nothing_forwarded(self) -> None:
-        self.stack.thread.run(_settled())
+        self.settle()
         assert self.stack.received == [], f"reached the upstream: {self.stack.received}"
 
     def allowed(self, reply: Reply, org: str = ORG, model: str = PLAIN, path: str = CHAT) -> Any:
@@ -174,13 +179,6 @@ def error_shape(reply: Reply, api: str = "openai") -> None:
     else:
         assert set(body["error"]) == {"message", "type", "param", "code"}, body
         assert isinstance(body["error"]["code"], str)
-
-
-async def _settled() -> None:
-    """Let the upstream's loop finish recording anything already sent to it."""
-    import asyncio
-
-    await asyncio.sleep(0.01)
 
 
 def embargo_cn(texts: dict[str, str]) -> None:

@@ -83,7 +83,10 @@ def keys(stack: Any) -> Keys:
 
 
 Build = Callable[[Keys], str]
-NOW = lambda: int(time.time())  # noqa: E731
+
+
+def NOW() -> int:  # noqa: N802 (reads as the constant it stands for)
+    return int(time.time())
 
 TOKENS: list[tuple[str, Build]] = [
     # Algorithm confusion: the RSA public key, in the forms a verifier might use it, as an HMAC secret.
@@ -250,7 +253,6 @@ CARRIERS: list[tuple[str, Callable[[Keys, Probe], list[tuple[str, str]]], tuple[
     ("credential with a tab inside", lambda k, g: [("x-api-key", g.key()[:8] + "\t" + g.key()[8:])], (401,)),
     ("Bearer with nothing", lambda k, g: [("Authorization", "Bearer")], (401,)),
     ("empty x-api-key", lambda k, g: [("x-api-key", "")], (401,)),
-    ("token in the query only", lambda k, g: [], (401,)),
     ("Proxy-Authorization only", lambda k, g: [("Proxy-Authorization", f"Bearer {_token(k)}")], (401,)),
     ("token in a cookie only", lambda k, g: [("Cookie", f"access_token={_token(k)}")], (401,)),
 ]
@@ -260,9 +262,12 @@ CARRIERS: list[tuple[str, Callable[[Keys, Probe], list[tuple[str, str]]], tuple[
 def test_ambiguous_or_misplaced_credentials_are_refused(gw: Probe, keys: Keys,
                                                         headers: Callable[[Keys, Probe], list[tuple[str, str]]],
                                                         statuses: tuple[int, ...]) -> None:
-    path = "/v1/chat/completions?access_token=" + _token(keys)
-    gw.denied(gw.send(path=path if not headers(keys, gw) else "/v1/chat/completions", body=chat_body(), credential=None,
-                      headers=headers(keys, gw)), *statuses)
+    gw.denied(gw.send(body=chat_body(), credential=None, headers=headers(keys, gw)), *statuses)
+
+
+@pytest.mark.parametrize("name", ["access_token", "api_key", "key", "token"])
+def test_credential_in_the_query_is_not_one(gw: Probe, keys: Keys, name: str) -> None:
+    gw.denied(gw.send(path=f"/v1/chat/completions?{name}={_token(keys)}", body=chat_body(), credential=None), 401)
 
 
 @pytest.mark.parametrize("scheme", ["bearer", "BEARER", "BeArEr"])
