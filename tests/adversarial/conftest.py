@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -196,9 +197,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def gw(stack: Stack) -> Probe:
+def gw(stack: Stack, caplog: pytest.LogCaptureFixture) -> Iterator[Probe]:
+    """The probe, on a fresh upstream record; afterwards, no request may have ended in an
+    exception the gateway caught (it answers those 503, which would hide a crash)."""
     stack.upstream.app.reset()
-    return Probe(stack)
+    caplog.set_level(logging.ERROR, logger="gateway")
+    yield Probe(stack)
+    crashes = [r.getMessage() for r in caplog.get_records("call")
+               if r.name.startswith("gateway") and r.levelno >= logging.ERROR]
+    assert not crashes, crashes
 
 
 __all__ = ["CHAT", "CN_IP", "COVERED", "MESSAGES", "ORG", "PLAIN", "US_IP", "Probe", "Reply", "b64", "chat_body",
