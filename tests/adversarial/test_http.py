@@ -272,3 +272,23 @@ def test_keep_alive_connection_decides_each_request_on_its_own(gw: Probe) -> Non
     assert [r.status for r in replies] == [200, 451], replies
     check_exchange(gw, replies)
     assert json.loads(replies[1].body)["error"]["code"] == "unsupported_country_region_territory"
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "expect-100"])
+def test_unread_body_of_a_denied_request_is_never_a_request(gw: Probe, framing: str) -> None:
+    """Denied before its body is read (no credential), the request's body is a complete allowed
+    request. Whatever the framing, it stays a body: one 401, nothing forwarded."""
+    allowed = head(gw, f"Content-Length: {len(BODY)}") + BODY
+    lines = [f"POST {CHAT} HTTP/1.1", "Host: x", f"X-Forwarded-For: {US_IP}", "Content-Type: application/json"]
+    if framing == "chunked":
+        lines.append("Transfer-Encoding: chunked")
+        body = chunked(allowed)
+    else:
+        lines.append(f"Content-Length: {len(allowed)}")
+        body = allowed
+    if framing == "expect-100":
+        lines.append("Expect: 100-continue")
+    replies = gw.raw(("\r\n".join(lines) + "\r\n\r\n").encode() + body, timeout=3)
+    assert [r.status for r in replies if r.status != 100] == [401], replies
+    error_shape(replies[-1])
+    gw.nothing_forwarded()
