@@ -218,7 +218,8 @@ class Gateway:
             return route.model_in_path, b""
         if scope["method"] != "POST":
             raise RequestError(400, "This endpoint is served only for requests that name a model.", None)
-        if any(key.strip().casefold() == "model" for key, _ in parse_qsl(scope["query_string"].decode("latin-1"))):
+        # ";" too: older servers split the query on it (Python's parse_qsl did until 3.10).
+        if any(_names_model(key) for key, _ in parse_qsl(scope["query_string"].decode("latin-1").replace(";", "&"))):
             raise RequestError(400, "The model must be given in the request body only.", "model")
         raw = await self.read_body(receive, _single(headers, b"content-length"))
         model, body, _ = extract_model(
@@ -520,6 +521,12 @@ def _index(raw: list[tuple[bytes, bytes]]) -> Headers:
     for name, value in raw:
         index.setdefault(name, []).append(value.decode("latin-1"))
     return index
+
+
+def _names_model(key: str) -> bool:
+    """A query parameter some upstream might read as the model: `model` however
+    decorated (`model%00`, `Model `, `model[]`, `model.id`); these APIs have no other."""
+    return "".join(c for c in key if c.isalnum()).casefold().startswith("model")
 
 
 def _single(headers: Headers, name: bytes) -> str | None:

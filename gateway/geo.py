@@ -4,6 +4,12 @@ Reads GeoIP2/GeoLite2-format `.mmdb` files with the maxminddb C extension (the
 reader geoip2 is built on, without geoip2's per-lookup model objects). Anything
 that cannot be established is unknown, never a guess: an unparsable address, an
 address with no record, or a record without a country gives `country=None`.
+
+An IPv6 address of a transition mechanism is where the IPv4 address inside it
+is: the databases alias 6to4 and IPv4-mapped space to the IPv4 tree, but they
+have no record for NAT64 or SIIT addresses, and place a Teredo address where its
+relay server is, not its client. Left alone, any of these would turn an
+embargoed IPv4 address into an unknown (or another) country.
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ class Place:
 
 UNKNOWN = Place()
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 §2.1 well-known prefix
+_SIIT = ipaddress.IPv6Network("::ffff:0:0:0/96")  # RFC 2765 §2.1 IPv4-translated addresses
+
 
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """An address, with IPv4-mapped IPv6 unmapped; None if it is not one."""
@@ -52,6 +62,17 @@ def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         if address.ipv4_mapped is not None:
             return address.ipv4_mapped
     return address
+
+
+def embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a NAT64, SIIT, Teredo (its client, RFC 4380 §4) or 6to4 address carries."""
+    if address.version == 4:
+        return None
+    if address in _NAT64 or address in _SIIT:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.teredo is not None:
+        return address.teredo[1]
+    return address.sixtofour
 
 
 def _open(path: str | Path, accepted: tuple[str, ...], role: str) -> tuple[Any, str]:
@@ -80,10 +101,15 @@ class GeoIP:
         address = parse_ip(ip)
         if address is None:
             return UNKNOWN
-        country, region = self._country(address)
-        return Place(country, region, self._is_anonymizer(address))
+        inner = embedded_ipv4(address)
+        if inner is None:
+            return Place(*self._country(address), self._is_anonymizer(address))
+        country, region = self._country(inner)
+        if country is None:  # e.g. a private address inside: what the database says of the outer one
+            country, region = self._country(address)
+        return Place(country, region, self._is_anonymizer(inner) or self._is_anonymizer(address))
 
-    def _country(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[str | None, str | None]:
+    def _country(self, address: Address) -> tuple[str | None, str | None]:
         record = self._places.get(address)
         if not isinstance(record, dict):
             return None, None
@@ -95,7 +121,7 @@ class GeoIP:
         code = subdivisions[-1].get("iso_code") if subdivisions else None
         return country, f"{country}-{code}" if isinstance(code, str) else None
 
-    def _is_anonymizer(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    def _is_anonymizer(self, address: Address) -> bool:
         if self._anonymous is None:
             return False
         record = self._anonymous.get(address)

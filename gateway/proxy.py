@@ -4,7 +4,14 @@ What the upstream sees is decided here: hop-by-hop headers (RFC 9110 §7.6.1)
 and every header named in `Connection` are dropped, as are the client's
 credentials (unless configured), any client-sent `X-Gateway-*` header (only the
 gateway speaks with that prefix), method-override headers (the method decided
-on is the method forwarded) and client forwarding headers.
+on is the method forwarded), URL- and host-rewrite headers (the path decided on
+is the path served: IIS, Symfony and Envoy-fronted apps route by
+X-Original-URL and its kin), and client forwarding and address headers (where
+the client is was decided here).
+
+Names are compared with `_` read as `-`: CGI/WSGI servers (and so Django, Flask
+behind gunicorn, PHP) fold both to the same variable, so `X_Gateway_Org` would
+reach such an upstream as `X-Gateway-Org`.
 """
 
 from __future__ import annotations
@@ -21,16 +28,26 @@ HOP_BY_HOP = frozenset({
 })
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
 _NEVER_FORWARDED = HOP_BY_HOP | frozenset({
-    b"host", b"content-length", b"expect",
-    b"x-http-method-override", b"x-http-method", b"x-method-override",
-    b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip",
+    b"host", b"content-length", b"expect", b"http2-settings",
+    b"x-http-method-override", b"x-http-method", b"x-method-override", b"x-original-method",
+    b"x-original-url", b"x-rewrite-url", b"x-envoy-original-path", b"x-forwarded-prefix", b"x-forwarded-path",
+    b"x-original-host", b"x-host", b"x-forwarded-server",
+    b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-port",
+    b"x-forwarded-scheme", b"x-forwarded-ssl", b"x-url-scheme", b"front-end-https",
+    b"x-real-ip", b"true-client-ip", b"cf-connecting-ip", b"x-client-ip", b"x-cluster-client-ip",
+    b"x-original-forwarded-for", b"fastly-client-ip", b"x-envoy-external-address",
 })
 # The listener sets its own Date; the upstream's would make a second one.
 _STRIPPED_RESPONSE = HOP_BY_HOP | frozenset({b"x-gateway-decision-id", b"x-gateway-org", b"date"})
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
-    return {token.strip().lower() for name, value in headers if name == b"connection" for token in value.split(b",")}
+    return {_folded(token.strip()) for name, value in headers if name.lower() == b"connection" for token in value.split(b",")}
+
+
+def _folded(name: bytes) -> bytes:
+    """A header name as a CGI-style server reads it: case-insensitive, `_` the same as `-`."""
+    return name.lower().replace(b"_", b"-")
 
 
 def request_headers(
@@ -51,7 +68,7 @@ def request_headers(
     out = [
         (name.decode("latin-1"), value.decode("latin-1"))
         for name, value in client
-        if name not in dropped and not name.startswith(b"x-gateway-")
+        if (folded := _folded(name)) not in dropped and not folded.startswith(b"x-gateway-")
     ]
     out += list(extra.items())
     out.append(("X-Gateway-Org", org_id))
@@ -63,7 +80,7 @@ def response_headers(upstream: Iterable[tuple[bytes, bytes]], decision_id: bytes
     """The upstream's headers as the client will see them."""
     upstream = list(upstream)
     dropped = _STRIPPED_RESPONSE | _connection_tokens(upstream)
-    out = [(name.lower(), value) for name, value in upstream if name.lower() not in dropped]
+    out = [(name.lower(), value) for name, value in upstream if _folded(name) not in dropped]
     out.append((b"x-gateway-decision-id", decision_id))
     return out
 

@@ -38,6 +38,14 @@ def country() -> Iterator[GeoIP]:
     ("2.3.3.1", Place(None, None, False)),               # record without a country
     ("8.8.8.8", Place(None, None, False)),               # empty anonymous record, no city record
     ("1.124.213.1", Place(None, None, True)),            # Tor exit, no country
+    # Transition addresses are where their IPv4 is (the database has no record for NAT64/SIIT
+    # and places Teredo at its relay server, here 65.54.227.120 of no country).
+    ("64:ff9b::af10:c701", Place("CN", "CN-22", False)),          # NAT64 of 175.16.199.1
+    ("::ffff:0:af10:c701", Place("CN", "CN-22", False)),          # SIIT IPv4-translated
+    ("2001:0:4136:e378:8000:ffff:50ef:38fe", Place("CN", "CN-22", False)),  # Teredo client 175.16.199.1
+    ("2001:0:af10:c701:8000:ffff:f7ff:fffe", Place("CN", "CN-22", False)),  # Teredo, client 8.0.0.1 has no record: the server's
+    ("2002:af10:c701::1", Place("CN", "CN-22", False)),           # 6to4
+    ("64:ff9b::5102:45a0", Place("GB", "GB-ENG", True)),          # NAT64 of an anonymizer
     ("192.0.2.1", Place(None, None, False)),
     ("10.0.0.1", Place(None, None, False)),
     ("not-an-ip", Place(None, None, False)),

@@ -6,7 +6,8 @@ The order of checks, each failing closed with `credential_invalid`:
 2. header: strict JSON, `alg` in the configured allow-list, none of the headers
    that let a token choose its own key or demand extensions we do not
    implement (`jku`, `x5u`, `jwk`, `x5c`, `crit`; RFC 8725 §3.10 and
-   RFC 7515 §4.1.11);
+   RFC 7515 §4.1.11), and `b64`, which changes what the signature covers
+   (RFC 7797; never valid without `crit`, and never for JWTs, §7);
 3. payload: strict JSON object (no duplicate claim names);
 4. key: the JWKS entry named by `kid` (a new `kid` triggers one rate-limited
    refetch), whose type, curve and declared `alg` fit the header's `alg`
@@ -36,7 +37,7 @@ from gateway.identity.principal import Principal, invalid
 from gateway.identity.watch import Clock
 
 MAX_TOKEN_BYTES = 8 * 1024
-FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
+FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit", "b64")
 # NumericDate bounds (RFC 7519 §2): non-negative and exactly representable as a float.
 MAX_NUMERIC_DATE = 2**53
 

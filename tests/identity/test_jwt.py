@@ -144,6 +144,7 @@ REFUSALS: list[tuple[str, Callable[[Keys], str], str]] = [
     ("x5c header", lambda k: k.token(header={"x5c": ["MIIB"]}), "header x5c refused"),
     ("crit header", lambda k: k.token(header={"crit": ["exp"], "exp": 1}), "header crit refused"),
     ("empty crit header", lambda k: k.token(header={"crit": []}), "header crit refused"),
+    ("b64 header without crit", lambda k: k.token(header={"b64": False}), "header b64 refused"),
     ("duplicate header name", lambda k: sign(k.rsa, '{"alg":"RS256","kid":"rsa-1","kid":"ec-1"}', claims(), alg="RS256"), "duplicate member name 'kid'"),
     ("duplicate claim name", lambda k: sign(k.rsa, RS, _raw_claims()[:-1] + ', "org_id": "globex"}'), "duplicate member name 'org_id'"),
     ("duplicate nested name", lambda k: sign(k.rsa, RS, _raw_claims(ctx={"a": 1})[:-1].replace('"a": 1', '"a": 1, "a": 2') + "}"), "duplicate member name 'a'"),
