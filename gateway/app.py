@@ -415,6 +415,15 @@ class Gateway:
         exchange.response_started = True
         await send({"type": "http.response.start", "status": status, "headers": headers})
 
+    def refuse_unparsable(self, peer: str | None) -> tuple[bytes, bytes]:
+        """A request the HTTP parser refused (gateway/listener.py): recorded as a 400
+        whose method and path are unknown, since the parser could not vouch for them."""
+        exchange = Exchange(os.urandom(16).hex(), time.perf_counter(), status=400, error="malformed_http",
+                            client_ip=peer)
+        self.finish(exchange)
+        denial = responses.for_status(400, "The request is not valid HTTP/1.1.")
+        return exchange.decision_id.encode(), responses.body(denial, "openai")
+
     # Record
 
     async def settle(self, exchange: Exchange) -> None:

@@ -23,6 +23,7 @@ from gateway.geo import GeoIP
 from gateway.geodata import default_country_db
 from gateway.identity import Authenticator
 from gateway.identity.redis_keys import RedisApiKeyStore
+from gateway.listener import protocol_for
 from gateway.live.state import LiveState, PolicyState, watch_sighup
 from gateway.live.store import LocalStore, RedisStore, Store
 from gateway.metrics import Metrics
@@ -47,10 +48,13 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_config(app: object, listen: str) -> uvicorn.Config:
+def _uvicorn_config(app: object, listen: str, http: str | type = "httptools") -> uvicorn.Config:
     host, port = split_host_port(listen)
     return uvicorn.Config(
-        app, host=host, port=port, loop="none", http="httptools", lifespan="off",
+        app, host=host, port=port, loop="none", http=http, lifespan="off",
+        # No WebSocket protocol: an upgrade request is an ordinary request to the app,
+        # which refuses it in the API's own shape (the decision covers one request).
+        ws="none",
         # The gateway reads X-Forwarded-For itself, from trusted peers only:
         # uvicorn must not rewrite the client address.
         proxy_headers=False, server_header=False, access_log=False, log_level="warning",
@@ -112,7 +116,7 @@ class Service:
                                quota=self.quota, sightings=self.sightings(), clock=self.clock,
                                on_misuse=lambda credential, why: self.live.suspend_credential(credential, why, "misuse-detector"))
         admin = create_admin_app(self.state, self.metrics, self.missing, self.live, config.admin.tokens, config.audit.path)
-        self.servers = [_Server(_uvicorn_config(self.gateway, config.listen)),
+        self.servers = [_Server(_uvicorn_config(self.gateway, config.listen, protocol_for(self.gateway))),
                         _Server(_uvicorn_config(admin, config.admin_listen))]
         self._tasks = [asyncio.ensure_future(server.serve()) for server in self.servers]
         while not all(server.started for server in self.servers):

@@ -1,8 +1,8 @@
 """The HTTP layer, on a real socket to the real uvicorn listener: framing
 (smuggling), the request target, hop-by-hop and override headers, upgrades.
 
-Whoever answers — the HTTP parser refusing bad framing, or the gateway — the
-answer is never a 500, and the upstream receives only requests the gateway
+Whoever refuses — the HTTP parser (bad framing) or the gateway — the answer is
+never a 500 and is in the API's error shape with a decision id, and the upstream receives only requests the gateway
 decided on, each with the decided org, model and path. Bytes the client hid
 after or inside a request (a second, denied request) never reach it."""
 
@@ -33,16 +33,14 @@ def chunked(body: bytes, size: str | None = None) -> bytes:
 
 
 def check_exchange(gw: Probe, replies: list[Reply], *, forwarded_at_most: int = 1) -> None:
-    """No 500; a refusal by the gateway is in its error shape, one by the HTTP parser
-    a plain 400; whatever reached the upstream is a decided, allowed request."""
+    """No 500; every refusal (the HTTP parser's too) in the error shape with a decision
+    id; whatever reached the upstream is a decided, allowed request."""
     assert replies, "no answer at all"
     for reply in replies:
         assert reply.status < 500 or reply.status == 503, reply
         if reply.status >= 400:
-            if reply.header("x-gateway-decision-id"):
-                error_shape(reply)
-            else:  # refused by the HTTP parser before the gateway saw a request
-                assert reply.status == 400, reply
+            assert reply.header("x-gateway-decision-id"), reply
+            error_shape(reply)
     gw.settle()
     allowed = {r.header("x-gateway-decision-id") for r in replies if r.status == 200}
     seen = gw.stack.received
@@ -160,11 +158,7 @@ TARGETS: list[tuple[str, int]] = [
 def test_non_canonical_target_is_refused(gw: Probe, target: str, status: int) -> None:
     replies = gw.raw(head(gw, f"Content-Length: {len(BODY)}", "Connection: close", target=target) + BODY)
     assert len(replies) == 1, replies
-    if replies[0].header("x-gateway-decision-id"):
-        gw.denied(replies[0], status)
-    else:  # the HTTP parser refused the target before the gateway saw it
-        assert replies[0].status == 400, replies
-        gw.nothing_forwarded()
+    gw.denied(replies[0], status)
 
 
 # Targets the parser splits before routing: the gateway routes, and forwards, only their path.
@@ -243,7 +237,8 @@ def test_websocket_upgrade_is_never_forwarded(gw: Probe, target: str) -> None:
             "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode()
     replies = gw.raw(data, timeout=3)
-    assert replies and replies[0].status == 403, replies  # uvicorn's answer to a refused handshake
+    assert replies and replies[0].status in (400, 404, 405), replies  # an ordinary request, refused
+    error_shape(replies[0])
     gw.nothing_forwarded()
 
 
@@ -292,3 +287,14 @@ def test_unread_body_of_a_denied_request_is_never_a_request(gw: Probe, framing: 
     assert [r.status for r in replies if r.status != 100] == [401], replies
     error_shape(replies[-1])
     gw.nothing_forwarded()
+
+
+def test_a_request_the_parser_refuses_is_recorded(gw: Probe) -> None:
+    before = len(gw.stack.audit_records())
+    replies = gw.raw(head(gw, f"Content-Length: {len(BODY)}", f"Content-Length: {len(BODY) + 1}") + BODY)
+    [reply] = replies
+    assert reply.status == 400 and json.loads(reply.body)["error"]["code"] == "invalid_request"
+    gw.nothing_forwarded()
+    records = gw.stack.audit_records()[before:]
+    assert [(r["decision_id"], r["status"], r["decision"], r["error"]) for r in records] == [
+        (reply.header("x-gateway-decision-id"), 400, "deny", "malformed_http")]

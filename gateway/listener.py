@@ -1,0 +1,31 @@
+"""The public listener's HTTP/1.1 protocol: uvicorn's httptools protocol, except for
+requests its parser refuses (conflicting or duplicate framing headers, obfuscated
+Transfer-Encoding, bare LF, NUL bytes, CONNECT, an HTTP/2 preface, ...). uvicorn
+answers those with a plain-text 400 the gateway never sees; here they get the API's
+own error shape and an audit record, like every other refusal. Nothing of such a
+request is ever forwarded: it never reaches the application.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class Refuser(Protocol):
+    def refuse_unparsable(self, peer: str | None) -> tuple[bytes, bytes]:
+        """Record the refusal; return (decision id, JSON body)."""
+
+
+def protocol_for(gateway: Refuser) -> type[HttpToolsProtocol]:
+    class GatewayProtocol(HttpToolsProtocol):
+        def send_400_response(self, msg: str) -> None:
+            decision_id, body = gateway.refuse_unparsable(self.client[0] if self.client else None)
+            head = [b"HTTP/1.1 400 Bad Request\r\n", *(b"%s: %s\r\n" % pair for pair in self.server_state.default_headers),
+                    b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
+                    b"x-gateway-decision-id: %s\r\n" % decision_id, b"connection: close\r\n\r\n"]
+            self.transport.write(b"".join(head) + body)
+            self.transport.close()
+
+    return GatewayProtocol
