@@ -139,6 +139,10 @@ class Gateway:
         headers = _index(scope["headers"])
         route = self.router.match(scope.get("raw_path") or scope["path"].encode(), scope["method"])
         exchange.api = route.api
+        if b"upgrade" in headers:
+            # The parser stops at an upgrade: the body is never read, and the decision
+            # covers one request, not a session.
+            raise RequestError(400, "Protocol upgrades are not supported; send plain HTTP/1.1 requests.", None)
         policy = self.state.policy
         if policy is None or not self.state.usable() or not self.audit.healthy:
             return await self.deny(exchange, send, _unavailable(policy))

@@ -3,7 +3,8 @@ requests its parser refuses (conflicting or duplicate framing headers, obfuscate
 Transfer-Encoding, bare LF, NUL bytes, CONNECT, an HTTP/2 preface, ...). uvicorn
 answers those with a plain-text 400 the gateway never sees; here they get the API's
 own error shape and an audit record, like every other refusal. Nothing of such a
-request is ever forwarded: it never reaches the application.
+request is ever forwarded: it never reaches the application. Upgrade requests reach
+it as ordinary requests, which it refuses.
 """
 
 from __future__ import annotations
@@ -27,5 +28,8 @@ def protocol_for(gateway: Refuser) -> type[HttpToolsProtocol]:
                     b"x-gateway-decision-id: %s\r\n" % decision_id, b"connection: close\r\n\r\n"]
             self.transport.write(b"".join(head) + body)
             self.transport.close()
+
+        def _unsupported_upgrade_warning(self) -> None:
+            pass  # uvicorn would advise installing a WebSocket library; the gateway refuses upgrades
 
     return GatewayProtocol

@@ -298,3 +298,11 @@ def test_a_request_the_parser_refuses_is_recorded(gw: Probe) -> None:
     records = gw.stack.audit_records()[before:]
     assert [(r["decision_id"], r["status"], r["decision"], r["error"]) for r in records] == [
         (reply.header("x-gateway-decision-id"), 400, "deny", "malformed_http")]
+
+
+@pytest.mark.parametrize("lines", [["Upgrade: h2c", "Connection: Upgrade, HTTP2-Settings", "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA"],
+                                   ["Upgrade: websocket"]], ids=["h2c", "bare"])
+def test_an_upgrade_request_is_refused_for_what_it_is(gw: Probe, lines: list[str]) -> None:
+    replies = gw.raw(head(gw, *lines, f"Content-Length: {len(BODY)}", "Connection: close") + BODY)
+    gw.denied(replies[0], 400)
+    assert "upgrade" in json.loads(replies[0].body)["error"]["message"].lower()
