@@ -238,7 +238,9 @@ class Soak:
             await self.load(duration, session)
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(outcome, Exception):  # e.g. Redis did not come back: the run is void
+                    self.harness_errors.append(f"fault, reload or RSS task: {outcome!r}")
             for window in self.windows:  # a fault cut short by the end of the run
                 window.end = min(window.end, self.now())
         await self.repair()

@@ -45,3 +45,30 @@ def test_a_short_soak_with_a_redis_restart_and_reloads(tmp_path: Path) -> None:
     assert audit["answers_with_id"] == report["requests"] - report["by_status"].get("no_answer", 0)
     assert audit["stream_records"] >= audit["answers_with_id"] > 0
     assert all(v["samples"] >= 2 for v in report["rss"].values()) and len(report["rss"]) == 2
+
+
+def test_the_checks_catch_what_they_are_for() -> None:
+    """The verdicts the soak's acceptance rests on, on records that must fail them."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import soak
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    # A stream without its [DONE], or JSON cut short, is not a whole answer.
+    assert soak.complete(b'data: {"a": 1}\n\ndata: [DONE]\n\n', stream=True)
+    assert not soak.complete(b'data: {"a": 1}\n\n', stream=True)
+    assert soak.complete(b'{"id": "x"}', stream=False) and not soak.complete(b'{"id": "x', stream=False)
+    # A policy denial reaching the upstream is caught; a forwarded request that then failed is not one.
+    assert not soak.forwarded({"decision": "deny", "reasons": ["jurisdiction_embargoed"], "status": 451})
+    assert not soak.forwarded({"decision": "deny", "reasons": [], "error": "state_unavailable", "status": 503})
+    assert not soak.forwarded(None)
+    assert soak.forwarded({"decision": "deny", "reasons": [], "error": "upstream_timeout", "status": 504})
+    assert soak.forwarded({"decision": "allow", "reasons": [], "status": 200})
+    exposition = 'gateway_audit_lost_total 2.0\ngateway_upstream_errors_total{kind="timeout"} 3.0\n' \
+                 'gateway_upstream_errors_total{kind="connect"} 1.0\n'
+    assert soak.metric(exposition, "gateway_audit_lost_total") == 2
+    assert soak.metric(exposition, "gateway_upstream_errors_total") == 4
+    # A request counts in a fault window if it overlapped it, grace included.
+    windows = [soak.Window("redis_restart", 10.0, 18.0)]
+    assert soak.in_window(soak.Result("allowed_chat", 23.0, 23.1, 503, "ok", "d", None), windows, grace=6)
+    assert not soak.in_window(soak.Result("allowed_chat", 24.5, 24.6, 503, "ok", "d", None), windows, grace=6)
