@@ -1,7 +1,7 @@
 # Developer and CI entry points. Everything runs from .venv, never the system Python.
-#   make venv | test | demo | fleet | bench | clean
+#   make venv | test | demo | fleet | bench | soak | clean
 #   make test PYTEST_ARGS='-k decision -x'     make venv PYTHON=python3.12
-#   make fleet REPLICAS=3 FLEET_ARGS='--check'
+#   make fleet REPLICAS=3 FLEET_ARGS='--check'  make soak SOAK_MINUTES=3 SOAK_ARGS='--rate 80'
 
 PYTHON      ?= python3
 VENV        := .venv
@@ -9,8 +9,11 @@ BIN         := $(VENV)/bin
 PYTEST_ARGS ?=
 REPLICAS    ?= 2
 FLEET_ARGS  ?=
+SOAK_MINUTES ?= 10
+SOAK_ARGS   ?=
+SOAK_OUT    ?= soak.json
 
-.PHONY: venv test demo fleet bench clean
+.PHONY: venv test demo fleet bench soak clean
 
 venv: $(VENV)/.installed
 
@@ -42,6 +45,14 @@ fleet: venv
 
 bench: venv
 	$(BIN)/python bench/decide.py
+
+# The fleet above for SOAK_MINUTES at steady load while Redis restarts and pauses, the upstream
+# stalls and drops connections and the policy reloads every 30 s (bench/soak.py, bench/SOAK.md).
+# Prints its figures, writes them to SOAK_OUT and fails if an acceptance check fails. It runs a
+# Redis of its own (scripts/with-redis only provides the binary), to restart it.
+soak: venv
+	VENV=$(CURDIR)/$(VENV) scripts/with-redis $(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) \
+	  --out $(SOAK_OUT) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info

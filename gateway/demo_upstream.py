@@ -13,7 +13,14 @@ It is a raw ASGI application (no framework on the hot path) with test hooks:
   method, path, query, raw headers, body bytes, and how a stream ended);
 * every response carries ``x-demo-saw-gateway-headers``: the names, comma
   separated, of the ``x-gateway-*`` request headers that reached it (empty
-  when none did), and ``x-demo-upstream: <name>``.
+  when none did), and ``x-demo-upstream: <name>``;
+* faults, off unless a request asks (``x-demo-fault``, comma separated):
+  ``stall=SECONDS`` answers only after SECONDS (sooner if the client goes
+  away), ``drop`` sends the headers and part of the body, then cuts the
+  connection; a malformed value is a 400;
+* ``journal`` (``--journal PATH``): one JSON line per request as it arrives
+  (time, method, path, model, ``x-gateway-decision-id``, ``x-gateway-org``,
+  ``x-demo-tag``, fault), so a test can see what reached it from outside.
 
 Run it with :func:`serve` (in the current event loop), :func:`start_in_thread`
 (its own loop in a daemon thread, for sync clients), or as a process::
@@ -33,6 +40,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import socket
 import struct
 import sys
@@ -40,7 +48,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import uvicorn
 
@@ -197,6 +205,67 @@ def _embedding(text: str, dims: int) -> list[float]:
     return [round(v / norm, 6) for v in vec]
 
 
+# --------------------------------------------------------------------------- faults
+
+
+class Fault:
+    """What ``x-demo-fault`` asked of one request."""
+
+    __slots__ = ("stall_s", "drop")
+
+    def __init__(self, stall_s: float = 0.0, drop: bool = False) -> None:
+        self.stall_s, self.drop = stall_s, drop
+
+    @classmethod
+    def parse(cls, text: str) -> Fault:
+        fault = cls()
+        for item in (part.strip() for part in text.split(",")):
+            name, _, value = item.partition("=")
+            if name == "drop" and not value:
+                fault.drop = True
+                continue
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = -1.0
+            if name != "stall" or not 0 <= seconds <= 3600:
+                raise BadRequest(f"x-demo-fault: expected stall=SECONDS and/or drop, got {item!r}")
+            fault.stall_s = seconds
+        return fault
+
+
+class _Dropped(Exception):
+    """Raised out of the app to make uvicorn cut the connection mid-response."""
+
+
+def _quiet_drops(record: logging.LogRecord) -> bool:
+    # uvicorn logs an app's exception with its traceback; a drop asked for is no error.
+    return not (record.exc_info and isinstance(record.exc_info[1], _Dropped))
+
+
+def _cut_short(send: Send) -> Send:
+    """`send` that delivers the headers and half the first body chunk, then drops."""
+
+    async def cut(message: Message) -> None:
+        if message["type"] != "http.response.body":
+            await send(message)
+            return
+        body = message.get("body", b"")
+        await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
+        raise _Dropped
+
+    return cut
+
+
+async def _stall(receive: Receive, seconds: float) -> bool:
+    """Wait `seconds`; True if the client went away meanwhile."""
+    try:
+        message = await asyncio.wait_for(receive(), seconds)
+    except TimeoutError:
+        return False
+    return message.get("type") == "http.disconnect"
+
+
 # --------------------------------------------------------------------------- the app
 
 _JSON = (b"content-type", b"application/json")
@@ -218,8 +287,10 @@ class DemoUpstream:
         stream_delay_s: float = 0.0,
         max_recorded: int | None = MAX_RECORDED,
         created: int = 1_767_225_600,  # 2026-01-01T00:00:00Z, the models' `created`
+        journal: TextIO | None = None,
     ) -> None:
         self.name = name
+        self.journal = journal
         self.models: list[str] = list(models)
         self.stream_delay_s = stream_delay_s
         self.created = created
@@ -272,10 +343,23 @@ class DemoUpstream:
         if self._record:
             record = ReceivedRequest(method, path, scope.get("query_string", b""), raw_headers, body)
             self.received.append(record)
+        fault_header = next((v for k, v in raw_headers if k.lower() == b"x-demo-fault"), None)
+        if self.journal is not None:
+            self._write_journal(method, path, raw_headers, body)
 
         route = self._routes.get(path)
         anthropic = path.startswith("/v1/messages")
         try:
+            if fault_header is not None:
+                fault = Fault.parse(fault_header.decode("latin-1"))
+                if fault.stall_s and await _stall(receive, fault.stall_s):
+                    if record is not None:
+                        record.outcome = "disconnected"
+                    return
+                if fault.drop:
+                    if record is not None:
+                        record.outcome = "dropped"
+                    send = _cut_short(send)
             if route is None:
                 if path.startswith("/v1/models/") and len(path) > 11:
                     if method != "GET":
@@ -302,6 +386,21 @@ class DemoUpstream:
             await self._error(send, err, anthropic, extra)
         if record is not None and record.outcome is None:
             record.outcome = "complete"
+
+    def _write_journal(self, method: str, path: str, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        assert self.journal is not None
+        wanted = {b"x-gateway-decision-id": "decision_id", b"x-gateway-org": "org", b"x-demo-tag": "tag",
+                  b"x-demo-fault": "fault"}
+        entry: dict[str, Any] = {"time": round(time.time(), 6), "method": method, "path": path, "model": None}
+        for name, value in raw_headers:
+            key = wanted.get(name.lower())
+            if key is not None:
+                entry[key] = value.decode("latin-1")
+        try:
+            entry["model"] = _decode(body.decode()).get("model") if body else None
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            pass
+        self.journal.write(_encode(entry) + "\n")
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -729,6 +828,7 @@ def create_app(
     models: Iterable[str] = DEFAULT_MODELS,
     stream_delay_s: float = 0.0,
     max_recorded: int | None = MAX_RECORDED,
+    journal: TextIO | None = None,
 ) -> DemoUpstream:
     """The demo upstream as an ASGI application.
 
@@ -736,9 +836,12 @@ def create_app(
     ``models`` is what ``GET /v1/models`` lists (any model is answered);
     ``stream_delay_s`` is the pause between stream events (mutable later as
     ``app.stream_delay_s``); ``max_recorded`` bounds ``app.received``
-    (``None``: unbounded, ``0``: record nothing, e.g. for benchmarks).
+    (``None``: unbounded, ``0``: record nothing, e.g. for benchmarks);
+    ``journal`` gets one JSON line per request received (see the module doc).
     """
-    return DemoUpstream(name=name, models=models, stream_delay_s=stream_delay_s, max_recorded=max_recorded)
+    logging.getLogger("uvicorn.error").addFilter(_quiet_drops)
+    return DemoUpstream(name=name, models=models, stream_delay_s=stream_delay_s, max_recorded=max_recorded,
+                        journal=journal)
 
 
 # --------------------------------------------------------------------------- running it
@@ -923,10 +1026,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stream-delay", type=float, default=0.0, metavar="SECONDS", help="pause between stream events"
     )
+    parser.add_argument("--journal", metavar="PATH", help="append one JSON line per request received to PATH")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    # A standalone process records nothing: nobody can read the records.
-    run(args.host, args.port, name=args.name, models=models, stream_delay_s=args.stream_delay, max_recorded=0)
+    # A standalone process records nothing in memory (nobody could read it); the journal is on disk.
+    with open(args.journal, "a", buffering=1) if args.journal else contextlib.nullcontext() as journal:
+        run(args.host, args.port, name=args.name, models=models, stream_delay_s=args.stream_delay, max_recorded=0,
+            journal=journal)
     return 0
 
 

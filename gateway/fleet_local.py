@@ -444,6 +444,11 @@ class LocalFleet:
     prometheus: str = "auto"  # auto | off
     install: bool = True  # install nginx with apt-get when missing (root only)
     python: str = sys.executable
+    # Hooks for harnesses (bench/soak.py): extra arguments of the demo upstream and of a Redis
+    # started here (e.g. persistence, to survive a restart), and the replicas' upstream read timeout.
+    upstream_args: list[str] = field(default_factory=list)
+    redis_args: list[str] = field(default_factory=list)
+    upstream_read_timeout_s: float = 120.0
     replicas: list[Replica] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
     lb_kind: str = ""
@@ -500,7 +505,7 @@ class LocalFleet:
             directory = self.workdir / "redis"
             directory.mkdir(parents=True, exist_ok=True)
             child = self._spawn("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                          "--appendonly", "no", "--dir", str(directory)])
+                                          "--appendonly", "no", "--dir", str(directory), *self.redis_args])
             try:
                 _wait("redis-server", lambda: _redis_answers(port), child, 10)
                 return f"redis://127.0.0.1:{port}/0"
@@ -512,7 +517,8 @@ class LocalFleet:
     def _start_upstream(self) -> None:
         models = ",".join(_policy_models(self.policy_dir))
         child = self._spawn("upstream", [self.python, "-m", "gateway.demo_upstream", "--host", "127.0.0.1", "--port", "0",
-                                         "--name", "fleet-upstream", "--models", models], env=self._environ())
+                                         "--name", "fleet-upstream", "--models", models, *self.upstream_args],
+                            env=self._environ())
         found = _wait("the demo upstream", lambda: re.search(r"listening on (http://\S+)", child.log()), child)
         self.upstream_url = found.group(1)
 
@@ -528,7 +534,8 @@ class LocalFleet:
             "admin_listen": "127.0.0.1:0",
             "policy_dir": str(self.policy_dir),
             "state_dir": str(home / "state"),
-            "upstreams": {"default": {"url": self.upstream_url, "connect_timeout_s": 2, "read_timeout_s": 120}},
+            "upstreams": {"default": {"url": self.upstream_url, "connect_timeout_s": 2,
+                                     "read_timeout_s": self.upstream_read_timeout_s}},
             "trusted_proxies": [f"{LB_SOURCE}/32"],
             "identity": {"jwt": {"jwks_file": str(self.credentials.jwks_path), "issuer": ISSUER, "audience": AUDIENCE,
                                  "algorithms": ["RS256"]}},

@@ -384,3 +384,69 @@ def test_runs_as_a_process() -> None:
         process.terminate()
         # uvicorn shuts down gracefully, then re-raises the signal it caught.
         assert process.wait(timeout=5) in (0, -signal.SIGTERM)
+
+
+# --------------------------------------------------------------------------- faults (x-demo-fault)
+
+
+def test_faults_stall_and_drop_when_asked() -> None:
+    async def go() -> None:
+        async with await serve() as running, aiohttp.ClientSession(running.url) as http:
+            chat = {"model": "m", "messages": USER}
+            started = time.monotonic()
+            async with http.post("/v1/chat/completions", json=chat, headers={"x-demo-fault": "stall=0.3"}) as response:
+                assert response.status == 200 and (await response.json())["object"] == "chat.completion"
+            assert time.monotonic() - started >= 0.3
+            # A client that gives up on a stall is seen going away.
+            with pytest.raises(asyncio.TimeoutError):
+                async with http.post("/v1/chat/completions", json=chat, headers={"x-demo-fault": "stall=30"},
+                                     timeout=aiohttp.ClientTimeout(total=0.2)):
+                    pass
+            for _ in range(100):
+                if running.app.received[-1].outcome:
+                    break
+                await asyncio.sleep(0.01)
+            assert running.app.received[-1].outcome == "disconnected"
+            # drop: the headers and part of the body arrive, then the connection is cut.
+            for body in (chat, {**chat, "stream": True}):
+                async with http.post("/v1/chat/completions", json=body, headers={"x-demo-fault": "drop"}) as response:
+                    assert response.status == 200
+                    with pytest.raises(aiohttp.ClientPayloadError):
+                        await response.read()
+                assert running.app.received[-1].outcome == "dropped"
+            # Both at once; then a malformed fault is refused, and without the header nothing happens.
+            async with http.post("/v1/chat/completions", json=chat, headers={"x-demo-fault": "stall=0.05, drop"}) as response:
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await response.read()
+            for bad in ("stall", "stall=-1", "explode", "drop=1"):
+                async with http.post("/v1/chat/completions", json=chat, headers={"x-demo-fault": bad}) as response:
+                    assert response.status == 400 and "x-demo-fault" in (await response.json())["error"]["message"]
+            async with http.post("/v1/chat/completions", json=chat) as response:
+                assert response.status == 200 and running.app.received[-1].outcome == "complete"
+
+    asyncio.run(go())
+
+
+def test_journal_of_a_process(tmp_path: Any) -> None:
+    journal = tmp_path / "journal.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.demo_upstream", "--port", "0", "--journal", str(journal)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().split()[-1]
+        body = json.dumps({"model": "example-small-1", "messages": USER}).encode()
+        request = urllib.request.Request(url + "/v1/chat/completions", data=body, method="POST", headers={
+            "content-type": "application/json", "x-demo-tag": "allowed", "x-gateway-decision-id": "d1",
+            "x-gateway-org": "org-a"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+        with urllib.request.urlopen(url + "/v1/models", timeout=5) as response:
+            assert response.status == 200
+        entries = [json.loads(line) for line in journal.read_text().splitlines()]
+        assert [(e["path"], e["model"], e.get("tag"), e.get("decision_id"), e.get("org")) for e in entries] == [
+            ("/v1/chat/completions", "example-small-1", "allowed", "d1", "org-a"), ("/v1/models", None, None, None, None)]
+    finally:
+        process.terminate()
+        process.wait(timeout=5)
