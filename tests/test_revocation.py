@@ -15,7 +15,10 @@ import http.client
 import itertools
 import json
 import os
+import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -33,7 +36,7 @@ from gateway.decision import Facts, decide
 from gateway.policy.load import load_bundle
 from gateway.revocation import policy_times
 
-DELAY_S = 0.15       # between the upstream's stream events: a stream lasts about 2.5 s
+DELAY_S = 0.1        # between the upstream's stream events: a stream lasts about 1.7 s
 BOUND_S = 1.0        # the promise: ended within a second of the change
 OPERATOR = "operator-token-for-revocation-tests"
 SUSPENDED = {"error": {"message": "Your organization's access is suspended.", "type": "permission_denied",
@@ -92,13 +95,16 @@ class Clock:
 CLOCK = Clock()
 
 
+ADMIN_CONFIG = f"""
+admin: {{tokens: [{{name: ops-alice, sha256: "{hashlib.sha256(OPERATOR.encode()).hexdigest()}", role: operator}}]}}
+"""
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    digest = hashlib.sha256(OPERATOR.encode()).hexdigest()
-    stack = Stack(tmp_path_factory.mktemp("revocation"), clock=CLOCK, extra_config=f"""
-admin: {{tokens: [{{name: ops-alice, sha256: "{digest}", role: operator}}]}}
-credential_misuse: {{window_s: 600, countries: 2, suspend: true}}
-revocation: {{check_interval_s: 0.25}}
+    stack = Stack(tmp_path_factory.mktemp("revocation"), clock=CLOCK, extra_config=ADMIN_CONFIG + """
+credential_misuse: {window_s: 600, countries: 2, suspend: true}
+revocation: {check_interval_s: 0.25}
 """)
     stack.upstream.app.stream_delay_s = DELAY_S
     yield stack
@@ -247,6 +253,21 @@ def test_an_anthropic_stream_ends_with_an_anthropic_error_event(stack: Stack, ca
         assert admin(stack.admin_url, "DELETE", f"/admin/suspensions/{made['suspension']['id']}")[0] == 200
 
 
+def test_a_new_policy_bundle_ends_the_streams_it_denies(stack: Stack) -> None:
+    texts = {path.name: path.read_text() for path in REFERENCE_POLICY.glob("*.yaml")}
+    texts["organizations.yaml"] = texts["organizations.yaml"].replace(
+        "    tier: verified\n", "    tier: verified\n    status: denied\n    status_reason: test\n")
+    stream = Stream(stack.url, stack.api_key("org-verified-br"))
+    assert stream.next() is not None
+    status, change = admin(stack.admin_url, "PUT", "/admin/policy", {"files": texts})
+    try:
+        assert status == 200, change
+        assert json.loads(stream.rest()[-1][1])["error"]["code"] == "organization_not_permitted"
+        assert audit_record(stack.audit_records, stream.decision_id)["revoked"]["policy_version"] == change["policy_version"]
+    finally:
+        assert admin(stack.admin_url, "POST", "/admin/reload")[0] == 200  # the files are the policy again
+
+
 def test_a_scheduled_suspension_ends_a_stream_once_its_start_is_reached(
         stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     starts = DECISION_TIME + 3600
@@ -303,6 +324,66 @@ def test_a_credential_suspended_for_misuse_has_its_running_stream_ended(
         assert outcome(stack, stream.decision_id) == "disconnected"
     finally:
         assert admin(stack.admin_url, "DELETE", f"/admin/credentials/{record['credential_id']}")[0] == 200
+
+
+class SilentUpstream:
+    """A loopback upstream that reads one request and never answers; it notes when
+    the gateway closes the connection."""
+
+    def __init__(self, port: int) -> None:
+        self.server = socket.create_server(("127.0.0.1", port))
+        self.received = threading.Event()
+        self.closed = threading.Event()
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        connection, _ = self.server.accept()
+        with connection, self.server:
+            connection.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += connection.recv(65536)
+            self.received.set()
+            while connection.recv(65536):
+                pass
+            self.closed.set()
+
+
+def test_a_request_still_awaiting_its_answer_gets_the_denial_itself(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stack = Stack(tmp_path, extra_config=ADMIN_CONFIG)
+    try:
+        port = int(stack.upstream.url.rsplit(":", 1)[1])
+        stack.thread.run(stack.upstream.stop())
+        upstream = SilentUpstream(port)  # same address: the gateway forwards here
+        sent = urllib.request.Request(stack.url + "/v1/chat/completions", method="POST", data=json.dumps(
+            {"model": "small-2", "messages": [{"role": "user", "content": "hi"}]}).encode(), headers={
+            "Authorization": f"Bearer {stack.api_key('org-public')}", "Content-Type": "application/json",
+            "X-Forwarded-For": US_IP})
+
+        def answer() -> tuple[int, Any, float]:
+            try:
+                with urllib.request.urlopen(sent, timeout=10) as response:
+                    return response.status, response.read(), time.monotonic()
+            except urllib.error.HTTPError as refused:
+                return refused.code, json.loads(refused.read()), time.monotonic()
+
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(answer)
+            assert upstream.received.wait(5)
+            changed = time.monotonic()
+            status, change = admin(stack.admin_url, "PATCH", "/admin/organizations/org-public", {"status": "suspended"})
+            assert status == 200, change
+            status, body, answered = pending.result(timeout=5)
+        report(capsys, f"embedded, org suspended while its request awaited the upstream -> 403: "
+                       f"{(answered - changed) * 1000:.1f} ms")
+        assert (status, body) == (403, SUSPENDED)
+        assert answered - changed <= BOUND_S
+        assert upstream.closed.wait(3)
+        record = stack.audit_records()[-1]
+        assert (record["status"], record["error"], record["revoked"]["reasons"]) == (403, "revoked", ["org_suspended"])
+    finally:
+        stack.service_stop_only()
 
 
 # Fleet mode
