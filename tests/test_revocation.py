@@ -18,7 +18,6 @@ import os
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -326,12 +325,14 @@ def test_a_credential_suspended_for_misuse_has_its_running_stream_ended(
         assert admin(stack.admin_url, "DELETE", f"/admin/credentials/{record['credential_id']}")[0] == 200
 
 
-class SilentUpstream:
-    """A loopback upstream that reads one request and never answers; it notes when
-    the gateway closes the connection."""
+class SlowUpstream:
+    """A loopback upstream that reads one request, sends `answer` (possibly nothing, or
+    part of a response) and then nothing more; it notes when the gateway closes the
+    connection."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, answer: bytes = b"") -> None:
         self.server = socket.create_server(("127.0.0.1", port))
+        self.answer = answer
         self.received = threading.Event()
         self.closed = threading.Event()
         threading.Thread(target=self.serve, daemon=True).start()
@@ -343,47 +344,74 @@ class SilentUpstream:
             data = b""
             while b"\r\n\r\n" not in data:
                 data += connection.recv(65536)
+            connection.sendall(self.answer)
             self.received.set()
             while connection.recv(65536):
                 pass
             self.closed.set()
 
 
-def test_a_request_still_awaiting_its_answer_gets_the_denial_itself(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    stack = Stack(tmp_path, extra_config=ADMIN_CONFIG)
-    try:
+@pytest.fixture
+def slow_stack(tmp_path: Path) -> Iterator[Callable[[bytes], tuple[Stack, SlowUpstream]]]:
+    """A gateway whose upstream is a SlowUpstream (on the demo upstream's address)."""
+    stacks = []
+
+    def start(answer: bytes) -> tuple[Stack, SlowUpstream]:
+        stack = Stack(tmp_path, extra_config=ADMIN_CONFIG)
+        stacks.append(stack)
         port = int(stack.upstream.url.rsplit(":", 1)[1])
         stack.thread.run(stack.upstream.stop())
-        upstream = SilentUpstream(port)  # same address: the gateway forwards here
-        sent = urllib.request.Request(stack.url + "/v1/chat/completions", method="POST", data=json.dumps(
-            {"model": "small-2", "messages": [{"role": "user", "content": "hi"}]}).encode(), headers={
-            "Authorization": f"Bearer {stack.api_key('org-public')}", "Content-Type": "application/json",
-            "X-Forwarded-For": US_IP})
+        return stack, SlowUpstream(port, answer)
 
-        def answer() -> tuple[int, Any, float]:
-            try:
-                with urllib.request.urlopen(sent, timeout=10) as response:
-                    return response.status, response.read(), time.monotonic()
-            except urllib.error.HTTPError as refused:
-                return refused.code, json.loads(refused.read()), time.monotonic()
-
-        with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(answer)
-            assert upstream.received.wait(5)
-            changed = time.monotonic()
-            status, change = admin(stack.admin_url, "PATCH", "/admin/organizations/org-public", {"status": "suspended"})
-            assert status == 200, change
-            status, body, answered = pending.result(timeout=5)
-        report(capsys, f"embedded, org suspended while its request awaited the upstream -> 403: "
-                       f"{(answered - changed) * 1000:.1f} ms")
-        assert (status, body) == (403, SUSPENDED)
-        assert answered - changed <= BOUND_S
-        assert upstream.closed.wait(3)
-        record = stack.audit_records()[-1]
-        assert (record["status"], record["error"], record["revoked"]["reasons"]) == (403, "revoked", ["org_suspended"])
-    finally:
+    yield start
+    for stack in stacks:
         stack.service_stop_only()
+
+
+def revoke_while_answering(stack: Stack, upstream: SlowUpstream) -> tuple[Callable[[], Any], float]:
+    """Send a chat request, suspend its org once the upstream has it; (its answer, when the change was sent)."""
+    host, port = stack.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    body = {"model": "small-2", "messages": [{"role": "user", "content": "hi"}]}
+    connection.request("POST", "/v1/chat/completions", json.dumps(body),
+                       {"Authorization": f"Bearer {stack.api_key('org-public')}", "Content-Type": "application/json",
+                        "X-Forwarded-For": US_IP})
+    assert upstream.received.wait(5)
+    time.sleep(0.1)  # whatever the upstream sent has passed through the gateway
+    changed = time.monotonic()
+    status, change = admin(stack.admin_url, "PATCH", "/admin/organizations/org-public", {"status": "suspended"})
+    assert status == 200, change
+    return connection.getresponse, changed
+
+
+def test_a_request_still_awaiting_its_answer_gets_the_denial_itself(
+        slow_stack: Callable[[bytes], tuple[Stack, SlowUpstream]], capsys: pytest.CaptureFixture[str]) -> None:
+    stack, upstream = slow_stack(b"")
+    response, changed = revoke_while_answering(stack, upstream)
+    answer = response()
+    body = json.loads(answer.read())
+    latency = time.monotonic() - changed
+    report(capsys, f"embedded, org suspended while its request awaited the upstream -> 403: {latency * 1000:.1f} ms")
+    assert (answer.status, body) == (403, SUSPENDED)
+    assert latency <= BOUND_S
+    assert upstream.closed.wait(3)
+    record = stack.audit_records()[-1]
+    assert (record["status"], record["error"], record["revoked"]["reasons"]) == (403, "revoked", ["org_suspended"])
+
+
+def test_an_answer_that_is_not_a_stream_is_cut_short(slow_stack: Callable[[bytes], tuple[Stack, SlowUpstream]]) -> None:
+    """No event format to carry the denial: the client must not take the part it got
+    for a whole answer, so the connection is closed before the declared length."""
+    part = b'{"id": "chatcmpl-1", "choices": [{"message": {"content": "The first'
+    stack, upstream = slow_stack(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n" + part)
+    response, _ = revoke_while_answering(stack, upstream)
+    answer = response()
+    assert answer.status == 200
+    with pytest.raises(http.client.IncompleteRead) as cut:
+        answer.read()
+    assert cut.value.partial == part
+    assert upstream.closed.wait(3)
+    assert stack.audit_records()[-1]["error"] == "revoked"
 
 
 # Fleet mode
