@@ -322,6 +322,7 @@ class Gateway:
         except asyncio.CancelledError:
             if exchange.error == revocation.REVOKED:
                 _uncancel()
+                watcher.cancel()  # the client may go away meanwhile: the ending is then a no-op
                 return await self.end_revoked(exchange, send, upstream.content_type if exchange.response_started else "")
             if not watcher.done() or watcher.cancelled():
                 raise
