@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 
 import aiohttp
 
-from gateway import proxy, responses
+from gateway import proxy, responses, revocation
 from gateway.audit import AuditLog
 from gateway.clientip import ClientLocator, TrustedProxies
 from gateway.config import Config
@@ -36,6 +36,7 @@ from gateway.quota import LocalQuota, Quota
 from gateway.reasons import Reason
 from gateway.usage import Tap
 from gateway.request_body import RequestError, extract_model
+from gateway.revocation import Revocations
 from gateway.routing import Route, Router
 
 log = logging.getLogger("gateway")
@@ -93,6 +94,7 @@ class Gateway:
         sightings: Sightings | None = None,
         on_misuse: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None,
         clock: Callable[[], float] = time.time,
+        revocations: Revocations | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -107,6 +109,7 @@ class Gateway:
         self.quota = quota or LocalQuota()
         self.sightings = sightings or LocalSightings(config.credential_misuse.window_s)
         self.on_misuse = on_misuse
+        self.revocations = revocations
         self._background: set[asyncio.Future[Any]] = set()
         self.decode = frozenset(config.request.decode_encodings)
         self.blocked_by = f"<{config.denials.blocked_by}>; rel=\"blocked-by\"".encode()
@@ -295,6 +298,10 @@ class Gateway:
         target = route.path + (f"?{scope['query_string'].decode('latin-1')}" if scope["query_string"] else "")
         # A client that goes away cancels the upstream request (and its stream).
         watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, asyncio.current_task(), exchange))
+        # A policy change that comes to deny the request ends it too (gateway/revocation.py).
+        revocations = self.revocations
+        if revocations is not None:
+            revocations.track(exchange)
         started = time.perf_counter()
         try:
             async with session.request(scope["method"], target, headers=headers, data=body or None,
@@ -315,6 +322,10 @@ class Gateway:
                 await self.complete(exchange, principal)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
+            if exchange.error == revocation.REVOKED:
+                _uncancel()
+                watcher.cancel()  # the client may go away meanwhile: the ending is then a no-op
+                return await self.end_revoked(exchange, send, upstream.content_type if exchange.response_started else "")
             if not watcher.done() or watcher.cancelled():
                 raise
             current = asyncio.current_task()
@@ -325,6 +336,24 @@ class Gateway:
             await self.upstream_failed(exchange, send, error)
         finally:
             watcher.cancel()
+            if revocations is not None:
+                revocations.untrack(exchange)
+
+    async def end_revoked(self, exchange: Exchange, send: Send, content_type: str) -> None:
+        """The policy came to deny the request while it was answered; its upstream is
+        closed. The client gets the denial a new request would get: the response itself
+        if none has started, else an error event ending the stream. Any other body is
+        left incomplete: the listener then closes the connection, so the client sees
+        the answer cut short rather than a well-formed truncated one."""
+        denial = revocation.denial(exchange)
+        if not exchange.response_started:
+            extra = [(b"link", self.blocked_by)] if denial.status == 451 else []
+            if denial.status == 401:
+                extra.append((b"www-authenticate", b'Bearer realm="frontier-gateway"'))
+            return await self.reply(exchange, send, denial, extra)
+        await self.settle(exchange)
+        if content_type == "text/event-stream":
+            await send({"type": "http.response.body", "body": revocation.event(denial, exchange.api), "more_body": False})
 
     async def complete(self, exchange: Exchange, principal: Principal) -> None:
         """The upstream's answer is all here: count it and record it before the client
@@ -480,6 +509,7 @@ class Gateway:
             "tokens": exchange.tokens_used,
             "credential_misuse": exchange.misuse,
             "would_deny": [str(r) for r in decision.shadow] if decision and decision.shadow else None,
+            "revoked": exchange.extra.get(revocation.REVOKED),
         })
         metrics = self.metrics
         if decision is not None:
@@ -548,6 +578,12 @@ def _single(headers: Headers, name: bytes) -> str | None:
     if len(values) > 1:
         raise RequestError(400, f"The {name.decode()} header may appear only once.", None)
     return values[0] if values else None
+
+
+def _uncancel() -> None:
+    current = asyncio.current_task()
+    if current is not None:
+        current.uncancel()
 
 
 async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any] | None, exchange: Exchange) -> None:

@@ -135,6 +135,14 @@ class DenialConfig(Section):
     blocked_by: str = "urn:frontier-gateway:export-controls"
 
 
+class RevocationConfig(Section):
+    # Requests being answered are decided again when the policy changes, and every
+    # check_interval_s for times the policy names (a suspension's `from`); one now
+    # denied is ended with the denial it would now get (gateway/revocation.py).
+    enabled: bool = True
+    check_interval_s: float = Field(0.25, gt=0, le=10)
+
+
 class Config(Section):
     listen: HostPort = "127.0.0.1:8080"
     admin_listen: HostPort = "127.0.0.1:9090"
@@ -152,6 +160,7 @@ class Config(Section):
     forward: ForwardConfig = ForwardConfig()
     denials: DenialConfig = DenialConfig()
     credential_misuse: MisuseConfig = MisuseConfig()
+    revocation: RevocationConfig = RevocationConfig()
 
     @field_validator("upstreams")
     @classmethod

@@ -38,6 +38,8 @@ class Metrics:
                                          "country than the misuse threshold allows.", ["tier"], registry=registry)
         self.would_deny = Counter("gateway_would_deny", "Requests shadow-mode rules would have denied.", ["reason"],
                                   registry=registry)
+        self.revocations = Counter("gateway_revocations", "Requests ended while being answered because the policy "
+                                   "came to deny them (reason: the first new reason).", ["reason"], registry=registry)
         self._policy_version: str | None = None
         self._children: dict[tuple[Counter, tuple[str, ...]], Any] = {}
 

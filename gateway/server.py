@@ -31,6 +31,7 @@ from gateway.misuse import LocalSightings, RedisSightings, Sightings
 from gateway.proxy import Upstreams
 from gateway.quota import LocalQuota, Quota, RedisQuota
 from gateway.redis_connect import connect
+from gateway.revocation import Revocations
 
 log = logging.getLogger("gateway")
 
@@ -72,7 +73,11 @@ class Service:
         self.store: Store = (RedisStore(client=connect(redis), namespace=redis.namespace) if redis.url
                              else LocalStore(config.state_dir))
         self.quota: Quota = RedisQuota(self.store.redis, redis.namespace) if isinstance(self.store, RedisStore) else LocalQuota()
-        self.live = LiveState(self.state, self.store, self.metrics, config.policy_dir)
+        revocation = config.revocation
+        self.revocations = (Revocations(self.state, self.metrics, clock=clock, check_interval_s=revocation.check_interval_s)
+                            if revocation.enabled else None)
+        self.live = LiveState(self.state, self.store, self.metrics, config.policy_dir,
+                              on_change=self.revocations.policy_changed if self.revocations else None)
         self.geo: GeoIP | None = None
         self.upstreams = Upstreams(config.upstreams)
         # Fleet mode: the audit stream goes through the store's Redis client.
@@ -113,8 +118,10 @@ class Service:
         await self.upstreams.start()
         await self.audit.start()
         self.gateway = Gateway(config, self.state, self.authenticator, self.geo, self.upstreams, self.audit, self.metrics,
-                               quota=self.quota, sightings=self.sightings(), clock=self.clock,
+                               quota=self.quota, sightings=self.sightings(), clock=self.clock, revocations=self.revocations,
                                on_misuse=lambda credential, why: self.live.suspend_credential(credential, why, "misuse-detector"))
+        if self.revocations is not None:
+            self.revocations.start()
         admin = create_admin_app(self.state, self.metrics, self.missing, self.live, config.admin.tokens, config.audit.path)
         self.servers = [_Server(_uvicorn_config(self.gateway, config.listen, protocol_for(self.gateway))),
                         _Server(_uvicorn_config(admin, config.admin_listen))]
@@ -132,6 +139,8 @@ class Service:
         for server in self.servers:
             server.should_exit = True
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.revocations is not None:  # after the listeners: requests still draining stay revocable
+            await self.revocations.stop()
         await self.audit.close()  # before live.stop(), which closes the Redis client the audit stream uses
         await self.live.stop()
         await self.upstreams.close()
