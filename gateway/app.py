@@ -71,6 +71,8 @@ class Exchange:
     upstream_status: int | None = None
     upstream_bytes: int = 0
     response_started: bool = False
+    streamed: bool = False  # the answer is a server-sent event stream
+    forwarded: bool = False
     completed: bool = False
     tokens: Tap | None = None
     tokens_used: int | None = None
@@ -303,11 +305,13 @@ class Gateway:
         if revocations is not None:
             revocations.track(exchange)
         started = time.perf_counter()
+        exchange.forwarded = True
         try:
             async with session.request(scope["method"], target, headers=headers, data=body or None,
                                        allow_redirects=False) as upstream:
                 self.metrics.upstream_seconds.observe(time.perf_counter() - started)
                 exchange.upstream_status = upstream.status
+                exchange.streamed = upstream.content_type == "text/event-stream"
                 await self.start_response(exchange, send, upstream.status,
                                           proxy.response_headers(upstream.raw_headers, exchange.decision_id.encode()))
                 tap = exchange.tokens
@@ -325,7 +329,7 @@ class Gateway:
             if exchange.error == revocation.REVOKED:
                 _uncancel()
                 watcher.cancel()  # the client may go away meanwhile: the ending is then a no-op
-                return await self.end_revoked(exchange, send, upstream.content_type if exchange.response_started else "")
+                return await self.end_revoked(exchange, send)
             if not watcher.done() or watcher.cancelled():
                 raise
             current = asyncio.current_task()
@@ -339,7 +343,7 @@ class Gateway:
             if revocations is not None:
                 revocations.untrack(exchange)
 
-    async def end_revoked(self, exchange: Exchange, send: Send, content_type: str) -> None:
+    async def end_revoked(self, exchange: Exchange, send: Send) -> None:
         """The policy came to deny the request while it was answered; its upstream is
         closed. The client gets the denial a new request would get: the response itself
         if none has started, else an error event ending the stream. Any other body is
@@ -351,9 +355,7 @@ class Gateway:
             if denial.status == 401:
                 extra.append((b"www-authenticate", b'Bearer realm="frontier-gateway"'))
             return await self.reply(exchange, send, denial, extra)
-        await self.settle(exchange)
-        if content_type == "text/event-stream":
-            await send({"type": "http.response.body", "body": revocation.event(denial, exchange.api), "more_body": False})
+        await self.end_started(exchange, send, denial)
 
     async def complete(self, exchange: Exchange, principal: Principal) -> None:
         """The upstream's answer is all here: count it and record it before the client
@@ -384,6 +386,7 @@ class Gateway:
             pass_credentials=self.config.forward.pass_credentials, drop_content_encoding=False,
             extra=self.upstreams.config["default"].headers,
         )
+        exchange.forwarded = True
         try:
             async with session.get(route.path, headers=headers, allow_redirects=False) as upstream:
                 exchange.upstream_status = upstream.status
@@ -410,12 +413,20 @@ class Gateway:
         self.metrics.upstream_errors.labels(kind).inc()
         exchange.error = f"upstream_{kind}"
         log.warning("upstream failed for %s: %r", exchange.decision_id, error)
+        denial = responses.for_status(504 if kind == "timeout" else 502)
         if exchange.response_started:
-            # Too late for a status: end the stream so the client sees it cut short.
-            await self.settle(exchange)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self.end_started(exchange, send, denial)
         else:
-            await self.reply(exchange, send, responses.for_status(504 if kind == "timeout" else 502))
+            await self.reply(exchange, send, denial)
+
+    async def end_started(self, exchange: Exchange, send: Send, denial: responses.Denial) -> None:
+        """End an answer already under way that cannot be completed. A stream ends with
+        the error as an event in its API's format. Any other body is left incomplete: the
+        listener then closes the connection, so the client sees an answer cut short
+        rather than a truncated one that looks whole."""
+        await self.settle(exchange)
+        if exchange.streamed:
+            await send({"type": "http.response.body", "body": responses.sse_event(denial, exchange.api), "more_body": False})
 
     # Responses
 
@@ -477,8 +488,10 @@ class Gateway:
         principal = exchange.principal
         org = policy.organizations.get(principal.org_id) if policy and principal else None
         reasons = [str(r) for r in decision.reasons] if decision else []
-        allowed = decision is not None and decision.allowed and exchange.status < 400
-        first = reasons[0] if reasons else (exchange.error or "none")
+        # "allow" is the gateway's decision, not the outcome: a request it forwarded stays
+        # allowed when the upstream then fails or a change revokes it (see `error`).
+        allowed = decision is not None and decision.allowed and (exchange.forwarded or exchange.status < 400)
+        first = reasons[0] if reasons else ("none" if allowed else exchange.error or "none")
         exchange.recorded = True
         written = self.audit.record(wait=wait, entry={
             "time": _timestamp(time.time()),

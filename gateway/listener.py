@@ -9,6 +9,7 @@ it as ordinary requests, which it refuses.
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -19,7 +20,19 @@ class Refuser(Protocol):
         """Record the refusal; return (decision id, JSON body)."""
 
 
+class _CutShortIsDeliberate(logging.Filter):
+    """The gateway leaves an answer incomplete on purpose when it cannot finish it (an
+    upstream cut off mid-body, a revocation): it logs why itself, so uvicorn's error
+    line for the same event is noise that looks like a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "ASGI callable returned without completing response."
+
+
 def protocol_for(gateway: Refuser) -> type[HttpToolsProtocol]:
+    if not any(isinstance(f, _CutShortIsDeliberate) for f in logging.getLogger("uvicorn.error").filters):
+        logging.getLogger("uvicorn.error").addFilter(_CutShortIsDeliberate())
+
     class GatewayProtocol(HttpToolsProtocol):
         def send_400_response(self, msg: str) -> None:
             decision_id, body = gateway.refuse_unparsable(self.client[0] if self.client else None)

@@ -84,3 +84,16 @@ def body(denial: Denial, api: str) -> bytes:
     else:
         payload = {"error": {"message": denial.message, "type": denial.openai_type, "param": denial.param, "code": denial.code}}
     return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def sse_event(denial: Denial, api: str) -> bytes:
+    """An error ending a stream, as a server-sent event in the stream's own API. Anthropic streams
+    end with `event: error` and the error body (its Messages streaming docs, "Error
+    events"); OpenAI streams with an event whose data is the error object, which its
+    SDKs raise as an APIError. The leading blank lines end any event the upstream
+    left unfinished; after a finished one they dispatch nothing (HTML Living
+    Standard §9.2.6: an empty data buffer is no event)."""
+    payload = body(denial, api)
+    if api == "anthropic":
+        return b"\n\nevent: error\ndata: " + payload + b"\n\n"
+    return b"\n\ndata: " + payload + b"\n\n"

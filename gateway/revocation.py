@@ -60,19 +60,6 @@ def policy_times(policy: Policy) -> tuple[float, ...]:
     return tuple(sorted(times))
 
 
-def event(denial: responses.Denial, api: str) -> bytes:
-    """The denial as a server-sent event in the stream's own API. Anthropic streams
-    end with `event: error` and the error body (its Messages streaming docs, "Error
-    events"); OpenAI streams with an event whose data is the error object, which its
-    SDKs raise as an APIError. The leading blank lines end any event the upstream
-    left unfinished; after a finished one they dispatch nothing (HTML Living
-    Standard §9.2.6: an empty data buffer is no event)."""
-    body = responses.body(denial, api)
-    if api == "anthropic":
-        return b"\n\nevent: error\ndata: " + body + b"\n\n"
-    return b"\n\ndata: " + body + b"\n\n"
-
-
 def denial(exchange: Exchange) -> responses.Denial:
     """The answer the revoked request would now get as a new request."""
     revoked = exchange.extra[REVOKED]

@@ -346,6 +346,29 @@ class TestUpstreamFaults:
         record = stack.audit_records()[-1]
         assert record["error"] == "client_disconnected" and record["decision"] == "allow"
 
+    def test_a_stream_the_upstream_cuts_off_ends_with_an_error_event(self, stack: Stack,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+        body = json.dumps({"model": "small-2", "stream": True, "messages": [{"role": "user", "content": "tell me"}]})
+        headers = {"Authorization": f"Bearer {stack.api_key('org-public')}", "Content-Type": "application/json",
+                   "X-Forwarded-For": US_IP, "x-demo-fault": "drop"}
+        status, _, data = request(stack, "POST", "/v1/chat/completions", body.encode(), headers)
+        assert status == 200 and b"[DONE]" not in data
+        last = json.loads(data.rstrip().rsplit(b"\n\ndata: ", 1)[1])
+        assert last["error"]["code"] == "upstream_unavailable"  # what an SDK raises, not a silent short answer
+        record = stack.audit_records()[-1]
+        assert (record["decision"], record["status"], record["error"]) == ("allow", 200, "upstream_protocol")
+        assert "Traceback" not in caplog.text
+
+    def test_an_answer_the_upstream_cuts_off_is_cut_short_for_the_client_too(self, stack: Stack,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+        headers = {"Authorization": f"Bearer {stack.api_key('org-public')}", "Content-Type": "application/json",
+                   "X-Forwarded-For": US_IP, "x-demo-fault": "drop"}
+        with pytest.raises(http.client.IncompleteRead):  # never a truncated body that looks whole
+            request(stack, "POST", "/v1/chat/completions", json.dumps(CHAT | {"model": "small-2"}).encode(), headers)
+        record = stack.audit_records()[-1]
+        assert (record["decision"], record["reasons"], record["error"]) == ("allow", [], "upstream_protocol")
+        assert "Traceback" not in caplog.text and "without completing" not in caplog.text
+
     def test_unreachable_upstream_is_502_in_the_api_shape(self, tmp_path: Path) -> None:
         isolated = Stack(tmp_path)
         try:
@@ -354,7 +377,12 @@ class TestUpstreamFaults:
             with pytest.raises(openai.APIStatusError) as failed:
                 client.chat.completions.create(model="small-2", messages=[{"role": "user", "content": "x"}])
             assert failed.value.status_code == 502 and failed.value.code == "upstream_unavailable"
-            assert isolated.audit_records()[-1]["error"] == "upstream_connect"
+            record = isolated.audit_records()[-1]
+            # Allowed and sent on: the failure is the upstream's, not a denial.
+            assert (record["decision"], record["error"]) == ("allow", "upstream_connect")
+            text = isolated.service.metrics.exposition().decode()
+            assert 'gateway_denials_total{' not in text
+            assert 'gateway_upstream_errors_total{kind="connect"} 1.0' in text
         finally:
             isolated.service_stop_only()
 
