@@ -299,7 +299,7 @@ class Gateway:
         )
         target = route.path + (f"?{scope['query_string'].decode('latin-1')}" if scope["query_string"] else "")
         # A client that goes away cancels the upstream request (and its stream).
-        watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, asyncio.current_task(), exchange))
+        watch = _DisconnectWatch(receive, exchange)
         # A policy change that comes to deny the request ends it too (gateway/revocation.py).
         revocations = self.revocations
         if revocations is not None:
@@ -328,18 +328,16 @@ class Gateway:
         except asyncio.CancelledError:
             if exchange.error == revocation.REVOKED:
                 _uncancel()
-                watcher.cancel()  # the client may go away meanwhile: the ending is then a no-op
+                watch.stop()  # the client may go away meanwhile: the ending is then a no-op
                 return await self.end_revoked(exchange, send)
-            if not watcher.done() or watcher.cancelled():
+            if not watch.fired:
                 raise
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
+            _uncancel()
             exchange.error = "client_disconnected"
         except (aiohttp.ClientError, asyncio.TimeoutError) as error:
             await self.upstream_failed(exchange, send, error)
         finally:
-            watcher.cancel()
+            watch.stop()
             if revocations is not None:
                 revocations.untrack(exchange)
 
@@ -599,11 +597,35 @@ def _uncancel() -> None:
         current.uncancel()
 
 
-async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any] | None, exchange: Exchange) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            # uvicorn also reports "disconnect" once the response is complete.
-            if task is not None and not exchange.completed:
-                task.cancel()
-            return
+class _DisconnectWatch:
+    """Cancels the forwarding task when the client goes away. The watching task starts
+    only once the request has run for WATCH_AFTER_S (a timer costs less than a task, and
+    most answers are done by then); a client already gone is noticed at that moment."""
+
+    WATCH_AFTER_S = 0.05
+
+    def __init__(self, receive: Receive, exchange: Exchange) -> None:
+        self.receive = receive
+        self.exchange = exchange
+        self.task = asyncio.current_task()
+        self.fired = False  # it cancelled the task
+        self._watcher: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(self.WATCH_AFTER_S, self._start)
+
+    def _start(self) -> None:
+        self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                # uvicorn also reports "disconnect" once the response is complete.
+                if self.task is not None and not self.exchange.completed:
+                    self.fired = True
+                    self.task.cancel()
+                return
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
