@@ -24,6 +24,19 @@ BATCH = 500                 # records per file write and per Redis transaction
 RETRY_S = (0.05, 1.0)       # first and longest wait between retries of a failed write or send
 
 
+# One batch, atomically: XADD each line, then set this replica's acked mark. A script
+# rather than MULTI/EXEC: one reply to parse instead of one per line, and no thread on
+# Redis Cluster (both keys carry the {namespace} tag: one slot).
+# KEYS: stream, acked hash. ARGV: maxlen, replica, mark ("" for none), lines...
+_APPEND = """
+for i = 4, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'record', ARGV[i])
+end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[2], ARGV[3]) end
+return #ARGV - 3
+"""
+
+
 class Spool:
     """Lines written to the local file but not yet to the stream, oldest first. A file,
     so that a restart keeps them; `offset` (bytes already sent) lives in memory only:
@@ -105,8 +118,8 @@ class AuditStream:
     """Fleet mode: every record also goes to the capped stream `{ns}:audit` (field
     `record`: the line as written locally), in order per replica.
 
-    Each batch is one MULTI/EXEC that XADDs the lines and sets this replica's field of
-    `{ns}:audit-acked` to "seq:hash" of the last one. After a start or any failure the
+    Each batch is one script (atomic, as MULTI/EXEC would be) that XADDs the lines and
+    sets this replica's field of `{ns}:audit-acked` to "seq:hash" of the last one. After a start or any failure the
     stream task first reads that mark (`_sync`), so that:
       - a batch that reached Redis although its reply was lost is not sent again;
       - records that were written locally but never reached the stream or the spool
@@ -134,6 +147,7 @@ class AuditStream:
         self.ok = True                        # False: records can reach neither Redis nor the spool
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._append = redis.register_script(_APPEND)
 
     async def start(self) -> None:
         await self._io(self.spool.load)
@@ -183,12 +197,8 @@ class AuditStream:
         self.up = True
 
     async def _send(self, lines: list[bytes], last: Sealed | None) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for line in lines:
-                pipe.xadd(self.key, {"record": line}, maxlen=self.maxlen, approximate=True)
-            if last is not None:
-                pipe.hset(self.acked_key, self.file.replica, f"{last.seq}:{last.hash}")
-            await pipe.execute()
+        mark = f"{last.seq}:{last.hash}" if last is not None else ""
+        await self._append([self.key, self.acked_key], [self.maxlen, self.file.replica, mark, *lines])
 
     async def _sync(self) -> None:
         """Where does the stream stand for this replica? Drop what it already has from the
