@@ -1,7 +1,8 @@
 # Developer and CI entry points. Everything runs from .venv, never the system Python.
-#   make venv | test | demo | fleet | bench | clean
+#   make venv | test | demo | fleet | bench | bench-decide | bench-proxy | bench-profile | clean
 #   make test PYTEST_ARGS='-k decision -x'     make venv PYTHON=python3.12
 #   make fleet REPLICAS=3 FLEET_ARGS='--check'
+#   make bench QUICK=1        make bench-proxy BENCH_ARGS='--targets direct,gateway --concurrency 16'
 
 PYTHON      ?= python3
 VENV        := .venv
@@ -9,8 +10,10 @@ BIN         := $(VENV)/bin
 PYTEST_ARGS ?=
 REPLICAS    ?= 2
 FLEET_ARGS  ?=
+BENCH_ARGS  ?=
+QUICK       ?=
 
-.PHONY: venv test demo fleet bench clean
+.PHONY: venv test demo fleet bench bench-decide bench-proxy bench-profile clean
 
 venv: $(VENV)/.installed
 
@@ -40,8 +43,22 @@ demo: venv
 fleet: venv
 	VENV=$(CURDIR)/$(VENV) scripts/with-redis $(BIN)/python -m gateway.fleet_local --replicas $(REPLICAS) $(FLEET_ARGS)
 
-bench: venv
-	$(BIN)/python bench/decide.py
+# Benchmarks (bench/README.md). QUICK=1: about a minute each. bench-proxy runs under scripts/with-redis
+# (the fleet targets need Redis) and, as root, installs Debian's wrk and nginx when missing; without
+# them it falls back to the aiohttp load generator and skips the nginx target, saying so.
+bench: bench-decide bench-proxy
+
+bench-decide: venv
+	$(BIN)/python bench/decide.py $(if $(QUICK),--quick)
+
+bench-proxy: venv
+	VENV=$(CURDIR)/$(VENV) scripts/with-redis $(BIN)/python bench/proxy.py $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+# Where the gateway's time goes under load (py-spy, installed into the venv on first use).
+bench-profile: venv
+	$(BIN)/python -c 'import shutil, sys; sys.exit(shutil.which("py-spy", path="$(BIN)") is None)' \
+	  || $(BIN)/python -m pip install -q py-spy
+	VENV=$(CURDIR)/$(VENV) scripts/with-redis $(BIN)/python bench/hotspots.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info
