@@ -540,7 +540,9 @@ def run_wrk(wrk: str, url: str, script: str, *, connections: int, duration_s: fl
     if process.returncode != 0 or "completed" not in values:
         raise RuntimeError(f"wrk failed (status {process.returncode}): {output[-2000:]}")
     connect, read, write, timeout = (int(v) for v in values["errors"])
-    return WrkRun(connections=connections, completed=int(values["completed"][0]), sent=int(values["sent"][0]),
+    # wrk calls request() once before it starts, to see whether it pipelines (script_verify_request):
+    # that request is never written.
+    return WrkRun(connections=connections, completed=int(values["completed"][0]), sent=int(values["sent"][0]) - 1,
                   ok=int(values["ok"][0]), duration_s=int(values["duration_us"][0]) / 1e6,
                   p50_us=float(values["p50_us"][0]), p99_us=float(values["p99_us"][0]), statuses=statuses,
                   errors={"connect": connect, "read": read, "write": write, "timeout": timeout},

@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._load import clean_environment, descendants, find_wrk, run_wrk, wrk_script  # noqa: E402
-from bench.proxy import PATH, Bench, request_bodies, signing_key, wrk_check, CLIENT_IP  # noqa: E402
+from bench.proxy import CLIENT_IP, PATH, Bench, bench_policy, request_bodies, signing_key, wrk_check  # noqa: E402
 
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 _SITE = re.compile(r"^.*/(site-packages|lib/python3\.\d+)/")
@@ -87,6 +87,7 @@ async def run(args: argparse.Namespace, directory: Path) -> int:
     env = clean_environment(("GATEWAY_",))
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     token, jwks = signing_key(directory)
+    bench_policy(directory)
     args.install = True
     bench = Bench(directory, env, token, jwks, args)
     try:

@@ -20,8 +20,9 @@ Targets (each started, measured and stopped in turn; the upstream runs throughou
 The full allowed path: an RS256 JWT verified against a JWKS file, the client
 address from X-Forwarded-For (127.0.0.1 is a trusted proxy) looked up in the
 embedded GeoIP database (8.8.8.8 -> US), the shipped policies/ at the real clock
-(org-partner-us asking for example-frontier-1: allowed, with a quota), the
-audit trail to a file (and to the Redis stream in fleet mode) and Prometheus
+(org-partner-us asking for example-frontier-1: allowed) plus a quota for its tier
+far above what is sent (requests per minute and tokens per day: both counted on
+every request, in Redis in fleet mode), the audit trail to a file (and to the Redis stream in fleet mode) and Prometheus
 metrics. The floors and nginx forward the same request untouched.
 
 Points: POST /v1/chat/completions at each concurrency (default 1, 16, 64), by wrk
@@ -87,7 +88,7 @@ GOAL_ADDED_P50_C1_US = 400.0
 GOAL_CPU_US = 200.0
 GOAL_ADDED_TTFB_US = 1000.0
 NOISY_PERCENT = 15.0  # other processes' CPU use (% of one core) past which a point is flagged
-ORG, MODEL, CLIENT_IP, COUNTRY = "org-partner-us", "example-frontier-1", "8.8.8.8", "US"
+ORG, TIER, MODEL, CLIENT_IP, COUNTRY = "org-partner-us", "vetted_partner", "example-frontier-1", "8.8.8.8", "US"
 ISSUER, AUDIENCE, KID = "https://bench-idp.invalid/", "frontier-gateway", "bench"
 PATH = "/v1/chat/completions"
 PROMPT = "Hello from the proxy benchmark"
@@ -112,13 +113,24 @@ def signing_key(directory: Path) -> tuple[str, Path]:
     return jwt.encode({"alg": "RS256", "kid": KID}, claims, key).decode(), jwks
 
 
+def bench_policy(directory: Path) -> Path:
+    """The shipped policies/ with a per-tier quota far above what the bench sends, so that every
+    request runs the quota step (a request count, and a token count fed from each answer)."""
+    policy = directory / "policy"
+    shutil.copytree(ROOT / "policies", policy)
+    framework = policy / "framework.yaml"
+    framework.write_text(framework.read_text() + "\n# bench/proxy.py: every request pays the quota step, none is refused\n"
+                         f"quotas:\n  {TIER}: {{requests_per_minute: 1000000000, tokens_per_day: 1000000000000}}\n")
+    return policy
+
+
 def write_config(directory: Path, upstream_url: str, jwks: Path, public: int, admin: int,
                  redis: dict[str, str] | None = None) -> Path:
     path = directory / "gateway.yaml"
     config = {
         "listen": f"127.0.0.1:{public}",
         "admin_listen": f"127.0.0.1:{admin}",
-        "policy_dir": str(ROOT / "policies"),
+        "policy_dir": str(directory.parent / "policy"),
         "state_dir": str(directory / "state"),
         "upstreams": {"default": {"url": upstream_url}},
         "trusted_proxies": ["127.0.0.1/32"],
@@ -643,6 +655,7 @@ async def run(args: argparse.Namespace, directory: Path) -> int:
     # Measure the gateway/ beside this file, whatever the virtual environment has installed.
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     token, jwks = signing_key(directory)
+    bench_policy(directory)
     bench = Bench(directory, env, token, jwks, args)
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}", "X-Forwarded-For": CLIENT_IP}
     plain, streamed = request_bodies()
@@ -660,7 +673,7 @@ async def run(args: argparse.Namespace, directory: Path) -> int:
         print(f"  code      {revision()}")
         print(f"  upstream  {bench.upstream_url}  (python -m gateway.demo_upstream; records nothing)")
         print(f"  request   POST {PATH} model={MODEL} as {ORG} (RS256 JWT), X-Forwarded-For {CLIENT_IP} "
-              f"(-> {COUNTRY}), policies/ at the real clock")
+              f"(-> {COUNTRY}), policies/ at the real clock + a {TIER} quota never reached")
         print(f"  client    {args.client_described}")
         print(f"  points    {args.duration:g} s timed after {args.warmup:g} s warm-up at concurrency "
               f"{', '.join(map(str, args.concurrency))}; SSE first byte {args.stream_duration:g} s at concurrency 1",
