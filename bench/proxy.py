@@ -2,7 +2,7 @@
 same fast upstream called directly, through nginx, through bare Python
 pass-through proxies, and through `gateway serve` on the full allowed path.
 
-    .venv/bin/python bench/proxy.py --quick    # about a minute
+    .venv/bin/python bench/proxy.py --quick    # about 1.5 minutes
     .venv/bin/python bench/proxy.py            # about 6 minutes
     .venv/bin/python bench/proxy.py --targets direct,raw-asgi,gateway --concurrency 16
     make bench-proxy                           # the full run, with Redis for the fleet targets
@@ -750,7 +750,7 @@ async def run(args: argparse.Namespace, directory: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="short points (1 s after 1 s warm-up): about a minute")
+    parser.add_argument("--quick", action="store_true", help="short points (1 s after 1 s warm-up): about 1.5 minutes")
     parser.add_argument("--duration", type=float, help="seconds timed per point (default 10; --quick 1)")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up per point (default 2; --quick 1)")
     parser.add_argument("--stream-duration", type=float, help="seconds timed for SSE first byte (default 5; --quick 1)")
