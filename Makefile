@@ -1,7 +1,8 @@
 # Developer and CI entry points. Everything runs from .venv, never the system Python.
-#   make venv | test | demo | fleet | bench | soak | clean
+#   make venv | test | demo | fleet | bench | bench-decide | bench-proxy | bench-profile | soak | clean
 #   make test PYTEST_ARGS='-k decision -x'     make venv PYTHON=python3.12
 #   make fleet REPLICAS=3 FLEET_ARGS='--check'  make soak SOAK_MINUTES=3 SOAK_ARGS='--rate 80'
+#   make bench QUICK=1        make bench-proxy BENCH_ARGS='--targets direct,gateway --concurrency 16'
 
 PYTHON      ?= python3
 VENV        := .venv
@@ -12,8 +13,10 @@ FLEET_ARGS  ?=
 SOAK_MINUTES ?= 10
 SOAK_ARGS   ?=
 SOAK_OUT    ?= soak.json
+BENCH_ARGS  ?=
+QUICK       ?=
 
-.PHONY: venv test demo fleet bench soak clean
+.PHONY: venv test demo fleet bench bench-decide bench-proxy bench-profile soak clean
 
 venv: $(VENV)/.installed
 
@@ -43,8 +46,22 @@ demo: venv
 fleet: venv
 	VENV=$(CURDIR)/$(VENV) scripts/with-redis $(BIN)/python -m gateway.fleet_local --replicas $(REPLICAS) $(FLEET_ARGS)
 
-bench: venv
-	$(BIN)/python bench/decide.py
+# Benchmarks (bench/README.md). QUICK=1: about a minute each. bench-proxy runs under scripts/with-redis
+# (the fleet targets need Redis) and, as root, installs Debian's wrk and nginx when missing; without
+# them it falls back to the aiohttp load generator and skips the nginx target, saying so.
+bench: bench-decide bench-proxy
+
+bench-decide: venv
+	$(BIN)/python bench/decide.py $(if $(QUICK),--quick)
+
+bench-proxy: venv
+	VENV=$(CURDIR)/$(VENV) scripts/with-redis $(BIN)/python bench/proxy.py $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+# Where the gateway's time goes under load (py-spy, installed into the venv on first use).
+bench-profile: venv
+	$(BIN)/python -c 'import shutil, sys; sys.exit(shutil.which("py-spy", path="$(BIN)") is None)' \
+	  || $(BIN)/python -m pip install -q py-spy
+	VENV=$(CURDIR)/$(VENV) scripts/with-redis $(BIN)/python bench/hotspots.py $(BENCH_ARGS)
 
 # The fleet above for SOAK_MINUTES at steady load while Redis restarts and pauses, the upstream
 # stalls and drops connections and the policy reloads every 30 s (bench/soak.py, bench/SOAK.md).

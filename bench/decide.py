@@ -1,5 +1,7 @@
 """Benchmark `decide()`: time per decision on the reference bundle and on a
-large generated one (10^5 orgs, 10^4 models by default).
+large generated one (10^5 orgs, 10^4 models by default); and the client-address
+resolution (X-Forwarded-For against `trusted_proxies`) as that list grows from
+10 to 10^6 CIDRs (10^5 with --quick).
 
     python bench/decide.py            # full run, about a minute (mostly loading)
     python bench/decide.py --quick    # smaller bundle, fewer calls
@@ -10,7 +12,18 @@ models, aliases and odd spellings, allowed, embargoed, concern and unknown
 countries, anonymizers, times across 2025-2028), so that both allowed and
 denied paths are timed. Every call is timed alone with `perf_counter_ns`; the
 timer's own cost is measured and shown, not subtracted. The goal (SPEC budget
-for the decision core) is a median of at most 20 µs per decision.
+for the decision core) is a median of at most 20 µs per decision, and the
+issue's: flat cost as lists grow (large / reference and 10^6 / 10 CIDRs within
+1.5x at the median).
+
+The CIDR lists: a fixed core (127.0.0.1/32 and a few proxy networks) plus random
+IPv4 and IPv6 networks (one of each prefix length first, then any); the same requests (a trusted peer,
+one to three X-Forwarded-For hops through the core's proxies, a client address
+that is not trusted) are resolved against each list by `client_ip()`, the
+function the request path calls. `TrustedProxies` tests one set per distinct
+prefix length, so its cost follows the lengths present (at most 33 for IPv4,
+129 for IPv6), not the number of networks: flatness is judged between the
+smallest list holding every length (142 CIDRs) and the largest.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ import argparse
 import cProfile
 import gc
 import io
+import ipaddress
 import pstats
 import random
 import statistics
@@ -37,12 +51,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.bundlegen import REFERENCE, generate  # noqa: E402
+from gateway.clientip import TrustedProxies, client_ip  # noqa: E402
 from gateway.countries import ALPHA2  # noqa: E402
 from gateway.decision import Facts, decide  # noqa: E402
 from gateway.policy.load import load_bundle  # noqa: E402
 from gateway.policy.snapshot import Policy  # noqa: E402
 
 GOAL_MEDIAN_US = 20.0
+GOAL_FLAT_RATIO = 1.5  # large list / small list, median
+CORE_CIDRS = ("127.0.0.1/32", "10.20.0.0/16", "192.0.2.0/24", "2001:db8:77::/48")
 Request = tuple[Facts, datetime]
 T = TypeVar("T")
 
@@ -153,6 +170,96 @@ def profile(policy: Policy, batch: Sequence[Request], calls: int) -> str:
     return out.getvalue()
 
 
+V4_LENGTHS, V6_LENGTHS = range(8, 33), range(16, 129)
+EVERY_LENGTH = len(CORE_CIDRS) + len(V4_LENGTHS) + len(V6_LENGTHS)  # the smallest list with every length
+
+
+def cidr_list(count: int, seed: int) -> list[str]:
+    """CORE_CIDRS, then one random network of each prefix length, then random networks (90% IPv4)
+    up to `count`; none covers the core or the clients."""
+    rng = random.Random(seed)
+    cidrs = list(CORE_CIDRS)
+    lengths = [(4, n) for n in V4_LENGTHS] + [(6, n) for n in V6_LENGTHS]
+    while len(cidrs) < count:
+        version, length = lengths.pop(0) if lengths else (4 if rng.random() < 0.9 else 6, None)
+        if version == 4:
+            length = length or rng.randint(8, 32)
+            value = rng.getrandbits(32) >> (32 - length) << (32 - length)
+            if value >> 24 in (10, 127) or 192 <= value >> 24 <= 223:
+                if len(cidrs) < EVERY_LENGTH:
+                    lengths.insert(0, (version, length))  # draw this length again
+                continue  # keep clear of the core and of the clients drawn below
+            cidrs.append(f"{ipaddress.IPv4Address(value)}/{length}")
+        else:
+            length = length or rng.randint(16, 128)
+            value = rng.getrandbits(128) >> (128 - length) << (128 - length)
+            if value >> 112 in (0x2001, 0):
+                if len(cidrs) < EVERY_LENGTH:
+                    lengths.insert(0, (version, length))
+                continue
+            cidrs.append(f"{ipaddress.IPv6Address(value)}/{length}")
+    return cidrs
+
+
+def forwarded_requests(count: int, seed: int) -> list[tuple[str, list[str]]]:
+    """(peer, X-Forwarded-For values): through 0-2 of the core's proxies, from a client in 193-223.x.x.x."""
+    rng = random.Random(seed)
+    proxies = ["10.20.3.4", "192.0.2.9", "2001:db8:77::5"]
+    made = []
+    for _ in range(count):
+        client = f"{rng.randint(193, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+        hops = [client, *rng.sample(proxies, rng.randint(0, 2))]
+        made.append(("127.0.0.1", [", ".join(hops)]))
+    return made
+
+
+def time_client_ip(trusted: TrustedProxies, batch: Sequence[tuple[str, list[str]]], calls: int) -> float:
+    """Median µs per client_ip() call."""
+    for peer, forwarded in batch:
+        client_ip(peer, forwarded, trusted)
+    clock = time.perf_counter_ns
+    spans = []
+    size = len(batch)
+    gc.collect()
+    for index in range(calls):
+        peer, forwarded = batch[index % size]
+        t0 = clock()
+        client_ip(peer, forwarded, trusted)
+        spans.append(clock() - t0)
+    return statistics.median(spans) / 1000
+
+
+def cidr_scaling(largest: int, calls: int, seed: int) -> float:
+    """Print client_ip() cost for growing trusted_proxies lists; the largest/smallest median ratio."""
+    batch = forwarded_requests(10_000, seed)
+    answers = None
+    medians = {}
+    print("client_ip() against trusted_proxies (X-Forwarded-For through 0-2 trusted hops):")
+    for count in sorted({len(CORE_CIDRS), EVERY_LENGTH, 1_000, 100_000, largest}):
+        if count > largest:
+            continue
+        cidrs, made = timed(lambda: cidr_list(count, seed))
+        trusted, built = timed(lambda: TrustedProxies(cidrs))
+        resolved = [client_ip(peer, forwarded, trusted) for peer, forwarded in batch]
+        answers = answers or resolved
+        if resolved != answers:  # the extra networks never cover the clients: same answers at every size
+            raise SystemExit(f"client_ip() answers changed with {count} CIDRs")
+        lengths = len(trusted._v4) + len(trusted._v6)
+        medians[count] = time_client_ip(trusted, batch, calls)
+        print(f"  {count:>9,} CIDRs ({lengths:>3} distinct prefix lengths, built in {built:5.1f} s): "
+              f"median {medians[count]:5.2f} µs per call")
+        del trusted, cidrs
+        gc.collect()
+    # The cost follows the distinct prefix lengths present (at most 33 IPv4 + 129 IPv6), not the
+    # count: flatness is judged from the smallest list that has every length the largest has.
+    small, big = medians[EVERY_LENGTH], medians[max(medians)]
+    ratio = big / small
+    print(f"  ratio {max(medians):,} / {EVERY_LENGTH} CIDRs (both with every prefix length): median {ratio:.2f}x "
+          f"(goal <= {GOAL_FLAT_RATIO:g}x: {'met' if ratio <= GOAL_FLAT_RATIO else 'NOT met'}); "
+          f"{max(medians):,} / {len(CORE_CIDRS)} CIDRs: {big / medians[len(CORE_CIDRS)]:.2f}x")
+    return ratio
+
+
 def timed(action: Callable[[], T]) -> tuple[T, float]:
     started = time.perf_counter()
     result = action()
@@ -179,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=20260801)
     parser.add_argument("--bundle", type=Path, help="write the large bundle here (default: a temporary directory)")
     parser.add_argument("--profile", action="store_true", help="cProfile the decision loop on the large bundle")
+    parser.add_argument("--cidrs", type=int, help="largest trusted_proxies list (default 1000000; --quick 100000)")
     args = parser.parse_args(argv)
     orgs = args.orgs or (10_000 if args.quick else 100_000)
     models = args.models or (1_000 if args.quick else 10_000)
@@ -213,8 +321,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         batch = requests(large.policy, args.requests, args.seed)
         print(profile(large.policy, batch, min(calls, 50_000)))
+    flat = big.median_us / ref.median_us <= GOAL_FLAT_RATIO
+    print(f"  goal: flat as the bundle grows (large/reference median <= {GOAL_FLAT_RATIO:g}x): "
+          f"{'met' if flat else 'NOT met'}")
+    del large, made
+    gc.collect()
+    cidr_ratio = cidr_scaling(args.cidrs or (100_000 if args.quick else 1_000_000), min(calls, 100_000), args.seed)
     within = all(t.median_us <= GOAL_MEDIAN_US for t in results.values())
-    print(f"goal: median <= {GOAL_MEDIAN_US:g} µs per decision: {'met' if within else 'NOT met'}")
+    print(f"goal: median <= {GOAL_MEDIAN_US:g} µs per decision: {'met' if within else 'NOT met'}; "
+          f"flat with 10^{len(str(orgs)) - 1} orgs: {'met' if flat else 'NOT met'}; "
+          f"flat with {args.cidrs or (100_000 if args.quick else 1_000_000):,} CIDRs: "
+          f"{'met' if cidr_ratio <= GOAL_FLAT_RATIO else 'NOT met'}")
     return 0
 
 

@@ -165,10 +165,14 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.server import serve
+    from gateway.server import check_workers, serve
 
-    serve(_config(args))
-    return 0
+    config = _config(args)
+    try:
+        check_workers(config, args.workers)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return serve(config, workers=args.workers)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -284,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = verbs.add_parser("serve", help="run the gateway (public and admin listeners)")
     serve.add_argument("--config", metavar="FILE", help="YAML config (SPEC §3); GATEWAY_* variables override it")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="worker processes sharing the public port (default 1); N > 1 needs fleet mode "
+                            "(redis.url). Worker k writes its own audit file (audit-wk.jsonl, replica <id>-wk) and "
+                            "has its own admin listener on the admin port + k")
     serve.set_defaults(run=cmd_serve)
 
     keys = verbs.add_parser("keys", help="manage API keys (embedded mode: under state_dir)")

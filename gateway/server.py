@@ -2,6 +2,14 @@
 
 Construction opens nothing (uvicorn's `Config` habit); `Service.start()` does the
 I/O, so tests and the demo can run the same service inside their own loop.
+
+`serve(config, workers=N)` with N > 1 forks N worker processes, each a whole
+Service, sharing the public port through SO_REUSEPORT (the kernel spreads new
+connections over the workers). Each worker is its own audit replica (file and
+replica id suffixed `-w<k>`, so hash chains never interleave) and has its own
+admin listener on the admin port + k (its own /metrics: scrape each). Workers
+share quotas, suspensions and API keys only through Redis, so N > 1 needs fleet
+mode: embedded, each would enforce the whole quota on its own.
 """
 
 from __future__ import annotations
@@ -9,15 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import uvicorn
 
 from gateway.admin import create_admin_app
 from gateway.app import Gateway
 from gateway.audit import AuditLog
+from gateway.audit.chain import default_replica
 from gateway.config import Config
 from gateway.geo import GeoIP
 from gateway.geodata import default_country_db
@@ -63,9 +75,11 @@ def _uvicorn_config(app: object, listen: str, http: str | type = "httptools") ->
 
 
 class Service:
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time,
+                 public_socket: socket.socket | None = None) -> None:
         self.config = config
         self.clock = clock
+        self.public_socket = public_socket  # pre-bound (a worker of `serve --workers N`), else bind config.listen
         self.metrics = Metrics()
         fleet = config.redis.url is not None
         self.state = PolicyState(max_staleness_s=config.redis.max_staleness_s if fleet else None)
@@ -125,7 +139,8 @@ class Service:
         admin = create_admin_app(self.state, self.metrics, self.missing, self.live, config.admin.tokens, config.audit.path)
         self.servers = [_Server(_uvicorn_config(self.gateway, config.listen, protocol_for(self.gateway))),
                         _Server(_uvicorn_config(admin, config.admin_listen))]
-        self._tasks = [asyncio.ensure_future(server.serve()) for server in self.servers]
+        sockets = [[self.public_socket] if self.public_socket is not None else None, None]
+        self._tasks = [asyncio.ensure_future(server.serve(sockets=bound)) for server, bound in zip(self.servers, sockets)]
         while not all(server.started for server in self.servers):
             if any(task.done() for task in self._tasks):
                 raise RuntimeError("a listener failed to start (is the port in use?)")
@@ -164,8 +179,124 @@ class Service:
         await self.stop()
 
 
-def serve(config: Config) -> None:
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def serve(config: Config, workers: int = 1) -> int:
+    """Run the gateway until SIGINT/SIGTERM; the exit status."""
     import uvloop
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvloop.run(Service(config).run_forever())
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    if workers == 1:
+        uvloop.run(Service(config).run_forever())
+        return 0
+    check_workers(config, workers)
+    return _supervise(config, workers)
+
+
+def check_workers(config: Config, workers: int) -> None:
+    """Raise ValueError when `workers` processes cannot serve `config` correctly."""
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, not {workers}")
+    if workers > 1 and config.redis.url is None:
+        raise ValueError(f"--workers {workers} needs fleet mode (redis.url): in embedded mode each worker would keep "
+                         "its own quotas, suspensions and credential sightings, so limits would multiply by the "
+                         "number of workers. Configure redis.url, or run one worker per gateway.")
+
+
+def worker_config(config: Config, index: int) -> Config:
+    """Worker `index`'s config: its own audit file and replica id, its own admin port."""
+    audit = config.audit
+    path = Path(audit.path)
+    replica = f"{audit.replica or default_replica(path)}-w{index}"
+    host, port = split_host_port(config.admin_listen)
+    admin_host = f"[{host}]" if ":" in host else host
+    return config.model_copy(update={
+        "audit": audit.model_copy(update={"path": str(path.with_name(f"{path.stem}-w{index}{path.suffix}")),
+                                          "replica": replica}),
+        "admin_listen": f"{admin_host}:{port + index if port else 0}",
+    })
+
+
+def _reuseport_sockets(listen: str, count: int) -> list[socket.socket]:
+    """`count` listening sockets on one address (the kernel balances connections over them)."""
+    host, port = split_host_port(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]  # port 0: the others join the first one's port
+            sock.listen(2048)
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _supervise(config: Config, workers: int) -> int:
+    """Fork the workers, pass signals on, and stop them all when one dies."""
+    import uvloop
+
+    sockets = _reuseport_sockets(config.listen, workers)
+    children: dict[int, int] = {}
+    # Signals wait until every child exists and the parent's handlers are in place.
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+    for index in range(workers):
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 1
+            try:
+                for signum in FORWARDED_SIGNALS:
+                    signal.signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+                own = sockets[index]
+                for other in sockets:
+                    if other is not own:
+                        other.close()  # a dead worker's queue must not stay open in the others
+                for handler in logging.getLogger().handlers:
+                    handler.setFormatter(logging.Formatter(LOG_FORMAT.replace("%(name)s", f"%(name)s[w{index}]")))
+                uvloop.run(Service(worker_config(config, index), public_socket=own).run_forever())
+                status = 0
+            except BaseException:
+                log.exception("worker %d failed", index)
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        children[pid] = index
+    for sock in sockets:
+        sock.close()
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = stopping or signum != signal.SIGHUP
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for signum in FORWARDED_SIGNALS:
+        signal.signal(signum, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+    log.warning("gateway: %d workers (pids %s) sharing %s", workers, " ".join(map(str, children)), config.listen)
+    status = 0
+    while children:
+        try:
+            pid, wait_status = os.wait()
+        except ChildProcessError:
+            break
+        index = children.pop(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if code != 0 or not stopping:
+            status = 1
+            log.error("worker %d (pid %d) exited with status %d: stopping the others", index, pid, code)
+            if not stopping:
+                forward(signal.SIGTERM, None)
+    return status
