@@ -9,8 +9,9 @@ it as ordinary requests, which it refuses.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -29,11 +30,47 @@ class _CutShortIsDeliberate(logging.Filter):
         return record.msg != "ASGI callable returned without completing response."
 
 
+class _OneWritePerTurn:
+    """A connection's transport that joins the writes of one event-loop turn into one.
+    uvicorn writes an answer's head, body and end with a write() each: each one a
+    system call and, on a local socket, the reader's wake-up. Joined, an answer whose
+    body is at hand leaves in one. Everything else is the transport's own."""
+
+    __slots__ = ("_transport", "_loop", "_pending")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if not self._transport.is_closing():
+            self._transport.write(b"".join(pending))
+
+    def close(self) -> None:
+        if self._pending:
+            self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def protocol_for(gateway: Refuser) -> type[HttpToolsProtocol]:
     if not any(isinstance(f, _CutShortIsDeliberate) for f in logging.getLogger("uvicorn.error").filters):
         logging.getLogger("uvicorn.error").addFilter(_CutShortIsDeliberate())
 
     class GatewayProtocol(HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.transport = _OneWritePerTurn(transport, self.loop)  # type: ignore[assignment]
+
         def send_400_response(self, msg: str) -> None:
             decision_id, body = gateway.refuse_unparsable(self.client[0] if self.client else None)
             head = [b"HTTP/1.1 400 Bad Request\r\n", *(b"%s: %s\r\n" % pair for pair in self.server_state.default_headers),
