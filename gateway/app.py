@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl
 
 import aiohttp
 
@@ -33,7 +32,7 @@ from gateway.live.state import PolicyState
 from gateway.quota import LocalQuota, Quota
 from gateway.reasons import Reason
 from gateway.usage import Tap
-from gateway.request_body import RequestError, extract_model
+from gateway.request_body import RequestError, extract_model, query_names_model
 from gateway.routing import Route, Router
 
 log = logging.getLogger("gateway")
@@ -211,13 +210,14 @@ class Gateway:
         """The model the request names, and the exact bytes to forward."""
         if route.kind == "models_list":
             return None, b""
+        # A model in the query would be a second one, read by some servers only.
+        if query_names_model(scope["query_string"]):
+            raise RequestError(400, "The model must not be given in the query string.", "model")
         if route.kind == "models_get":
             exchange.requested_model = route.model_in_path
             return route.model_in_path, b""
         if scope["method"] != "POST":
             raise RequestError(400, "This endpoint is served only for requests that name a model.", None)
-        if any(key.strip().casefold() == "model" for key, _ in parse_qsl(scope["query_string"].decode("latin-1"))):
-            raise RequestError(400, "The model must be given in the request body only.", "model")
         raw = await self.read_body(receive, _single(headers, b"content-length"))
         model, body, _ = extract_model(
             raw,

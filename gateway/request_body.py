@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import unicodedata
 import zlib
 from typing import Any
+from urllib.parse import unquote_plus
 
 MAX_BYTES = 4 * 1024 * 1024
 # serde_json's default recursion limit; deeper than any real request (tool
@@ -232,3 +234,24 @@ def _reads_as_model(key: str) -> bool:
     if not key.isascii():
         key = unicodedata.normalize("NFKC", key)
     return key.strip().casefold() == "model"
+
+
+# Query separators: "&", and ";" which older frameworks also split on.
+_QUERY_SEPARATORS = re.compile("[&;]")
+# Where a lenient query parser ends a name: `model[]`, `model[0]` (PHP, Rails)
+# and `model.id` (qs with allowDots) are all `model` to someone.
+_NAME_SUFFIX = re.compile(r"[\[.]")
+
+
+def query_names_model(query_string: bytes) -> bool:
+    """True if some server could read a `model` out of this query string: any
+    parameter whose name, percent-decoded once or twice, reads as `model` the
+    way a body key would (see `_reads_as_model`), before any `[` or `.`."""
+    text = query_string.decode("utf-8", "replace")
+    for parameter in _QUERY_SEPARATORS.split(text):
+        name = parameter.partition("=")[0]
+        once = unquote_plus(name, errors="replace")
+        for candidate in (name, once, unquote_plus(once, errors="replace")):
+            if _reads_as_model(candidate) or _reads_as_model(_NAME_SUFFIX.split(candidate, 1)[0]):
+                return True
+    return False
