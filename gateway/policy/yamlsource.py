@@ -68,6 +68,8 @@ class YamlSyntaxError(ValueError):
 # laughs"), so the number of values built is capped.
 MAX_VALUES = 1_000_000
 _PLAIN_COLLECTIONS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
+_NULL = "tag:yaml.org,2002:null"
+_NULLS = frozenset({"", "~", "null", "Null", "NULL"})
 
 
 def parse(text: str) -> YamlDocument:
@@ -119,14 +121,18 @@ def _build(node: yaml.Node, path: Path, doc: YamlDocument, loader: yaml.SafeLoad
 
 
 def _construct(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
-    """A scalar's (or key's) value. PyYAML's constructors let some bad scalars
-    escape as plain ValueError (`2026-13-01`, `!!int 0x`, `!!float abc`), which
-    would reach callers that only expect a policy or config error."""
+    """A scalar's (or key's) value. PyYAML's constructors let bad scalars escape
+    as whatever their code hits: ValueError (`2026-13-01`, `!!int 0x`),
+    IndexError (`!!int ""`), AttributeError (`!!timestamp x`). Callers expect a
+    policy or config error, so every one becomes a YamlSyntaxError."""
+    if node.tag == _NULL and isinstance(node, yaml.ScalarNode) and node.value not in _NULLS:
+        # PyYAML reads `!!null 2026-12-01` as null: a value that would vanish.
+        raise YamlSyntaxError(f"YAML syntax error: bad value {_excerpt(node)}: not a null", node.start_mark.line + 1)
     try:
         return loader.construct_object(node, deep=True)
-    except (ValueError, TypeError, OverflowError) as exc:
-        if isinstance(exc, YamlSyntaxError):
-            raise
+    except (yaml.YAMLError, YamlSyntaxError, RecursionError):
+        raise
+    except Exception as exc:
         raise YamlSyntaxError(f"YAML syntax error: bad value {_excerpt(node)}: {exc}", node.start_mark.line + 1) from None
 
 

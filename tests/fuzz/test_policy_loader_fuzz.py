@@ -322,6 +322,7 @@ def test_weakened_framework_deny_rules_are_refused(replacement: str) -> None:
 @pytest.mark.parametrize("text", [
     "a: 2026-13-01", "a: 2026-02-30", "a: !!int 0x", "a: !!float abc", "a: [1, !!int x]",
     "? !!timestamp 2026-99-01\n: x", "a: !!timestamp 2026-13-01T00:00:00Z", "a: \ud800", "a: !!str [US]", "a: !!set {x}",
+    "a: !!timestamp x", "a: !!int \"\"", "a: !!float \"\"", "a: !!int -", "a: !!bool maybe", "a: !!null x",
 ])
 def test_bad_scalars_are_yaml_errors(text: str) -> None:
     """Regression: PyYAML's constructors raised bare ValueError (a reload logged
