@@ -1,5 +1,5 @@
 # Developer and CI entry points. Everything runs from .venv, never the system Python.
-#   make venv | test | demo | fleet | bench | clean
+#   make venv | test | demo | fleet | bench | fuzz | clean
 #   make test PYTEST_ARGS='-k decision -x'     make venv PYTHON=python3.12
 #   make fleet REPLICAS=3 FLEET_ARGS='--check'
 
@@ -10,7 +10,9 @@ PYTEST_ARGS ?=
 REPLICAS    ?= 2
 FLEET_ARGS  ?=
 
-.PHONY: venv test demo fleet bench clean
+FUZZ_SECONDS ?= 300
+
+.PHONY: venv test demo fleet bench fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -43,6 +45,13 @@ fleet: venv
 bench: venv
 	$(BIN)/python bench/decide.py
 
+# Coverage-guided fuzzing of the body parser (tests/fuzz/README.md), bounded by FUZZ_SECONDS; not
+# part of `make test`. atheris is installed into .venv on first use; the corpus stays in .fuzz-corpus/.
+fuzz: venv
+	$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install -q atheris
+	$(BIN)/python tests/fuzz/atheris_body.py .fuzz-corpus/body -max_total_time=$(FUZZ_SECONDS) \
+	  -rss_limit_mb=2048 -timeout=20 -print_final_stats=1
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis .fuzz-corpus build dist *.egg-info
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

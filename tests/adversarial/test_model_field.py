@@ -27,7 +27,6 @@ import socket
 import unicodedata
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -451,7 +450,7 @@ def test_other_query_parameters_pass(stack: Stack, query: str) -> None:
     (f"/v1/models/{ALLOWED}/../{DENIED}", 400),
     (f"/v1/models/{ALLOWED}/..%2f{DENIED}", 400),
     (f"/v1/models/{ALLOWED}%2f..%2f{DENIED}", 400),
-    (f"/v1/models/%66rontier-5.6", 400),
+    ("/v1/models/%66rontier-5.6", 400),
     (f"/v1/models/{DENIED};{ALLOWED}", 400),
     (f"/v1/models/{ALLOWED};{DENIED}", 400),
     (f"/v1/models//{DENIED}", 400),
