@@ -227,6 +227,8 @@ class Gateway:
             decode_encodings=self.decode,
         )
         exchange.requested_model = model
+        if route.model_in_path is not None and model != route.model_in_path:
+            raise RequestError(400, "The model in the body must be the one the path names.", "model")
         exchange.extra["decoded"] = body is not raw
         return model, body
 

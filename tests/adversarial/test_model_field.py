@@ -56,6 +56,18 @@ def decoding(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack.close()
 
 
+PATH_ROUTES = ["/v1/chat/completions", "/openai/deployments", "/v1/engines", "/model", "/v1beta/models",
+               "/v1/audio/transcriptions"]
+
+
+@pytest.fixture(scope="module")
+def configured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A gateway whose operator added routes of APIs that name the model in the path."""
+    stack = Stack(tmp_path_factory.mktemp("model-field-routes"), extra_config=f"routes: {json.dumps(PATH_ROUTES)}")
+    yield stack
+    stack.close()
+
+
 # --- sending and checking ---------------------------------------------------------
 
 
@@ -84,9 +96,12 @@ def send(stack: Stack, method: str, target: str, body: bytes | None = None,
     return response.status, {k.lower(): v for k, v in response.getheaders()}, data
 
 
-def upstream_models(method: str, query: bytes, body: bytes) -> set[Any]:
+def upstream_models(method: str, path: str, query: bytes, body: bytes) -> set[Any]:
     """Every model some upstream parser could read from this request."""
     seen: set[Any] = set()
+    segments = path.split("/")
+    seen.update(segments[i + 1] for i in range(1, len(segments) - 1)
+                if segments[i] in ("deployments", "engines", "models", "model") and segments[i - 1] != "v1")
     for parameter in re.split("[&;]", query.decode("latin-1")):
         name, _, value = parameter.partition("=")
         if unquote_plus(name).split("[")[0].strip().casefold() == "model":
@@ -142,7 +157,7 @@ def check(stack: Stack, expected: int, method: str, target: str, body: bytes | N
     [seen] = received
     assert seen.method == method and seen.path == path_of(target)
     decided = stack.audit_records()[-1]["requested_model"]
-    views = upstream_models(seen.method, seen.query_string, seen.body)
+    views = upstream_models(seen.method, seen.path, seen.query_string, seen.body)
     assert views <= {decided}, f"the gateway decided on {decided!r}, the upstream may read {views!r}"
     return {"record": seen, "decided": decided}
 
@@ -470,6 +485,40 @@ def test_models_in_the_path(stack: Stack, target: str, status: int) -> None:
         assert result["decided"] == path_of(target).removeprefix("/v1/models/")
 
 
+@pytest.mark.parametrize("target,body,status", [
+    (f"/openai/deployments/{DENIED}/chat/completions?api-version=2024-06-01", BODY, 400),   # Azure reads the path
+    (f"/openai/deployments/{ALLOWED}/chat/completions?api-version=2024-06-01", DENIED_BODY, 400),
+    (f"/openai/deployments/{DENIED}/chat/completions", DENIED_BODY, 404),
+    (f"/openai/deployments/{ALLOWED}/chat/completions", raw(f'{{{M}}}'), 400),               # the body must agree
+    (f"/openai/deployments/{ALLOWED}/chat/completions", raw(f'{{"model":"SMALL-2",{M}}}'), 400),
+    (f"/openai/deployments/{ALLOWED}/chat/completions", BODY, 404),                           # agreed: forwarded
+    (f"/openai/deployments/{ALLOWED}/models/{DENIED}/chat", BODY, 400),                       # two in the path
+    (f"/Openai/deployments/{DENIED}/chat/completions", BODY, 404),                            # not a route
+    (f"/openai/Deployments/{DENIED}/chat/completions", BODY, 404),
+    (f"/openai/deployments/{DENIED}%2fchat/completions", BODY, 400),
+    (f"/v1/engines/{DENIED}/completions", BODY, 400),
+    (f"/v1/engines/{ALLOWED}/completions", BODY, 404),
+    (f"/model/{DENIED}/invoke", BODY, 400),
+    (f"/model/{DENIED}/invoke-with-response-stream", DENIED_BODY, 404),
+    (f"/v1beta/models/{DENIED}:generateContent", BODY, 400),
+    (f"/v1beta/models/{ALLOWED}:generateContent", BODY, 400),                                 # "small-2:generateContent"
+    (f"{CHAT}/deployments/{DENIED}", BODY, 400),
+    (f"{CHAT}/models/{ALLOWED}", BODY, 404),
+])
+def test_models_named_in_a_configured_path(configured: Stack, target: str, body: bytes, status: int) -> None:
+    """Routes whose upstream reads the model from the path (Azure deployments,
+    legacy engines, Bedrock, Gemini): the body must name that same model, the
+    decision is on it, and the upstream can read no other."""
+    result = check(configured, status, "POST", target, body)
+    if result is not None:
+        assert result["decided"] == ALLOWED
+
+
+def test_multipart_on_a_configured_route_is_refused(configured: Stack) -> None:
+    body, content_type = _multipart({"model": DENIED, "file": "x"})
+    check(configured, 415, "POST", "/v1/audio/transcriptions", body, content_type=content_type)
+
+
 @pytest.mark.parametrize("method", ["DELETE", "POST", "PUT", "PATCH"])
 def test_only_reads_of_a_model(stack: Stack, method: str) -> None:
     check(stack, 404, method, f"/v1/models/{ALLOWED}", BODY)
@@ -536,8 +585,8 @@ def test_realtime_websocket_upgrade_is_never_forwarded(stack: Stack) -> None:
     assert stack.received == []
 
 
-def test_no_request_was_answered_500(stack: Stack, decoding: Stack) -> None:
+def test_no_request_was_answered_500(stack: Stack, decoding: Stack, configured: Stack) -> None:
     """Across everything above (the module's stacks), the audit has no 5xx."""
-    for each in (stack, decoding):
+    for each in (stack, decoding, configured):
         statuses = {record["status"] for record in each.audit_records()}
         assert not {s for s in statuses if s >= 500}, statuses
