@@ -223,6 +223,11 @@ def _model(document: dict[str, Any]) -> str:
     # replace, drop or stop at, so that they could name another model.
     if len(model) > MAX_MODEL_LENGTH or not model.isprintable():
         raise RequestError(400, f"'model' must be at most {MAX_MODEL_LENGTH} printable characters.", "model")
+    # Compatibility characters (fullwidth `ｆ`, long `ſ`, Kelvin `K`): a name the
+    # policy does not know, which an upstream that NFKC-normalises names reads
+    # as one it may well know.
+    if not model.isascii() and not unicodedata.is_normalized("NFKC", model):
+        raise RequestError(400, "'model' must not contain compatibility characters (it must be NFKC-normalised).", "model")
     return model
 
 
