@@ -545,6 +545,14 @@ def test_multipart_on_a_configured_route_is_refused(configured: Stack) -> None:
     check(configured, 415, "POST", "/v1/audio/transcriptions", body, content_type=content_type)
 
 
+def test_a_body_on_a_model_read_is_not_forwarded(stack: Stack) -> None:
+    """GET /v1/models/{id} is decided on the path; a body naming another model
+    never reaches the upstream, which could otherwise read it."""
+    result = check(stack, 200, "GET", f"/v1/models/{ALLOWED}", DENIED_BODY)
+    assert result is not None and result["record"].body == b""
+    assert result["record"].header("content-length") in (None, "0")
+
+
 @pytest.mark.parametrize("method", ["DELETE", "POST", "PUT", "PATCH"])
 def test_only_reads_of_a_model(stack: Stack, method: str) -> None:
     check(stack, 404, method, f"/v1/models/{ALLOWED}", BODY)
