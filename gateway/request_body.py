@@ -252,6 +252,8 @@ def query_names_model(query_string: bytes) -> bool:
     """True if some server could read a `model` out of this query string: any
     parameter whose name, percent-decoded once or twice, reads as `model` the
     way a body key would (see `_reads_as_model`), before any `[` or `.`."""
+    if not query_string:
+        return False
     text = query_string.decode("utf-8", "replace")
     for parameter in _QUERY_SEPARATORS.split(text):
         name = parameter.partition("=")[0]
