@@ -28,12 +28,12 @@ import socket
 import unicodedata
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
 import pytest
 
-from conftest import REFERENCE_POLICY
 from e2e import US_IP, Stack
 
 ALLOWED, DENIED = "small-2", "frontier-5.6"
@@ -58,6 +58,8 @@ def decoding(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack.close()
 
 
+# Not imported from tests/conftest.py: a conftest.py in this directory would shadow that module name.
+REFERENCE_POLICY = Path(__file__).resolve().parents[1] / "fixtures" / "reference" / "policy"
 PATH_ROUTES = ["/v1/chat/completions", "/openai/deployments", "/v1/engines", "/model", "/v1beta/models",
                "/v1/audio/transcriptions"]
 
