@@ -79,6 +79,12 @@ def parse(text: str) -> YamlDocument:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:  # a lone surrogate (text from JSON): libyaml cannot read it
             raise YamlSyntaxError(f"YAML syntax error: text is not encodable as UTF-8 ({exc.reason})", None) from None
+        bom = text.find("\ufeff", 1)
+        if bom > 0:
+            # libyaml skips a byte order mark anywhere, PyYAML's own parser reads
+            # one inside the text as content: `\ufeff# note: x` is a comment to
+            # one and a key to the other. Only the very first character may be one.
+            raise YamlSyntaxError("YAML syntax error: a byte order mark inside the text", text.count("\n", 0, bom) + 1)
     try:
         node = yaml.compose(text, Loader=_Loader)
         doc = YamlDocument(data=None)

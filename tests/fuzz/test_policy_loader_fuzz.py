@@ -323,11 +323,15 @@ def test_weakened_framework_deny_rules_are_refused(replacement: str) -> None:
     "a: 2026-13-01", "a: 2026-02-30", "a: !!int 0x", "a: !!float abc", "a: [1, !!int x]",
     "? !!timestamp 2026-99-01\n: x", "a: !!timestamp 2026-13-01T00:00:00Z", "a: \ud800", "a: !!str [US]", "a: !!set {x}",
     "a: !!timestamp x", "a: !!int \"\"", "a: !!float \"\"", "a: !!int -", "a: !!bool maybe", "a: !!null x",
+    "a: 1\n\ufeff# b: 2", "\ufeff\ufeffa: 1", "a: \"\ufeff\"",
 ])
 def test_bad_scalars_are_yaml_errors(text: str) -> None:
     """Regression: PyYAML's constructors raised bare ValueError (a reload logged
     it as a publishing failure and retried forever; `gateway policy validate`
-    printed a traceback) and libyaml UnicodeEncodeError on a lone surrogate."""
+    printed a traceback) and libyaml UnicodeEncodeError on a lone surrogate.
+    A byte order mark inside the text is refused too: libyaml skips it,
+    PyYAML's own parser reads it as content (a comment to one, a key to the
+    other)."""
     with pytest.raises(YamlSyntaxError):
         parse(text)
 
