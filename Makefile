@@ -1,5 +1,5 @@
 # Developer and CI entry points. Everything runs from .venv, never the system Python.
-#   make venv | test | demo | fleet | bench | bench-decide | bench-proxy | bench-profile | soak | clean
+#   make venv | test | demo | fleet | bench | bench-decide | bench-proxy | bench-profile | soak | fuzz | clean
 #   make test PYTEST_ARGS='-k decision -x'     make venv PYTHON=python3.12
 #   make fleet REPLICAS=3 FLEET_ARGS='--check'  make soak SOAK_MINUTES=3 SOAK_ARGS='--rate 80'
 #   make bench QUICK=1        make bench-proxy BENCH_ARGS='--targets direct,gateway --concurrency 16'
@@ -16,7 +16,9 @@ SOAK_OUT    ?= soak.json
 BENCH_ARGS  ?=
 QUICK       ?=
 
-.PHONY: venv test demo fleet bench bench-decide bench-proxy bench-profile soak clean
+FUZZ_SECONDS ?= 300
+
+.PHONY: venv test demo fleet bench bench-decide bench-proxy bench-profile soak fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -71,6 +73,13 @@ soak: venv
 	VENV=$(CURDIR)/$(VENV) scripts/with-redis $(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) \
 	  --out $(SOAK_OUT) $(SOAK_ARGS)
 
+# Coverage-guided fuzzing of the body parser (tests/fuzz/README.md), bounded by FUZZ_SECONDS; not
+# part of `make test`. atheris is installed into .venv on first use; the corpus stays in .fuzz-corpus/.
+fuzz: venv
+	$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install -q atheris
+	$(BIN)/python tests/fuzz/atheris_body.py .fuzz-corpus/body -max_total_time=$(FUZZ_SECONDS) \
+	  -rss_limit_mb=2048 -timeout=20 -print_final_stats=1
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis .fuzz-corpus build dist *.egg-info
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

@@ -35,7 +35,7 @@ from gateway.live.state import PolicyState
 from gateway.quota import LocalQuota, Quota
 from gateway.reasons import Reason
 from gateway.usage import Tap
-from gateway.request_body import RequestError, extract_model
+from gateway.request_body import RequestError, extract_model, query_names_model
 from gateway.revocation import Revocations
 from gateway.routing import Route, Router
 
@@ -222,14 +222,15 @@ class Gateway:
         """The model the request names, and the exact bytes to forward."""
         if route.kind == "models_list":
             return None, b""
+        # A model in the query would be a second one, read by some servers only.
+        query = scope["query_string"]
+        if query and (query_names_model(query) or any(map(_names_model, _query_keys(query)))):
+            raise RequestError(400, "The model must not be given in the query string.", "model")
         if route.kind == "models_get":
             exchange.requested_model = route.model_in_path
             return route.model_in_path, b""
         if scope["method"] != "POST":
             raise RequestError(400, "This endpoint is served only for requests that name a model.", None)
-        # ";" too: older servers split the query on it (Python's parse_qsl did until 3.10).
-        if any(_names_model(key) for key, _ in parse_qsl(scope["query_string"].decode("latin-1").replace(";", "&"))):
-            raise RequestError(400, "The model must be given in the request body only.", "model")
         raw = await self.read_body(receive, _single(headers, b"content-length"))
         model, body, _ = extract_model(
             raw,
@@ -239,6 +240,8 @@ class Gateway:
             decode_encodings=self.decode,
         )
         exchange.requested_model = model
+        if route.model_in_path is not None and model != route.model_in_path:
+            raise RequestError(400, "The model in the body must be the one the path names.", "model")
         exchange.extra["decoded"] = body is not raw
         return model, body
 
@@ -575,6 +578,11 @@ def _index(raw: list[tuple[bytes, bytes]]) -> Headers:
     for name, value in raw:
         index.setdefault(name, []).append(value.decode("latin-1"))
     return index
+
+
+def _query_keys(query: bytes) -> list[str]:
+    # ";" too: older servers split the query on it (Python's parse_qsl did until 3.10).
+    return [key for key, _ in parse_qsl(query.decode("latin-1").replace(";", "&"), keep_blank_values=True)]
 
 
 def _names_model(key: str) -> bool:

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import unicodedata
 import zlib
 from typing import Any
+from urllib.parse import unquote_plus
 
 MAX_BYTES = 4 * 1024 * 1024
 # serde_json's default recursion limit; deeper than any real request (tool
@@ -221,6 +223,11 @@ def _model(document: dict[str, Any]) -> str:
     # replace, drop or stop at, so that they could name another model.
     if len(model) > MAX_MODEL_LENGTH or not model.isprintable():
         raise RequestError(400, f"'model' must be at most {MAX_MODEL_LENGTH} printable characters.", "model")
+    # Compatibility characters (fullwidth `ｆ`, long `ſ`, Kelvin `K`): a name the
+    # policy does not know, which an upstream that NFKC-normalises names reads
+    # as one it may well know.
+    if not model.isascii() and not unicodedata.is_normalized("NFKC", model):
+        raise RequestError(400, "'model' must not contain compatibility characters (it must be NFKC-normalised).", "model")
     return model
 
 
@@ -232,3 +239,26 @@ def _reads_as_model(key: str) -> bool:
     if not key.isascii():
         key = unicodedata.normalize("NFKC", key)
     return key.strip().casefold() == "model"
+
+
+# Query separators: "&", and ";" which older frameworks also split on.
+_QUERY_SEPARATORS = re.compile("[&;]")
+# Where a lenient query parser ends a name: `model[]`, `model[0]` (PHP, Rails)
+# and `model.id` (qs with allowDots) are all `model` to someone.
+_NAME_SUFFIX = re.compile(r"[\[.]")
+
+
+def query_names_model(query_string: bytes) -> bool:
+    """True if some server could read a `model` out of this query string: any
+    parameter whose name, percent-decoded once or twice, reads as `model` the
+    way a body key would (see `_reads_as_model`), before any `[` or `.`."""
+    if not query_string:
+        return False
+    text = query_string.decode("utf-8", "replace")
+    for parameter in _QUERY_SEPARATORS.split(text):
+        name = parameter.partition("=")[0]
+        once = unquote_plus(name, errors="replace")
+        for candidate in (name, once, unquote_plus(once, errors="replace")):
+            if _reads_as_model(candidate) or _reads_as_model(_NAME_SUFFIX.split(candidate, 1)[0]):
+                return True
+    return False

@@ -29,6 +29,7 @@ MAX_PATH_LENGTH = 2048
 
 _MODELS = "/v1/models"
 _MESSAGES = "/v1/messages"
+_MODEL_SEGMENTS = frozenset({"deployments", "engines", "models", "model"})
 
 # RFC 3986 unreserved characters, "/" and ":" "@" (model ids such as
 # "ft:gpt-4o:org::id" or "claude@20240620"). Every other byte — "%", ";", "\",
@@ -44,7 +45,7 @@ class Route:
     prefix: str
     path: str
     api: Api
-    model_in_path: str | None
+    model_in_path: str | None  # models_get: the model read; inference: one the body must name too
     kind: Kind
 
 
@@ -76,6 +77,7 @@ class Router:
             kind: Kind = "models_get" if model else "models_list"
         else:
             kind = "inference"
+            model = _model_in_path(path)
         api: Api = "anthropic" if path == _MESSAGES or path.startswith(_MESSAGES + "/") else "openai"
         return Route(prefix, path, api, model, kind)
 
@@ -97,6 +99,19 @@ class Router:
             if path == prefix or (path.startswith(prefix) and path[len(prefix)] == "/"):
                 return prefix
         raise _not_found()
+
+
+def _model_in_path(path: str) -> str | None:
+    """The model an upstream would read from an inference path, if any: the
+    segment after `deployments` (Azure OpenAI), `engines` (OpenAI's legacy
+    API), `models` (Gemini, Vertex) or `model` (Bedrock). Such an upstream
+    ignores the body's model, so the caller must check that they agree. Two
+    different ones are refused: no upstream's choice between them is known."""
+    segments = path.split("/")
+    named = {segments[i + 1] for i in range(1, len(segments) - 1) if segments[i].lower() in _MODEL_SEGMENTS}
+    if len(named) > 1:
+        raise RequestError(400, "The request path names more than one model.", "model")
+    return named.pop() if named else None
 
 
 def _canonical_segments(path: str) -> bool:

@@ -312,6 +312,9 @@ def test_only_top_level_keys_are_folded() -> None:
     b'{"model":"a\\u200bb"}',  # zero-width space
     b'{"model":"a\\u202eb"}',  # bidi override
     b'{"model":"\\ufeffa"}',
+    b'{"model":"\\uff53mall-2"}',  # fullwidth: "small-2" once NFKC-normalised
+    '{"model":"ſmall-2"}'.encode(),  # long s, likewise
+    b'{"model":"\\u212a2"}',  # Kelvin sign
     b'{"model":"' + b"a" * (MAX_MODEL_LENGTH + 1) + b'"}',
 ])
 def test_bad_model(body: bytes) -> None:

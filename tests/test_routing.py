@@ -40,6 +40,30 @@ def test_routed(raw: bytes, method: str, expected: tuple[str, str, str | None, s
     assert route.path == raw.decode()
 
 
+# An upstream that reads the model from the path (Azure, legacy engines, Bedrock, Gemini) ignores
+# the body's: the route carries it, for the body to be checked against.
+PATH_MODELS = Router(["/openai/deployments", "/v1/engines", "/model", "/v1beta/models", "/v1/chat/completions"])
+
+
+@pytest.mark.parametrize("raw,model", [
+    (b"/openai/deployments/gpt-4o/chat/completions", "gpt-4o"),
+    (b"/v1/engines/davinci/completions", "davinci"),
+    (b"/model/anthropic.claude-v2/invoke", "anthropic.claude-v2"),
+    (b"/v1beta/models/gemini-pro:generateContent", "gemini-pro:generateContent"),
+    (b"/v1/chat/completions/Deployments/x", "x"),
+    (b"/v1/chat/completions", None),
+    (b"/v1/chat/completions/models", None),
+])
+def test_model_in_an_inference_path(raw: bytes, model: str | None) -> None:
+    assert PATH_MODELS.match(raw, "POST").model_in_path == model
+
+
+def test_two_models_in_a_path_are_refused() -> None:
+    with pytest.raises(RequestError) as refused:
+        PATH_MODELS.match(b"/openai/deployments/a/models/b/chat", "POST")
+    assert refused.value.status == 400
+
+
 # (raw path, method, status)
 REFUSED = [
     # Not under a configured prefix: 404, never forwarded.
@@ -198,8 +222,10 @@ def _check(raw: bytes) -> None:
     assert route.path == route.prefix or route.path.startswith(route.prefix + "/")
     segments = route.path.split("/")[1:]
     assert all(segment not in ("", ".", "..") for segment in segments)
-    if route.model_in_path is not None:
+    if route.kind == "models_get":
         assert route.path == "/v1/models/" + route.model_in_path
+    elif route.model_in_path is not None:
+        assert f"/{route.model_in_path}" in route.path
 
 
 @settings(max_examples=1000, deadline=None)

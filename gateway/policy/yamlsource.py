@@ -67,10 +67,24 @@ class YamlSyntaxError(ValueError):
 # Aliases make a node graph; expanding it can grow exponentially ("billion
 # laughs"), so the number of values built is capped.
 MAX_VALUES = 1_000_000
+_PLAIN_COLLECTIONS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
+_NULL = "tag:yaml.org,2002:null"
+_NULLS = frozenset({"", "~", "null", "Null", "NULL"})
 
 
 def parse(text: str) -> YamlDocument:
     """Parse one YAML document; raise YamlSyntaxError on malformed text."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate (text from JSON): libyaml cannot read it
+            raise YamlSyntaxError(f"YAML syntax error: text is not encodable as UTF-8 ({exc.reason})", None) from None
+        bom = text.find("\ufeff", 1)
+        if bom > 0:
+            # libyaml skips a byte order mark anywhere, PyYAML's own parser reads
+            # one inside the text as content: `\ufeff# note: x` is a comment to
+            # one and a key to the other. Only the very first character may be one.
+            raise YamlSyntaxError("YAML syntax error: a byte order mark inside the text", text.count("\n", 0, bom) + 1)
     try:
         node = yaml.compose(text, Loader=_Loader)
         doc = YamlDocument(data=None)
@@ -91,10 +105,14 @@ def _build(node: yaml.Node, path: Path, doc: YamlDocument, loader: yaml.SafeLoad
     if len(doc.lines) >= MAX_VALUES and path not in doc.lines:
         raise YamlSyntaxError(f"more than {MAX_VALUES} values (alias expansion?)", None)
     doc.lines[path] = line or node.start_mark.line + 1
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_COLLECTIONS:
+        # Built by hand below, so a tag would be ignored: `!!str [US]` would be
+        # read as a list where any YAML reader sees an error, `!!set` as a map.
+        raise YamlSyntaxError(f"YAML syntax error: tag {node.tag!r} is not supported here", node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+            key = _construct(key_node, loader)
             if isinstance(key, (list, dict)):
                 key = str(key)
             if key in result:
@@ -105,4 +123,25 @@ def _build(node: yaml.Node, path: Path, doc: YamlDocument, loader: yaml.SafeLoad
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_build(item, path + (i,), doc, loader) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    return _construct(node, loader)
+
+
+def _construct(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
+    """A scalar's (or key's) value. PyYAML's constructors let bad scalars escape
+    as whatever their code hits: ValueError (`2026-13-01`, `!!int 0x`),
+    IndexError (`!!int ""`), AttributeError (`!!timestamp x`). Callers expect a
+    policy or config error, so every one becomes a YamlSyntaxError."""
+    if node.tag == _NULL and isinstance(node, yaml.ScalarNode) and node.value not in _NULLS:
+        # PyYAML reads `!!null 2026-12-01` as null: a value that would vanish.
+        raise YamlSyntaxError(f"YAML syntax error: bad value {_excerpt(node)}: not a null", node.start_mark.line + 1)
+    try:
+        return loader.construct_object(node, deep=True)
+    except (yaml.YAMLError, YamlSyntaxError, RecursionError):
+        raise
+    except Exception as exc:
+        raise YamlSyntaxError(f"YAML syntax error: bad value {_excerpt(node)}: {exc}", node.start_mark.line + 1) from None
+
+
+def _excerpt(node: yaml.Node) -> str:
+    value = node.value if isinstance(node, yaml.ScalarNode) else node.tag
+    return repr(value if len(value) <= 40 else value[:40] + "...")
