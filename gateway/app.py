@@ -288,9 +288,12 @@ class Gateway:
 
     async def forward(self, exchange: Exchange, decision: Decision, principal: Principal, route: Route,
                       scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
-        session = self.upstreams.sessions.get(decision.upstream or "")
+        # A model the policy does not list (allowed by `unknown_models: allow`) names no
+        # upstream: it goes to the default one.
+        upstream = decision.upstream or "default"
+        session = self.upstreams.sessions.get(upstream)
         if session is None:
-            log.error("model %s names upstream %r, which is not configured", decision.model, decision.upstream)
+            log.error("model %s names upstream %r, which is not configured", decision.model, upstream)
             return await self.reply(exchange, send, responses.for_status(503))
         headers = proxy.request_headers(
             scope["headers"],
@@ -298,7 +301,7 @@ class Gateway:
             decision_id=exchange.decision_id,
             pass_credentials=self.config.forward.pass_credentials,
             drop_content_encoding=exchange.extra.get("decoded", False),
-            extra=self.upstreams.config[decision.upstream or ""].headers,
+            extra=self.upstreams.config[upstream].headers,
         )
         target = route.path + (f"?{scope['query_string'].decode('latin-1')}" if scope["query_string"] else "")
         # A client that goes away cancels the upstream request (and its stream).

@@ -626,3 +626,17 @@ def test_no_request_was_answered_500(stack: Stack, decoding: Stack, configured: 
     for each in (stack, decoding, configured):
         statuses = {record["status"] for record in each.audit_records()}
         assert statuses and 500 not in statuses, statuses
+
+
+def test_a_model_the_policy_does_not_list_goes_to_the_default_upstream_when_allowed(configured: Stack) -> None:
+    """`unknown_models: allow`: an unlisted model is decided as covered, and a vetted
+    partner's request for it is forwarded to the default upstream."""
+    before = len(configured.received)
+    body = json.dumps({"model": "frontier-9-preview", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    status, _, data = send(configured, "POST", "/v1/chat/completions", body, credentials=False,
+                           headers=[("Authorization", f"Bearer {configured.api_key('org-acme')}")])
+    assert status == 200, data
+    [seen] = configured.received[before:]
+    assert seen.json()["model"] == "frontier-9-preview"
+    record = configured.audit_records()[-1]
+    assert (record["decision"], record["requested_model"], record["covered"]) == ("allow", "frontier-9-preview", True)
