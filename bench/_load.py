@@ -24,7 +24,6 @@ over a process and its descendants (nginx's workers, `serve --workers N`).
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import re

@@ -19,7 +19,6 @@ collapsed stacks for other tools (speedscope, flamegraph.pl).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import shutil
