@@ -39,6 +39,12 @@ _NEVER_FORWARDED = HOP_BY_HOP | frozenset({
 })
 # The listener sets its own Date; the upstream's would make a second one.
 _STRIPPED_RESPONSE = HOP_BY_HOP | frozenset({b"x-gateway-decision-id", b"x-gateway-org", b"date"})
+# Dropped from a request, by (credentials passed on, body forwarded decoded): built once.
+_DROPPED = {
+    (credentials, decoded): _NEVER_FORWARDED | (frozenset() if credentials else _CREDENTIALS)
+    | (frozenset({b"content-encoding"}) if decoded else frozenset())
+    for credentials in (False, True) for decoded in (False, True)
+}
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
@@ -60,11 +66,9 @@ def request_headers(
     extra: dict[str, str],
 ) -> list[tuple[str, str]]:
     """The headers to send upstream for an allowed request."""
-    dropped = _NEVER_FORWARDED | _connection_tokens(client)
-    if not pass_credentials:
-        dropped |= _CREDENTIALS
-    if drop_content_encoding:
-        dropped |= {b"content-encoding"}
+    dropped = _DROPPED[pass_credentials, drop_content_encoding]
+    if named := _connection_tokens(client):
+        dropped = dropped | named
     out = [
         (name.decode("latin-1"), value.decode("latin-1"))
         for name, value in client
@@ -79,7 +83,9 @@ def request_headers(
 def response_headers(upstream: Iterable[tuple[bytes, bytes]], decision_id: bytes) -> list[tuple[bytes, bytes]]:
     """The upstream's headers as the client will see them."""
     upstream = list(upstream)
-    dropped = _STRIPPED_RESPONSE | _connection_tokens(upstream)
+    dropped = _STRIPPED_RESPONSE
+    if named := _connection_tokens(upstream):
+        dropped = dropped | named
     out = [(name.lower(), value) for name, value in upstream if _folded(name) not in dropped]
     out.append((b"x-gateway-decision-id", decision_id))
     return out
