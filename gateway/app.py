@@ -101,7 +101,6 @@ class Gateway:
         self.config = config
         self.state = state
         self.identity = authenticator
-        self.geo = geo
         self.upstreams = upstreams
         self.audit = audit
         self.metrics = metrics
@@ -355,10 +354,7 @@ class Gateway:
         the answer cut short rather than a well-formed truncated one."""
         denial = revocation.denial(exchange)
         if not exchange.response_started:
-            extra = [(b"link", self.blocked_by)] if denial.status == 451 else []
-            if denial.status == 401:
-                extra.append((b"www-authenticate", b'Bearer realm="frontier-gateway"'))
-            return await self.reply(exchange, send, denial, extra)
+            return await self.reply(exchange, send, denial, self.denial_headers(denial))
         await self.end_started(exchange, send, denial)
 
     async def complete(self, exchange: Exchange, principal: Principal) -> None:
@@ -438,14 +434,18 @@ class Gateway:
         exchange.decision = decision
         reason = decision.reasons[0]
         denial = responses.for_reason(reason, decision.status, token=exchange.extra.get("token", False))
-        extra: list[tuple[bytes, bytes]] = []
-        if denial.status == 451:
-            extra.append((b"link", self.blocked_by))
+        extra = self.denial_headers(denial)
         if retry_after is not None:
             extra.append((b"retry-after", str(int(retry_after)).encode()))
-        if denial.status == 401:
-            extra.append((b"www-authenticate", b'Bearer realm="frontier-gateway"'))
         await self.reply(exchange, send, denial, extra)
+
+    def denial_headers(self, denial: responses.Denial) -> list[tuple[bytes, bytes]]:
+        """What a denial's status calls for: where a 451 comes from, how to authenticate."""
+        if denial.status == 451:
+            return [(b"link", self.blocked_by)]
+        if denial.status == 401:
+            return [(b"www-authenticate", b'Bearer realm="frontier-gateway"')]
+        return []
 
     async def reply(self, exchange: Exchange, send: Send, denial: responses.Denial,
                     extra: list[tuple[bytes, bytes]] | None = None) -> None:

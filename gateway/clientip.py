@@ -17,9 +17,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from gateway.geo import UNKNOWN, GeoIP, Place, parse_ip
+from gateway.geo import UNKNOWN, Address, GeoIP, Place, parse_ip
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # More hops than any real proxy chain; a longer header is someone's fabrication.
 MAX_FORWARDED_ENTRIES = 64

@@ -19,7 +19,7 @@ A request now denied is ended: its task is cancelled, which closes the upstream
 response and its connection, and the forward loop (`Gateway.end_revoked`)
 answers with the denial the request would now get: as the response when none
 has started, as an error event in the stream's own format when one has
-(`event`), and otherwise by leaving the body incomplete, so that the listener
+(`responses.sse_event`), and otherwise by leaving the body incomplete, so that the listener
 closes the connection and the client sees it cut short.
 
 The request path pays one dict insert and one dict pop; the check never runs
