@@ -1,7 +1,9 @@
-"""Shared fixtures: the reference bundle and its decision cases, loaded once."""
+"""Shared fixtures: the reference bundle and its decision cases, loaded once; Redis servers."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,3 +41,28 @@ def bundle_dir(tmp_path: Path) -> Path:
     for source in REFERENCE_POLICY.glob("*.yaml"):
         (target / source.name).write_text(source.read_text())
     return target
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis of scripts/with-redis (make test), shared by every test that needs one."""
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        pytest.skip("needs a Redis: run under scripts/with-redis (make test)")
+    return url
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Any]:
+    """A redis-server of this test's own (no persistence), to stop and start again."""
+    from fleet import RedisServer, redis_server_binary  # fleet imports this module
+
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server binary ($REDIS_SERVER_BIN or PATH)")
+    server = RedisServer(binary, tmp_path / "redis")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

@@ -24,7 +24,7 @@ import pytest
 import redis as redis_sync
 
 from e2e import CN_IP, US_IP, Stack
-from fleet import RedisServer, Reply, redis_server_binary, request
+from fleet import RedisServer, Reply, request
 from gateway import audit
 from gateway.audit import ZERO_HASH, AuditFile, AuditLog, canonical, verify
 from gateway.cli import main
@@ -454,27 +454,6 @@ class TestGateway:
 
 
 # Fleet mode: the Redis stream
-
-
-@pytest.fixture
-def redis_url() -> str:
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        pytest.skip("needs a Redis: run under scripts/with-redis (make test)")
-    return url
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    binary = redis_server_binary()
-    if binary is None:
-        pytest.skip("no redis-server binary ($REDIS_SERVER_BIN or PATH)")
-    server = RedisServer(binary, tmp_path / "redis")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
 
 
 def stream_lines(url: str, namespace: str) -> list[bytes]:

@@ -10,7 +10,6 @@ tests start a redis-server of their own ($REDIS_SERVER_BIN or PATH) to kill.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,18 +19,10 @@ import pytest
 import redis
 
 from fleet import (OPERATOR_TOKEN, SE_IP, VIEWER_TOKEN, Fleet, RedisServer, Reply, percentile,
-                   policy_variant, redis_server_binary, reference_texts, start_fleet, wait_for)
+                   policy_variant, reference_texts, start_fleet, wait_for)
 
 PROPAGATION_ROUNDS = 50
 FleetFactory = Callable[..., Fleet]
-
-
-@pytest.fixture
-def shared_redis_url() -> str:
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        pytest.skip("fleet tests need a Redis: run them under scripts/with-redis (make test)")
-    return url
 
 
 @pytest.fixture
@@ -53,20 +44,6 @@ def fleets(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FleetFact
         if request.session.testsfailed > failures:
             print(fleet.logs())
     assert all(code == 0 for code in exits.values()), f"replicas did not stop cleanly: {exits}"
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own (no persistence), to stop and start again."""
-    binary = redis_server_binary()
-    if binary is None:
-        pytest.skip("no redis-server binary ($REDIS_SERVER_BIN or PATH)")
-    server = RedisServer(binary, tmp_path / "redis")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
 
 
 def report(capsys: pytest.CaptureFixture[str], text: str) -> None:
@@ -92,8 +69,8 @@ UNSUPPORTED_COUNTRY = "unsupported_country_region_territory"
 
 
 def test_a_suspension_made_on_one_replica_is_enforced_on_the_other_within_a_second(
-        fleets: FleetFactory, shared_redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    fleet = fleets(redis_url=shared_redis_url)
+        fleets: FleetFactory, redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = fleets(redis_url=redis_url)
     a, b, key = fleet.a, fleet.b, fleet.key("org-public")
     assert b.chat(key).status == 200
     created_ms: list[float] = []
@@ -132,8 +109,8 @@ def test_a_suspension_made_on_one_replica_is_enforced_on_the_other_within_a_seco
 
 
 def test_an_org_suspended_on_one_replica_is_refused_on_the_other_and_reinstated(
-        fleets: FleetFactory, shared_redis_url: str) -> None:
-    fleet = fleets(redis_url=shared_redis_url)
+        fleets: FleetFactory, redis_url: str) -> None:
+    fleet = fleets(redis_url=redis_url)
     a, b, key, other = fleet.a, fleet.b, fleet.key("org-public"), fleet.key("org-acme")
     assert a.chat(key).status == 200 and b.chat(key).status == 200
 
@@ -166,14 +143,14 @@ def test_an_org_suspended_on_one_replica_is_refused_on_the_other_and_reinstated(
 # 3. Quota
 
 
-def test_a_per_minute_quota_is_shared_by_the_replicas(fleets: FleetFactory, shared_redis_url: str,
+def test_a_per_minute_quota_is_shared_by_the_replicas(fleets: FleetFactory, redis_url: str,
                                                       tmp_path: Path) -> None:
     limit = 7
 
     def with_quota(texts: dict[str, str]) -> None:
         texts["framework.yaml"] += f"quotas:\n  standard:\n    requests_per_minute: {limit}\n"
 
-    fleet = fleets(redis_url=shared_redis_url, policy_dir=policy_variant(tmp_path / "quota-policy", with_quota))
+    fleet = fleets(redis_url=redis_url, policy_dir=policy_variant(tmp_path / "quota-policy", with_quota))
     a, b, key = fleet.a, fleet.b, fleet.key("org-public")
     # The window is the wall-clock minute: keep clear of its end.
     if time.time() % 60 > 54:
@@ -291,8 +268,8 @@ def test_redis_stopped_mid_traffic_fails_closed_and_recovers_by_itself(
 # 5. Admin refusals
 
 
-def test_admin_api_refusals_change_nothing(fleets: FleetFactory, shared_redis_url: str) -> None:
-    fleet = fleets(redis_url=shared_redis_url)
+def test_admin_api_refusals_change_nothing(fleets: FleetFactory, redis_url: str) -> None:
+    fleet = fleets(redis_url=redis_url)
     a, b = fleet.a, fleet.b
     version = a.policy_version()
     assert b.policy_version() == version
@@ -347,8 +324,8 @@ def test_admin_api_refusals_change_nothing(fleets: FleetFactory, shared_redis_ur
 
 
 def test_put_policy_refuses_an_invalid_bundle_whole_and_spreads_a_valid_one(
-        fleets: FleetFactory, shared_redis_url: str) -> None:
-    fleet = fleets(redis_url=shared_redis_url)
+        fleets: FleetFactory, redis_url: str) -> None:
+    fleet = fleets(redis_url=redis_url)
     a, b = fleet.a, fleet.b
     version = a.policy_version()
     new_key = fleet.key("org-new")

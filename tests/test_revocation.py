@@ -14,7 +14,6 @@ import hashlib
 import http.client
 import itertools
 import json
-import os
 import socket
 import threading
 import time
@@ -415,14 +414,6 @@ def test_an_answer_that_is_not_a_stream_is_cut_short(slow_stack: Callable[[bytes
 
 
 # Fleet mode
-
-
-@pytest.fixture
-def redis_url() -> str:
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        pytest.skip("fleet tests need a Redis: run them under scripts/with-redis (make test)")
-    return url
 
 
 def test_a_change_on_one_replica_ends_a_stream_on_the_other_within_a_second(
