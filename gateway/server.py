@@ -166,14 +166,16 @@ class Service:
             self.geo.close()
 
     async def run_forever(self) -> None:
-        await self.start()
-        public, admin = self.bound_ports()
-        log.warning("gateway listening on %s (admin on %s), policy %s", public, admin,
-                    self.state.policy.version if self.state.policy else "NOT LOADED")
+        # Handlers first: the listeners answer (and so look ready) before start() returns,
+        # and a SIGTERM in between must still stop the service cleanly.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        await self.start()
+        public, admin = self.bound_ports()
+        log.warning("gateway listening on %s (admin on %s), policy %s", public, admin,
+                    self.state.policy.version if self.state.policy else "NOT LOADED")
         watch_sighup(self.live)
         await stop.wait()
         await self.stop()
