@@ -28,7 +28,7 @@ from gateway.config import Config
 from gateway.decision import Decision, Facts, decide, decide_listing
 from gateway.geo import UNKNOWN, GeoIP, Place
 from gateway.identity import Authenticator, CredentialError, Principal
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, model_label
 from gateway.misuse import LocalSightings, Sightings
 from gateway.policy.snapshot import Policy
 from gateway.live.state import PolicyState
@@ -572,7 +572,7 @@ class Gateway:
         if decision is not None:
             for reason in decision.shadow:
                 metrics.child(metrics.would_deny, str(reason)).inc()
-        model = decision.model if decision and decision.model else "none"
+        model = model_label(decision, policy is not None and policy.conceal_unreleased)
         metrics.child(
             metrics.requests, "allow" if allowed else "deny", first, model,
             (decision.stage if decision else None) or "none", (decision.tier if decision else None) or "none",

@@ -183,3 +183,46 @@ def test_an_unreadable_catalogue_is_a_502(stack: Stack, gw: Probe, document: byt
     monkeypatch.setattr(app, "_models_list", answer)
     status, body = catalogue(stack)
     assert status == 502 and json.loads(body)["error"]["code"] == "upstream_unavailable"
+
+
+# --- /metrics ----------------------------------------------------------------------------
+
+
+def scrape(url: str, token: str | None = None) -> tuple[int, dict[str, str], str]:
+    request = urllib.request.Request(url + "/metrics", headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, {k.lower(): v for k, v in refused.headers.items()}, refused.read().decode()
+
+
+def model_labels(exposition: str) -> set[str]:
+    return set(re.findall(r'\bmodel="([^"]*)"', exposition))
+
+
+def series(exposition: str, name: str) -> dict[frozenset[tuple[str, str]], float]:
+    """The samples of one metric, by label set."""
+    found = {}
+    for labels, value in re.findall(rf"^{name}\{{([^}}]*)\}} (\S+)$", exposition, re.M):
+        found[frozenset(re.findall(r'(\w+)="([^"]*)"', labels))] = float(value)
+    return found
+
+
+def test_metrics_name_no_concealed_model(stack: Stack, gw: Probe) -> None:
+    """Requests for a concealed model (refused, or allowed to a partner), for one not yet
+    released and for an unknown one: their series say `unreleased` or `none`, never the id."""
+    for org, model in [(PUBLIC, "frontier-5.6"), ("org-acme", "frontier-5.6"), ("org-acme", "fr-5.6"),
+                       ("org-caisi", "nextgen-7"), (PUBLIC, "not-in-policy"), (PUBLIC, "small-2")]:
+        reply = gw.send(body=chat_body(model), path=CHAT, credential=stack.api_key(org))
+        assert reply.status in (200, 404), reply
+    assert catalogue(stack, "/v1/models/frontier-5.6", "org-acme")[0] == 200
+    status, _, exposition = scrape(stack.admin_url)
+    assert status == 200
+    labels = model_labels(exposition)
+    assert {"unreleased", "small-2", "none"} <= labels
+    assert [name for name in CONCEALED if name in exposition.casefold()] == []
+    partner = {"decision": "allow", "reason": "none", "model": "unreleased", "stage": "limited_partner",
+               "tier": "vetted_partner"}
+    assert series(exposition, "gateway_requests_total").get(frozenset(partner.items()), 0) >= 3, \
+        "the partner's requests are counted, under the fixed label"
