@@ -226,3 +226,81 @@ def test_metrics_name_no_concealed_model(stack: Stack, gw: Probe) -> None:
                "tier": "vetted_partner"}
     assert series(exposition, "gateway_requests_total").get(frozenset(partner.items()), 0) >= 3, \
         "the partner's requests are counted, under the fixed label"
+
+
+# --- the admin listener, to a scraper without a token ----------------------------------------
+
+VIEWER, OPERATOR = "viewer-token-for-leaks", "operator-token-for-leaks"
+
+
+def tokens_config(*, require: bool | None = None) -> str:
+    digest = lambda token: hashlib.sha256(token.encode()).hexdigest()  # noqa: E731
+    lines = ["admin:", "  tokens:",
+             f'    - {{name: prometheus, sha256: "{digest(VIEWER)}", role: viewer}}',
+             f'    - {{name: ops, sha256: "{digest(OPERATOR)}", role: operator}}']
+    if require is not None:
+        lines.append(f"  metrics_require_token: {str(require).lower()}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A gateway whose admin listener is on every interface, with tokens and no other setting."""
+    stack = Stack(tmp_path_factory.mktemp("published"), extra_config=tokens_config(), admin_listen="0.0.0.0:0")
+    yield stack
+    stack.close()
+
+
+def test_a_published_admin_listener_shows_metrics_only_for_a_token(published: Stack) -> None:
+    catalogue(published, "/v1/models/frontier-5.6", "org-acme")  # at least one series with a model
+    for token in (None, "", "wrong-token", VIEWER + "x", hashlib.sha256(VIEWER.encode()).hexdigest()):
+        status, headers, body = scrape(published.admin_url, token)
+        assert status == 401 and headers["www-authenticate"].startswith("Bearer"), (token, status)
+        assert "gateway_" not in body and json.loads(body)["error"]["code"] == "unauthorized"
+    for token in (VIEWER, OPERATOR):
+        status, _, body = scrape(published.admin_url, token)
+        assert status == 200 and "gateway_requests_total" in body
+    for probe in ("/healthz", "/readyz"):
+        with urllib.request.urlopen(published.admin_url + probe, timeout=5) as response:
+            assert response.status == 200, probe
+
+
+def test_the_admin_api_stays_closed_to_a_scraper(published: Stack) -> None:
+    for path in ("/admin/policy", "/admin/decisions", "/admin/changes", "/admin/suspensions"):
+        status, _, _ = get(published.admin_url, path, {})
+        assert status == 401, path
+
+
+def test_a_loopback_listener_may_require_the_token_too(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, extra_config=tokens_config(require=True))
+    try:
+        assert scrape(stack.admin_url)[0] == 401
+        assert scrape(stack.admin_url, VIEWER)[0] == 200
+    finally:
+        stack.close()
+
+
+def write_config(directory: Path, admin: str, extra: str = "") -> Path:
+    path = directory / "gateway.yaml"
+    path.write_text(f"listen: 127.0.0.1:0\nadmin_listen: \"{admin}\"\nstate_dir: state\n{extra}")
+    return path
+
+
+@pytest.mark.parametrize("admin", ["0.0.0.0:9090", "[::]:9090", "10.0.0.7:9090", "gateway.internal:9090"])
+def test_a_published_admin_listener_without_tokens_refuses_to_start(tmp_path: Path, admin: str) -> None:
+    config = load_config(write_config(tmp_path, admin), {})
+    assert config.metrics_require_token
+    with pytest.raises(ValueError, match="viewer token for Prometheus"):
+        Service(config)
+    opted_out = load_config(write_config(tmp_path, admin, "admin: {metrics_require_token: false}\n"), {})
+    assert not opted_out.metrics_require_token
+    Service(opted_out)  # the operator's explicit choice (the network limits who reaches it): logged at start
+
+
+@pytest.mark.parametrize("admin", ["127.0.0.1:9090", "127.8.9.10:0", "[::1]:9090", "localhost:9090"])
+def test_a_loopback_admin_listener_needs_no_token(tmp_path: Path, admin: str) -> None:
+    config = load_config(write_config(tmp_path, admin), {})
+    assert not config.metrics_require_token
+    Service(config)
+    with pytest.raises(ValueError, match="metrics_require_token is true"):
+        Service(load_config(write_config(tmp_path, admin, "admin: {metrics_require_token: true}\n"), {}))
