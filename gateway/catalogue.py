@@ -78,12 +78,15 @@ def listing(policy: Policy, facts: Facts, now: datetime, upstream: Any) -> dict[
         (allowed if decide(policy, _for(facts, raw["id"]), now).allowed else refused).append(raw)
     hidden = concealed(policy, facts, now, (raw["id"] for raw in refused))
     data = [entry(raw, hidden) for raw in allowed]
+    listed: dict[str, Any] = {"object": "list", "data": data}
     if _ANTHROPIC_PAGE & upstream.keys():
         # One page, complete as far as this caller goes: the gateway asks for no other
-        # (the upstream's cursor would name, or count, what is left out).
-        return {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None}
-    return {"object": "list", "data": data}
+        # (the upstream's cursors would name, or count, what is left out).
+        if upstream.get("object") != "list":
+            del listed["object"]
+        listed |= {"has_more": False, "first_id": data[0]["id"] if data else None,
+                   "last_id": data[-1]["id"] if data else None}
+    return listed
 
 
 def _for(facts: Facts, model: str) -> Facts:

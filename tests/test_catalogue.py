@@ -62,6 +62,9 @@ def upstream(*ids: str, **top: Any) -> dict[str, Any]:
     (upstream("frontier-5.6", "small-2", "nextgen-7", has_more=True, first_id="frontier-5.6", last_id="nextgen-7"),
      {"data": [{"id": "small-2", "object": "model"}], "has_more": False, "first_id": "small-2", "last_id": "small-2"}),
     (upstream("frontier-5.6", last_id="frontier-5.6"), {"data": [], "has_more": False, "first_id": None, "last_id": None}),
+    (upstream("fable", "frontier-5.6", object="list", has_more=True, last_id="frontier-5.6"),  # a paginated OpenAI-style list
+     {"object": "list", "data": [{"id": "fable", "object": "model"}], "has_more": False, "first_id": "fable",
+      "last_id": "fable"}),
     ({"data": [{"id": "small-2"}, {"id": 7}, "fable", None, {"name": "mythos"}]}, {"object": "list", "data": [{"id": "small-2"}]}),
 ])
 def test_a_listing_is_built_from_the_allowed_entries(reference_policy: Policy, document: dict[str, Any],
