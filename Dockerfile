@@ -1,8 +1,12 @@
 # Frontier Gateway container image.
 #
 #   docker build -t frontier-gateway .
-#   docker run --rm -p 8080:8080 -p 127.0.0.1:9090:9090 --read-only --tmpfs /tmp \
-#     -v fgw-data:/var/lib/gateway frontier-gateway
+#   docker run --rm -p 8080:8080 --read-only --tmpfs /tmp -v fgw-data:/var/lib/gateway frontier-gateway
+#
+# The admin listener (health, metrics, admin API) is on the container's loopback by default:
+# the HEALTHCHECK reaches it, nothing else does. Exposing it takes GATEWAY_ADMIN_LISTEN=0.0.0.0:9090
+# and admin tokens (GATEWAY_ADMIN__TOKENS): /metrics then asks for one, and the gateway refuses
+# to start without (docs/operators.md, "Metrics and the admin listener").
 #
 # Two stages: the first builds the virtual environment and extracts the embedded country
 # database; the second is python:3.11-slim with that environment and nothing else (no

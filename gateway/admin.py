@@ -1,7 +1,10 @@
-"""The admin listener (SPEC §4), never the public one: health, readiness and
-metrics for anyone who can reach it; the admin API for bearer tokens with a
-role. `viewer` reads, `operator` also changes. Every change goes through
-`LiveState`, which records who, when, what, before and after.
+"""The admin listener (SPEC §4), never the public one: health and readiness for
+anyone who can reach it (the orchestrator's probes); metrics for anyone too on a
+loopback listener, else for an admin token of either role
+(`admin.metrics_require_token`: Prometheus sends it as a bearer token, see
+docs/operators.md); the admin API for bearer tokens with a role. `viewer`
+reads, `operator` also changes. Every change goes through `LiveState`, which
+records who, when, what, before and after.
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ class Tokens:
 
 
 def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callable[[], list[str]],
-                     live: LiveState, tokens: list[AdminToken], audit_path: str | None = None) -> Starlette:
+                     live: LiveState, tokens: list[AdminToken], audit_path: str | None = None, *,
+                     metrics_require_token: bool = False) -> Starlette:
     """`ready_checks` returns what is missing for readiness (empty when ready)."""
     known = Tokens(tokens)
 
@@ -94,6 +98,10 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         return JSONResponse(body, status_code=200 if not missing else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
+        if metrics_require_token and known.identify(request) is None:
+            refused = error(401, "unauthorized", "A valid admin bearer token is required.")
+            refused.headers["www-authenticate"] = 'Bearer realm="frontier-gateway-admin"'
+            return refused
         return Response(metrics.exposition(), media_type=PROMETHEUS_TEXT)
 
     async def get_policy(request: Request, actor: str) -> Response:

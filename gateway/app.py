@@ -21,14 +21,14 @@ from urllib.parse import parse_qsl
 
 import aiohttp
 
-from gateway import proxy, responses, revocation
+from gateway import catalogue, proxy, responses, revocation
 from gateway.audit import AuditLog
 from gateway.clientip import ClientLocator, TrustedProxies
 from gateway.config import Config
 from gateway.decision import Decision, Facts, decide, decide_listing
 from gateway.geo import UNKNOWN, GeoIP, Place
 from gateway.identity import Authenticator, CredentialError, Principal
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, model_label
 from gateway.misuse import LocalSightings, Sightings
 from gateway.policy.snapshot import Policy
 from gateway.live.state import PolicyState
@@ -176,6 +176,8 @@ class Gateway:
 
         if route.kind == "models_list":
             return await self.list_models(exchange, policy, facts, route, scope, send)
+        if route.kind == "models_get":
+            return await self.get_model(exchange, policy, decision, facts, route, scope, send)
         await self.forward(exchange, decision, principal, route, scope, body, receive, send)
 
     # Facts
@@ -378,33 +380,71 @@ class Gateway:
 
     async def list_models(self, exchange: Exchange, policy: Policy, facts: Facts, route: Route,
                           scope: Scope, send: Send) -> None:
-        """GET /v1/models, filtered to the models this caller may use."""
-        session = self.upstreams.sessions["default"]
+        """GET /v1/models: the models this caller may use, in a list built afresh
+        (gateway/catalogue.py), never the upstream's with entries taken out."""
+        fetched = await self.fetch_catalogue(exchange, "default", route.path, facts, scope, send)
+        if fetched is None:
+            return
+        status, document = fetched
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        try:
+            answer = catalogue.listing(policy, facts, now, document) if status == 200 else None
+        except ValueError:
+            answer = None
+        await self.answer_catalogue(exchange, send, answer)
+
+    async def get_model(self, exchange: Exchange, policy: Policy, decision: Decision, facts: Facts,
+                        route: Route, scope: Scope, send: Send) -> None:
+        """GET /v1/models/{id} of a model the caller may use: the entry without the
+        fields that could name another model (gateway/catalogue.py)."""
+        fetched = await self.fetch_catalogue(exchange, decision.upstream or "default", route.path, facts, scope, send)
+        if fetched is None:
+            return
+        status, document = fetched
+        if status == 404:  # the upstream does not serve it: the same answer as a model it does not know
+            return await self.reply(exchange, send, responses.for_reason(Reason.MODEL_UNKNOWN, 404))
+        answer = None
+        if status == 200 and isinstance(document, dict) and isinstance(document.get("id"), str):
+            now = datetime.fromtimestamp(self.clock(), UTC)
+            answer = catalogue.entry(document, catalogue.concealed(policy, facts, now))
+        await self.answer_catalogue(exchange, send, answer)
+
+    async def fetch_catalogue(self, exchange: Exchange, upstream: str, path: str, facts: Facts, scope: Scope,
+                              send: Send) -> tuple[int, Any] | None:
+        """The upstream's status and parsed JSON answer (None when it is not JSON); None
+        once the client has been answered for an upstream that failed."""
+        session = self.upstreams.sessions.get(upstream)
+        if session is None:
+            log.error("model %s names upstream %r, which is not configured", facts.model, upstream)
+            await self.reply(exchange, send, responses.for_status(503))
+            return None
         headers = proxy.request_headers(
             [(n, v) for n, v in scope["headers"] if n != b"accept-encoding"],
             org_id=facts.org_id or "", decision_id=exchange.decision_id,
             pass_credentials=self.config.forward.pass_credentials, drop_content_encoding=False,
-            extra=self.upstreams.config["default"].headers,
+            extra=self.upstreams.config[upstream].headers,
         )
         exchange.forwarded = True
         try:
-            async with session.get(route.path, headers=headers, allow_redirects=False) as upstream:
-                exchange.upstream_status = upstream.status
-                payload = await upstream.read()
+            async with session.get(path, headers=headers, allow_redirects=False) as answer:
+                exchange.upstream_status = answer.status
+                payload = await answer.read()
                 exchange.upstream_bytes = len(payload)
         except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-            return await self.upstream_failed(exchange, send, error)
-        if exchange.upstream_status != 200:
-            return await self.reply(exchange, send, responses.for_status(502))
+            await self.upstream_failed(exchange, send, error)
+            return None
         try:
-            catalogue = json.loads(payload)
-            entries = [e for e in catalogue["data"] if isinstance(e, dict) and isinstance(e.get("id"), str)]
-        except (ValueError, KeyError, TypeError):
+            return answer.status, json.loads(payload)
+        except ValueError:
+            return answer.status, None
+
+    async def answer_catalogue(self, exchange: Exchange, send: Send, answer: dict[str, Any] | None) -> None:
+        """200 with `answer`, or 502 when the upstream gave none that could be read."""
+        if answer is None:
             return await self.reply(exchange, send, responses.for_status(502))
-        now = datetime.fromtimestamp(self.clock(), UTC)
-        catalogue["data"] = [e for e in entries if decide(policy, _with_model(facts, e["id"]), now).allowed]
-        body = json.dumps(catalogue, separators=(",", ":")).encode()
-        await self.start_response(exchange, send, 200, [JSON, (b"x-gateway-decision-id", exchange.decision_id.encode())])
+        body = json.dumps(answer, separators=(",", ":")).encode()
+        await self.start_response(exchange, send, 200, [JSON, (b"content-length", str(len(body)).encode()),
+                                                       (b"x-gateway-decision-id", exchange.decision_id.encode())])
         await self.settle(exchange)
         await send({"type": "http.response.body", "body": body})
 
@@ -532,7 +572,7 @@ class Gateway:
         if decision is not None:
             for reason in decision.shadow:
                 metrics.child(metrics.would_deny, str(reason)).inc()
-        model = decision.model if decision and decision.model else "none"
+        model = model_label(decision, policy is not None and policy.conceal_unreleased)
         metrics.child(
             metrics.requests, "allow" if allowed else "deny", first, model,
             (decision.stage if decision else None) or "none", (decision.tier if decision else None) or "none",
@@ -564,10 +604,6 @@ def _unavailable(policy: Policy | None) -> Decision:
 def _rate_limited(decision: Decision) -> Decision:
     return Decision(False, 429, (Reason.RATE_LIMITED,), decision.policy_version, decision.model, decision.stage,
                     decision.covered, decision.tier, decision.upstream)
-
-
-def _with_model(facts: Facts, model: str) -> Facts:
-    return Facts(facts.org_id, model, facts.observed_country, facts.observed_region, facts.anonymizer, facts.credential)
 
 
 def _peer(scope: Scope) -> str | None:

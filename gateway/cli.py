@@ -165,10 +165,11 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.server import check_workers, serve
+    from gateway.server import check_admin, check_workers, serve
 
     config = _config(args)
     try:
+        check_admin(config)
         check_workers(config, args.workers)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

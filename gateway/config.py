@@ -9,6 +9,7 @@ config file's directory, so a config works from any working directory.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -110,6 +111,10 @@ class AdminToken(Section):
 
 class AdminConfig(Section):
     tokens: list[AdminToken] = []
+    # /metrics only for a bearer token of admin.tokens (any role); /healthz and /readyz
+    # stay open for probes. None: required unless admin_listen is a loopback address,
+    # since model, stage and country labels are for the operators, not the network.
+    metrics_require_token: bool | None = None
 
 
 class RequestConfig(Section):
@@ -175,6 +180,23 @@ class Config(Section):
         if not 0 <= int(value.rsplit(":", 1)[1]) <= 65535:
             raise ValueError("port must be 0-65535")
         return value
+
+    @property
+    def metrics_require_token(self) -> bool:
+        """Whether /metrics asks for an admin token (`admin.metrics_require_token`)."""
+        required = self.admin.metrics_require_token
+        return not is_loopback(self.admin_listen) if required is None else required
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a host:port binds only this host's loopback interface."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host.casefold() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 class ConfigError(Exception):

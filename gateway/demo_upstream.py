@@ -3,7 +3,12 @@ end-to-end tests and the benchmarks.
 
 It speaks enough of the OpenAI API (chat completions, legacy completions,
 embeddings, responses, models) and of the Anthropic Messages API, streaming
-and not, for the official SDKs to work against it unchanged. Every answer is
+and not, for the official SDKs to work against it unchanged. ``GET /v1/models``
+answers in Anthropic's shape (``type``, ``display_name``, ``created_at``; a page
+with ``has_more``, ``first_id``, ``last_id``, ``limit`` and ``after_id`` honoured)
+when the request carries ``anthropic-version``, as Anthropic's SDKs send it, and
+otherwise in OpenAI's, with the legacy ``root`` and ``parent`` fields that name
+the model an entry derives from (``lineage``). Every answer is
 deterministic: ``"[<name>:<model>] You said: <the last user message>"``.
 Token counts are whitespace-separated words; a stream sends one word per event.
 
@@ -46,8 +51,9 @@ import struct
 import sys
 import threading
 import time
+import urllib.parse
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import uvicorn
@@ -288,10 +294,13 @@ class DemoUpstream:
         max_recorded: int | None = MAX_RECORDED,
         created: int = 1_767_225_600,  # 2026-01-01T00:00:00Z, the models' `created`
         journal: TextIO | None = None,
+        lineage: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self.journal = journal
         self.models: list[str] = list(models)
+        #: model -> the model it derives from: its `parent` (and, up the chain, `root`) in the list.
+        self.lineage: dict[str, str] = dict(lineage or {})
         self.stream_delay_s = stream_delay_s
         self.created = created
         #: Requests received, newest last; bounded by ``max_recorded`` (0: record nothing).
@@ -305,7 +314,6 @@ class DemoUpstream:
             "/v1/completions": ("POST", self._completions, False, True),
             "/v1/embeddings": ("POST", self._embeddings, False, True),
             "/v1/responses": ("POST", self._responses, False, True),
-            "/v1/models": ("GET", self._models_list, False, False),
             "/v1/messages": ("POST", self._messages, True, True),
             "/v1/messages/count_tokens": ("POST", self._count_tokens, True, True),
         }
@@ -361,10 +369,14 @@ class DemoUpstream:
                         record.outcome = "dropped"
                     send = _cut_short(send)
             if route is None:
-                if path.startswith("/v1/models/") and len(path) > 11:
+                if path == "/v1/models" or (path.startswith("/v1/models/") and len(path) > 11):
+                    anthropic = any(k.lower() == b"anthropic-version" for k, _ in raw_headers)
                     if method != "GET":
                         raise BadRequest(f"Method {method} not allowed for {path}", status=405)
-                    await self._models_get(send, path[11:], extra)
+                    if path == "/v1/models":
+                        await self._models_list(send, scope.get("query_string", b""), anthropic, extra)
+                    else:
+                        await self._models_get(send, path[11:], anthropic, extra)
                 else:
                     raise BadRequest(f"Invalid URL ({method} {path})", status=404, code="unknown_url")
             else:
@@ -733,16 +745,33 @@ class DemoUpstream:
 
         await self._stream(send, receive, events(), extra, record)
 
-    def _model(self, model_id: str) -> dict[str, Any]:
-        return {"id": model_id, "object": "model", "created": self.created, "owned_by": self.name}
+    def _model(self, model_id: str, anthropic: bool = False) -> dict[str, Any]:
+        if anthropic:
+            created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created))
+            display = " ".join(part.capitalize() for part in model_id.split("-"))
+            return {"type": "model", "id": model_id, "display_name": display, "created_at": created_at}
+        root, seen = model_id, {model_id}
+        while root in self.lineage and self.lineage[root] not in seen:
+            root = self.lineage[root]
+            seen.add(root)
+        return {"id": model_id, "object": "model", "created": self.created, "owned_by": self.name,
+                "root": root, "parent": self.lineage.get(model_id)}
 
-    async def _models_list(self, send: Send, receive: Receive, body: Any, extra: list, record: Any) -> None:
-        await self._json(send, {"object": "list", "data": [self._model(m) for m in self.models]}, extra)
+    async def _models_list(self, send: Send, query: bytes, anthropic: bool, extra: list) -> None:
+        if not anthropic:
+            await self._json(send, {"object": "list", "data": [self._model(m) for m in self.models]}, extra)
+            return
+        params = dict(urllib.parse.parse_qsl(query.decode("latin-1")))
+        limit = int(params["limit"]) if params.get("limit", "").isdigit() else 20
+        start = self.models.index(params["after_id"]) + 1 if params.get("after_id") in self.models else 0
+        page = self.models[start:start + max(1, min(limit, 1000))]
+        await self._json(send, {"data": [self._model(m, True) for m in page], "has_more": start + len(page) < len(self.models),
+                                "first_id": page[0] if page else None, "last_id": page[-1] if page else None}, extra)
 
-    async def _models_get(self, send: Send, model_id: str, extra: list) -> None:
+    async def _models_get(self, send: Send, model_id: str, anthropic: bool, extra: list) -> None:
         if model_id not in self.models:
             raise BadRequest(f"The model '{model_id}' does not exist", "model", status=404, code="model_not_found")
-        await self._json(send, self._model(model_id), extra)
+        await self._json(send, self._model(model_id, anthropic), extra)
 
     # ------------------------------------------------------------------ Anthropic
 
@@ -829,6 +858,7 @@ def create_app(
     stream_delay_s: float = 0.0,
     max_recorded: int | None = MAX_RECORDED,
     journal: TextIO | None = None,
+    lineage: Mapping[str, str] | None = None,
 ) -> DemoUpstream:
     """The demo upstream as an ASGI application.
 
@@ -837,11 +867,12 @@ def create_app(
     ``stream_delay_s`` is the pause between stream events (mutable later as
     ``app.stream_delay_s``); ``max_recorded`` bounds ``app.received``
     (``None``: unbounded, ``0``: record nothing, e.g. for benchmarks);
-    ``journal`` gets one JSON line per request received (see the module doc).
+    ``journal`` gets one JSON line per request received (see the module doc);
+    ``lineage`` maps a model to the one it derives from (``parent``, ``root``).
     """
     logging.getLogger("uvicorn.error").addFilter(_quiet_drops)
     return DemoUpstream(name=name, models=models, stream_delay_s=stream_delay_s, max_recorded=max_recorded,
-                        journal=journal)
+                        journal=journal, lineage=lineage)
 
 
 # --------------------------------------------------------------------------- running it

@@ -69,16 +69,21 @@ class Credentials:
     token: str  # a JWT of org-gov-evaluator
     operator_token: str  # admin API bearer token (role operator)
     jwks_path: Path
+    metrics_token: str = ""  # admin API bearer token (role viewer) for Prometheus' scrapes
 
     @property
     def operator_sha256(self) -> str:
         return hashlib.sha256(self.operator_token.encode()).hexdigest()
 
+    @property
+    def metrics_sha256(self) -> str:
+        return hashlib.sha256(self.metrics_token.encode()).hexdigest()
+
 
 def make_credentials(redis: Any, directory: Path) -> Credentials:
     """Demo credentials for a fleet on `redis` (the config's `redis` section): an API key per demo
     org, created in Redis as `gateway keys create` does; a JWT signing key (its public half in
-    `jwks.json`) and a token; an admin operator token. Kept in `credentials.json` (mode 0600,
+    `jwks.json`) and a token; an admin operator token and a viewer token for Prometheus. Kept in `credentials.json` (mode 0600,
     demo only) and reused by a later call: keys still valid in Redis are kept, others made anew."""
     from gateway.identity._jose import JsonWebKey, jwt
 
@@ -111,12 +116,14 @@ def make_credentials(redis: Any, directory: Path) -> Credentials:
               "iat": now, "exp": now + TOKEN_LIFETIME_S}
     token = jwt.encode({"alg": "RS256", "kid": "demo"}, claims, signing).decode()
     operator = saved.get("operator_token") or "fgw-operator-" + secrets.token_urlsafe(24)
+    metrics = saved.get("metrics_token") or "fgw-metrics-" + secrets.token_urlsafe(24)
     _write_private(saved_path, json.dumps({"signing_key": signing.as_dict(is_private=True), "keys": keys,
-                                           "operator_token": operator, "token": token}, indent=2))
+                                           "operator_token": operator, "metrics_token": metrics, "token": token},
+                                          indent=2))
     jwks_path = directory / "jwks.json"
     jwks_path.write_text(json.dumps({"keys": [public]}, indent=2))
     return Credentials({o: k["secret"] for o, k in keys.items()}, {o: k["key_id"] for o, k in keys.items()},
-                       token, operator, jwks_path)
+                       token, operator, jwks_path, metrics)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -713,11 +720,14 @@ def _port_open(port: int) -> bool:
 
 
 def compose_init(template: Path, out: Path) -> int:
-    """Inside docker-compose.yml: render the replicas' config (the template plus the demo JWKS and
-    an admin operator token), create the demo API keys in Redis, print how to use them."""
+    """Inside docker-compose.yml: render the replicas' config (the template plus the demo JWKS, an
+    admin operator token and Prometheus' viewer token), create the demo API keys in Redis, print
+    how to use them. Prometheus' token goes to `prometheus-token`, readable by any user: the
+    Prometheus image runs as `nobody`, and the file is in a volume only it and the replicas mount."""
     import yaml
 
     from gateway.config import load_config
+    from gateway.server import check_admin
 
     config = load_config(template, os.environ)
     if not config.redis.url:
@@ -737,12 +747,19 @@ def compose_init(template: Path, out: Path) -> int:
     jwt = document.setdefault("identity", {}).setdefault("jwt", {})
     jwt.update({"jwks_file": str(credentials.jwks_path), "issuer": ISSUER, "audience": AUDIENCE, "algorithms": ["RS256"]})
     jwt.pop("jwks_url", None)
-    tokens = [t for t in document.setdefault("admin", {}).get("tokens") or [] if t.get("name") != "demo-operator"]
-    document["admin"]["tokens"] = tokens + [{"name": "demo-operator", "role": "operator", "sha256": credentials.operator_sha256}]
+    ours = {"demo-operator", "prometheus"}
+    tokens = [t for t in document.setdefault("admin", {}).get("tokens") or [] if t.get("name") not in ours]
+    document["admin"]["tokens"] = tokens + [
+        {"name": "demo-operator", "role": "operator", "sha256": credentials.operator_sha256},
+        {"name": "prometheus", "role": "viewer", "sha256": credentials.metrics_sha256},
+    ]
+    scrape = out / "prometheus-token"
+    scrape.write_text(credentials.metrics_token)
+    scrape.chmod(0o644)
     rendered = out / "gateway.yaml"
     rendered.write_text("# Rendered by `python -m gateway.fleet_local compose-init` from "
                         f"{template}: do not edit.\n" + yaml.safe_dump(document, sort_keys=False))
-    load_config(rendered, {})  # refuse to hand the replicas a config they would refuse
+    check_admin(load_config(rendered, {}))  # refuse to hand the replicas a config they would refuse
     base = os.environ.get("FGW_PUBLIC_URL", "http://localhost:8080")
     print("Frontier Gateway demo credentials (compose). The load balancer is", base)
     print(f"Admin API (gateway-1): http://127.0.0.1:9090   operator token: {credentials.operator_token}")

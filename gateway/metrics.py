@@ -1,12 +1,25 @@
 """Prometheus metrics (SPEC §6). Labels are bounded: reason codes, stage and tier
 names, canonical model ids from the policy, ISO country codes — never IPs, org
-ids or free text. Each gateway owns a registry, so several can share a process."""
+ids or free text. Each gateway owns a registry, so several can share a process.
+
+A model the policy conceals is never a label value (issue 12): /metrics reaches
+monitoring systems, dashboards and their viewers, who may not know of a model
+that callers get a 404 for. While a model is not yet released, in its
+`internal` stage, or in any stage but `general` with `conceal_unreleased` on,
+its series say `model="unreleased"` (`model_label`); the audit records keep the
+real id for those who may read them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+if TYPE_CHECKING:
+    from gateway.decision import Decision
+
+UNRELEASED = "unreleased"  # the model label of every concealed model
+NO_MODEL = "none"          # no model was established (or the policy does not know it)
 
 # The *_created series double the exposition for no use in dashboards or alerts.
 disable_created_metrics()
@@ -60,3 +73,14 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def model_label(decision: Decision | None, conceal_unreleased: bool) -> str:
+    """The `model` label of a decided request: its canonical id, unless the model is
+    concealed at the time of the decision (see the module doc)."""
+    if decision is None or decision.model is None:
+        return NO_MODEL
+    stage = decision.stage
+    if stage is None or stage == "internal" or (conceal_unreleased and stage != "general"):
+        return UNRELEASED
+    return decision.model

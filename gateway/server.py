@@ -30,7 +30,7 @@ from gateway.admin import create_admin_app
 from gateway.app import Gateway
 from gateway.audit import AuditLog
 from gateway.audit.chain import default_replica
-from gateway.config import Config
+from gateway.config import Config, is_loopback
 from gateway.geo import GeoIP
 from gateway.geodata import default_country_db
 from gateway.identity import Authenticator
@@ -77,6 +77,7 @@ def _uvicorn_config(app: object, listen: str, http: str | type = "httptools") ->
 class Service:
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.time,
                  public_socket: socket.socket | None = None) -> None:
+        check_admin(config)
         self.config = config
         self.clock = clock
         self.public_socket = public_socket  # pre-bound (a worker of `serve --workers N`), else bind config.listen
@@ -136,7 +137,11 @@ class Service:
                                on_misuse=lambda credential, why: self.live.suspend_credential(credential, why, "misuse-detector"))
         if self.revocations is not None:
             self.revocations.start()
-        admin = create_admin_app(self.state, self.metrics, self.missing, self.live, config.admin.tokens, config.audit.path)
+        admin = create_admin_app(self.state, self.metrics, self.missing, self.live, config.admin.tokens, config.audit.path,
+                                 metrics_require_token=config.metrics_require_token)
+        if not config.metrics_require_token and not is_loopback(config.admin_listen):
+            log.warning("admin.metrics_require_token is false: /metrics on %s is open to whoever reaches it",
+                        config.admin_listen)
         self.servers = [_Server(_uvicorn_config(self.gateway, config.listen, protocol_for(self.gateway))),
                         _Server(_uvicorn_config(admin, config.admin_listen))]
         sockets = [[self.public_socket] if self.public_socket is not None else None, None]
@@ -205,6 +210,20 @@ def check_workers(config: Config, workers: int) -> None:
         raise ValueError(f"--workers {workers} needs fleet mode (redis.url): in embedded mode each worker would keep "
                          "its own quotas, suspensions and credential sightings, so limits would multiply by the "
                          "number of workers. Configure redis.url, or run one worker per gateway.")
+
+
+def check_admin(config: Config) -> None:
+    """Raise ValueError when the admin listener would show its metrics beyond this host
+    to anyone, or ask for a token nobody has. Checked when serving, not when loading:
+    other commands (`gateway keys`, compose-init) read configs that name no tokens."""
+    if config.metrics_require_token and not config.admin.tokens:
+        if config.admin.metrics_require_token is None:
+            raise ValueError(
+                f"admin_listen {config.admin_listen} is not a loopback address, so /metrics needs an admin token, "
+                "and admin.tokens is empty: add a viewer token for Prometheus (docs/operators.md, \"Metrics and the "
+                "admin listener\"), bind admin_listen to 127.0.0.1, or set admin.metrics_require_token: false if the "
+                "network already limits who reaches the port")
+        raise ValueError("admin.metrics_require_token is true but admin.tokens is empty: add a viewer token for Prometheus")
 
 
 def worker_config(config: Config, index: int) -> Config:

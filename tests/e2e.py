@@ -63,7 +63,7 @@ class Stack:
     """Demo upstream + gateway over the reference policy, deciding at DECISION_TIME."""
 
     def __init__(self, directory: Path, *, clock: Callable[[], float] = lambda: DECISION_TIME,
-                 policy_dir: Path = REFERENCE_POLICY, extra_config: str = "") -> None:
+                 policy_dir: Path = REFERENCE_POLICY, extra_config: str = "", admin_listen: str = "127.0.0.1:0") -> None:
         self.directory = directory
         self.thread = LoopThread()
         self.signing = SigningKey()
@@ -72,7 +72,7 @@ class Stack:
         config_path = directory / "gateway.yaml"
         config_path.write_text(f"""
 listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
+admin_listen: {admin_listen}
 policy_dir: {policy_dir}
 state_dir: state
 upstreams:

@@ -313,9 +313,23 @@ def test_the_images_install_step_gives_a_complete_package(tmp_path: Path) -> Non
 
 def test_the_images_default_config() -> None:
     from gateway.config import load_config
+    from gateway.server import check_admin
 
     config = load_config(ROOT / "deploy" / "docker" / "gateway.yaml", {})
-    assert (config.listen, config.admin_listen) == ("0.0.0.0:8080", "0.0.0.0:9090")
+    # The admin listener stays inside the container (the HEALTHCHECK's 127.0.0.1 reaches it):
+    # no token is needed there, and none is shipped.
+    assert (config.listen, config.admin_listen) == ("0.0.0.0:8080", "127.0.0.1:9090")
+    assert config.admin.tokens == [] and not config.metrics_require_token
+    check_admin(config)
+    # Published beyond the container it needs a token, or the gateway refuses to start.
+    exposed = load_config(ROOT / "deploy" / "docker" / "gateway.yaml", {"GATEWAY_ADMIN_LISTEN": "0.0.0.0:9090"})
+    with pytest.raises(ValueError, match="viewer token for Prometheus"):
+        check_admin(exposed)
+    tokens = '[{name: prometheus, role: viewer, sha256: "%s"}]' % ("ab" * 32)
+    exposed = load_config(ROOT / "deploy" / "docker" / "gateway.yaml",
+                          {"GATEWAY_ADMIN_LISTEN": "0.0.0.0:9090", "GATEWAY_ADMIN__TOKENS": tokens})
+    check_admin(exposed)
+    assert exposed.metrics_require_token
     assert config.policy_dir == "/etc/gateway/policies"
     writable = Path("/var/lib/gateway")
     assert Path(config.state_dir).is_relative_to(writable) and Path(config.audit.path).is_relative_to(writable)
@@ -443,6 +457,13 @@ def test_compose_monitoring(compose: dict[str, Any]) -> None:
     jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
     targets = [t for config in jobs["frontier-gateway"]["static_configs"] for t in config["targets"]]
     assert sorted(targets) == [f"{name}:{admin_port}" for name in replicas], "every replica is its own target"
+    # /metrics asks for a token; Prometheus reads the viewer token demo-credentials wrote.
+    template = load_config(ROOT / "deploy" / "compose" / "gateway.yaml", {})
+    assert template.admin.metrics_require_token is True and template.metrics_require_token
+    token_file = Path(jobs["frontier-gateway"]["authorization"]["credentials_file"])
+    volumes = {v.split(":")[1]: v.split(":")[0] for v in services["prometheus"]["volumes"]}
+    assert volumes[str(token_file.parent)] == "demo-credentials" and token_file.name == "prometheus-token"
+    assert services["prometheus"]["depends_on"]["demo-credentials"]["condition"] == "service_completed_successfully"
     alerts = (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
     assert 'job="frontier-gateway"' in alerts or "frontier-gateway" in alerts
     grafana = {v.split(":")[1]: v.split(":")[0] for v in services["grafana"]["volumes"]}
@@ -477,8 +498,12 @@ def test_compose_init_renders_a_config_the_gateway_accepts(tmp_path: Path, capsy
     first = capsys.readouterr().out
     rendered = load_config(out / "gateway.yaml", {})
     token = re.search(r"operator token: (\S+)", first).group(1)
+    scrape = (out / "prometheus-token").read_text()
     assert [(t.name, t.role, t.sha256) for t in rendered.admin.tokens] == \
-        [("demo-operator", "operator", hashlib.sha256(token.encode()).hexdigest())]
+        [("demo-operator", "operator", hashlib.sha256(token.encode()).hexdigest()),
+         ("prometheus", "viewer", hashlib.sha256(scrape.encode()).hexdigest())]
+    assert rendered.metrics_require_token and scrape != token
+    assert oct((out / "prometheus-token").stat().st_mode & 0o777) == "0o644", "Prometheus runs as another user"
     assert rendered.identity.jwt is not None and Path(rendered.identity.jwt.jwks_file) == out / "jwks.json"
     assert rendered.trusted_proxies == load_config(ROOT / "deploy" / "compose" / "gateway.yaml", {}).trusted_proxies
     assert first.count("curl ") == 8 and "http://localhost:8080/v1/chat/completions" in first
@@ -486,6 +511,8 @@ def test_compose_init_renders_a_config_the_gateway_accepts(tmp_path: Path, capsy
     assert fleet_local.compose_init(template, out) == 0  # a second `docker compose up`
     again = capsys.readouterr().out
     assert re.search(r"operator token: (\S+)", again).group(1) == token
+    assert (out / "prometheus-token").read_text() == scrape
+    assert [t.name for t in load_config(out / "gateway.yaml", {}).admin.tokens] == ["demo-operator", "prometheus"]
     secrets_first = set(re.findall(r"Bearer (fgw_\S+?)'", first))
     assert secrets_first and secrets_first == set(re.findall(r"Bearer (fgw_\S+?)'", again)), "keys are reused"
     store = RedisApiKeyStore(redis_url, namespace=namespace)
@@ -556,6 +583,11 @@ SERVICEMONITOR_SCHEMA = {
                         "port": {"type": "string"},
                         "targetPort": {"type": ["string", "integer"]},
                         "path": {"type": "string", "pattern": "^/"},
+                        "authorization": {"type": "object", "additionalProperties": False, "properties": {
+                            "type": {"type": "string"},
+                            "credentials": {"type": "object", "required": ["key"], "additionalProperties": False,
+                                            "properties": {"name": {"type": "string"}, "key": {"type": "string"},
+                                                           "optional": {"type": "boolean"}}}}},
                         "scheme": {"enum": ["http", "https"]},
                         "interval": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
                         "scrapeTimeout": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
@@ -667,6 +699,12 @@ def test_k8s_gateway_config_is_valid_with_the_secret(manifests: dict[tuple[str, 
     }
     config = load_config(path, environ)
     assert config.redis.url.startswith("redis+sentinel://") and config.admin.tokens[0].role == "operator"
+    from gateway.server import check_admin
+
+    assert config.admin.metrics_require_token is True, "/metrics asks the scraper for a token"
+    check_admin(config)
+    with pytest.raises(ValueError):
+        check_admin(load_config(path, {k: v for k, v in environ.items() if k != "GATEWAY_ADMIN__TOKENS"}))
     assert config.upstreams["default"].headers == {"Authorization": "Bearer CHANGE-ME"}
     container = pod_spec(manifests)["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -695,6 +733,16 @@ def test_k8s_services_monitoring_and_network_policy(manifests: dict[tuple[str, s
     assert {e["port"] for e in monitor["endpoints"]} == {p["name"] for p in metrics_service["spec"]["ports"]}
     assert monitor["namespaceSelector"]["matchNames"] == [metrics_service["metadata"]["namespace"]]
     assert all(e["path"] == "/metrics" for e in monitor["endpoints"])
+    # Scrapes carry a bearer token from a Secret in the ServiceMonitor's namespace, whose example
+    # has that key; the example admin-tokens list a viewer for it.
+    for endpoint in monitor["endpoints"]:
+        credentials = endpoint["authorization"]["credentials"]
+        assert endpoint["authorization"].get("type", "Bearer") == "Bearer"
+        secret = manifests[("Secret", credentials["name"])]
+        assert secret["metadata"]["namespace"] == manifests[("ServiceMonitor", "frontier-gateway")]["metadata"]["namespace"]
+        assert credentials["key"] in secret["stringData"]
+    example_tokens = yaml.safe_load(manifests[("Secret", "frontier-gateway")]["stringData"]["admin-tokens"])
+    assert "viewer" in {token["role"] for token in example_tokens}
     policy = manifests[("NetworkPolicy", "frontier-gateway")]["spec"]
     assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert policy["policyTypes"] == ["Ingress"]

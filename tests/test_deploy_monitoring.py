@@ -115,8 +115,19 @@ def test_alert_unit_tests_pass(promtool: str) -> None:
     assert "SUCCESS" in run_promtool(promtool, "test", "rules", ALERT_TESTS.name)
 
 
-def test_prometheus_config_example_is_valid(promtool: str) -> None:
-    output = run_promtool(promtool, "check", "config", "prometheus.yml")
+@pytest.mark.parametrize("config", [PROMETHEUS / "prometheus.yml", ROOT / "deploy" / "compose" / "prometheus.yml"])
+def test_prometheus_configs_are_valid_and_send_a_token(promtool: str, config: Path, tmp_path: Path) -> None:
+    """Each shipped scrape config authenticates to /metrics (admin.metrics_require_token) with a
+    bearer token read from a file; promtool checks it with that file put where it points."""
+    document = yaml.safe_load(config.read_text())
+    (job,) = [job for job in document["scrape_configs"] if job["job_name"] == "frontier-gateway"]
+    authorization = job["authorization"]
+    assert authorization.get("type", "Bearer") == "Bearer" and "credentials" not in authorization
+    (tmp_path / "token").write_text("a-viewer-token")
+    job["authorization"]["credentials_file"] = str(tmp_path / "token")
+    document["rule_files"] = [str(ALERTS)]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(document))
+    output = run_promtool(promtool, "check", "config", "prometheus.yml", cwd=tmp_path)
     assert "1 rule files found" in output
 
 
