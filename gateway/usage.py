@@ -8,7 +8,10 @@ docs/quotas.md), and its output at most the largest limit it names
 (`max_tokens`, `max_completion_tokens`, `max_output_tokens`) — or the
 configured default when it names none — times the completions it asks for (`n`,
 `best_of`). A limit the gateway cannot read is refused: an upstream might read
-it (`"max_tokens": "100000"`) when the gateway could not.
+it (`"max_tokens": "100000"`) when the gateway could not. So is a key that
+differs from a limit's name only in case, spacing or a NUL (`"MAX_TOKENS"`):
+Go's encoding/json, for one, matches keys case-insensitively, as for `model`
+(gateway/request_body.py).
 
 Only what the response itself says counts as usage: OpenAI `usage.total_tokens`
 (or prompt + completion), Anthropic `input_tokens` + cache reads and writes +
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from typing import Any
 
 from gateway.request_body import RequestError
@@ -38,6 +42,7 @@ _OUTPUT_LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 # Completions generated per request (chat and completions `n`; completions `best_of`,
 # which the upstream generates and bills in full while returning `n`).
 _CHOICES = ("n", "best_of")
+_LIMITS = frozenset(_OUTPUT_LIMITS + _CHOICES)
 
 _TOTAL = re.compile(rb'"total_tokens"\s*:\s*(\d{1,12})')
 _PROMPT = re.compile(rb'"(?:prompt_tokens|input_tokens)"\s*:\s*(\d{1,12})')
@@ -51,7 +56,11 @@ _COMPLETION = re.compile(rb'"(?:completion_tokens|output_tokens)"\s*:\s*(\d{1,12
 def reservation(document: dict[str, Any], body_bytes: int, default_output: int) -> int:
     """The most tokens the request can use: `body_bytes` for its prompt, plus its
     output limit (or `default_output`) times its completions. 400 when a limit it
-    names is not a non-negative number."""
+    names is not a non-negative number, or is named in a spelling only some parsers read."""
+    for key in document:
+        if key not in _LIMITS and _folded(key) in _LIMITS:
+            raise RequestError(400, "The request body has a key that differs from a token limit's name only in case, "
+                               "spacing or encoding.", key)
     named = [limit for key in _OUTPUT_LIMITS if (limit := _count(document, key))]
     output = max(named) if named else default_output
     choices = max([1, *(_count(document, key) or 1 for key in _CHOICES)])
@@ -69,6 +78,15 @@ def _count(document: dict[str, Any], key: str) -> int | None:
     if (kind is int or kind is float) and value >= 0:
         return min(math.ceil(value), MAX_RESERVATION) or None
     raise RequestError(400, f"'{key}' must be a non-negative integer.", key)
+
+
+def _folded(key: str) -> str:
+    """A key as a lenient parser might match it: cut at NUL, trimmed, case-folded (after
+    NFKC for non-ASCII keys, so that fullwidth letters count too)."""
+    key = key.partition("\x00")[0]
+    if not key.isascii():
+        key = unicodedata.normalize("NFKC", key)
+    return key.strip().casefold()
 
 
 def tokens_used(head: bytes, tail: bytes) -> int | None:

@@ -91,3 +91,14 @@ def test_a_limit_the_gateway_cannot_read_is_refused(key: str, value: object) -> 
     with pytest.raises(RequestError) as refused:
         reservation({"max_tokens": 10, key: value}, 100, 4096)
     assert refused.value.status == 400 and refused.value.param == key
+
+
+@pytest.mark.parametrize("key", ["MAX_TOKENS", "Max_Tokens", " max_tokens", "max_tokens\x00x", "N", "Best_Of",
+                                 "ｍａｘ_ｔｏｋｅｎｓ", "max_output_tokens "])
+def test_a_limit_spelled_for_lenient_parsers_is_refused(key: str) -> None:
+    """Go's encoding/json matches keys case-insensitively: {"max_tokens": 1, "MAX_TOKENS": 100000}
+    would hold 1 here and let the upstream write 100000."""
+    with pytest.raises(RequestError) as refused:
+        reservation({"max_tokens": 1, key: 100_000}, 100, 4096)
+    assert refused.value.status == 400 and refused.value.param == key
+    assert reservation({"max_tokens": 1, "max_tokens_per_turn": 5, "nonce": 1}, 100, 4096) == 101
