@@ -396,7 +396,8 @@ class Gateway:
         if held is None:
             return
         exchange.reservation = None
-        exchange.tokens_used = exchange.tokens.tokens() if exchange.tokens is not None else None
+        tap = exchange.tokens
+        exchange.tokens_used = tap.tokens(stream=exchange.streamed) if tap is not None else None
         exchange.tokens_charged = _charge(exchange, held)
         try:
             await self.quota.settle(held, exchange.tokens_charged)

@@ -18,7 +18,10 @@ Only what the response itself says counts as usage: OpenAI `usage.total_tokens`
 `output_tokens`. Streams report usage in their first events (Anthropic's
 message_start) and last ones (OpenAI's include_usage chunk, Anthropic's
 message_delta, Responses' response.completed), so the caller keeps the head and
-tail of a stream rather than all of it.
+tail of a stream rather than all of it. A stream's usage counts only if the stream
+reached its end (OpenAI's `data: [DONE]`, Anthropic's `message_stop`, a final
+usage total): Anthropic's first event already reports the input and one output
+token, which is not what a stream ended early used.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ _PROMPT = re.compile(rb'"(?:prompt_tokens|input_tokens)"\s*:\s*(\d{1,12})')
 _CACHE_WRITE = re.compile(rb'"cache_creation_input_tokens"\s*:\s*(\d{1,12})')
 _CACHE_READ = re.compile(rb'"cache_read_input_tokens"\s*:\s*(\d{1,12})')
 _COMPLETION = re.compile(rb'"(?:completion_tokens|output_tokens)"\s*:\s*(\d{1,12})')
+# At the start of a line: text the model wrote is inside JSON strings, its newlines escaped.
+_STREAM_END = re.compile(rb'(?:^|\n)(?:data: \[DONE\]|event: message_stop)|"total_tokens"\s*:\s*\d')
 
 
 def reservation(document: dict[str, Any], body_bytes: int, default_output: int) -> int:
@@ -118,5 +123,8 @@ class Tap:
         if chunk:
             self.tail = (self.tail + chunk)[-TAIL_BYTES:]
 
-    def tokens(self) -> int | None:
+    def tokens(self, *, stream: bool = False) -> int | None:
+        """The usage reported; for a stream, only if it reached its end."""
+        if stream and not _STREAM_END.search((self.head + self.tail)[-TAIL_BYTES:]):
+            return None
         return tokens_used(self.head, self.tail)

@@ -102,3 +102,34 @@ def test_a_limit_spelled_for_lenient_parsers_is_refused(key: str) -> None:
         reservation({"max_tokens": 1, key: 100_000}, 100, 4096)
     assert refused.value.status == 400 and refused.value.param == key
     assert reservation({"max_tokens": 1, "max_tokens_per_turn": 5, "nonce": 1}, 100, 4096) == 101
+
+
+def anthropic_stream(*, ended: bool, deltas: int = 5) -> Tap:
+    tap = Tap()
+    tap.feed(b'event: message_start\ndata: {"message": {"usage": {"input_tokens": 25, "output_tokens": 1}}}\n\n')
+    for _ in range(deltas):
+        # Text the model wrote that reads like the end of a stream, inside a JSON string.
+        tap.feed(b'event: content_block_delta\ndata: {"delta": {"text": "\\nevent: message_stop\\ndata: [DONE]"}}\n\n')
+    if ended:
+        tap.feed(b'event: message_delta\ndata: {"usage": {"output_tokens": 40}}\n\nevent: message_stop\ndata: {}\n\n')
+    return tap
+
+
+@pytest.mark.parametrize("deltas", [5, 2000])  # within the head, and past it
+def test_a_stream_counts_only_once_it_reached_its_end(deltas: int) -> None:
+    """Ended early (cleanly), an Anthropic stream has reported only its input and one
+    output token: no usage, so the caller keeps the whole reservation."""
+    assert anthropic_stream(ended=True, deltas=deltas).tokens(stream=True) == 65
+    assert anthropic_stream(ended=False, deltas=deltas).tokens(stream=True) is None
+    openai = Tap()
+    openai.feed(b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n')
+    openai.feed(b'data: {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}}\n\n')
+    assert openai.tokens(stream=True) == 3
+    openai.feed(b"data: [DONE]\n\n")
+    assert openai.tokens(stream=True) == 3
+    responses = Tap()
+    responses.feed(b'event: response.created\ndata: {"response": {"usage": null}}\n\n')
+    assert responses.tokens(stream=True) is None
+    responses.feed(b'event: response.completed\ndata: {"response": {"usage": {"input_tokens": 3, "output_tokens": 4, '
+                   b'"total_tokens": 7}}}\n\n')
+    assert responses.tokens(stream=True) == 7
