@@ -32,9 +32,9 @@ from gateway.metrics import Metrics, model_label
 from gateway.misuse import LocalSightings, Sightings
 from gateway.policy.snapshot import Policy
 from gateway.live.state import PolicyState
-from gateway.quota import LocalQuota, Quota
+from gateway.quota import LocalQuota, Quota, Reservation
 from gateway.reasons import Reason
-from gateway.usage import Tap
+from gateway.usage import Tap, reservation
 from gateway.request_body import RequestError, extract_model, query_names_model
 from gateway.revocation import Revocations
 from gateway.routing import Route, Router
@@ -74,8 +74,11 @@ class Exchange:
     streamed: bool = False  # the answer is a server-sent event stream
     forwarded: bool = False
     completed: bool = False
+    document: dict[str, Any] | None = None  # the parsed body, until admission has read its limits
+    reservation: Reservation | None = None  # tokens held for the request until it is settled
     tokens: Tap | None = None
     tokens_used: int | None = None
+    tokens_charged: int | None = None
     misuse: list[str] | None = None
     recorded: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -136,6 +139,8 @@ class Gateway:
                 await self.reply(exchange, send, responses.for_status(503))
         finally:
             self.metrics.inflight.dec()
+            if exchange.reservation is not None:
+                self.release(exchange)
             if not exchange.recorded:
                 self.finish(exchange)
 
@@ -167,7 +172,9 @@ class Gateway:
             return await self.deny(exchange, send, decision)
 
         try:
-            retry_after = await self.admit(exchange, policy, principal, decision)
+            retry_after = await self.admit(exchange, policy, principal, decision, len(body))
+        except RequestError:  # a token limit the request names cannot be read
+            raise
         except Exception as error:  # quota state unreachable: fail closed
             log.warning("quota check failed: %r", error)
             return await self.deny(exchange, send, _unavailable(policy))
@@ -233,7 +240,7 @@ class Gateway:
         if scope["method"] != "POST":
             raise RequestError(400, "This endpoint is served only for requests that name a model.", None)
         raw = await self.read_body(receive, _single(headers, b"content-length"))
-        model, body, _ = extract_model(
+        model, body, document = extract_model(
             raw,
             _single(headers, b"content-type"),
             _single(headers, b"content-encoding"),
@@ -241,6 +248,7 @@ class Gateway:
             decode_encodings=self.decode,
         )
         exchange.requested_model = model
+        exchange.document = document
         if route.model_in_path is not None and model != route.model_in_path:
             raise RequestError(400, "The model in the body must be the one the path names.", "model")
         exchange.extra["decoded"] = body is not raw
@@ -274,16 +282,30 @@ class Gateway:
         exchange.decision = decision
         return decision
 
-    async def admit(self, exchange: Exchange, policy: Policy, principal: Principal, decision: Decision) -> float | None:
-        """None when the org's quotas admit the request; else seconds to wait."""
+    async def admit(self, exchange: Exchange, policy: Policy, principal: Principal, decision: Decision,
+                    body_bytes: int) -> float | None:
+        """None when the org's quotas admit the request, with the most tokens it can use
+        held against a daily budget (docs/quotas.md); else seconds to wait."""
+        document, exchange.document = exchange.document, None
         org = policy.organizations[principal.org_id]
         quota = policy.quota_for(org, decision.tier or org.tier)
         if quota is None or (quota.requests_per_minute is None and quota.tokens_per_day is None):
             return None
-        if quota.tokens_per_day is not None:
-            exchange.tokens = Tap()
+        reserve = 0
+        if quota.tokens_per_day is not None and document is not None:  # an inference request
+            try:
+                reserve = reservation(document, body_bytes, self.config.quota.default_max_tokens)
+            except RequestError:
+                exchange.error = "invalid_request"  # refused after an allowing decision: say why
+                raise
         # Quota windows follow the wall clock, not the (injectable) decision clock.
-        return await self.quota.admit(org.id, quota.requests_per_minute, quota.tokens_per_day, time.time())
+        now = time.time()
+        retry_after = await self.quota.admit(org.id, quota.requests_per_minute, quota.tokens_per_day, now,
+                                             reserve=reserve)
+        if retry_after is None and reserve:
+            exchange.reservation = Reservation(org.id, reserve, now)
+            exchange.tokens = Tap()
+        return retry_after
 
     # Acting on the decision
 
@@ -321,16 +343,18 @@ class Gateway:
                 exchange.streamed = upstream.content_type == "text/event-stream"
                 await self.start_response(exchange, send, upstream.status,
                                           proxy.response_headers(upstream.raw_headers, exchange.decision_id.encode()))
-                tap = exchange.tokens
+                # An answer encoded despite Accept-Encoding: identity cannot be read: its
+                # reservation stands (fail closed).
+                tap = exchange.tokens if upstream.headers.get("Content-Encoding", "identity") == "identity" else None
                 length = upstream.content_length  # with a length, the client is done at its last byte
                 async for chunk in upstream.content.iter_any():
                     exchange.upstream_bytes += len(chunk)
                     if tap is not None:
                         tap.feed(chunk)
                     if length is not None and exchange.upstream_bytes >= length:
-                        await self.complete(exchange, principal)
+                        await self.complete(exchange)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await self.complete(exchange, principal)
+                await self.complete(exchange)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if exchange.error == revocation.REVOKED:
@@ -359,24 +383,40 @@ class Gateway:
             return await self.reply(exchange, send, denial, self.denial_headers(denial))
         await self.end_started(exchange, send, denial)
 
-    async def complete(self, exchange: Exchange, principal: Principal) -> None:
+    async def complete(self, exchange: Exchange) -> None:
         """The upstream's answer is all here: count it and record it before the client
         receives its end."""
         if exchange.completed:
             return
         exchange.completed = True
-        await self.count_tokens(exchange, principal)
+        await self.count_tokens(exchange)
         await self.settle(exchange)
 
-    async def count_tokens(self, exchange: Exchange, principal: Principal) -> None:
-        if exchange.tokens is None:
+    async def count_tokens(self, exchange: Exchange) -> None:
+        """Settle the reservation with the usage the complete answer reports."""
+        held = exchange.reservation
+        if held is None:
             return
-        exchange.tokens_used = exchange.tokens.tokens()
-        if exchange.tokens_used:
-            try:
-                await self.quota.add_tokens(principal.org_id, exchange.tokens_used, time.time())
-            except Exception as error:
-                log.warning("could not count %d tokens for %s: %r", exchange.tokens_used, principal.org_id, error)
+        exchange.reservation = None
+        tap = exchange.tokens
+        exchange.tokens_used = tap.tokens(stream=exchange.streamed) if tap is not None else None
+        exchange.tokens_charged = _charge(exchange, held)
+        try:
+            await self.quota.settle(held, exchange.tokens_charged)
+        except Exception as error:  # the hold stays until the day ends: fail closed
+            log.warning("could not settle %d tokens for %s: %r", held.tokens, held.org_id, error)
+
+    def release(self, exchange: Exchange) -> None:
+        """Settle a reservation the answer did not (the client or the upstream went away,
+        the request was revoked or never sent), off the request's path."""
+        held, exchange.reservation = exchange.reservation, None
+        if held is None:
+            return
+        exchange.tokens_charged = _charge(exchange, held)
+        task = asyncio.ensure_future(self.quota.settle(held, exchange.tokens_charged))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_settled)
 
     async def list_models(self, exchange: Exchange, policy: Policy, facts: Facts, route: Route,
                           scope: Scope, send: Send) -> None:
@@ -564,6 +604,8 @@ class Gateway:
             "upstream_status": exchange.upstream_status,
             "upstream_bytes": exchange.upstream_bytes,
             "tokens": exchange.tokens_used,
+            "tokens_charged": exchange.tokens_charged if exchange.reservation is None
+            else _charge(exchange, exchange.reservation),
             "credential_misuse": exchange.misuse,
             "would_deny": [str(r) for r in decision.shadow] if decision and decision.shadow else None,
             "revoked": exchange.extra.get(revocation.REVOKED),
@@ -595,6 +637,26 @@ def _timestamp(now: float) -> str:
 @lru_cache(maxsize=4)
 def _second(whole: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+
+
+def _charge(exchange: Exchange, held: Reservation) -> int:
+    """What a request's hold becomes: the usage a complete answer reports; nothing for a
+    request never sent, or an error answer that reports none (no tokens were served);
+    else the whole hold, since the upstream may have spent it (fail closed)."""
+    if not exchange.forwarded:
+        return 0
+    if exchange.completed:
+        if exchange.tokens_used is not None:
+            return exchange.tokens_used
+        if (exchange.upstream_status or 0) >= 400:
+            return 0
+    return held.tokens
+
+
+def _settled(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # The hold stays until the day ends: fail closed.
+        log.warning("could not settle a token reservation: %r", task.exception())
 
 
 def _unavailable(policy: Policy | None) -> Decision:

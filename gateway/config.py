@@ -148,6 +148,13 @@ class RevocationConfig(Section):
     check_interval_s: float = Field(0.25, gt=0, le=10)
 
 
+class QuotaConfig(Section):
+    # Under a tokens_per_day quota, the output tokens held for a request that names no
+    # limit (max_tokens, max_completion_tokens, max_output_tokens) until its usage is
+    # known (docs/quotas.md). The budget is a hard bound only if no answer can be longer.
+    default_max_tokens: int = Field(4096, gt=0, le=10**9)
+
+
 class Config(Section):
     listen: HostPort = "127.0.0.1:8080"
     admin_listen: HostPort = "127.0.0.1:9090"
@@ -166,6 +173,7 @@ class Config(Section):
     denials: DenialConfig = DenialConfig()
     credential_misuse: MisuseConfig = MisuseConfig()
     revocation: RevocationConfig = RevocationConfig()
+    quota: QuotaConfig = QuotaConfig()
 
     @field_validator("upstreams")
     @classmethod

@@ -19,10 +19,14 @@ It is a raw ASGI application (no framework on the hot path) with test hooks:
 * every response carries ``x-demo-saw-gateway-headers``: the names, comma
   separated, of the ``x-gateway-*`` request headers that reached it (empty
   when none did), and ``x-demo-upstream: <name>``;
+* answers are gzip-compressed (``Content-Encoding: gzip``, streams flushed
+  event by event) when the request's ``Accept-Encoding`` accepts gzip, as the
+  real APIs' front ends do;
 * faults, off unless a request asks (``x-demo-fault``, comma separated):
   ``stall=SECONDS`` answers only after SECONDS (sooner if the client goes
   away), ``drop`` sends the headers and part of the body, then cuts the
-  connection; a malformed value is a 400;
+  connection, ``gzip`` compresses the answer even when the request asked for
+  ``identity``; a malformed value is a 400;
 * ``journal`` (``--journal PATH``): one JSON line per request as it arrives
   (time, method, path, model, ``x-gateway-decision-id``, ``x-gateway-org``,
   ``x-demo-tag``, fault), so a test can see what reached it from outside.
@@ -52,6 +56,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, TextIO
@@ -217,25 +222,25 @@ def _embedding(text: str, dims: int) -> list[float]:
 class Fault:
     """What ``x-demo-fault`` asked of one request."""
 
-    __slots__ = ("stall_s", "drop")
+    __slots__ = ("stall_s", "drop", "gzip")
 
-    def __init__(self, stall_s: float = 0.0, drop: bool = False) -> None:
-        self.stall_s, self.drop = stall_s, drop
+    def __init__(self, stall_s: float = 0.0, drop: bool = False, gzip: bool = False) -> None:
+        self.stall_s, self.drop, self.gzip = stall_s, drop, gzip
 
     @classmethod
     def parse(cls, text: str) -> Fault:
         fault = cls()
         for item in (part.strip() for part in text.split(",")):
             name, _, value = item.partition("=")
-            if name == "drop" and not value:
-                fault.drop = True
+            if name in ("drop", "gzip") and not value:
+                setattr(fault, name, True)
                 continue
             try:
                 seconds = float(value)
             except ValueError:
                 seconds = -1.0
             if name != "stall" or not 0 <= seconds <= 3600:
-                raise BadRequest(f"x-demo-fault: expected stall=SECONDS and/or drop, got {item!r}")
+                raise BadRequest(f"x-demo-fault: expected stall=SECONDS, drop and/or gzip, got {item!r}")
             fault.stall_s = seconds
         return fault
 
@@ -261,6 +266,51 @@ def _cut_short(send: Send) -> Send:
         raise _Dropped
 
     return cut
+
+
+def _accepts_gzip(accept_encoding: bytes | None) -> bool:
+    """True when an Accept-Encoding value (RFC 9110 §12.5.3) admits gzip: named, or `*`,
+    with a q-value above 0."""
+    if accept_encoding is None:
+        return False
+    for item in accept_encoding.decode("latin-1").lower().split(","):
+        coding, *parameters = (part.strip() for part in item.split(";"))
+        if coding not in ("gzip", "x-gzip", "*"):
+            continue
+        q = next((p[2:] for p in parameters if p.startswith("q=")), "1")
+        try:
+            return float(q) > 0
+        except ValueError:
+            return False
+    return False
+
+
+def _gzipped(send: Send) -> Send:
+    """`send` that gzips the body: a whole body at once (with its Content-Length), a
+    streamed one flushed message by message so that each event arrives when sent."""
+    start: Message | None = None
+    packer = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+
+    async def send_gzipped(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = message
+            return
+        if message["type"] != "http.response.body":
+            await send(message)
+            return
+        more = message.get("more_body", False)
+        data = packer.compress(message.get("body", b"")) + packer.flush(zlib.Z_SYNC_FLUSH if more else zlib.Z_FINISH)
+        if start is not None:
+            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            headers += [(b"content-encoding", b"gzip"), (b"vary", b"accept-encoding")]
+            if not more:
+                headers.append((b"content-length", str(len(data)).encode()))
+            await send({**start, "headers": headers})
+            start = None
+        await send({"type": "http.response.body", "body": data, "more_body": more})
+
+    return send_gzipped
 
 
 async def _stall(receive: Receive, seconds: float) -> bool:
@@ -352,6 +402,9 @@ class DemoUpstream:
             record = ReceivedRequest(method, path, scope.get("query_string", b""), raw_headers, body)
             self.received.append(record)
         fault_header = next((v for k, v in raw_headers if k.lower() == b"x-demo-fault"), None)
+        gzip = _accepts_gzip(next((v for k, v in raw_headers if k.lower() == b"accept-encoding"), None))
+        if gzip:
+            send = _gzipped(send)
         if self.journal is not None:
             self._write_journal(method, path, raw_headers, body)
 
@@ -364,6 +417,8 @@ class DemoUpstream:
                     if record is not None:
                         record.outcome = "disconnected"
                     return
+                if fault.gzip and not gzip:
+                    send = _gzipped(send)
                 if fault.drop:
                     if record is not None:
                         record.outcome = "dropped"

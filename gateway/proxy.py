@@ -7,7 +7,10 @@ gateway speaks with that prefix), method-override headers (the method decided
 on is the method forwarded), URL- and host-rewrite headers (the path decided on
 is the path served: IIS, Symfony and Envoy-fronted apps route by
 X-Original-URL and its kin), and client forwarding and address headers (where
-the client is was decided here).
+the client is was decided here). The client's `Accept-Encoding` is replaced by
+`identity`: the gateway reads the answer's token usage (gateway/usage.py) and
+may end a stream with an event of its own, and both need the answer as plain
+bytes (docs/quotas.md).
 
 Names are compared with `_` read as `-`: CGI/WSGI servers (and so Django, Flask
 behind gunicorn, PHP) fold both to the same variable, so `X_Gateway_Org` would
@@ -36,7 +39,10 @@ _NEVER_FORWARDED = HOP_BY_HOP | frozenset({
     b"x-forwarded-scheme", b"x-forwarded-ssl", b"x-url-scheme", b"front-end-https",
     b"x-real-ip", b"true-client-ip", b"cf-connecting-ip", b"x-client-ip", b"x-cluster-client-ip",
     b"x-original-forwarded-for", b"fastly-client-ip", b"x-envoy-external-address",
+    b"accept-encoding",  # replaced: see IDENTITY
 })
+# What the gateway asks of every upstream instead of the client's Accept-Encoding.
+IDENTITY = ("Accept-Encoding", "identity")
 # The listener sets its own Date; the upstream's would make a second one.
 _STRIPPED_RESPONSE = HOP_BY_HOP | frozenset({b"x-gateway-decision-id", b"x-gateway-org", b"date"})
 # Dropped from a request, by (credentials passed on, body forwarded decoded): built once.
@@ -74,6 +80,7 @@ def request_headers(
         for name, value in client
         if (folded := _folded(name)) not in dropped and not folded.startswith(b"x-gateway-")
     ]
+    out.append(IDENTITY)
     out += list(extra.items())
     out.append(("X-Gateway-Org", org_id))
     out.append(("X-Gateway-Decision-Id", decision_id))

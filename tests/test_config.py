@@ -103,3 +103,12 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     assert "cannot be read" in problems(tmp_path / "absent.yaml")[0]
     assert "YAML syntax error" in problems(write(tmp_path, "listen: [\n"))[0]
     assert "must be a mapping" in problems(write(tmp_path, "- a\n"))[0]
+
+
+def test_the_default_token_reservation(tmp_path: Path) -> None:
+    assert load_config(None, {}).quota.default_max_tokens == 4096
+    config = load_config(write(tmp_path, "quota: {default_max_tokens: 16384}\n"), {})
+    assert config.quota.default_max_tokens == 16384
+    assert load_config(None, {"GATEWAY_QUOTA__DEFAULT_MAX_TOKENS": "32000"}).quota.default_max_tokens == 32000
+    found = "\n".join(problems(write(tmp_path, "quota: {default_max_tokens: 0}\n")))
+    assert "quota.default_max_tokens" in found and "0" in found

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import signal
 import struct
@@ -423,6 +424,34 @@ def test_faults_stall_and_drop_when_asked() -> None:
                     assert response.status == 400 and "x-demo-fault" in (await response.json())["error"]["message"]
             async with http.post("/v1/chat/completions", json=chat) as response:
                 assert response.status == 200 and running.app.received[-1].outcome == "complete"
+
+    asyncio.run(go())
+
+
+def test_answers_are_gzipped_when_the_client_accepts_gzip() -> None:
+    """As the real APIs' front ends do: the official SDKs send Accept-Encoding: gzip."""
+    async def go() -> None:
+        async with await serve() as running, aiohttp.ClientSession(running.url, auto_decompress=False) as http:
+            chat = {"model": "m", "messages": USER, "stream_options": {"include_usage": True}}
+
+            async def post(body: dict[str, Any], accept: str, fault: str | None = None) -> tuple[str | None, bytes]:
+                headers = {"Accept-Encoding": accept} | ({"x-demo-fault": fault} if fault else {})
+                async with http.post("/v1/chat/completions", json=body, headers=headers) as response:
+                    assert response.status == 200
+                    return response.headers.get("Content-Encoding"), await response.read()
+
+            for accept in ("gzip", "br, gzip, deflate", "*", "GZIP;q=0.5"):
+                coding, data = await post(chat, accept)
+                assert coding == "gzip" and json.loads(gzip.decompress(data))["usage"]["total_tokens"] > 0
+            # A stream is compressed event by event: every piece decodes as it arrives.
+            coding, data = await post({**chat, "stream": True}, "gzip")
+            assert coding == "gzip" and gzip.decompress(data).endswith(b"data: [DONE]\n\n")
+            for accept in ("identity", "gzip;q=0", "br"):
+                coding, data = await post(chat, accept)
+                assert coding is None and json.loads(data)["object"] == "chat.completion"
+            # The fault: an upstream that compresses whatever it was asked.
+            coding, data = await post(chat, "identity", fault="gzip")
+            assert coding == "gzip" and json.loads(gzip.decompress(data))["object"] == "chat.completion"
 
     asyncio.run(go())
 

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
+import math
 import shutil
+import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import aiohttp
+import openai
 import pytest
+import redis.asyncio
 
 from conftest import REFERENCE_POLICY
 from e2e import US_IP, Stack
+from fleet import policy_variant, start_fleet, wait_for
+from gateway.quota import HELD_RETRY_S, LocalQuota, RedisQuota, Reservation
 from test_gateway import request
 
 
@@ -62,3 +74,224 @@ def test_tokens_per_day_count_what_the_upstream_reports(stack: Stack) -> None:
     assert statuses[-1] == 429 and sum(spent) >= 30 > sum(spent[:-1])
     assert len(stack.received) == statuses.count(200)
     assert stack.audit_records()[-2]["tokens"] > 0
+
+
+# Tokens per day, held before forwarding and settled after (docs/quotas.md): counted
+# whatever the client does, and overrun by at most one request's reservation.
+
+BUDGET = 3000
+DEFAULT_MAX_TOKENS = 1000
+
+
+@pytest.fixture(scope="module")
+def tokens_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    directory = tmp_path_factory.mktemp("tokens")
+    policy = directory / "policy"
+    shutil.copytree(REFERENCE_POLICY, policy)
+    orgs = policy / "organizations.yaml"
+    orgs.write_text(orgs.read_text().replace(
+        "    vetted_until: 2027-06-30\n", f"    vetted_until: 2027-06-30\n    quota: {{tokens_per_day: {BUDGET}}}\n", 1))
+    stack = Stack(directory, policy_dir=policy, extra_config=f"quota: {{default_max_tokens: {DEFAULT_MAX_TOKENS}}}\n")
+    yield stack
+    stack.close()
+
+
+@pytest.fixture
+def tokens(tokens_stack: Stack) -> Iterator[Stack]:
+    """The stack with today's budget unspent (a fresh in-process counter) and a quick upstream."""
+    assert tokens_stack.service.gateway is not None
+    tokens_stack.service.gateway.quota = LocalQuota()
+    tokens_stack.upstream.app.reset()
+    yield tokens_stack
+    tokens_stack.upstream.app.stream_delay_s = 0.0
+
+
+def sdk(stack: Stack) -> openai.OpenAI:
+    """The official SDK, which asks for gzip (Accept-Encoding: gzip, deflate)."""
+    return openai.OpenAI(base_url=stack.url + "/v1", api_key=stack.api_key("org-acme"), max_retries=0,
+                         default_headers={"X-Forwarded-For": US_IP})
+
+
+def words(n: int) -> str:
+    return " ".join(["word"] * n)
+
+
+def charged(stack: Stack, decision_id: str) -> dict[str, Any]:
+    [record] = [r for r in stack.audit_records() if r["decision_id"] == decision_id]
+    return record
+
+
+def test_a_client_asking_for_gzip_is_counted(tokens: Stack) -> None:
+    """The SDK asks for gzip; the gateway asks the upstream for identity, reads the usage,
+    and the budget ends where the usage reported says it does."""
+    client = sdk(tokens)
+    spent = []
+    with pytest.raises(openai.RateLimitError):
+        for _ in range(30):
+            spent.append(client.chat.completions.create(
+                model="small-2", messages=[{"role": "user", "content": words(200)}]).usage.total_tokens)
+    assert sum(spent) >= BUDGET > sum(spent[:-1])
+    seen = tokens.received
+    assert len(seen) == len(spent) and {r.header("accept-encoding") for r in seen} == {"identity"}
+
+
+def test_an_upstream_that_compresses_anyway_is_charged_the_reservation(tokens: Stack) -> None:
+    """Asked for identity, it answers gzip: the usage cannot be read, so the reservation stands."""
+    body = json.dumps({"model": "small-2", "max_tokens": 900, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    headers = {"Authorization": f"Bearer {tokens.api_key('org-acme')}", "Content-Type": "application/json",
+               "X-Forwarded-For": US_IP, "x-demo-fault": "gzip"}
+    admitted = math.ceil(BUDGET / (len(body) + 900))  # each admitted while the charges are below the budget
+    replies = [request(tokens, "POST", "/v1/chat/completions", body, headers) for _ in range(admitted + 1)]
+    assert [status for status, _, _ in replies] == [200] * admitted + [429]
+    record = charged(tokens, replies[0][1]["x-gateway-decision-id"])
+    assert record["tokens"] is None and record["tokens_charged"] == len(body) + 900
+    assert int(replies[-1][1]["retry-after"]) > 1  # spent, not only held: tomorrow
+
+
+def test_a_stream_without_usage_is_charged_its_reservation(tokens: Stack) -> None:
+    """OpenAI streams carry no usage unless asked (stream_options.include_usage): such a
+    stream is charged all it could have used."""
+    client = sdk(tokens)
+    streams = 0
+    with pytest.raises(openai.RateLimitError):
+        for _ in range(10):
+            with client.chat.completions.create(model="small-2", messages=[{"role": "user", "content": "hi"}],
+                                                stream=True, max_tokens=900) as stream:
+                assert [chunk.usage for chunk in stream if chunk.usage] == []
+            streams += 1
+    # Each was charged all it could have used: its body (a bound on its prompt) and 900 tokens.
+    reservation = len(tokens.received[-1].body) + 900
+    record = charged(tokens, stream.response.headers["x-gateway-decision-id"])
+    assert streams == math.ceil(BUDGET / reservation)
+    assert record["tokens"] is None and record["tokens_charged"] == reservation
+
+
+def test_a_stream_with_usage_is_charged_what_it_used(tokens: Stack) -> None:
+    with sdk(tokens).chat.completions.create(model="small-2", messages=[{"role": "user", "content": "hi"}], stream=True,
+                                             stream_options={"include_usage": True}, max_tokens=900) as stream:
+        usage = [chunk.usage for chunk in stream if chunk.usage][0]
+    record = charged(tokens, stream.response.headers["x-gateway-decision-id"])
+    assert record["tokens"] == record["tokens_charged"] == usage.total_tokens
+
+
+def test_a_stream_the_client_leaves_before_its_usage_is_charged_its_reservation(tokens: Stack) -> None:
+    tokens.upstream.app.stream_delay_s = 0.05
+    body = json.dumps({"model": "small-2", "max_tokens": 1400, "stream": True, "stream_options": {"include_usage": True},
+                       "messages": [{"role": "user", "content": words(20)}]}).encode()
+    host, port = tokens.url.removeprefix("http://").split(":")
+    ids = []
+    for _ in range(2):
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        connection.request("POST", "/v1/chat/completions", body, {
+            "Authorization": f"Bearer {tokens.api_key('org-acme')}", "Content-Type": "application/json",
+            "X-Forwarded-For": US_IP})
+        response = connection.getresponse()
+        assert response.status == 200 and response.read1(100).startswith(b"data: ")  # the first event, then gone
+        ids.append(response.headers["x-gateway-decision-id"])
+        connection.close()
+    records = wait_for(lambda: [r for r in tokens.audit_records() if r["decision_id"] in ids] if all(
+        r.outcome == "disconnected" for r in tokens.received) else None, 5)[0]
+    assert chat(tokens, "org-acme")[0] == 429
+    assert [r["error"] for r in records] == ["client_disconnected"] * 2
+    assert [r["tokens_charged"] for r in records] == [len(body) + 1400] * 2
+
+
+def test_an_upstream_cut_off_mid_answer_is_charged_its_reservation(tokens: Stack) -> None:
+    body = json.dumps({"model": "small-2", "max_tokens": 1500, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    headers = {"Authorization": f"Bearer {tokens.api_key('org-acme')}", "Content-Type": "application/json",
+               "X-Forwarded-For": US_IP, "x-demo-fault": "drop"}
+    for _ in range(2):
+        with pytest.raises(http.client.IncompleteRead):
+            request(tokens, "POST", "/v1/chat/completions", body, headers)
+    assert chat(tokens, "org-acme")[0] == 429
+    assert [r["tokens_charged"] for r in tokens.audit_records()[-3:-1]] == [len(body) + 1500] * 2
+
+
+def test_an_error_answer_is_charged_nothing(tokens: Stack) -> None:
+    """A complete error answer from the upstream reports no usage: no tokens were served."""
+    body = json.dumps({"model": "small-2", "max_tokens": 2900, "messages": []}).encode()
+    headers = {"Authorization": f"Bearer {tokens.api_key('org-acme')}", "Content-Type": "application/json",
+               "X-Forwarded-For": US_IP}
+    for _ in range(3):
+        status, reply_headers, _ = request(tokens, "POST", "/v1/chat/completions", body, headers)
+        assert status == 400 and charged(tokens, reply_headers["x-gateway-decision-id"])["tokens_charged"] == 0
+    assert chat(tokens, "org-acme")[0] == 200
+
+
+def test_a_request_that_names_no_limit_holds_the_configured_default(tokens: Stack) -> None:
+    body = json.dumps({"model": "small-2", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    headers = {"Authorization": f"Bearer {tokens.api_key('org-acme')}", "Content-Type": "application/json",
+               "X-Forwarded-For": US_IP}
+    _, reply_headers, _ = request(tokens, "POST", "/v1/chat/completions", body, headers)
+    assert charged(tokens, reply_headers["x-gateway-decision-id"])["tokens_charged"] == len(body) + DEFAULT_MAX_TOKENS
+
+
+def burst_body(prompt_words: int = 300) -> bytes:
+    return json.dumps({"model": "small-2", "max_tokens": 20,
+                       "messages": [{"role": "user", "content": words(prompt_words)}]}).encode()
+
+
+async def burst(urls: list[str], key: str, body: bytes, count: int = 40) -> list[tuple[int, dict[str, Any] | None, str]]:
+    """`count` requests at once, spread over `urls`; each answered slowly (stall), so all overlap."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "X-Forwarded-For": US_IP,
+               "x-demo-fault": "stall=0.5"}
+    async with aiohttp.ClientSession() as session:
+        async def one(url: str) -> tuple[int, dict[str, Any] | None, str]:
+            async with session.post(url + "/v1/chat/completions", data=body, headers=headers) as response:
+                answer = await response.json()
+                return response.status, answer.get("usage"), response.headers.get("retry-after", "")
+        return await asyncio.gather(*(one(urls[i % len(urls)]) for i in range(count)))
+
+
+def check_burst(results: list[tuple[int, dict[str, Any] | None, str]], body: bytes) -> None:
+    served = [usage["total_tokens"] for status, usage, _ in results if status == 200 and usage]
+    refused = [retry for status, _, retry in results if status == 429]
+    assert len(served) + len(refused) == len(results)
+    assert served and refused
+    # Everything the served requests used stays within the budget plus one reservation.
+    assert sum(served) <= BUDGET + len(body) + 20, (len(served), sum(served))
+    assert "1" in refused  # refused while tokens were only held: try again in a second
+
+
+def test_a_burst_from_one_org_stays_within_the_budget(tokens: Stack) -> None:
+    body = burst_body()
+    check_burst(asyncio.run(burst([tokens.url], tokens.api_key("org-acme"), body)), body)
+    # The holds are settled to what was used: the org is served again.
+    assert chat(tokens, "org-acme")[0] == 200
+
+
+def test_a_burst_across_a_fleet_stays_within_the_budget(tmp_path: Path, redis_url: str) -> None:
+    """Two replicas sharing one Redis: the hold is taken in the admission script, so the
+    bound holds across replicas."""
+    def with_budget(texts: dict[str, str]) -> None:
+        texts["framework.yaml"] += f"quotas:\n  standard: {{tokens_per_day: {BUDGET}}}\n"
+
+    fleet = start_fleet(tmp_path / "fleet", redis_url=redis_url, policy_dir=policy_variant(tmp_path / "policy", with_budget))
+    try:
+        body = burst_body()
+        key = fleet.key("org-public")
+        check_burst(asyncio.run(burst([replica.url for replica in fleet.replicas], key, body)), body)
+        assert fleet.a.chat(key).status == 200 and fleet.b.chat(key).status == 200
+    finally:
+        fleet.close()
+
+
+def test_redis_holds_and_settles_atomically(redis_url: str) -> None:
+    """40 admissions at once against a budget of 1000, 300 tokens held each: exactly 4 are
+    admitted (0, 300, 600, 900 were below the budget); settled, the budget frees again."""
+    async def run() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        quota = RedisQuota(client, f"test-{uuid.uuid4().hex[:8]}")
+        now = time.time()
+        try:
+            results = await asyncio.gather(*(quota.admit("org-r", None, 1000, now, reserve=300) for _ in range(40)))
+            assert results.count(None) == 4 and set(results) - {None} == {HELD_RETRY_S}
+            for _ in range(4):
+                await quota.settle(Reservation("org-r", 300, now), 10)
+            assert await quota.admit("org-r", None, 1000, now, reserve=300) is None
+            await quota.settle(Reservation("org-r", 300, now), 960)  # spent: 1000
+            assert await quota.admit("org-r", None, 1000, now, reserve=300) > HELD_RETRY_S  # until tomorrow
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())

@@ -41,7 +41,7 @@ from gateway.identity.redis_keys import RedisApiKeyStore
 from gateway.live.overlay import Overlay
 from gateway.live.store import RedisStore, Shared, StoreConflict, keys as store_keys
 from gateway.misuse import RedisSightings
-from gateway.quota import RedisQuota
+from gateway.quota import HELD_RETRY_S, RedisQuota, Reservation
 from gateway.redis_connect import connect, connect_sync, connect_url, describe, parse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -507,10 +507,13 @@ def test_quotas_and_sightings(topology: Topology) -> None:
             now = time.time()
             admitted = [await quota.admit("org-q", 3, 100, now) for _ in range(5)]
             assert admitted[:3] == [None] * 3 and all(wait is not None for wait in admitted[3:])
-            await quota.add_tokens("org-q", 70, now)
+            assert await quota.admit("org-q", None, 100, now, reserve=70) is None
+            assert await quota.admit("org-q", None, 100, now, reserve=30) is None
+            assert await quota.admit("org-q", None, 100, now) == HELD_RETRY_S  # held by requests in flight
+            await quota.settle(Reservation("org-q", 70, now), 20)
             assert await quota.admit("org-q", None, 100, now) is None
-            await quota.add_tokens("org-q", 30, now)
-            assert await quota.admit("org-q", None, 100, now) is not None  # tokens spent, whatever the minute
+            await quota.settle(Reservation("org-q", 30, now), 80)
+            assert await quota.admit("org-q", None, 100, now) > HELD_RETRY_S  # tokens spent, whatever the minute
             here, there = RedisSightings(client, ns, 60), RedisSightings(client, ns, 60)  # two replicas
             assert await here.observe("key_1", "US", now) == {"US"}
             assert await there.observe("key_1", "CN", now + 1) == {"US", "CN"}
