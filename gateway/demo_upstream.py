@@ -17,7 +17,10 @@ It is a raw ASGI application (no framework on the hot path) with test hooks:
 * faults, off unless a request asks (``x-demo-fault``, comma separated):
   ``stall=SECONDS`` answers only after SECONDS (sooner if the client goes
   away), ``drop`` sends the headers and part of the body, then cuts the
-  connection; a malformed value is a 400;
+  connection, ``status=NNN`` answers with that status instead (e.g. a
+  redirect); a malformed value is a 400;
+* ``x-demo-reply-header: NAME: VALUE`` (repeatable) adds that header to the
+  answer, as a real upstream's cookies, account ids or proxies' headers would;
 * ``journal`` (``--journal PATH``): one JSON line per request as it arrives
   (time, method, path, model, ``x-gateway-decision-id``, ``x-gateway-org``,
   ``x-demo-tag``, fault), so a test can see what reached it from outside.
@@ -211,10 +214,10 @@ def _embedding(text: str, dims: int) -> list[float]:
 class Fault:
     """What ``x-demo-fault`` asked of one request."""
 
-    __slots__ = ("stall_s", "drop")
+    __slots__ = ("stall_s", "drop", "status")
 
-    def __init__(self, stall_s: float = 0.0, drop: bool = False) -> None:
-        self.stall_s, self.drop = stall_s, drop
+    def __init__(self, stall_s: float = 0.0, drop: bool = False, status: int | None = None) -> None:
+        self.stall_s, self.drop, self.status = stall_s, drop, status
 
     @classmethod
     def parse(cls, text: str) -> Fault:
@@ -224,14 +227,22 @@ class Fault:
             if name == "drop" and not value:
                 fault.drop = True
                 continue
+            if name == "status" and value.isdigit() and 200 <= int(value) <= 599:
+                fault.status = int(value)
+                continue
             try:
                 seconds = float(value)
             except ValueError:
                 seconds = -1.0
             if name != "stall" or not 0 <= seconds <= 3600:
-                raise BadRequest(f"x-demo-fault: expected stall=SECONDS and/or drop, got {item!r}")
+                raise BadRequest(f"x-demo-fault: expected stall=SECONDS, drop and/or status=NNN, got {item!r}")
             fault.stall_s = seconds
         return fault
+
+
+def _reply_header(value: bytes) -> tuple[bytes, bytes]:
+    name, _, text = value.partition(b":")
+    return name.strip(), text.strip()
 
 
 class _Dropped(Exception):
@@ -255,6 +266,17 @@ def _cut_short(send: Send) -> Send:
         raise _Dropped
 
     return cut
+
+
+def _with_status(send: Send, status: int) -> Send:
+    """`send` that answers with `status` whatever the handler chose."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "status": status}
+        await send(message)
+
+    return sending
 
 
 async def _stall(receive: Receive, seconds: float) -> bool:
@@ -339,6 +361,7 @@ class DemoUpstream:
             (b"x-demo-saw-gateway-headers", b",".join(dict.fromkeys(k.lower() for k in seen)) if seen else b""),
             self._name_header,
         ]
+        extra += [_reply_header(v) for k, v in raw_headers if k.lower() == b"x-demo-reply-header"]
         record = None
         if self._record:
             record = ReceivedRequest(method, path, scope.get("query_string", b""), raw_headers, body)
@@ -360,6 +383,8 @@ class DemoUpstream:
                     if record is not None:
                         record.outcome = "dropped"
                     send = _cut_short(send)
+                if fault.status is not None:
+                    send = _with_status(send, fault.status)
             if route is None:
                 if path.startswith("/v1/models/") and len(path) > 11:
                     if method != "GET":
