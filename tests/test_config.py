@@ -103,3 +103,20 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     assert "cannot be read" in problems(tmp_path / "absent.yaml")[0]
     assert "YAML syntax error" in problems(write(tmp_path, "listen: [\n"))[0]
     assert "must be a mapping" in problems(write(tmp_path, "- a\n"))[0]
+
+
+def test_response_headers_name_what_may_pass_and_never_a_redirect(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "upstreams:\n  default: {url: 'http://x:1', response_headers: [Set-Cookie]}\n"),
+                         {"GATEWAY_UPSTREAMS__DEFAULT__RESPONSE_HEADERS": "[X-RateLimit-Remaining-Tokens, openai-project]"})
+    assert config.upstreams["default"].response_headers == ["x-ratelimit-remaining-tokens", "openai-project"]
+    for name in ["Location", "content-location", "Refresh", "Transfer-Encoding", "Date", "X-Gateway-Org", "set cookie"]:
+        found = problems(write(tmp_path, f"upstreams:\n  default: {{url: 'http://x:1', response_headers: ['{name}']}}\n"))
+        assert any("upstreams.default.response_headers" in p and repr(name) in p for p in found), found
+
+
+def test_configured_upstream_headers_are_checked_when_loaded(tmp_path: Path) -> None:
+    for headers, says in [("{Content-Length: '1'}", "set by the gateway"), ("{X-Gateway-Org: org-x}", "set by the gateway"),
+                          ("{Connection: close}", "set by the gateway"), ("{Api-Key: a, api_key: b}", "given twice"),
+                          ("{'Bad Name': x}", "Bad Name"), ('{X-Key: "a\\r\\nX-Gateway-Org: org-x"}', "X-Key")]:
+        found = problems(write(tmp_path, f"upstreams:\n  default: {{url: 'http://x:1', headers: {headers}}}\n"))
+        assert any("upstreams.default.headers" in p and says in p for p in found), (headers, found)
