@@ -80,6 +80,7 @@ ROUTING_PREFIXES = (
     b"x-vertex-ai-",             # Vertex AI provisioned-throughput and priority billing
     b"x-litellm-", b"x-portkey-", b"helicone-", b"cf-aig-",  # AI gateways: keys, routes, target URLs
 )
+_DROPPED_PREFIXES = (GATEWAY_PREFIX, *ROUTING_PREFIXES)
 # Never passed to the client, whatever the configuration: the gateway frames the answer and
 # dates it, a redirect would send the client (and its credential) somewhere not decided on.
 NEVER_RETURNED = HOP_BY_HOP | frozenset({b"date", b"location", b"content-location", b"refresh"})
@@ -169,8 +170,7 @@ def request_headers(
     out = [
         (name.decode("latin-1"), value.decode("latin-1"))
         for name, value in client
-        if b"_" not in name and (lower := name.lower()) not in dropped
-        and not lower.startswith(GATEWAY_PREFIX) and not lower.startswith(ROUTING_PREFIXES)
+        if b"_" not in name and (lower := name.lower()) not in dropped and not lower.startswith(_DROPPED_PREFIXES)
     ]
     out += rules.extra
     out.append(("X-Gateway-Org", org_id))
@@ -185,13 +185,12 @@ def response_headers(upstream: Iterable[tuple[bytes, bytes]], decision_id: bytes
     never = NEVER_RETURNED
     if named := _connection_tokens(upstream):
         never = never | (named - _REPRESENTATION)
-    out = []
-    for name, value in upstream:
-        name = name.lower()
-        if name in never or name.startswith(GATEWAY_PREFIX):
-            continue
-        if name in passed or not (name in RESPONSE_DENIED or name.startswith(RESPONSE_DENIED_PREFIXES) or b"_" in name):
-            out.append((name, value))
+    out = [
+        (lower, value) for name, value in upstream
+        if (lower := name.lower()) not in never and not lower.startswith(GATEWAY_PREFIX)
+        and (lower in passed or not (lower in RESPONSE_DENIED or b"_" in lower
+                                     or lower.startswith(RESPONSE_DENIED_PREFIXES)))
+    ]
     out.append((b"x-gateway-decision-id", decision_id))
     return out
 
