@@ -152,6 +152,8 @@ class Gateway:
             # The parser stops at an upgrade: the body is never read, and the decision
             # covers one request, not a session.
             raise RequestError(400, "Protocol upgrades are not supported; send plain HTTP/1.1 requests.", None)
+        if b"connection" in headers:
+            proxy.check_connection(headers[b"connection"])  # it may not strip what is decided on
         policy = self.state.policy
         if policy is None or not self.state.usable() or not self.audit.healthy:
             return await self.deny(exchange, send, _unavailable(policy))
@@ -318,13 +320,14 @@ class Gateway:
         if session is None:
             log.error("model %s names upstream %r, which is not configured", decision.model, upstream)
             return await self.reply(exchange, send, responses.for_status(503))
+        rules = self.upstreams.rules[upstream]
         headers = proxy.request_headers(
             scope["headers"],
             org_id=principal.org_id,
             decision_id=exchange.decision_id,
             pass_credentials=self.config.forward.pass_credentials,
             drop_content_encoding=exchange.extra.get("decoded", False),
-            extra=self.upstreams.config[upstream].headers,
+            rules=rules,
         )
         target = route.path + (f"?{scope['query_string'].decode('latin-1')}" if scope["query_string"] else "")
         # A client that goes away cancels the upstream request (and its stream).
@@ -340,9 +343,11 @@ class Gateway:
                                        allow_redirects=False) as upstream:
                 self.metrics.upstream_seconds.observe(time.perf_counter() - started)
                 exchange.upstream_status = upstream.status
+                if proxy.is_redirect(upstream.status):
+                    return await self.upstream_redirected(exchange, send)
                 exchange.streamed = upstream.content_type == "text/event-stream"
-                await self.start_response(exchange, send, upstream.status,
-                                          proxy.response_headers(upstream.raw_headers, exchange.decision_id.encode()))
+                await self.start_response(exchange, send, upstream.status, proxy.response_headers(
+                    upstream.raw_headers, exchange.decision_id.encode(), rules.passed))
                 # An answer encoded despite Accept-Encoding: identity cannot be read: its
                 # reservation stands (fail closed).
                 tap = exchange.tokens if upstream.headers.get("Content-Encoding", "identity") == "identity" else None
@@ -462,7 +467,7 @@ class Gateway:
             [(n, v) for n, v in scope["headers"] if n != b"accept-encoding"],
             org_id=facts.org_id or "", decision_id=exchange.decision_id,
             pass_credentials=self.config.forward.pass_credentials, drop_content_encoding=False,
-            extra=self.upstreams.config[upstream].headers,
+            rules=self.upstreams.rules[upstream],
         )
         exchange.forwarded = True
         try:
@@ -472,6 +477,9 @@ class Gateway:
                 exchange.upstream_bytes = len(payload)
         except (aiohttp.ClientError, asyncio.TimeoutError) as error:
             await self.upstream_failed(exchange, send, error)
+            return None
+        if proxy.is_redirect(answer.status):
+            await self.upstream_redirected(exchange, send)
             return None
         try:
             return answer.status, json.loads(payload)
@@ -498,6 +506,14 @@ class Gateway:
             await self.end_started(exchange, send, denial)
         else:
             await self.reply(exchange, send, denial)
+
+    async def upstream_redirected(self, exchange: Exchange, send: Send) -> None:
+        """A 3xx is never followed (allow_redirects=False) nor passed on: either would serve
+        the client from somewhere the decision did not cover. The API's own 502 instead."""
+        self.metrics.upstream_errors.labels("redirect").inc()
+        exchange.error = "upstream_redirect"
+        log.warning("upstream answered %s for %s with a redirect", exchange.upstream_status, exchange.decision_id)
+        await self.reply(exchange, send, responses.for_status(502))
 
     async def end_started(self, exchange: Exchange, send: Send, denial: responses.Denial) -> None:
         """End an answer already under way that cannot be completed. A stream ends with

@@ -21,6 +21,8 @@ from gateway.policy.yamlsource import YamlSyntaxError, parse
 from gateway.routing import DEFAULT_ROUTES
 
 ENV_PREFIX = "GATEWAY_"
+# Request headers aiohttp writes from the body it forwards.
+_FRAMING = frozenset({b"accept-encoding", b"content-length", b"content-type", b"content-encoding", b"host"})
 # Read by `gateway admin` (the client), not config keys: exported in an operator's shell, they
 # must not make `gateway serve` or `gateway keys` refuse to start.
 CLIENT_VARIABLES = frozenset({"GATEWAY_ADMIN_URL", "GATEWAY_ADMIN_TOKEN"})
@@ -32,12 +34,48 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]  # an RFC 9110 token
+# A field value: no line breaks or other controls (tab is allowed), nothing an upstream could split on.
+HeaderValue = Annotated[str, Field(pattern=r"^[^\x00-\x08\x0a-\x1f\x7f]*$")]
+
+
 class Upstream(Section):
     url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+/?$")]
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(600.0, gt=0)
-    # Headers added to every forwarded request, e.g. the upstream's own API key.
-    headers: dict[str, str] = {}
+    # Headers added to every forwarded request, e.g. the upstream's own API key; they
+    # replace any the client sent under the same name (docs/headers.md).
+    headers: dict[HeaderName, HeaderValue] = {}
+    # Response headers the gateway drops by default that this upstream's answers may carry
+    # to clients, e.g. [x-ratelimit-remaining-tokens] (docs/headers.md).
+    response_headers: list[HeaderName] = []
+
+    @field_validator("headers")
+    @classmethod
+    def _addable(cls, value: dict[str, str]) -> dict[str, str]:
+        from gateway.proxy import GATEWAY_PREFIX, HOP_BY_HOP, folded
+
+        seen: set[bytes] = set()
+        for name in value:
+            key = folded(name.encode())
+            if key in HOP_BY_HOP or key.startswith(GATEWAY_PREFIX) or key in _FRAMING:
+                raise ValueError(f"{name!r} is set by the gateway and cannot be configured")
+            if key in seen:
+                raise ValueError(f"{name!r} is given twice (names are compared case-insensitively, _ as -)")
+            seen.add(key)
+        return value
+
+    @field_validator("response_headers")
+    @classmethod
+    def _passable(cls, value: list[str]) -> list[str]:
+        from gateway.proxy import GATEWAY_PREFIX, NEVER_RETURNED
+
+        for name in value:
+            key = name.lower().encode()
+            if key in NEVER_RETURNED or key.startswith(GATEWAY_PREFIX):
+                raise ValueError(f"{name!r} is never passed to clients (redirects, framing and the gateway's own "
+                                 "headers are not configurable)")
+        return [name.lower() for name in value]
 
 
 class GeoIPConfig(Section):

@@ -26,7 +26,10 @@ It is a raw ASGI application (no framework on the hot path) with test hooks:
   ``stall=SECONDS`` answers only after SECONDS (sooner if the client goes
   away), ``drop`` sends the headers and part of the body, then cuts the
   connection, ``gzip`` compresses the answer even when the request asked for
-  ``identity``; a malformed value is a 400;
+  ``identity``, ``status=NNN`` answers with that status instead (e.g. a
+  redirect); a malformed value is a 400;
+* ``x-demo-reply-header: NAME: VALUE`` (repeatable) adds that header to the
+  answer, as a real upstream's cookies, account ids or proxies' headers would;
 * ``journal`` (``--journal PATH``): one JSON line per request as it arrives
   (time, method, path, model, ``x-gateway-decision-id``, ``x-gateway-org``,
   ``x-demo-tag``, fault), so a test can see what reached it from outside.
@@ -222,10 +225,11 @@ def _embedding(text: str, dims: int) -> list[float]:
 class Fault:
     """What ``x-demo-fault`` asked of one request."""
 
-    __slots__ = ("stall_s", "drop", "gzip")
+    __slots__ = ("stall_s", "drop", "gzip", "status")
 
-    def __init__(self, stall_s: float = 0.0, drop: bool = False, gzip: bool = False) -> None:
-        self.stall_s, self.drop, self.gzip = stall_s, drop, gzip
+    def __init__(self, stall_s: float = 0.0, drop: bool = False, gzip: bool = False,
+                 status: int | None = None) -> None:
+        self.stall_s, self.drop, self.gzip, self.status = stall_s, drop, gzip, status
 
     @classmethod
     def parse(cls, text: str) -> Fault:
@@ -235,14 +239,22 @@ class Fault:
             if name in ("drop", "gzip") and not value:
                 setattr(fault, name, True)
                 continue
+            if name == "status" and value.isdigit() and 200 <= int(value) <= 599:
+                fault.status = int(value)
+                continue
             try:
                 seconds = float(value)
             except ValueError:
                 seconds = -1.0
             if name != "stall" or not 0 <= seconds <= 3600:
-                raise BadRequest(f"x-demo-fault: expected stall=SECONDS, drop and/or gzip, got {item!r}")
+                raise BadRequest(f"x-demo-fault: expected stall=SECONDS, drop, gzip and/or status=NNN, got {item!r}")
             fault.stall_s = seconds
         return fault
+
+
+def _reply_header(value: bytes) -> tuple[bytes, bytes]:
+    name, _, text = value.partition(b":")
+    return name.strip(), text.strip()
 
 
 class _Dropped(Exception):
@@ -311,6 +323,17 @@ def _gzipped(send: Send) -> Send:
         await send({"type": "http.response.body", "body": data, "more_body": more})
 
     return send_gzipped
+
+
+def _with_status(send: Send, status: int) -> Send:
+    """`send` that answers with `status` whatever the handler chose."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "status": status}
+        await send(message)
+
+    return sending
 
 
 async def _stall(receive: Receive, seconds: float) -> bool:
@@ -397,6 +420,7 @@ class DemoUpstream:
             (b"x-demo-saw-gateway-headers", b",".join(dict.fromkeys(k.lower() for k in seen)) if seen else b""),
             self._name_header,
         ]
+        extra += [_reply_header(v) for k, v in raw_headers if k.lower() == b"x-demo-reply-header"]
         record = None
         if self._record:
             record = ReceivedRequest(method, path, scope.get("query_string", b""), raw_headers, body)
@@ -423,6 +447,8 @@ class DemoUpstream:
                     if record is not None:
                         record.outcome = "dropped"
                     send = _cut_short(send)
+                if fault.status is not None:
+                    send = _with_status(send, fault.status)
             if route is None:
                 if path == "/v1/models" or (path.startswith("/v1/models/") and len(path) > 11):
                     anthropic = any(k.lower() == b"anthropic-version" for k, _ in raw_headers)

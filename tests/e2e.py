@@ -63,7 +63,9 @@ class Stack:
     """Demo upstream + gateway over the reference policy, deciding at DECISION_TIME."""
 
     def __init__(self, directory: Path, *, clock: Callable[[], float] = lambda: DECISION_TIME,
-                 policy_dir: Path = REFERENCE_POLICY, extra_config: str = "", admin_listen: str = "127.0.0.1:0") -> None:
+                 policy_dir: Path = REFERENCE_POLICY, extra_config: str = "", admin_listen: str = "127.0.0.1:0",
+                 upstream_options: str = "") -> None:
+        """`upstream_options`: more keys of `upstreams.default`, in YAML flow style (", headers: {...}")."""
         self.directory = directory
         self.thread = LoopThread()
         self.signing = SigningKey()
@@ -76,7 +78,7 @@ admin_listen: {admin_listen}
 policy_dir: {policy_dir}
 state_dir: state
 upstreams:
-  default: {{url: "{self.upstream.url}", connect_timeout_s: 2, read_timeout_s: 10}}
+  default: {{url: "{self.upstream.url}", connect_timeout_s: 2, read_timeout_s: 10{upstream_options}}}
 trusted_proxies: [127.0.0.1/32]
 geoip:
   country_db: {GEOIP / "GeoIP2-City-Test.mmdb"}

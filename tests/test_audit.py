@@ -11,8 +11,10 @@ a redis-server of its own ($REDIS_SERVER_BIN) to stop and start again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import re
 import stat
 import time
 import uuid
@@ -130,9 +132,40 @@ class TestChain:
         asyncio.run(write(path, [entry(1)]))
         [record] = records(path)
         digest = record.pop("hash")
-        import hashlib
         assert hashlib.sha256(canonical(record)).hexdigest() == digest
         assert canonical(record) == json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def test_every_record_is_one_line_for_every_reader(self, tmp_path: Path) -> None:
+        path = tmp_path / "audit.jsonl"
+        breaks = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029 \\\u2028"
+        asyncio.run(write(path, [entry(1, path=f"/v1/{breaks}", **{breaks: breaks}), entry(2)]))
+        text = path.read_text(encoding="utf-8")
+        assert len(text.splitlines()) == 2  # Python's str.splitlines ends a line at each of them
+        assert len(re.split("\r\n|[\n\r\u2028\u2029]", text.removesuffix("\n"))) == 2  # JavaScript's terminators
+        first = records(path)[0]
+        assert first["path"] == f"/v1/{breaks}" and first[breaks] == breaks
+        assert verify([path]).ok
+
+    def test_files_from_before_separators_were_escaped_verify_and_the_chain_goes_on(
+            self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """Writers before the escaping left U+0085, U+2028 and U+2029 raw in the line. The hash
+        was over the same canonical JSON, so those files verify, alone and continued."""
+        path = tmp_path / "audit.jsonl"
+        lines, prev = [], ZERO_HASH
+        for seq in (1, 2, 3):
+            record = {**entry(seq, path="/v1/a\u2028b\u2029c\x85d"), "replica": "gw-a", "seq": seq, "prev": prev}
+            body = canonical(record)
+            prev = hashlib.sha256(body).hexdigest()
+            lines.append(body[:-1] + b',"hash":"' + prev.encode() + b'"}\n')  # as seal() wrote them then
+        path.write_bytes(b"".join(lines))
+        assert "\u2028".encode() in path.read_bytes()
+        assert verify_cli(capsys, str(path))[0] == 0 and verify([path]).records == 3
+        asyncio.run(write(path, [entry(4, path="/v1/\u2028")], replica="gw-a"))
+        written = [json.loads(line) for line in path.read_bytes().split(b"\n") if line]
+        assert [r["seq"] for r in written] == [1, 2, 3, 4] and written[3]["prev"] == written[2]["hash"]
+        assert "\u2028".encode() not in path.read_bytes().split(b"\n")[3]
+        code, out = verify_cli(capsys, str(path))
+        assert code == 0 and "OK: 4 records" in out, out
 
     def test_a_restart_resumes_seq_and_prev(self, tmp_path: Path) -> None:
         path = tmp_path / "audit.jsonl"

@@ -112,3 +112,20 @@ def test_the_default_token_reservation(tmp_path: Path) -> None:
     assert load_config(None, {"GATEWAY_QUOTA__DEFAULT_MAX_TOKENS": "32000"}).quota.default_max_tokens == 32000
     found = "\n".join(problems(write(tmp_path, "quota: {default_max_tokens: 0}\n")))
     assert "quota.default_max_tokens" in found and "0" in found
+
+
+def test_response_headers_name_what_may_pass_and_never_a_redirect(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "upstreams:\n  default: {url: 'http://x:1', response_headers: [Set-Cookie]}\n"),
+                         {"GATEWAY_UPSTREAMS__DEFAULT__RESPONSE_HEADERS": "[X-RateLimit-Remaining-Tokens, openai-project]"})
+    assert config.upstreams["default"].response_headers == ["x-ratelimit-remaining-tokens", "openai-project"]
+    for name in ["Location", "content-location", "Refresh", "Transfer-Encoding", "Date", "X-Gateway-Org", "set cookie"]:
+        found = problems(write(tmp_path, f"upstreams:\n  default: {{url: 'http://x:1', response_headers: ['{name}']}}\n"))
+        assert any("upstreams.default.response_headers" in p and repr(name) in p for p in found), found
+
+
+def test_configured_upstream_headers_are_checked_when_loaded(tmp_path: Path) -> None:
+    for headers, says in [("{Content-Length: '1'}", "set by the gateway"), ("{X-Gateway-Org: org-x}", "set by the gateway"),
+                          ("{Connection: close}", "set by the gateway"), ("{Api-Key: a, api_key: b}", "given twice"),
+                          ("{'Bad Name': x}", "Bad Name"), ('{X-Key: "a\\r\\nX-Gateway-Org: org-x"}', "X-Key")]:
+        found = problems(write(tmp_path, f"upstreams:\n  default: {{url: 'http://x:1', headers: {headers}}}\n"))
+        assert any("upstreams.default.headers" in p and says in p for p in found), (headers, found)

@@ -456,6 +456,25 @@ def test_answers_are_gzipped_when_the_client_accepts_gzip() -> None:
     asyncio.run(go())
 
 
+def test_a_request_can_ask_for_another_status_and_more_headers() -> None:
+    async def go() -> None:
+        async with await serve() as running, aiohttp.ClientSession(running.url) as http:
+            headers = [("x-demo-fault", "status=302"), ("x-demo-reply-header", "Location: /v1/models"),
+                       ("x-demo-reply-header", "Set-Cookie: a=b")]
+            for path, body in [("/v1/chat/completions", {"model": "m", "messages": USER}),
+                               ("/v1/chat/completions", {"model": "m", "messages": USER, "stream": True})]:
+                async with http.post(path, json=body, headers=headers, allow_redirects=False) as response:
+                    assert response.status == 302 and response.headers["location"] == "/v1/models"
+                    assert response.headers["set-cookie"] == "a=b"
+            async with http.get("/v1/models/absent", headers=headers[1:]) as response:  # errors carry them too
+                assert response.status == 404 and response.headers["set-cookie"] == "a=b"
+            for bad in ("status=99", "status=600", "status=abc"):
+                async with http.post("/v1/chat/completions", json={"model": "m"}, headers={"x-demo-fault": bad}) as response:
+                    assert response.status == 400
+
+    asyncio.run(go())
+
+
 def test_journal_of_a_process(tmp_path: Any) -> None:
     journal = tmp_path / "journal.jsonl"
     process = subprocess.Popen(

@@ -6,6 +6,13 @@ The chain: every record carries `replica` (this writer's stable id), `seq`
 the record before, 64 zeros before the first) and `hash`, the SHA-256 of the
 record's canonical JSON (sorted keys, no spaces, UTF-8) without `hash`.
 `verify()` (`gateway audit verify`) recomputes all of it.
+
+A line holds one record for every reader: canonical JSON escapes every control
+character, and the line escapes the three others some readers end a line at
+(U+0085, U+2028, U+2029: Python's str.splitlines, JavaScript, Unicode line
+breaking) as JSON escape sequences. The hash stays over the canonical
+form, which a verifier gets by parsing the line and serializing it again, so
+files written before and after this escaping verify alike.
 """
 
 from __future__ import annotations
@@ -72,7 +79,22 @@ def seal(entry: dict[str, Any], replica: str, seq: int, prev: str) -> Sealed:
     digest = hashlib.sha256(body).hexdigest()
     # `hash` goes last, after the sorted fields it covers: cheaper than serializing
     # twice, and the verifier only needs the hash to match the other fields.
-    return Sealed(seq, digest, body[:-1] + b',"hash":"' + digest.encode() + b'"}')
+    return Sealed(seq, digest, one_line(body[:-1]) + b',"hash":"' + digest.encode() + b'"}')
+
+
+# UTF-8 of the line separators JSON leaves raw: in valid UTF-8 these bytes are only ever
+# these characters, and in canonical JSON they only occur inside strings.
+_SEPARATORS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
+
+
+def one_line(body: bytes) -> bytes:
+    """Canonical JSON with the separators some readers break lines at escaped: the same
+    JSON value, on one line for every reader."""
+    if body.isascii():
+        return body
+    for raw, escaped in _SEPARATORS:
+        body = body.replace(raw, escaped)
+    return body
 
 
 def _sealed_from_line(line: bytes) -> Sealed | None:
