@@ -7,6 +7,10 @@ rule can be tested with a table (STYLE.md §1). The semantics are SPEC §2.1:
 - the org's effective tier is its tier until `vetted_until` has passed;
 - the stage in force is the last one whose start is <= now;
 - `rules.all_models` checks the observed place of every request;
+- an observed place that is unknown is refused for every model unless the
+  framework sets `allow_unknown_places`; only then do the `unknown_country`
+  verdicts decide (a client address that cannot be established must never
+  widen access, issue 12);
 - covered models also get `rules.covered_models`, and with
   `check_declared_country` the org's declared country must pass the same rules,
   the stage's jurisdictions and any suspension;
@@ -98,14 +102,14 @@ def decide(policy: Policy, facts: Facts, now: datetime) -> Decision:
 
 def decide_listing(policy: Policy, facts: Facts, now: datetime) -> Decision:
     """Decide a model-catalogue request (`GET /v1/models`): only the rules that do
-    not depend on a model apply (credential, organization, all-model rules); the
-    catalogue itself is then filtered with `decide()` per model."""
+    not depend on a model apply (credential, organization, all-model rules, an
+    unknown place); the catalogue itself is then filtered with `decide()` per model."""
     if facts.credential != "valid":
         return decide(policy, facts, now)
     evaluation = _Evaluation(policy, facts, now.timestamp())
     tier = evaluation.check_organization()
     evaluation.check_rules(policy.all_models, Reason.JURISDICTION_EMBARGOED, "all_models", declared=False)
-    if facts.observed_country is None and policy.all_models.unknown_country == "deny":
+    if evaluation.check_unknown_place() and policy.all_models.unknown_country == "deny":
         evaluation.deny(Reason.JURISDICTION_UNKNOWN, "all_models.unknown_country", "observed")
     return evaluation.decision(None, None, None, tier, concealed=False)
 
@@ -131,6 +135,7 @@ class _Evaluation:
         policy, facts = self.policy, self.facts
         tier = self.check_organization()
         self.check_rules(policy.all_models, Reason.JURISDICTION_EMBARGOED, "all_models", declared=False)
+        unknown_allowed = self.check_unknown_place()
         model = policy.model_named(facts.model) if facts.model is not None else None
         stage_name = None
         concealed = False
@@ -140,7 +145,7 @@ class _Evaluation:
             covered = model.covered
             stage_name, concealed = self.check_stage(model, tier)
         if covered is not None:
-            self.check_coverage_rules(covered)
+            self.check_coverage_rules(covered, unknown_allowed)
         if model is not None:
             self.check_suspensions(model)
         return self.decision(model, stage_name, covered, tier, concealed=concealed)
@@ -199,16 +204,27 @@ class _Evaluation:
         concealed = self.policy.conceal_unreleased and stage.name != "general"
         return stage.name, concealed
 
-    def check_coverage_rules(self, covered: bool) -> None:
+    def check_coverage_rules(self, covered: bool, unknown_allowed: bool) -> None:
         rules = self.policy.covered_models
         if covered:
             self.check_rules(rules, Reason.JURISDICTION_OF_CONCERN, "covered_models", declared=rules.check_declared_country)
-        if self.facts.observed_country is None:
+        if unknown_allowed:
             self.check_unknown_country(covered)
 
+    def check_unknown_place(self) -> bool:
+        """Whether the observed place is unknown and the framework lets unknown places
+        on to the `unknown_country` verdicts; refused here otherwise, for every model."""
+        if self.facts.observed_country is not None:
+            return False
+        if not self.policy.allow_unknown_places:
+            self.deny(Reason.JURISDICTION_UNKNOWN, "framework.allow_unknown_places", "observed")
+            return False
+        return True
+
     def check_unknown_country(self, covered: bool) -> None:
-        """`unknown_country` is set at the top level (models that are not covered),
-        for covered models, and for all models; the most specific verdict applies."""
+        """With `allow_unknown_places`: `unknown_country` is set at the top level
+        (models that are not covered), for covered models, and for all models; the
+        most specific verdict applies."""
         policy = self.policy
         verdicts = [("all_models.unknown_country", policy.all_models.unknown_country, policy.all_models.shadow)]
         if covered and policy.covered_models.unknown_country is not None:

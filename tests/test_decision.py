@@ -79,6 +79,12 @@ MORE = [
     ("future model in review for a partner is concealed", "2027-01-20T00:00:00Z", "org-acme", "nextgen-7", "US", None, False, 404, ["tier_not_permitted"]),
     ("alias with a date suffix", "2027-02-02T00:00:00Z", "org-public", "FRONTIER-5.6-2026-11-01", "DE", None, False, 200, []),
     ("blank model name is unknown", "2026-12-01T12:00:00Z", "org-public", "   ", "US", None, False, 404, ["model_unknown"]),
+    # An unknown place is refused for every model (allow_unknown_places is not set); a model that
+    # does not exist is still a 404 first, as it is from an embargoed country.
+    ("unknown place, uncovered model at GA", "2027-02-02T00:00:00Z", "org-public", "small-2", None, None, False, 451, ["jurisdiction_unknown"]),
+    ("unknown place and an unknown model", "2026-12-01T12:00:00Z", "org-public", "gpt-unknown", None, None, False, 404, ["model_unknown", "jurisdiction_unknown"]),
+    ("unknown place, concealed model", "2026-12-01T12:00:00Z", "org-public", "frontier-5.6", None, None, False, 404, ["tier_not_permitted", "jurisdiction_unknown", "jurisdiction_not_permitted"]),
+    ("unknown place, denied org", "2026-12-01T12:00:00Z", "org-listed", "small-2", None, None, False, 403, ["org_denied", "jurisdiction_unknown"]),
 ]
 
 

@@ -165,6 +165,9 @@ class Policy:
     review_window_max_days: int
     all_models: RuleSet
     covered_models: RuleSet
+    # False: an unknown observed country is denied for every model, and the
+    # `unknown_country` verdicts have no effect; True: they decide as written.
+    allow_unknown_places: bool
     unknown_country: Verdict
     unknown_models: Verdict
     conceal_unreleased: bool

@@ -119,10 +119,22 @@ def test_malformed_records_are_counted(proposed: Path) -> None:
         {"org": "org-acme", "requested_model": "small-2", "time": "yesterday"},
         {"org": 7, "requested_model": "small-2", "time": "2026-12-01T00:00:00Z"},
         {"org": "org-acme", "requested_model": "small-2", "time": "2026-12-01T00:00:00Z", "observed_country": 1},
-        {"org": "org-acme", "requested_model": "small-2", "time": "2026-12-01T00:00:00Z", "reasons": []},
+        {"org": "org-acme", "requested_model": "small-2", "time": "2026-12-01T00:00:00Z", "observed_country": "US",
+         "reasons": []},
     ])
     assert result.skipped == {"no_org": 0, "no_model": 0, "malformed": 5}
     assert (result.replayed, result.unchanged) == (1, 1)
+
+
+def test_unknown_places_served_before_issue_12_flip_to_denied(reference_policy: Policy) -> None:
+    # Recorded when an unknown country was allowed for uncovered models.
+    served = record(reference_policy, "d-unknown", "2026-12-01T12:00:00Z", "org-public", "small-2",
+                    decision="allow", status=200, reasons=[])
+    result = simulate.simulate(reference_policy, [served])
+    assert {(f.decision_id, f.direction, f.after) for f in result.flips} == {
+        ("d-unknown", "allow_to_deny", ("jurisdiction_unknown",)),
+    }
+    assert "an unknown country" in simulate.render(result, bundle="reference", audit="audit.jsonl")
 
 
 def write_audit(path: Path, records: list[dict[str, Any]]) -> None:
