@@ -11,6 +11,10 @@ rule can be tested with a table (STYLE.md §1). The semantics are SPEC §2.1:
   framework sets `allow_unknown_places`; only then do the `unknown_country`
   verdicts decide (a client address that cannot be established must never
   widen access, issue 12);
+- a place is its reported country and its ISO 3166-2 region, which names its
+  own country (a database may report Crimea, UA-43, under RU): a deny list
+  matches any of them, an allow list admits the place only by its region or by
+  every country it may be in (gateway/policy/snapshot.py `GroupSet`);
 - covered models also get `rules.covered_models`, and with
   `check_declared_country` the org's declared country must pass the same rules,
   the stage's jurisdictions and any suspension;
@@ -199,7 +203,7 @@ class _Evaluation:
             self.deny(Reason.TIER_NOT_PERMITTED, f"{rule}.tiers", place=tier)
         if stage.jurisdictions is not None:
             for subject, country, region in self.places(declared=self.checks_declared(model.covered)):
-                if stage.jurisdictions.match(country, region) is None:
+                if not stage.jurisdictions.admits(country, region):
                     self.deny(Reason.JURISDICTION_NOT_PERMITTED, f"{rule}.jurisdictions", subject, country)
         concealed = self.policy.conceal_unreleased and stage.name != "general"
         return stage.name, concealed
@@ -240,11 +244,11 @@ class _Evaluation:
     def check_rules(self, rules: RuleSet, reason: Reason, name: str, *, declared: bool) -> None:
         deny = rules.deny
         for subject, country, region in self.places(declared=declared or rules.check_declared_country):
-            group, shadow, groups = deny.match(country, region), rules.shadow, deny
-            if group is None and deny.shadow is not None:
-                group, shadow, groups = deny.shadow_match(country, region), True, deny.shadow
-            if group is not None:
-                place = country if country in groups.countries else region
+            found, shadow = deny.find(country, region), rules.shadow
+            if found is None and deny.shadow is not None:
+                found, shadow = deny.shadow.find(country, region), True
+            if found is not None:
+                group, place = found
                 self.deny(reason, f"{name}.deny_jurisdictions", subject, place, group, shadow=shadow)
         if rules.deny_anonymizers and self.facts.anonymizer:
             self.deny(Reason.ANONYMIZER, f"{name}.deny_anonymizers", "observed", shadow=rules.shadow)
@@ -255,8 +259,11 @@ class _Evaluation:
             if not suspension.in_force(self.now):
                 continue
             for subject, country, region in self.places(declared=declared):
-                inside = suspension.groups.match(country, region) is not None
-                if inside == (suspension.scope == "deny_in"):
+                if suspension.scope == "deny_in":
+                    denied = suspension.groups.match(country, region) is not None
+                else:
+                    denied = not suspension.groups.admits(country, region)
+                if denied:
                     self.deny(Reason.EXPORT_SUSPENDED, f"suspensions.{suspension.id}", subject, country,
                               shadow=suspension.mode == "shadow")
 

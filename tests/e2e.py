@@ -63,7 +63,8 @@ class Stack:
     """Demo upstream + gateway over the reference policy, deciding at DECISION_TIME."""
 
     def __init__(self, directory: Path, *, clock: Callable[[], float] = lambda: DECISION_TIME,
-                 policy_dir: Path = REFERENCE_POLICY, extra_config: str = "") -> None:
+                 policy_dir: Path = REFERENCE_POLICY, extra_config: str = "",
+                 country_db: Path = GEOIP / "GeoIP2-City-Test.mmdb") -> None:
         self.directory = directory
         self.thread = LoopThread()
         self.signing = SigningKey()
@@ -79,7 +80,7 @@ upstreams:
   default: {{url: "{self.upstream.url}", connect_timeout_s: 2, read_timeout_s: 10}}
 trusted_proxies: [127.0.0.1/32]
 geoip:
-  country_db: {GEOIP / "GeoIP2-City-Test.mmdb"}
+  country_db: {country_db}
   anonymous_ip_db: {GEOIP / "GeoIP2-Anonymous-IP-Test.mmdb"}
 identity:
   jwt: {{jwks_file: jwks.json, issuer: "{ISSUER}", audience: {AUDIENCE}, algorithms: [RS256]}}

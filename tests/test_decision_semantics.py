@@ -117,6 +117,23 @@ CASES = [
     ("unknown places allowed: every verdict allow", variant(*ALLOW_PLACES, COVERED_UNKNOWN_ALLOWED), "org-public", "frontier-5.6", None, None, "2027-02-02T00:00:00Z", 200, []),
     ("unknown places allowed: still outside every allow list", UNKNOWN_PLACES, "org-public", "ru-market", None, None, "2026-12-01T00:00:00Z", 451, ["jurisdiction_not_permitted"]),
     ("unknown places allowed: still outside a deny_outside suspension", UNKNOWN_PLACES, "org-public", "fable", None, None, "2026-11-10T00:00:00Z", 451, ["export_suspended", "jurisdiction_unknown"]),
+    # Allow lists and regions: a region names its own country.
+    ("allow list of RU admits a Russian region", BASE, "org-public", "ru-market", "RU", "RU-MOW", "2026-12-01T00:00:00Z", 200, []),
+    ("allow list of RU admits RU without a region", BASE, "org-public", "ru-market", "RU", None, "2026-12-01T00:00:00Z", 200, []),
+    ("allow list of RU does not admit a UA region reported under RU", BASE, "org-public", "ru-market", "RU", "UA-23", "2026-12-01T00:00:00Z", 451, ["jurisdiction_not_permitted"]),
+    ("allow list of RU does not admit Crimea reported under RU", BASE, "org-public", "ru-market", "RU", "UA-43", "2026-12-01T00:00:00Z", 451, ["jurisdiction_embargoed", "jurisdiction_not_permitted"]),
+    ("allow list of RU and UA admits a UA region reported under RU", BASE, "org-public", "ru-ua-market", "RU", "UA-23", "2026-12-01T00:00:00Z", 200, []),
+    ("allow list of UA does not admit a UA region reported under JP", BASE, "org-public", "ru-ua-market", "JP", "UA-23", "2026-12-01T00:00:00Z", 451, ["jurisdiction_not_permitted"]),
+    ("a region listed by name is admitted whatever country reports it", BASE, "org-acme", "partners-only-ga", "RU", "UA-43", "2026-12-01T00:00:00Z", 451, ["jurisdiction_embargoed"]),
+    ("a listed region under its own country", BASE, "org-acme", "partners-only-ga", "US", "US-CA", "2026-12-01T00:00:00Z", 200, []),
+    ("deny_in matches the region's country", variant("suspensions.yaml", "deny_outside: [us]", "deny_in: [ua_only]"), "org-public", "fable", "RU", "UA-23", "2026-11-10T00:00:00Z", 451, ["export_suspended", "jurisdiction_of_concern"]),
+    ("deny_in matches the reported country", variant("suspensions.yaml", "deny_outside: [us]", "deny_in: [ru_only]"), "org-public", "fable", "RU", "UA-23", "2026-11-10T00:00:00Z", 451, ["export_suspended", "jurisdiction_of_concern"]),
+    ("deny_outside of RU does not admit a UA region under RU", variant("suspensions.yaml", "deny_outside: [us]", "deny_outside: [ru_only]"), "org-kyoto", "mythos", "RU", "UA-23", "2026-11-10T00:00:00Z", 451, ["export_suspended", "jurisdiction_of_concern"]),
+    ("deny_in suspends inside the groups", DENY_IN, "org-public", "fable", "JP", None, "2026-11-10T00:00:00Z", 451, ["export_suspended"]),
+    ("deny_in leaves the rest", DENY_IN, "org-public", "fable", "BR", None, "2026-11-10T00:00:00Z", 200, []),
+    ("deny_in checks the declared country of a covered model", DENY_IN, "org-kyoto", "fable", "US", None, "2026-11-10T00:00:00Z", 451, ["export_suspended"]),
+    ("shadow suspension is not enforced", SHADOW, "org-public", "fable", "JP", None, "2026-11-10T00:00:00Z", 200, []),
+    ("suspension without until lasts until lifted", OPEN_ENDED, "org-public", "fable", "JP", None, "2030-01-01T00:00:00Z", 451, ["export_suspended"]),
 ]
 
 
@@ -162,6 +179,7 @@ def test_shadow_mode(name: str, policy: Policy, org: str, model: str, country: s
     ("unknown places allowed: listed (and filtered model by model)", UNKNOWN_PLACES, None, None, 200, []),
     ("unknown places allowed, all_models unknown_country deny", UNKNOWN_DENIED_FOR_ALL, None, None, 451, ["jurisdiction_unknown"]),
     ("a located caller", BASE, "US", None, 200, []),
+    ("Crimea reported under RU", BASE, "RU", "UA-43", 451, ["jurisdiction_embargoed"]),
 ])
 def test_listing(name: str, policy: Policy, country: str | None, region: str | None, status: int,
                  reasons: list[str]) -> None:
