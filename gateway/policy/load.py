@@ -294,7 +294,7 @@ class _Checker:
         if "unknown_country" in framework.model_fields_set and framework.unknown_country == "allow":
             allows.append(("unknown_country",))
         for path in allows:
-            self.warn(FRAMEWORK, path, "unknown_country: allow has no effect while unknown places are refused "
+            self.warn(FRAMEWORK, path, "'allow' has no effect while unknown places are refused "
                                        "(allow_unknown_places is false): an unknown place is denied for every model")
 
     def check_group_usage(self, parts: _Parts) -> None:
