@@ -204,7 +204,7 @@ class _Evaluation:
         if stage.jurisdictions is not None:
             for subject, country, region in self.places(declared=self.checks_declared(model.covered)):
                 if not stage.jurisdictions.admits(country, region):
-                    self.deny(Reason.JURISDICTION_NOT_PERMITTED, f"{rule}.jurisdictions", subject, country)
+                    self.deny(Reason.JURISDICTION_NOT_PERMITTED, f"{rule}.jurisdictions", subject, _where(country, region))
         concealed = self.policy.conceal_unreleased and stage.name != "general"
         return stage.name, concealed
 
@@ -264,7 +264,7 @@ class _Evaluation:
                 else:
                     denied = not suspension.groups.admits(country, region)
                 if denied:
-                    self.deny(Reason.EXPORT_SUSPENDED, f"suspensions.{suspension.id}", subject, country,
+                    self.deny(Reason.EXPORT_SUSPENDED, f"suspensions.{suspension.id}", subject, _where(country, region),
                               shadow=suspension.mode == "shadow")
 
     def checks_declared(self, covered: bool) -> bool:
@@ -279,3 +279,8 @@ class _Evaluation:
             places.append(("declared", self.org.country, None))
         return places
 
+
+def _where(country: str | None, region: str | None) -> str | None:
+    """The place to name in a match: the country, or the region where it lies in
+    another country than the one reported (so explain says "UA-23", not "RU")."""
+    return region if region is not None and region[:2] != country else country

@@ -191,3 +191,11 @@ def test_the_refusal_names_the_framework_setting() -> None:
     decision = decide(BASE, Facts("org-public", "small-2"), at("2026-12-01T00:00:00Z"))
     [match] = decision.matches
     assert (match.rule, match.subject) == ("framework.allow_unknown_places", "observed")
+
+
+def test_a_region_kept_out_of_an_allow_list_is_named_in_the_match() -> None:
+    decision = decide(BASE, Facts("org-public", "ru-market", "RU", "UA-23"), at("2026-12-01T00:00:00Z"))
+    [match] = decision.matches
+    assert (match.rule, match.place) == ("release.general.jurisdictions", "UA-23")
+    assert [m.place for m in decide(BASE, Facts("org-public", "ru-market", "JP", "JP-13"),
+                                    at("2026-12-01T00:00:00Z")).matches] == ["JP"]
