@@ -225,8 +225,11 @@ def _facts(body: dict[str, Any]) -> tuple[Facts, datetime]:
     except (TypeError, ValueError):
         raise BodyError("at must be an ISO 8601 time") from None
     at = at if at.tzinfo else at.replace(tzinfo=UTC)
-    facts = Facts(org, model, country.upper() if country else None, region.upper() if region else None,
-                  bool(body.get("anonymizer", False)))
+    # As `gateway explain`: a region names its own country, which stands in for a missing
+    # one, and may lie outside a given one (Crimea reported under RU).
+    region = region.upper() if region else None
+    country = country.upper() if country else (region[:2] if region else None)
+    facts = Facts(org, model, country, region, bool(body.get("anonymizer", False)))
     return facts, at
 
 

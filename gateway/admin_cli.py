@@ -531,7 +531,8 @@ def add_arguments(admin: argparse.ArgumentParser) -> None:
     explain.add_argument("--org", required=True, help="organization id")
     explain.add_argument("--model", required=True, help="model name or alias")
     explain.add_argument("--country", help="observed country (ISO 3166-1 alpha-2); omitted: unknown")
-    explain.add_argument("--region", help="observed ISO 3166-2 region, e.g. UA-43")
+    explain.add_argument("--region", help="observed ISO 3166-2 region, e.g. UA-43; it may lie outside --country, as "
+                                          "when a database reports Crimea under RU")
     explain.add_argument("--anonymizer", action="store_true", help="the client came through a VPN/Tor/hosting network")
     explain.add_argument("--at", metavar="ISO8601", help="decide at this time (default: now)")
 

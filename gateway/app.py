@@ -23,7 +23,7 @@ import aiohttp
 
 from gateway import catalogue, proxy, responses, revocation
 from gateway.audit import AuditLog
-from gateway.clientip import ClientLocator, TrustedProxies
+from gateway.clientip import ClientLocator, ForwardedForError, TrustedProxies
 from gateway.config import Config
 from gateway.decision import Decision, Facts, decide, decide_listing
 from gateway.geo import UNKNOWN, GeoIP, Place
@@ -163,9 +163,8 @@ class Gateway:
             facts = Facts(org_id=None, model=None, credential=credential)
             return await self.deny(exchange, send, self.decide(exchange, policy, facts))
 
+        place = self.locate(exchange, scope, headers)
         model, body = await self.read_model(exchange, route, scope, receive, headers)
-        exchange.client_ip, place = self.locator.locate(_peer(scope), headers.get(b"x-forwarded-for", []))
-        exchange.place = place
         if place.country is not None:
             await self.watch_credential(exchange, principal, place.country, policy)
         facts = Facts(principal.org_id, model, place.country, place.region, place.anonymizer)
@@ -206,6 +205,14 @@ class Gateway:
             return None, "invalid"
         exchange.principal = principal
         return principal, "valid"
+
+    def locate(self, exchange: Exchange, scope: Scope, headers: Headers) -> Place:
+        """Where the caller is; an X-Forwarded-For that cannot be read is a 400, never unknown."""
+        try:
+            exchange.client_ip, exchange.place = self.locator.locate(_peer(scope), headers.get(b"x-forwarded-for", []))
+        except ForwardedForError as error:
+            raise RequestError(400, str(error), None) from None
+        return exchange.place
 
     async def watch_credential(self, exchange: Exchange, principal: Principal, country: str, policy: Policy) -> None:
         """Flag a credential seen from too many countries; suspend it if so configured."""

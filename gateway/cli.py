@@ -73,7 +73,9 @@ def _explain_timeline(args: argparse.Namespace, policy: Policy, now: datetime) -
 
 
 def _place(args: argparse.Namespace) -> tuple[str | None, str | None, bool]:
-    """The observed place from --country/--region, or looked up from --ip."""
+    """The observed place from --country/--region, or looked up from --ip. A region
+    names its own country and may be reported under another (Crimea, UA-43, under
+    RU by some databases): that is a place to decide, not bad input."""
     country = args.country.upper() if args.country else None
     region = args.region.upper() if args.region else None
     anonymizer = args.anonymizer
@@ -95,8 +97,6 @@ def _place(args: argparse.Namespace) -> tuple[str | None, str | None, bool]:
             raise UsageError(f"--region: {region!r} is not an ISO 3166-2 code (e.g. UA-43)")
         if country is None:
             country = region[:2]
-        elif not region.startswith(country + "-"):
-            raise UsageError(f"--region {region} is not in --country {country}")
     return country, region, anonymizer
 
 
@@ -234,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--ip", help="client IP, looked up in --geoip-db")
     ex.add_argument("--geoip-db", metavar="FILE", help="GeoIP2/GeoLite2 Country or City .mmdb")
     ex.add_argument("--anonymous-ip-db", metavar="FILE", help="GeoIP2 Anonymous-IP .mmdb")
-    ex.add_argument("--region", help="observed ISO 3166-2 region, e.g. UA-43")
+    ex.add_argument("--region", help="observed ISO 3166-2 region, e.g. UA-43; it may lie outside --country, as "
+                                     "when a database reports Crimea under RU")
     ex.add_argument("--anonymizer", action="store_true", help="the client came through a VPN/Tor/hosting network")
     ex.add_argument("--at", metavar="ISO8601", help="decide at this time (default: now)")
     ex.add_argument("--json", action="store_true", help="machine-readable output")

@@ -7,9 +7,21 @@ address is one of ours, and the first untrusted one is the address our
 outermost proxy saw — the client. Everything to its left was written by the
 client and is never read (uvicorn's ProxyHeadersMiddleware does the same).
 
-Where an address is needed and is not a plain, valid one, the answer is None —
-unknown, which the decision core denies for covered models — never a guess and
-never the proxy's own address.
+A client address the gateway cannot establish must never widen access (issue
+12), so there are two kinds of "no address", kept apart:
+
+- unknown (None): the peer is not a plain address, or a trusted proxy sent no
+  X-Forwarded-For. The decision core refuses an unknown place for every model
+  unless the policy allows unknown places.
+- unreadable (ForwardedForError, a 400): a trusted proxy sent X-Forwarded-For
+  that is not plainly readable as a whole — more than MAX_FORWARDED_ENTRIES
+  entries, longer than MAX_FORWARDED_CHARS, an empty entry, or an entry that is
+  not an address (zone ids, brackets around IPv4, obs-fold or other whitespace,
+  octal or short forms...). Every entry is read, the client-written ones to the
+  left included: a header padded so that the gateway would give up on it (64
+  commas before the real address) must be refused, not turned into "unknown".
+
+Never a guess, and never the proxy's own address.
 """
 
 from __future__ import annotations
@@ -22,9 +34,16 @@ from gateway.geo import UNKNOWN, Address, GeoIP, Place, parse_ip
 
 # More hops than any real proxy chain; a longer header is someone's fabrication.
 MAX_FORWARDED_ENTRIES = 64
+# 64 of the longest entries, `[ffff:...:255.255.255.255]:65535, `, fit in well under this.
+MAX_FORWARDED_CHARS = 4096
 
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _OWS = " \t"  # RFC 9110 §5.6.3 optional whitespace
+
+
+class ForwardedForError(ValueError):
+    """X-Forwarded-For from a trusted proxy that cannot be read: the request is a 400.
+    The message is for the caller and never repeats the header."""
 
 
 class TrustedProxies:
@@ -63,11 +82,13 @@ class TrustedProxies:
 
 
 def client_ip(peer: str | None, forwarded_for: list[str], trusted: TrustedProxies) -> str | None:
-    """The client address in canonical form, or None when it cannot be known.
+    """The client address in canonical form, or None when it is unknown.
 
     `forwarded_for` holds every X-Forwarded-For header value in the order
-    received. The peer is the answer unless it is a trusted proxy; then it is
-    the rightmost untrusted entry, or the leftmost if all are trusted.
+    received (RFC 9110 §5.3: repeated field lines are one comma-separated list).
+    The peer is the answer unless it is a trusted proxy; then it is the rightmost
+    untrusted entry, or the leftmost if all are trusted. Raises ForwardedForError
+    when the peer is trusted and the header cannot be read as a whole.
     """
     if peer is None:
         return None
@@ -79,17 +100,28 @@ def client_ip(peer: str | None, forwarded_for: list[str], trusted: TrustedProxie
     # A trusted proxy that forwards no header tells us nothing about the client.
     if not forwarded_for:
         return None
-    if sum(value.count(",") for value in forwarded_for) + len(forwarded_for) > MAX_FORWARDED_ENTRIES:
-        return None
-    entries = [entry for value in forwarded_for for entry in value.split(",")]
-    for entry in reversed(entries):
-        address = _entry(entry)
-        if address is None:
-            return None
+    entries = _entries(forwarded_for)
+    for address in reversed(entries):
         if not trusted.contains(address):
             return str(address)
     # Every hop is ours (a request from inside): the origin is the leftmost.
-    return str(address)
+    return str(entries[0])
+
+
+def _entries(forwarded_for: list[str]) -> list[Address]:
+    """Every entry of the header, read; sizes are checked before any splitting."""
+    if sum(map(len, forwarded_for)) > MAX_FORWARDED_CHARS:
+        raise ForwardedForError(f"The X-Forwarded-For header is longer than {MAX_FORWARDED_CHARS} characters.")
+    if sum(value.count(",") for value in forwarded_for) + len(forwarded_for) > MAX_FORWARDED_ENTRIES:
+        raise ForwardedForError(f"The X-Forwarded-For header has more than {MAX_FORWARDED_ENTRIES} entries.")
+    entries = []
+    for value in forwarded_for:
+        for text in value.split(","):
+            address = _entry(text)
+            if address is None:
+                raise ForwardedForError("The X-Forwarded-For header has an entry that is not an IP address.")
+            entries.append(address)
+    return entries
 
 
 def _plain(text: str) -> Address | None:
@@ -146,25 +178,38 @@ class ClientLocator:
 
     Memoised: both are pure functions of those inputs (trusted proxies and GeoIP
     databases are fixed for the life of the process), and a client sends the same
-    ones request after request. Bounded, oldest entry out first; values too long to
-    be worth keeping are looked up every time."""
+    ones request after request. A refusal is remembered as its message and raised
+    afresh each time (re-raising one exception object would grow its traceback
+    without end). Bounded, oldest entry out first: at most `size` entries, each
+    keyed by at most MAX_KEY_VALUES header lines of MAX_KEY_CHARS in all; anything
+    larger is worked out every time, never kept."""
 
     MAX_KEY_CHARS = 512
+    MAX_KEY_VALUES = 4
 
     def __init__(self, trusted: TrustedProxies, geo: GeoIP, size: int = 4096) -> None:
         self.trusted = trusted
         self.geo = geo
         self.size = size
-        self._memo: dict[tuple[str | None, ...], tuple[str | None, Place]] = {}
+        self._memo: dict[tuple[str | None, ...], tuple[str | None, Place] | str] = {}
 
     def locate(self, peer: str | None, forwarded_for: list[str]) -> tuple[str | None, Place]:
+        """Raises ForwardedForError as client_ip() does."""
         key = (peer, *forwarded_for)
         found = self._memo.get(key)
         if found is None:
-            address = client_ip(peer, forwarded_for, self.trusted)
-            found = (address, self.geo.locate(address) if address else UNKNOWN)
-            if sum(map(len, forwarded_for)) <= self.MAX_KEY_CHARS:
+            found = self._work_out(peer, forwarded_for)
+            if len(forwarded_for) <= self.MAX_KEY_VALUES and sum(map(len, forwarded_for)) <= self.MAX_KEY_CHARS:
                 if len(self._memo) >= self.size:
                     del self._memo[next(iter(self._memo))]
                 self._memo[key] = found
+        if isinstance(found, str):
+            raise ForwardedForError(found)
         return found
+
+    def _work_out(self, peer: str | None, forwarded_for: list[str]) -> tuple[str | None, Place] | str:
+        try:
+            address = client_ip(peer, forwarded_for, self.trusted)
+        except ForwardedForError as error:
+            return str(error)
+        return address, self.geo.locate(address) if address else UNKNOWN

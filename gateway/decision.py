@@ -7,6 +7,14 @@ rule can be tested with a table (STYLE.md §1). The semantics are SPEC §2.1:
 - the org's effective tier is its tier until `vetted_until` has passed;
 - the stage in force is the last one whose start is <= now;
 - `rules.all_models` checks the observed place of every request;
+- an observed place that is unknown is refused for every model unless the
+  framework sets `allow_unknown_places`; only then do the `unknown_country`
+  verdicts decide (a client address that cannot be established must never
+  widen access, issue 12);
+- a place is its reported country and its ISO 3166-2 region, which names its
+  own country (a database may report Crimea, UA-43, under RU): a deny list
+  matches any of them, an allow list admits the place only by its region or by
+  every country it may be in (gateway/policy/snapshot.py `GroupSet`);
 - covered models also get `rules.covered_models`, and with
   `check_declared_country` the org's declared country must pass the same rules,
   the stage's jurisdictions and any suspension;
@@ -98,14 +106,14 @@ def decide(policy: Policy, facts: Facts, now: datetime) -> Decision:
 
 def decide_listing(policy: Policy, facts: Facts, now: datetime) -> Decision:
     """Decide a model-catalogue request (`GET /v1/models`): only the rules that do
-    not depend on a model apply (credential, organization, all-model rules); the
-    catalogue itself is then filtered with `decide()` per model."""
+    not depend on a model apply (credential, organization, all-model rules, an
+    unknown place); the catalogue itself is then filtered with `decide()` per model."""
     if facts.credential != "valid":
         return decide(policy, facts, now)
     evaluation = _Evaluation(policy, facts, now.timestamp())
     tier = evaluation.check_organization()
     evaluation.check_rules(policy.all_models, Reason.JURISDICTION_EMBARGOED, "all_models", declared=False)
-    if facts.observed_country is None and policy.all_models.unknown_country == "deny":
+    if evaluation.check_unknown_place() and policy.all_models.unknown_country == "deny":
         evaluation.deny(Reason.JURISDICTION_UNKNOWN, "all_models.unknown_country", "observed")
     return evaluation.decision(None, None, None, tier, concealed=False)
 
@@ -131,6 +139,7 @@ class _Evaluation:
         policy, facts = self.policy, self.facts
         tier = self.check_organization()
         self.check_rules(policy.all_models, Reason.JURISDICTION_EMBARGOED, "all_models", declared=False)
+        unknown_allowed = self.check_unknown_place()
         model = policy.model_named(facts.model) if facts.model is not None else None
         stage_name = None
         concealed = False
@@ -140,7 +149,7 @@ class _Evaluation:
             covered = model.covered
             stage_name, concealed = self.check_stage(model, tier)
         if covered is not None:
-            self.check_coverage_rules(covered)
+            self.check_coverage_rules(covered, unknown_allowed)
         if model is not None:
             self.check_suspensions(model)
         return self.decision(model, stage_name, covered, tier, concealed=concealed)
@@ -194,21 +203,32 @@ class _Evaluation:
             self.deny(Reason.TIER_NOT_PERMITTED, f"{rule}.tiers", place=tier)
         if stage.jurisdictions is not None:
             for subject, country, region in self.places(declared=self.checks_declared(model.covered)):
-                if stage.jurisdictions.match(country, region) is None:
-                    self.deny(Reason.JURISDICTION_NOT_PERMITTED, f"{rule}.jurisdictions", subject, country)
+                if not stage.jurisdictions.admits(country, region):
+                    self.deny(Reason.JURISDICTION_NOT_PERMITTED, f"{rule}.jurisdictions", subject, _where(country, region))
         concealed = self.policy.conceal_unreleased and stage.name != "general"
         return stage.name, concealed
 
-    def check_coverage_rules(self, covered: bool) -> None:
+    def check_coverage_rules(self, covered: bool, unknown_allowed: bool) -> None:
         rules = self.policy.covered_models
         if covered:
             self.check_rules(rules, Reason.JURISDICTION_OF_CONCERN, "covered_models", declared=rules.check_declared_country)
-        if self.facts.observed_country is None:
+        if unknown_allowed:
             self.check_unknown_country(covered)
 
+    def check_unknown_place(self) -> bool:
+        """Whether the observed place is unknown and the framework lets unknown places
+        on to the `unknown_country` verdicts; refused here otherwise, for every model."""
+        if self.facts.observed_country is not None:
+            return False
+        if not self.policy.allow_unknown_places:
+            self.deny(Reason.JURISDICTION_UNKNOWN, "framework.allow_unknown_places", "observed")
+            return False
+        return True
+
     def check_unknown_country(self, covered: bool) -> None:
-        """`unknown_country` is set at the top level (models that are not covered),
-        for covered models, and for all models; the most specific verdict applies."""
+        """With `allow_unknown_places`: `unknown_country` is set at the top level
+        (models that are not covered), for covered models, and for all models; the
+        most specific verdict applies."""
         policy = self.policy
         verdicts = [("all_models.unknown_country", policy.all_models.unknown_country, policy.all_models.shadow)]
         if covered and policy.covered_models.unknown_country is not None:
@@ -224,11 +244,11 @@ class _Evaluation:
     def check_rules(self, rules: RuleSet, reason: Reason, name: str, *, declared: bool) -> None:
         deny = rules.deny
         for subject, country, region in self.places(declared=declared or rules.check_declared_country):
-            group, shadow, groups = deny.match(country, region), rules.shadow, deny
-            if group is None and deny.shadow is not None:
-                group, shadow, groups = deny.shadow_match(country, region), True, deny.shadow
-            if group is not None:
-                place = country if country in groups.countries else region
+            found, shadow = deny.find(country, region), rules.shadow
+            if found is None and deny.shadow is not None:
+                found, shadow = deny.shadow.find(country, region), True
+            if found is not None:
+                group, place = found
                 self.deny(reason, f"{name}.deny_jurisdictions", subject, place, group, shadow=shadow)
         if rules.deny_anonymizers and self.facts.anonymizer:
             self.deny(Reason.ANONYMIZER, f"{name}.deny_anonymizers", "observed", shadow=rules.shadow)
@@ -239,9 +259,12 @@ class _Evaluation:
             if not suspension.in_force(self.now):
                 continue
             for subject, country, region in self.places(declared=declared):
-                inside = suspension.groups.match(country, region) is not None
-                if inside == (suspension.scope == "deny_in"):
-                    self.deny(Reason.EXPORT_SUSPENDED, f"suspensions.{suspension.id}", subject, country,
+                if suspension.scope == "deny_in":
+                    denied = suspension.groups.match(country, region) is not None
+                else:
+                    denied = not suspension.groups.admits(country, region)
+                if denied:
+                    self.deny(Reason.EXPORT_SUSPENDED, f"suspensions.{suspension.id}", subject, _where(country, region),
                               shadow=suspension.mode == "shadow")
 
     def checks_declared(self, covered: bool) -> bool:
@@ -256,3 +279,8 @@ class _Evaluation:
             places.append(("declared", self.org.country, None))
         return places
 
+
+def _where(country: str | None, region: str | None) -> str | None:
+    """The place to name in a match: the country, or the region where it lies in
+    another country than the one reported (so explain says "UA-23", not "RU")."""
+    return region if region is not None and region[:2] != country else country

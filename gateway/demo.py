@@ -244,9 +244,11 @@ TOUR = (
     ("A small, uncovered model is open to every tier", "org-developer-us", "example-small-latest", "BR", None, False),
     ("...but not from a comprehensively embargoed country", "org-developer-us", "example-small-1", "IR", None, False),
     ("...nor from an embargoed region (needs a City database)", "org-developer-us", "example-small-1", "UA", "UA-43", False),
+    ("...even where a database files that region under Russia", "org-developer-us", "example-small-1", "RU", "UA-43", False),
     ("An org declared in China is refused a covered model even from a US address", "org-verified-cn", "example-frontier-1", "US", None, False),
     ("Covered models are refused through anonymizers", "org-developer-us", "example-frontier-1", "US", None, True),
     ("Covered models are refused when the country is unknown", "org-developer-us", "example-frontier-1", None, None, False),
+    ("...and so is every other model (allow_unknown_places: false)", "org-developer-us", "example-small-1", None, None, False),
     ("An Entity List match is denied everything", "org-entity-listed", "example-small-1", "US", None, False),
 )
 

@@ -104,6 +104,8 @@ def _describe_org(policy: Policy, facts: Facts, now: datetime) -> str:
 
 def _describe_request(facts: Facts) -> str:
     place = facts.observed_region or facts.observed_country or "an unknown country"
+    if facts.observed_region and facts.observed_country and facts.observed_region[:2] != facts.observed_country:
+        place += f" (reported in {facts.observed_country})"
     text = f"Request for {facts.model!r} observed from {place}"
     return text + (" through an anonymizer." if facts.anonymizer else ".")
 

@@ -353,7 +353,7 @@ async def run_python_lb(port: int, upstreams: list[str], *, source: str = LB_SOU
     from aiohttp import web
     from yarl import URL
 
-    from gateway.clientip import TrustedProxies, client_ip
+    from gateway.clientip import ForwardedForError, TrustedProxies, client_ip
 
     edges = TrustedProxies([f"{edge}/32"])
     connector = aiohttp.TCPConnector(local_addr=(source, 0), limit=0)
@@ -367,7 +367,10 @@ async def run_python_lb(port: int, upstreams: list[str], *, source: str = LB_SOU
         body = await request.read()
         peer = request.transport.get_extra_info("peername")[0] if request.transport else None
         forwarded = request.headers.getall("X-Forwarded-For", [])
-        client = (client_ip(peer, forwarded, edges) if peer and edges.contains(peer) else peer) or peer or "unknown"
+        try:
+            client = (client_ip(peer, forwarded, edges) if peer and edges.contains(peer) else peer) or peer or "unknown"
+        except ForwardedForError:  # as realip, an edge's unreadable header is not believed
+            client = peer or "unknown"
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
         headers.append(("X-Forwarded-For", ", ".join([*forwarded, client])))
         now = time.monotonic()

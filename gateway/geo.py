@@ -10,6 +10,14 @@ is: the databases alias 6to4 and IPv4-mapped space to the IPv4 tree, but they
 have no record for NAT64 or SIIT addresses, and place a Teredo address where its
 relay server is, not its client. Left alone, any of these would turn an
 embargoed IPv4 address into an unknown (or another) country.
+
+A region is an ISO 3166-2 code, which names its own country; the country is
+what the database reports. They can disagree: some databases file Crimea and
+Sevastopol, and other occupied parts of Ukraine, under RU, with codes ISO does
+not have (RU-CR, RU-SEV) or with Ukraine's own subdivision codes. REGION_ALIASES
+turns those into the ISO region a sanctions program names, so that a policy's
+UA-43 matches whatever country the database says (the decision core reads both;
+see gateway/policy/snapshot.py GroupSet).
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import maxminddb
+
+from gateway import countries
 
 # Flags of the GeoIP2 Anonymous-IP database; any one marks an anonymizer.
 ANONYMIZER_FLAGS = (
@@ -44,6 +54,27 @@ class Place:
 
 
 UNKNOWN = Place()
+
+# Subdivision codes that some databases file under RU, and the ISO 3166-2 region
+# they are (ISO 3166-2:UA). Kept small and explicit: only places a sanctions
+# program names by region.
+# - RU-CR, RU-SEV: the codes Russian sources (and OpenStreetMap's Russian-side
+#   boundaries) give Crimea and Sevastopol; ISO 3166-2:RU has neither.
+# - RU-43, RU-40, RU-14, RU-09, RU-23, RU-65: Ukraine's own numeric codes under
+#   RU, as a database that refiles a UA record keeps them; ISO 3166-2:RU codes
+#   are all alphabetic, so these can only be Ukrainian. (Russia's federal-subject
+#   numbers reuse some of them, e.g. 43 for Kirov; a database writing those
+#   instead of ISO codes is misread as Ukraine, which denies rather than admits.)
+REGION_ALIASES: dict[str, str] = {
+    "RU-CR": "UA-43",  # Autonomous Republic of Crimea
+    "RU-SEV": "UA-40",  # Sevastopol
+    "RU-43": "UA-43",
+    "RU-40": "UA-40",
+    "RU-14": "UA-14",  # Donetsk
+    "RU-09": "UA-09",  # Luhansk
+    "RU-23": "UA-23",  # Zaporizhzhia
+    "RU-65": "UA-65",  # Kherson
+}
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 §2.1 well-known prefix
@@ -73,6 +104,26 @@ def embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
     if address.teredo is not None:
         return address.teredo[1]
     return address.sixtofour
+
+
+def _region(country: str, subdivisions: Any) -> str | None:
+    """The ISO 3166-2 region of a record: the most specific subdivision (the last,
+    in the GeoIP2 City layout), unless some level is one a database files under
+    another country (REGION_ALIASES, or a whole ISO code such as "UA-43" given as
+    the subdivision code): then that one, since it is the one a program names."""
+    if not isinstance(subdivisions, list) or not subdivisions:
+        return None
+    codes = [s.get("iso_code") if isinstance(s, dict) else None for s in subdivisions]
+    for code in codes:
+        if not isinstance(code, str):
+            continue
+        region = f"{country}-{code}"
+        if region in REGION_ALIASES:
+            return REGION_ALIASES[region]
+        if countries.is_region(code):
+            return code  # already a whole ISO 3166-2 code, naming its own country
+    code = codes[-1]
+    return f"{country}-{code}" if isinstance(code, str) else None
 
 
 def _open(path: str | Path, accepted: tuple[str, ...], role: str) -> tuple[Any, str]:
@@ -116,10 +167,7 @@ class GeoIP:
         country = (record.get("country") or {}).get("iso_code")
         if not isinstance(country, str):
             return None, None
-        subdivisions = record.get("subdivisions") or ()
-        # The most specific subdivision is the last one (GeoIP2 City layout).
-        code = subdivisions[-1].get("iso_code") if subdivisions else None
-        return country, f"{country}-{code}" if isinstance(code, str) else None
+        return country, _region(country, record.get("subdivisions"))
 
     def _is_anonymizer(self, address: Address) -> bool:
         if self._anonymous is None:

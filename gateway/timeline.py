@@ -93,11 +93,13 @@ def _rules_json(policy: Policy, model: Model) -> dict[str, Any]:
     applied = {"all_models": rule(policy.all_models)}
     if model.covered:
         applied["covered_models"] = rule(policy.covered_models)
-    # As decide(): all_models' verdict, then the covered-model one (covered
-    # models, when set) or the top-level one; any deny denies.
+    # As decide(): refused unless the framework allows unknown places; then all_models'
+    # verdict, and the covered-model one (covered models, when set) or the top-level
+    # one; any deny denies.
     specific = policy.covered_models.unknown_country if model.covered else None
     verdicts = (policy.all_models.unknown_country, specific if specific is not None else policy.unknown_country)
-    applied["unknown_country"] = "deny" if "deny" in verdicts else "allow"  # type: ignore[assignment]
+    denied = not policy.allow_unknown_places or "deny" in verdicts
+    applied["unknown_country"] = "deny" if denied else "allow"  # type: ignore[assignment]
     return applied
 
 

@@ -64,7 +64,7 @@ class Stack:
 
     def __init__(self, directory: Path, *, clock: Callable[[], float] = lambda: DECISION_TIME,
                  policy_dir: Path = REFERENCE_POLICY, extra_config: str = "", admin_listen: str = "127.0.0.1:0",
-                 upstream_options: str = "") -> None:
+                 upstream_options: str = "", country_db: Path = GEOIP / "GeoIP2-City-Test.mmdb") -> None:
         """`upstream_options`: more keys of `upstreams.default`, in YAML flow style (", headers: {...}")."""
         self.directory = directory
         self.thread = LoopThread()
@@ -81,7 +81,7 @@ upstreams:
   default: {{url: "{self.upstream.url}", connect_timeout_s: 2, read_timeout_s: 10{upstream_options}}}
 trusted_proxies: [127.0.0.1/32]
 geoip:
-  country_db: {GEOIP / "GeoIP2-City-Test.mmdb"}
+  country_db: {country_db}
   anonymous_ip_db: {GEOIP / "GeoIP2-Anonymous-IP-Test.mmdb"}
 identity:
   jwt: {{jwks_file: jwks.json, issuer: "{ISSUER}", audience: {AUDIENCE}, algorithms: [RS256]}}

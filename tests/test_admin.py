@@ -435,6 +435,14 @@ class TestReadingEndpoints:
         assert denied["decision"] == "deny" and denied["status"] == 451 and denied["reasons"] == ["export_suspended"]
         assert denied["matches"][0]["rule"] == "suspensions.susp-explain"
 
+    def test_explain_decides_a_region_reported_under_another_country(self, stack: Stack) -> None:
+        for facts, country in [({"country": "ru", "region": "ua-43"}, "RU"), ({"region": "UA-43"}, "UA")]:
+            body = {"org": "org-public", "model": "small-2", "at": "2026-12-01T12:00:00Z"} | facts
+            status, answer = admin(stack, "POST", "/admin/explain", body, token=VIEWER)
+            assert status == 200
+            assert (answer["observed_country"], answer["observed_region"]) == (country, "UA-43")
+            assert (answer["status"], answer["reasons"]) == (451, ["jurisdiction_embargoed"])
+
     def test_decisions_are_recent_audit_records_filtered(self, stack: Stack) -> None:
         ids = {org: [chat(stack, org, model="small-2", ip=US_IP)[2] for _ in range(2)] for org in ("org-kyoto", "org-verified-br")}
         denied_id = chat(stack, "org-listed", model="small-2", ip=US_IP)[2]

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import GEOIP, REFERENCE_POLICY
 from gateway.cli import main
+from mmdb import write
 
 POLICY = str(REFERENCE_POLICY)
 
@@ -65,13 +66,33 @@ def test_explain_anonymizer_from_database(capsys: pytest.CaptureFixture[str]) ->
 @pytest.mark.parametrize("argv,words", [
     (["--country", "ZZ"], "not an ISO 3166-1"),
     (["--region", "UA43"], "not an ISO 3166-2"),
-    (["--country", "US", "--region", "UA-43"], "not in --country US"),
     (["--at", "yesterday"], "not an ISO 8601 time"),
     (["--ip", "1.2.3.4"], "--ip needs --geoip-db"),
 ])
 def test_explain_usage_errors(capsys: pytest.CaptureFixture[str], argv: list[str], words: str) -> None:
     code, _, err = run(capsys, "explain", "--policy", POLICY, "--org", "org-acme", "--model", "small-2", *argv)
     assert code == 2 and words in err
+
+
+def test_explain_decides_a_region_reported_under_another_country(capsys: pytest.CaptureFixture[str]) -> None:
+    # Some databases file Crimea under RU: UA-43 is still Crimea, and embargoed (issue 12).
+    code, out, err = run(capsys, "explain", "--policy", POLICY, "--org", "org-public", "--model", "small-2",
+                         "--country", "RU", "--region", "UA-43", "--at", "2026-12-01T12:00:00Z")
+    assert (code, err) == (0, "")
+    assert "Decision: DENY (451) — jurisdiction_embargoed" in out
+    assert "observed from UA-43 (reported in RU)" in out
+    assert "observed UA-43 is in group embargoed" in out
+
+
+def test_explain_from_a_database_that_files_crimea_under_russia(capsys: pytest.CaptureFixture[str],
+                                                                tmp_path: Path) -> None:
+    db = write(tmp_path / "City.mmdb", {"198.51.100.0/24": {"country": {"iso_code": "RU"},
+                                                            "subdivisions": [{"iso_code": "CR"}]}})
+    code, out, _ = run(capsys, "explain", "--policy", POLICY, "--org", "org-public", "--model", "small-2",
+                       "--ip", "198.51.100.7", "--geoip-db", str(db), "--at", "2026-12-01T12:00:00Z", "--json")
+    result = json.loads(out)
+    assert (code, result["observed_country"], result["observed_region"]) == (0, "RU", "UA-43")
+    assert (result["status"], result["reasons"]) == (451, ["jurisdiction_embargoed"])
 
 
 def test_validate_good_bundle(capsys: pytest.CaptureFixture[str]) -> None:

@@ -79,6 +79,26 @@ MORE = [
     ("future model in review for a partner is concealed", "2027-01-20T00:00:00Z", "org-acme", "nextgen-7", "US", None, False, 404, ["tier_not_permitted"]),
     ("alias with a date suffix", "2027-02-02T00:00:00Z", "org-public", "FRONTIER-5.6-2026-11-01", "DE", None, False, 200, []),
     ("blank model name is unknown", "2026-12-01T12:00:00Z", "org-public", "   ", "US", None, False, 404, ["model_unknown"]),
+    # An unknown place is refused for every model (allow_unknown_places is not set); a model that
+    # does not exist is still a 404 first, as it is from an embargoed country.
+    ("unknown place, uncovered model at GA", "2027-02-02T00:00:00Z", "org-public", "small-2", None, None, False, 451, ["jurisdiction_unknown"]),
+    ("unknown place and an unknown model", "2026-12-01T12:00:00Z", "org-public", "gpt-unknown", None, None, False, 404, ["model_unknown", "jurisdiction_unknown"]),
+    ("unknown place, concealed model", "2026-12-01T12:00:00Z", "org-public", "frontier-5.6", None, None, False, 404, ["tier_not_permitted", "jurisdiction_unknown", "jurisdiction_not_permitted"]),
+    ("unknown place, denied org", "2026-12-01T12:00:00Z", "org-listed", "small-2", None, None, False, 403, ["org_denied", "jurisdiction_unknown"]),
+    # A region names its own country (ISO 3166-2): Crimea and Sevastopol reported under RU are
+    # still the embargoed UA-43 and UA-40, and a deny list matches every reading of the place.
+    ("Crimea reported under RU", "2026-12-01T12:00:00Z", "org-public", "small-2", "RU", "UA-43", False, 451, ["jurisdiction_embargoed"]),
+    ("Sevastopol reported under RU", "2026-12-01T12:00:00Z", "org-public", "small-2", "RU", "UA-40", False, 451, ["jurisdiction_embargoed"]),
+    ("Donetsk reported under RU", "2026-12-01T12:00:00Z", "org-public", "small-2", "RU", "UA-14", False, 451, ["jurisdiction_embargoed"]),
+    ("a Russian region is not embargoed", "2026-12-01T12:00:00Z", "org-public", "small-2", "RU", "RU-MOW", False, 200, []),
+    ("Crimea under RU, covered model: every reading reported", "2026-12-01T12:00:00Z", "org-acme", "frontier-5.6", "RU", "UA-43", False, 451,
+     ["jurisdiction_embargoed", "jurisdiction_of_concern", "jurisdiction_not_permitted"]),
+    ("the region's country is denied even when the database reports another", "2027-02-02T00:00:00Z", "org-public", "frontier-5.6", "UA", "CN-22", False, 451, ["jurisdiction_of_concern"]),
+    # Allow lists admit a place by its region, or only if every country it may be in is listed.
+    ("stage jurisdictions do not admit a UA region reported under JP", "2026-12-01T12:00:00Z", "org-kyoto", "frontier-5.6", "JP", "UA-23", False, 451, ["jurisdiction_not_permitted"]),
+    ("stage jurisdictions admit a JP region under JP", "2026-12-01T12:00:00Z", "org-kyoto", "frontier-5.6", "JP", "JP-13", False, 200, []),
+    ("deny_outside does not admit a UA region reported under the US", "2026-11-10T00:00:00Z", "org-public", "fable", "US", "UA-23", False, 451, ["export_suspended"]),
+    ("deny_outside admits a US region under the US", "2026-11-10T00:00:00Z", "org-public", "fable", "US", "US-CA", False, 200, []),
 ]
 
 
@@ -88,6 +108,22 @@ def test_more_cases(reference_policy: Policy, name: str, when: str, org: str, mo
     facts = Facts(org_id=org, model=model, observed_country=country, observed_region=region, anonymizer=anonymizer)
     decision = decide(reference_policy, facts, at(when))
     assert (decision.status, list(decision.reasons)) == (status, reasons)
+
+
+@pytest.mark.parametrize("name,when,org,model,country,region,anonymizer,status,reasons",
+                         [m for m in MORE if m[4] is not None or m[5] is None], ids=[m[0] for m in MORE if m[4] is not None or m[5] is None])
+def test_more_cases_through_explain_cli(name: str, when: str, org: str, model: str, country: str | None,
+                                        region: str | None, anonymizer: bool, status: int, reasons: list[str],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """explain decides the same facts the same way: a region in another country is decided, not refused."""
+    argv = ["explain", "--policy", str(REFERENCE_POLICY), "--org", org, "--model", model, "--at", when, "--json"]
+    argv += ["--country", country] if country else []
+    argv += ["--region", region] if region else []
+    argv += ["--anonymizer"] if anonymizer else []
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["status"], result["reasons"]) == (status, reasons)
+    assert (result["observed_country"], result["observed_region"]) == (country, region)
 
 
 def test_credential_failures_are_401_and_nothing_else(reference_policy: Policy) -> None:

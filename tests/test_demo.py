@@ -14,7 +14,8 @@ def test_tour_outcomes(capsys: pytest.CaptureFixture[str]) -> None:
     outcomes = re.findall(r"-> (ALLOW|DENY) (\d{3})", capsys.readouterr().out)
     assert outcomes == [
         ("ALLOW", "200"), ("ALLOW", "200"), ("DENY", "451"), ("DENY", "404"), ("DENY", "404"), ("ALLOW", "200"),
-        ("DENY", "451"), ("DENY", "451"), ("DENY", "451"), ("DENY", "451"), ("DENY", "451"), ("DENY", "403"),
+        ("DENY", "451"), ("DENY", "451"), ("DENY", "451"), ("DENY", "451"), ("DENY", "451"), ("DENY", "451"),
+        ("DENY", "451"), ("DENY", "403"),
     ]
 
 

@@ -211,12 +211,16 @@ class TestClientAddress:
     def test_forwarded_for_from_an_untrusted_peer_is_ignored(self, stack: Stack) -> None:
         key = stack.api_key("org-acme")
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "X-Forwarded-For": US_IP}
-        status, _, _ = request(stack, "POST", "/v1/chat/completions", json.dumps(CHAT).encode(), headers, source="127.0.0.2")
-        assert status == 451  # the peer 127.0.0.2 has no country: a covered model fails closed
-        status, _, _ = request(stack, "POST", "/v1/chat/completions", json.dumps(CHAT | {"model": "small-2"}).encode(),
-                               headers, source="127.0.0.2")
-        assert status == 200
-        assert [r.json()["model"] for r in stack.received] == ["small-2"]
+        # Believed, US_IP would be served both models; the peer 127.0.0.2 (no country) is the client,
+        # and an unknown place is refused for every model.
+        for body in (CHAT, CHAT | {"model": "small-2"}):
+            status, _, _ = request(stack, "POST", "/v1/chat/completions", json.dumps(body).encode(), headers,
+                                   source="127.0.0.2")
+            assert status == 451
+            record = stack.audit_records()[-1]
+            assert (record["client_ip"], record["observed_country"], record["reasons"][0]) == (
+                "127.0.0.2", None, "jurisdiction_unknown")
+        assert stack.received == []
 
     def test_rightmost_untrusted_entry_wins_over_a_spoofed_left_one(self, stack: Stack) -> None:
         key = stack.api_key("org-kyoto")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 
 import pytest
 
 from conftest import GEOIP
-from gateway.geo import GeoDatabaseError, GeoIP, Place
+from gateway.countries import is_region
+from gateway.geo import REGION_ALIASES, GeoDatabaseError, GeoIP, Place
+from mmdb import write
 
 CITY = GEOIP / "GeoIP2-City-Test.mmdb"
 COUNTRY = GEOIP / "GeoIP2-Country-Test.mmdb"
@@ -85,3 +88,48 @@ def test_missing_database_is_refused(tmp_path) -> None:
     (tmp_path / "junk.mmdb").write_bytes(b"not a database")
     with pytest.raises(GeoDatabaseError):
         GeoIP(tmp_path / "junk.mmdb")
+
+
+# Regions a database files under another country (tests/mmdb.py writes the database).
+# (network, country the database reports, its subdivision codes, the Place expected)
+FILED_ELSEWHERE = [
+    ("198.51.100.0/28", "RU", ["CR"], Place("RU", "UA-43")),            # Crimea, as Russian sources code it
+    ("198.51.100.16/28", "RU", ["SEV"], Place("RU", "UA-40")),          # Sevastopol
+    ("198.51.100.32/28", "RU", ["43"], Place("RU", "UA-43")),           # Ukraine's own codes under RU
+    ("198.51.100.48/28", "RU", ["40"], Place("RU", "UA-40")),
+    ("198.51.100.64/28", "RU", ["14"], Place("RU", "UA-14")),
+    ("198.51.100.80/28", "RU", ["09"], Place("RU", "UA-09")),
+    ("198.51.100.96/28", "RU", ["23"], Place("RU", "UA-23")),
+    ("198.51.100.112/28", "RU", ["65"], Place("RU", "UA-65")),
+    ("198.51.100.128/28", "RU", ["UA-43"], Place("RU", "UA-43")),       # a whole ISO code as the subdivision
+    ("198.51.100.144/28", "RU", ["CR", "SIM"], Place("RU", "UA-43")),   # the alias at any level wins
+    ("198.51.100.160/28", "UA", ["43"], Place("UA", "UA-43")),          # filed under Ukraine: as ever
+    ("198.51.100.176/28", "RU", ["MOW"], Place("RU", "RU-MOW")),        # a Russian region stays Russian
+    ("198.51.100.192/28", "RU", ["42"], Place("RU", "RU-42")),          # not in the table: as the database says
+    ("198.51.100.208/28", "RU", [], Place("RU", None)),
+    ("198.51.100.224/28", "GB", ["ENG", "WBK"], Place("GB", "GB-WBK")),  # otherwise the most specific level
+]
+
+
+@pytest.fixture(scope="module")
+def filed_elsewhere(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GeoIP]:
+    records = {net: {"country": {"iso_code": country}, "subdivisions": [{"iso_code": c} for c in codes]}
+               for net, country, codes, _ in FILED_ELSEWHERE}
+    geo = GeoIP(write(tmp_path_factory.mktemp("geo") / "City.mmdb", records))
+    yield geo
+    geo.close()
+
+
+@pytest.mark.parametrize("network,country,codes,expected", FILED_ELSEWHERE, ids=[f"{c} {s}" for _, c, s, _ in FILED_ELSEWHERE])
+def test_regions_filed_under_another_country(filed_elsewhere: GeoIP, network: str, country: str, codes: list[str],
+                                             expected: Place) -> None:
+    address = str(ipaddress.ip_network(network)[1])
+    assert filed_elsewhere.locate(address) == expected
+    # However the address is written: mapped, NAT64.
+    assert filed_elsewhere.locate(f"::ffff:{address}") == expected
+    assert filed_elsewhere.locate(f"64:ff9b::{address}") == expected
+
+
+def test_every_alias_is_a_region_of_its_own_country() -> None:
+    for alias, region in REGION_ALIASES.items():
+        assert alias.startswith("RU-") and is_region(alias) and is_region(region) and region.startswith("UA-")

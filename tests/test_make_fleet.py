@@ -113,10 +113,12 @@ def test_client_address_comes_from_the_load_balancers_x_forwarded_for(fleet: Loc
     forged = chat(fleet, "org-developer-us", IR, xff=f"{US}, {IR}")
     assert forged[0] == 451
     assert wait_for_audit(fleet, forged[1]["x-gateway-decision-id"])["client_ip"] == IR
-    # Bypassing the load balancer: 127.0.0.1 is no trusted proxy, the header is not believed.
+    # Bypassing the load balancer: 127.0.0.1 is no trusted proxy, the header is not believed: the
+    # caller is 127.0.0.1, an unknown place (refused for every model), not the embargoed IR.
     direct = chat(fleet, "org-developer-us", IR, direct=True)
-    assert direct[0] == 200
-    assert wait_for_audit(fleet, direct[1]["x-gateway-decision-id"])["client_ip"] == "127.0.0.1"
+    assert direct[0] == 451
+    record = wait_for_audit(fleet, direct[1]["x-gateway-decision-id"])
+    assert (record["client_ip"], record["reasons"]) == ("127.0.0.1", ["jurisdiction_unknown"])
 
 
 def test_load_is_spread_and_streams_pass_through(fleet: LocalFleet) -> None:

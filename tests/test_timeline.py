@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,10 @@ def test_uncovered_model(reference_policy: Policy) -> None:
     assert (data["model"], data["covered"], data["stage"], data["next"]) == ("small-2", False, "general", None)
     assert data["coverage"]["decided_by"] == ["training_compute_flop", "cyber_capability_score"]
     assert data["review"]["stage"] is False and data["review"]["required"] is False
-    assert "covered_models" not in data["rules"] and data["rules"]["unknown_country"] == "allow"
+    # Refused: the reference framework does not allow unknown places (its unknown_country: allow is inert).
+    assert "covered_models" not in data["rules"] and data["rules"]["unknown_country"] == "deny"
+    allowing = replace(reference_policy, allow_unknown_places=True)
+    assert timeline.as_json(allowing, "small-latest", at("2026-12-01T00:00:00Z"))["rules"]["unknown_country"] == "allow"
 
 
 def test_unreleased_model_with_a_missing_evaluation(reference_policy: Policy) -> None:

@@ -278,6 +278,24 @@ class _Checker:
             rules: schema.RuleSet = getattr(framework.rules, rule_name)
             path: Path = ("rules", rule_name, "deny_jurisdictions")
             self.group_refs(FRAMEWORK, path, rules.deny_jurisdictions, parts)
+        self.check_unknown_places(framework)
+
+    def check_unknown_places(self, framework: schema.Framework) -> None:
+        """Warn when unknown places are let through, and when an `unknown_country:
+        allow` is written where it cannot take effect (issue 12)."""
+        if framework.allow_unknown_places:
+            self.warn(FRAMEWORK, ("allow_unknown_places",),
+                      "unknown places are allowed: a caller whose country cannot be established (no GeoIP record, "
+                      "a private address, a proxy that forwarded no address) is decided by the unknown_country "
+                      "settings and may be served")
+            return
+        allows: list[Path] = [("rules", name, "unknown_country") for name in ("all_models", "covered_models")
+                              if getattr(framework.rules, name).unknown_country == "allow"]
+        if "unknown_country" in framework.model_fields_set and framework.unknown_country == "allow":
+            allows.append(("unknown_country",))
+        for path in allows:
+            self.warn(FRAMEWORK, path, "'allow' has no effect while unknown places are refused "
+                                       "(allow_unknown_places is false): an unknown place is denied for every model")
 
     def check_group_usage(self, parts: _Parts) -> None:
         """Warn about groups nothing refers to, directly or through `include`."""
@@ -629,6 +647,7 @@ def _compile(parts: _Parts, framework: schema.Framework) -> snapshot.Policy:
         review_window_max_days=framework.review_window_max_days,
         all_models=_rule_set(framework.rules.all_models, parts),
         covered_models=_rule_set(framework.rules.covered_models, parts),
+        allow_unknown_places=framework.allow_unknown_places,
         unknown_country=framework.unknown_country,
         unknown_models=framework.unknown_models,
         conceal_unreleased=framework.conceal_unreleased,

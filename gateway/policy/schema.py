@@ -91,6 +91,10 @@ class Framework(Entry):
     covered_model: CoveredModel
     review_window_max_days: int = Field(ge=1, le=366)
     rules: Rules = Rules()
+    # An observed place that cannot be established (no GeoIP record, a private
+    # address, a trusted proxy that forwarded no address) is refused for every
+    # model unless this is true; only then do the `unknown_country` verdicts apply.
+    allow_unknown_places: bool = False
     unknown_country: Verdict = "allow"
     unknown_models: Verdict = "deny"
     conceal_unreleased: bool = True

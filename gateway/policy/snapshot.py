@@ -28,6 +28,13 @@ class GroupSet:
 
     Each country and region maps to the first listed group that contains it,
     so an explanation can say which group matched.
+
+    A place is the country a database reports and, with a City database, an
+    ISO 3166-2 region, whose first two letters name the region's own country.
+    The two can disagree: some databases file Crimea (UA-43) and Sevastopol
+    (UA-40) under RU. So a place is read every way it can be, failing closed:
+    a deny list matches it on any reading (`match`), an allow list admits it
+    only if its region is listed or every country it may be in is (`admits`).
     """
 
     names: tuple[str, ...]
@@ -37,17 +44,37 @@ class GroupSet:
     # they admit no one where a list admits (stage jurisdictions).
     shadow: GroupSet | None = None
 
-    def match(self, country: str | None, region: str | None = None) -> str | None:
-        """The enforced group that contains this place, or None."""
-        if country is None:
-            return None
-        group = self.countries.get(country)
-        if group is None and region is not None:
+    def find(self, country: str | None, region: str | None = None) -> tuple[str, str] | None:
+        """(group, the code it lists) for the first enforced group that contains this
+        place on any reading: its reported country, its region, the region's country."""
+        if country is not None:
+            group = self.countries.get(country)
+            if group is not None:
+                return group, country
+        if region is not None:
             group = self.regions.get(region)
-        return group
+            if group is not None:
+                return group, region
+            group = self.countries.get(region[:2])
+            if group is not None:
+                return group, region[:2]
+        return None
 
-    def shadow_match(self, country: str | None, region: str | None = None) -> str | None:
-        return self.shadow.match(country, region) if self.shadow is not None else None
+    def match(self, country: str | None, region: str | None = None) -> str | None:
+        """The enforced group that contains this place on any reading (deny lists), or None."""
+        found = self.find(country, region)
+        return found[0] if found is not None else None
+
+    def admits(self, country: str | None, region: str | None = None) -> bool:
+        """Whether this place is inside an allow list (stage jurisdictions, deny_outside):
+        its region is listed, or its reported country is and so is the region's own
+        country. A region reported under another country (Crimea under RU) is not
+        admitted by the reported country alone; an unknown place by nothing."""
+        if region is not None and region in self.regions:
+            return True
+        if country is None or country not in self.countries:
+            return False
+        return region is None or region[:2] == country or region[:2] in self.countries
 
 
 EMPTY_GROUPS = GroupSet((), MappingProxyType({}), MappingProxyType({}))
@@ -165,6 +192,9 @@ class Policy:
     review_window_max_days: int
     all_models: RuleSet
     covered_models: RuleSet
+    # False: an unknown observed country is denied for every model, and the
+    # `unknown_country` verdicts have no effect; True: they decide as written.
+    allow_unknown_places: bool
     unknown_country: Verdict
     unknown_models: Verdict
     conceal_unreleased: bool

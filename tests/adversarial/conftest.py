@@ -10,8 +10,9 @@ demo upstream, and two checks every case ends with.
 
 The policy is the reference bundle with CN added to `embargoed`: the GeoIP
 test database has no Cuban, Iranian or North Korean address, and a country
-denied for *every* model (not only covered ones, where an unknown country is
-denied anyway) is what shows that a disguised address was really located.
+denied for *every* model is what shows that a disguised address was really
+located (an unknown place is denied for every model too, with its own reason:
+the audit record tells `jurisdiction_embargoed` from `jurisdiction_unknown`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from fleet import policy_variant
 Headers = Sequence[tuple[str, str]]
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
-# Covered (frontier-5.6): unknown country is denied. Not covered (small-2): only embargoed ones are.
+# Covered (frontier-5.6): countries of concern are denied too. Not covered (small-2): only embargoed
+# ones are. An unknown place is denied for both: give requests a located address (US_IP by default).
 COVERED, PLAIN = "frontier-5.6", "small-2"
 ORG = "org-acme"  # vetted partner, declared US: frontier-5.6 is in its limited_partner stage for it
 # Headers a client may send but that must never reach the upstream as the client wrote them.

@@ -6,9 +6,14 @@ zeros, whitespace, garbage) over a set of trusted networks. An independent
 reference walks the hops: the peer, then the entries from the right; an entry
 is believable only if every hop to its right is one of our proxies.
 
-Properties: never raises; returns None or a canonical, unmapped address; a
-returned address is exactly the reference's answer — in particular never an
-entry that an untrusted hop wrote; on well-formed headers it is not None.
+The reference also says when a trusted proxy's header cannot be read as a
+whole (too many entries or characters, an empty or unreadable entry anywhere,
+the client-written ones included), which must be refused (issue 12).
+
+Properties: raises nothing but ForwardedForError, and exactly when the
+reference refuses; otherwise returns None or a canonical, unmapped address that
+is exactly the reference's answer — in particular never an entry an untrusted
+hop wrote.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.clientip import MAX_FORWARDED_ENTRIES, TrustedProxies, client_ip
+from gateway.clientip import MAX_FORWARDED_CHARS, MAX_FORWARDED_ENTRIES, ForwardedForError, TrustedProxies, client_ip
 
 from .conftest import fuzz
 
@@ -41,11 +46,23 @@ def _forms(v4: str, v6: str) -> list[str]:
         f"::{v4}", f"64:ff9b::{v4}", v6.upper(), f" {v4}", f"{v4} ", f"\t{v4}", f"{v4}\u00a0", f"0{v4}", f"{v4}.",
         f"{v4}:", f"{v4}:0", f"{v4}:65536", f"[{v4}]", f"{v6}:80", "unknown", "", "_hidden", "0x7f.0.0.1", "127.1",
         f"for={v4}", f'"{v4}"', "1.2.3.4/24", f"{v4}:80:80", f"[{v6}", f"{v6}]", "\x00", "１.２.３.４",
+        # Whitespace tricks: obs-fold, other separators, long optional whitespace; zone ids, odd ports.
+        f"\r\n {v4}", f"{v4}\r\n\t", f"\v{v4}", f"{v4}\u2028", f"\u3000{v4}", " " * 300 + v4, f"{v6}%25eth0",
+        f"[{v6}%25eth0]:443", f"[{v6}]:+1", f"[{v6}]:00443", f"{v4}:４４３", f"[[{v6}]]", f"[ {v6} ]", f"{v4} :80",
+        "[]", ":80",
     ]
 
 
 _ENTRIES = st.builds(lambda v4, v6, i: _forms(v4, v6)[i % len(_forms(v4, v6))], _V4, _V6, st.integers(0, 200))
-_HEADER_VALUES = st.lists(st.lists(_ENTRIES, min_size=1, max_size=4).map(",".join), max_size=3)
+_VALUES = st.lists(st.lists(_ENTRIES, min_size=1, max_size=4).map(",".join), max_size=3)
+# Padding as an attacker would send it: N empty entries or N copies before a real address,
+# in one header line or many, around the entry cap.
+_PADDED = st.builds(
+    lambda n, filler, lines, real: ([filler] * n + [real]) if lines else [",".join([filler] * n + [real])],
+    st.integers(MAX_FORWARDED_ENTRIES - 3, MAX_FORWARDED_ENTRIES + 3), st.sampled_from(["", " ", "10.1.2.3", "8.8.8.8"]),
+    st.booleans(), _V4,
+)
+_HEADER_VALUES = st.one_of(_VALUES, _VALUES, _PADDED)
 _PEERS = st.one_of(st.none(), _V4, _V6, _ENTRIES)
 
 
@@ -94,47 +111,62 @@ def _reference_entry(text: str) -> Address | None:
         return None
 
 
-def reference(peer: str | None, headers: list[str], networks: list[str]) -> tuple[Address | None, bool]:
-    """(the answer, whether every piece read on the way was well formed)."""
+REFUSED = "refused"
+
+
+def reference(peer: str | None, headers: list[str], networks: list[str]) -> Address | None | str:
+    """The client address, None when unknown, or REFUSED when a trusted peer's header
+    cannot be read as a whole."""
     if peer is None:
-        return None, False
+        return None
     try:
         address = _unmapped(ipaddress.ip_address(peer)) if peer == peer.strip() and "%" not in peer else None
     except ValueError:
         address = None
     if address is None:
-        return None, False
+        return None
     if not _trusted(address, networks):
-        return address, True
+        return address
+    if not headers:
+        return None
     entries = [entry for value in headers for entry in value.split(",")]
-    if not entries or len(entries) > MAX_FORWARDED_ENTRIES:
-        return None, False
-    for entry in reversed(entries):
-        address = _reference_entry(entry)
-        if address is None:
-            return None, False
-        if not _trusted(address, networks):
-            return address, True
-    return address, True
+    if len(entries) > MAX_FORWARDED_ENTRIES or sum(map(len, headers)) > MAX_FORWARDED_CHARS:
+        return REFUSED
+    read = [_reference_entry(entry) for entry in entries]
+    if any(hop is None for hop in read):
+        return REFUSED
+    for hop in reversed(read):
+        if not _trusted(hop, networks):  # type: ignore[arg-type]
+            return hop
+    return read[0]
+
+
+def _answer(peer: str | None, headers: list[str], networks: list[str]) -> str | None:
+    try:
+        return client_ip(peer, headers, TrustedProxies(networks))
+    except ForwardedForError:
+        return REFUSED
 
 
 @fuzz(examples=500)
 @given(_PEERS, _HEADER_VALUES, st.lists(st.sampled_from(_NETWORKS), max_size=3, unique=True))
 def test_client_ip(peer: str | None, headers: list[str], networks: list[str]) -> None:
-    answer = client_ip(peer, headers, TrustedProxies(networks))
-    expected, well_formed = reference(peer, headers, networks)
-    if answer is not None:
-        parsed = ipaddress.ip_address(answer)
-        assert str(parsed) == answer and _unmapped(parsed) == parsed
-        assert parsed == expected, (peer, headers, networks)
-    elif well_formed:
-        assert expected is None, (peer, headers, networks)
+    answer = _answer(peer, headers, networks)
+    expected = reference(peer, headers, networks)
+    if answer is None or answer == REFUSED:
+        assert answer == expected, (peer, headers, networks)
+        return
+    parsed = ipaddress.ip_address(answer)
+    assert str(parsed) == answer and _unmapped(parsed) == parsed
+    assert parsed == expected, (peer, headers, networks)
 
 
 @fuzz(examples=300)
 @given(st.one_of(st.none(), st.text(max_size=20)), st.lists(st.text(max_size=30), max_size=3),
        st.lists(st.sampled_from(_NETWORKS), max_size=3, unique=True))
 def test_arbitrary_text(peer: str | None, headers: list[str], networks: list[str]) -> None:
-    answer = client_ip(peer, headers, TrustedProxies(networks))
-    if answer is not None:
+    answer = _answer(peer, headers, networks)
+    assert answer == (str(expected) if isinstance(expected := reference(peer, headers, networks), Address)
+                      else expected), (peer, headers, networks)
+    if answer not in (None, REFUSED):
         assert str(ipaddress.ip_address(answer)) == answer

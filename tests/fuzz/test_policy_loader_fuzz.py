@@ -135,6 +135,7 @@ def expected_denials(data: dict[str, Any]) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "unknown_models": framework.get("unknown_models", "deny"),
         "unknown_country": framework.get("unknown_country", "allow"),
+        "allow_unknown_places": framework.get("allow_unknown_places", False),
     }
     for name in ("all_models", "covered_models"):
         rule = rules.get(name) or {}
@@ -176,7 +177,8 @@ def _set_places(groups: GroupSet | None) -> tuple[frozenset[str], frozenset[str]
 
 def loaded_denials(policy: Policy) -> dict[str, Any]:
     """The same facts, read from the compiled snapshot that decide() uses."""
-    facts: dict[str, Any] = {"unknown_models": policy.unknown_models, "unknown_country": policy.unknown_country}
+    facts: dict[str, Any] = {"unknown_models": policy.unknown_models, "unknown_country": policy.unknown_country,
+                             "allow_unknown_places": policy.allow_unknown_places}
     for name in ("all_models", "covered_models"):
         rule = getattr(policy, name)
         enforced = not rule.shadow

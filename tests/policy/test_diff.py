@@ -138,19 +138,30 @@ def test_coverage_change(bundles: tuple[Path, Path]) -> None:
         ("evaluations.cyber_capability_score", 0.81, 0.31), ("evaluations.training_compute_flop", 2e26, 2e24)]
     flipped = cells(result)
     assert {(m, d) for m, _, d, _ in flipped} == {("fable", "deny_to_allow")}
-    # No longer covered: countries of concern and an unknown country are allowed,
-    # embargoed places still are not.
-    assert {("fable", "standard", "deny_to_allow", p) for p in ("CN", "MO", "unknown")} <= flipped
-    assert not {p for *_, p in flipped} & {"US", "CU", "UA-43"}
+    # No longer covered: countries of concern are allowed; embargoed places still are not,
+    # nor is an unknown place (refused for every model).
+    assert {("fable", "standard", "deny_to_allow", p) for p in ("CN", "MO")} <= flipped
+    assert not {p for *_, p in flipped} & {"US", "CU", "UA-43", "unknown"}
     assert "covered: yes -> no" in diff.render(result)
 
 
 def test_framework_change(bundles: tuple[Path, Path]) -> None:
     old, new = bundles
+    edit(new, "framework.yaml", "unknown_models: deny", "unknown_models: deny\nallow_unknown_places: true")
+    result = compare(old, new)
+    assert [(f.field, f.old, f.new) for f in result.framework] == [("allow_unknown_places", False, True)]
+    # Only the uncovered model lets an unknown place through (covered_models.unknown_country: deny).
+    assert cells(result) == {("small-2", tier, "deny_to_allow", "unknown") for tier in TIERS}
+    edit(new, "framework.yaml", "unknown_country: allow ", "unknown_country: deny ")
+    assert cells(compare(old, new)) == set()
+
+
+def test_unknown_country_alone_changes_nothing(bundles: tuple[Path, Path]) -> None:
+    old, new = bundles
     edit(new, "framework.yaml", "unknown_country: allow ", "unknown_country: deny ")
     result = compare(old, new)
     assert [(f.field, f.old, f.new) for f in result.framework] == [("unknown_country", "allow", "deny")]
-    assert cells(result) == {("small-2", tier, "allow_to_deny", "unknown") for tier in TIERS}
+    assert result.access == ()
 
 
 def test_adding_and_removing_organizations(bundles: tuple[Path, Path]) -> None:

@@ -119,10 +119,25 @@ def test_malformed_records_are_counted(proposed: Path) -> None:
         {"org": "org-acme", "requested_model": "small-2", "time": "yesterday"},
         {"org": 7, "requested_model": "small-2", "time": "2026-12-01T00:00:00Z"},
         {"org": "org-acme", "requested_model": "small-2", "time": "2026-12-01T00:00:00Z", "observed_country": 1},
-        {"org": "org-acme", "requested_model": "small-2", "time": "2026-12-01T00:00:00Z", "reasons": []},
+        {"org": "org-acme", "requested_model": "small-2", "time": "2026-12-01T00:00:00Z", "observed_country": "US",
+         "reasons": []},
     ])
     assert result.skipped == {"no_org": 0, "no_model": 0, "malformed": 5}
     assert (result.replayed, result.unchanged) == (1, 1)
+
+
+def test_unknown_places_served_before_issue_12_flip_to_denied(reference_policy: Policy) -> None:
+    # Recorded when an unknown country was allowed for uncovered models; and from Crimea reported under RU.
+    served = record(reference_policy, "d-unknown", "2026-12-01T12:00:00Z", "org-public", "small-2",
+                    decision="allow", status=200, reasons=[])
+    crimea = record(reference_policy, "d-crimea-ru", "2026-12-01T12:00:00Z", "org-public", "small-2", "RU", "UA-43",
+                    decision="allow", status=200, reasons=[])
+    result = simulate.simulate(reference_policy, [served, crimea])
+    assert {(f.decision_id, f.direction, f.after) for f in result.flips} == {
+        ("d-unknown", "allow_to_deny", ("jurisdiction_unknown",)),
+        ("d-crimea-ru", "allow_to_deny", ("jurisdiction_embargoed",)),
+    }
+    assert "an unknown country" in simulate.render(result, bundle="reference", audit="audit.jsonl")
 
 
 def write_audit(path: Path, records: list[dict[str, Any]]) -> None:

@@ -35,8 +35,53 @@ def warnings_of(bundle: Path, now: datetime | None = None) -> list[Issue]:
     return warnings
 
 
-def test_reference_bundle_has_no_timeless_warnings() -> None:
-    assert warnings_of(REFERENCE_POLICY) == []
+# The reference framework still says `unknown_country: allow  # for models that are not covered`,
+# which has no effect since unknown places are refused unless `allow_unknown_places` (issue 12).
+INERT_ALLOW = "unknown_country: allow               # for models that are not covered\n"
+INERT = ("framework.yaml", "unknown_country")
+
+
+@pytest.fixture
+def bundle_dir(bundle_dir: Path) -> Path:
+    """The reference bundle without its inert key, so that each case shows only its own warning."""
+    edit(bundle_dir, "framework.yaml", INERT_ALLOW, "")
+    return bundle_dir
+
+
+def test_reference_bundle_has_one_timeless_warning() -> None:
+    [warning] = warnings_of(REFERENCE_POLICY)
+    assert (warning.file, warning.path) == INERT
+    assert warning.line == line_of(REFERENCE_POLICY, "framework.yaml", INERT_ALLOW.strip())
+    assert "no effect while unknown places are refused" in warning.message
+
+
+def test_a_bundle_without_it_has_none(bundle_dir: Path) -> None:
+    assert warnings_of(bundle_dir) == []
+    # As written, or as the default: refused unknown places are the safe setting, nothing to warn.
+    edit(bundle_dir, "framework.yaml", "unknown_models: deny", "unknown_models: deny\nallow_unknown_places: false")
+    assert warnings_of(bundle_dir) == []
+    edit(bundle_dir, "framework.yaml", "unknown_models: deny", "unknown_models: deny\nunknown_country: deny")
+    assert warnings_of(bundle_dir) == []
+
+
+def test_allowing_unknown_places_is_warned(bundle_dir: Path) -> None:
+    edit(bundle_dir, "framework.yaml", "unknown_models: deny", "unknown_models: deny\nallow_unknown_places: true")
+    [warning] = warnings_of(bundle_dir)
+    assert (warning.file, warning.path) == ("framework.yaml", "allow_unknown_places")
+    assert warning.line == line_of(bundle_dir, "framework.yaml", "allow_unknown_places: true")
+    assert "unknown places are allowed" in warning.message
+    # With unknown places allowed, unknown_country: allow does take effect: not warned as inert.
+    edit(bundle_dir, "framework.yaml", "unknown_models: deny", "unknown_models: deny\nunknown_country: allow")
+    assert [w.path for w in warnings_of(bundle_dir)] == ["allow_unknown_places"]
+
+
+def test_every_inert_allow_is_warned(bundle_dir: Path) -> None:
+    edit(bundle_dir, "framework.yaml", "    unknown_country: deny\n", "    unknown_country: allow\n")
+    edit(bundle_dir, "framework.yaml", "deny_jurisdictions: [embargoed]\n",
+         "deny_jurisdictions: [embargoed]\n    unknown_country: allow\n")
+    edit(bundle_dir, "framework.yaml", "unknown_models: deny", "unknown_models: deny\nunknown_country: allow")
+    assert sorted(w.path for w in warnings_of(bundle_dir)) == [
+        "rules.all_models.unknown_country", "rules.covered_models.unknown_country", "unknown_country"]
 
 
 def test_reference_bundle_at_a_fixed_time() -> None:
@@ -44,6 +89,7 @@ def test_reference_bundle_at_a_fixed_time() -> None:
     # ended on 2026-10-31 and org-expiring's lapses after 2026-12-15 (14 days).
     found = {(w.file, w.path): w for w in warnings_of(REFERENCE_POLICY, at("2026-12-02T00:00:00Z"))}
     assert set(found) == {
+        INERT,
         ("suspensions.yaml", "suspensions[0].until"),
         ("organizations.yaml", "organizations.org-lapsed.vetted_until"),
         ("organizations.yaml", "organizations.org-expiring.vetted_until"),
@@ -166,4 +212,4 @@ def test_validate_cli_reports_warnings_at_a_time(capsys: pytest.CaptureFixture[s
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and result["valid"] is True
     assert [(i["path"], i["severity"]) for i in result["issues"]] == [
-        ("organizations.org-lapsed.vetted_until", "warning")]
+        ("unknown_country", "warning"), ("organizations.org-lapsed.vetted_until", "warning")]
