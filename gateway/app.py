@@ -23,6 +23,7 @@ import aiohttp
 
 from gateway import catalogue, proxy, responses, revocation
 from gateway.audit import AuditLog
+from gateway.body_models import other_models
 from gateway.clientip import ClientLocator, ForwardedForError, TrustedProxies
 from gateway.config import Config
 from gateway.decision import Decision, Facts, decide, decide_listing
@@ -37,7 +38,7 @@ from gateway.reasons import Reason
 from gateway.usage import Tap, reservation
 from gateway.request_body import RequestError, extract_model, query_names_model
 from gateway.revocation import Revocations
-from gateway.routing import Route, Router
+from gateway.routing import Route, Router, api_of
 
 log = logging.getLogger("gateway")
 
@@ -64,6 +65,7 @@ class Exchange:
     client_ip: str | None = None
     place: Place = UNKNOWN
     requested_model: str | None = None
+    other_models: tuple[str, ...] = ()  # named elsewhere in the body (a tool's): all decided on
     decision: Decision | None = None
     decision_seconds: float | None = None
     status: int = 0
@@ -146,6 +148,7 @@ class Gateway:
 
     async def process(self, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _index(scope["headers"])
+        exchange.api = api_of(exchange.path)  # so that a 404 under /v1/messages is in Anthropic's shape
         route = self.router.match(scope.get("raw_path") or scope["path"].encode(), scope["method"])
         exchange.api = route.api
         if b"upgrade" in headers:
@@ -169,6 +172,8 @@ class Gateway:
             await self.watch_credential(exchange, principal, place.country, policy)
         facts = Facts(principal.org_id, model, place.country, place.region, place.anonymizer)
         decision = self.decide(exchange, policy, facts, listing=route.kind == "models_list")
+        if decision.allowed and exchange.other_models:
+            decision = self.decide_others(exchange, policy, facts, decision)
         if not decision.allowed:
             return await self.deny(exchange, send, decision)
 
@@ -246,8 +251,6 @@ class Gateway:
         if route.kind == "models_get":
             exchange.requested_model = route.model_in_path
             return route.model_in_path, b""
-        if scope["method"] != "POST":
-            raise RequestError(400, "This endpoint is served only for requests that name a model.", None)
         raw = await self.read_body(receive, _single(headers, b"content-length"))
         model, body, document = extract_model(
             raw,
@@ -255,11 +258,11 @@ class Gateway:
             _single(headers, b"content-encoding"),
             max_bytes=self.config.request.max_body_bytes,
             decode_encodings=self.decode,
+            keys=route.body.keys,
         )
         exchange.requested_model = model
         exchange.document = document
-        if route.model_in_path is not None and model != route.model_in_path:
-            raise RequestError(400, "The model in the body must be the one the path names.", "model")
+        exchange.other_models = other_models(document, route.body, model)
         exchange.extra["decoded"] = body is not raw
         return model, body
 
@@ -288,6 +291,17 @@ class Gateway:
         decision = (decide_listing if listing else decide)(policy, facts, now)
         exchange.decision_seconds = time.perf_counter() - started
         self.metrics.decision_seconds.observe(exchange.decision_seconds)
+        exchange.decision = decision
+        return decision
+
+    def decide_others(self, exchange: Exchange, policy: Policy, facts: Facts, decision: Decision) -> Decision:
+        """Every other model the body names must be allowed too: the first that is not
+        is the request's decision, and the model its record and denial name."""
+        for model in exchange.other_models:
+            other = self.decide(exchange, policy, _with_model(facts, model))
+            if not other.allowed:
+                exchange.requested_model = model
+                return other
         exchange.decision = decision
         return decision
 

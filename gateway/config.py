@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.policy.yamlsource import YamlSyntaxError, parse
-from gateway.routing import DEFAULT_ROUTES
+from gateway.routing import DEFAULT_ROUTES, checked_prefixes
 
 ENV_PREFIX = "GATEWAY_"
 # Request headers aiohttp writes from the body it forwards.
@@ -218,6 +218,13 @@ class Config(Section):
     def _has_default(cls, value: dict[str, Upstream]) -> dict[str, Upstream]:
         if "default" not in value:
             raise ValueError("an upstream named 'default' is required")
+        return value
+
+    @field_validator("routes")
+    @classmethod
+    def _decidable_routes(cls, value: list[str]) -> list[str]:
+        # A prefix must cover a route the gateway knows how to decide on (gateway/routing.py).
+        checked_prefixes(value)
         return value
 
     @field_validator("listen", "admin_listen")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from gateway.policy.snapshot import Model, Organization, Policy, RuleSet
+from gateway.policy.snapshot import Coverage, Model, Organization, Policy, RuleSet
 from gateway.reasons import Reason, order, status_of
 
 Subject = Literal["observed", "declared"]
@@ -145,6 +145,8 @@ class _Evaluation:
         concealed = False
         if model is None:
             covered = self.check_unknown_model()
+            if covered is None:  # denied: a 404, timed like a known model's
+                self.stand_in()
         else:
             covered = model.covered
             stage_name, concealed = self.check_stage(model, tier)
@@ -185,6 +187,17 @@ class _Evaluation:
         elif org.status == "suspended":
             self.deny(Reason.ORG_SUSPENDED, "organizations.status")
         return org.effective_tier(self.now)
+
+    def stand_in(self) -> None:
+        """Evaluate the rules of a model in no stage yet, and drop what they find: an
+        unknown model's 404 then takes about the time of a pre-GA one's (between a
+        model not released and a concealed one), so that the time cannot tell a
+        caller that a model it may not see exists (issue 12)."""
+        kept = len(self.matches)
+        self.check_stage(_STAND_IN, None)
+        self.check_coverage_rules(True)
+        self.check_suspensions(_STAND_IN)
+        del self.matches[kept:]
 
     def check_unknown_model(self) -> bool | None:
         if self.policy.unknown_models == "deny":
@@ -284,3 +297,9 @@ def _where(country: str | None, region: str | None) -> str | None:
     """The place to name in a match: the country, or the region where it lies in
     another country than the one reported (so explain says "UA-23", not "RU")."""
     return region if region is not None and region[:2] != country else country
+
+
+# The model an unknown name is timed as (see `_Evaluation.stand_in`): covered, with
+# no stage.
+_STAND_IN = Model(id="", aliases=(), upstream="", evaluations={}, coverage=Coverage(True, (), "any"),
+                  stages=(), stage_starts=(), suspensions=())

@@ -34,6 +34,8 @@ MAX_BYTES = 4 * 1024 * 1024
 # schemas included) and well inside Python's own recursion limit.
 MAX_DEPTH = 128
 MAX_MODEL_LENGTH = 256
+# The top-level keys a route reads when it names models only in `model`.
+MODEL_ONLY = frozenset({"model"})
 
 # zlib window bits: 16 + 15 reads a gzip member (RFC 1952), 15 a zlib stream,
 # which is what "deflate" means in HTTP (RFC 9110 §8.4.1.2).
@@ -68,13 +70,16 @@ def extract_model(
     *,
     max_bytes: int = MAX_BYTES,
     decode_encodings: frozenset[str] = frozenset(),
+    keys: frozenset[str] = MODEL_ONLY,
 ) -> tuple[str, bytes, dict[str, Any]]:
     """(model exactly as sent, the bytes to forward, the parsed top-level object).
 
     The bytes to forward are `body` itself unless it was decompressed; then they
     are the decoded bytes and the caller must drop Content-Encoding (and fix
     Content-Length). `decode_encodings` may hold "gzip" and "deflate"; other
-    names are never decoded.
+    names are never decoded. `keys` are the top-level keys the caller reads
+    (`model`, and those under which its route names other models): a key that
+    reads as one of them to a lenient parser is refused.
     """
     if len(body) > max_bytes:
         raise _too_large(max_bytes)
@@ -85,7 +90,7 @@ def extract_model(
             raise RequestError(415, "This Content-Encoding is not supported; send the body uncompressed.")
         body = _decompress(body, coding, max_bytes)
     document = _parse(body)
-    return _model(document), body, document
+    return _model(document, keys), body, document
 
 
 def _too_large(max_bytes: int) -> RequestError:
@@ -211,34 +216,43 @@ def _deeper_than(document: Any, limit: int) -> bool:
     return False
 
 
-def _model(document: dict[str, Any]) -> str:
+def _model(document: dict[str, Any], keys: frozenset[str]) -> str:
     for key in document:
-        if key != "model" and _reads_as_model(key):
-            raise RequestError(400, "The request body has a key that differs from 'model' only in case, spacing or encoding.", "model")
-    model = document.get("model")
+        if key not in keys and (name := folded(key)) in keys:
+            raise RequestError(400, f"The request body has a key that differs from '{name}' only in case, spacing or encoding.", name)
+    return model_name(document.get("model"), "model")
+
+
+def model_name(model: Any, param: str) -> str:
+    """`model` if it is a model name the policy and every upstream read alike, else 400
+    naming `param`, the field it was read from."""
     if type(model) is not str or not model.strip():
-        raise RequestError(400, "'model' is required and must be a non-empty string.", "model")
+        raise RequestError(400, f"'{param}' is required and must be a non-empty string.", param)
     # isprintable() is False for control and format characters, lone
     # surrogates and unassigned code points: characters upstream parsers
     # replace, drop or stop at, so that they could name another model.
     if len(model) > MAX_MODEL_LENGTH or not model.isprintable():
-        raise RequestError(400, f"'model' must be at most {MAX_MODEL_LENGTH} printable characters.", "model")
+        raise RequestError(400, f"'{param}' must be at most {MAX_MODEL_LENGTH} printable characters.", param)
     # Compatibility characters (fullwidth `ｆ`, long `ſ`, Kelvin `K`): a name the
     # policy does not know, which an upstream that NFKC-normalises names reads
     # as one it may well know.
     if not model.isascii() and not unicodedata.is_normalized("NFKC", model):
-        raise RequestError(400, "'model' must not contain compatibility characters (it must be NFKC-normalised).", "model")
+        raise RequestError(400, f"'{param}' must not contain compatibility characters (it must be NFKC-normalised).", param)
     return model
 
 
-def _reads_as_model(key: str) -> bool:
-    """True for a key a lenient parser could take for `model`: equal to it after
-    cutting at NUL, trimming and case-folding (NFKC first for non-ASCII keys, so
-    that fullwidth `ｍｏｄｅｌ` counts too)."""
+def folded(key: str) -> str:
+    """`key` as a lenient parser may match it: cut at NUL, trimmed and case-folded
+    (NFKC first for non-ASCII keys, so that fullwidth `ｍｏｄｅｌ` is `model` too)."""
     key = key.partition("\x00")[0]
     if not key.isascii():
         key = unicodedata.normalize("NFKC", key)
-    return key.strip().casefold() == "model"
+    return key.strip().casefold()
+
+
+def _reads_as_model(key: str) -> bool:
+    """True for a key a lenient parser could take for `model` (see `folded`)."""
+    return folded(key) == "model"
 
 
 # Query separators: "&", and ";" which older frameworks also split on.

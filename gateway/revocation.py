@@ -151,9 +151,12 @@ class Revocations:
             # Finished, failed, or ending already (the client went away): nothing to end.
             if exchange.completed or exchange.error is not None or task.cancelling():
                 continue
-            decision = decide(policy, _facts(exchange, policy), moment)
-            if not decision.allowed:
-                self.revoke(exchange, task, decision)
+            # Every model the request named (gateway/body_models.py) must still be allowed.
+            for model in (exchange.requested_model, *exchange.other_models):
+                decision = decide(policy, _facts(exchange, policy, model), moment)
+                if not decision.allowed:
+                    self.revoke(exchange, task, decision)
+                    break
 
     def revoke(self, exchange: Exchange, task: asyncio.Task[Any], decision: Decision) -> None:
         exchange.error = REVOKED
@@ -165,10 +168,10 @@ class Revocations:
         task.cancel()
 
 
-def _facts(exchange: Exchange, policy: Policy) -> Facts:
-    """The facts the request was decided on, with its credential as the policy now has it."""
+def _facts(exchange: Exchange, policy: Policy, model: str | None) -> Facts:
+    """The facts `model` was decided on, with the credential as the policy now has it."""
     principal, place = exchange.principal, exchange.place
     if principal is None:  # never registered without one; deny rather than guess
-        return Facts(None, exchange.requested_model, credential="invalid")
+        return Facts(None, model, credential="invalid")
     credential = "invalid" if principal.credential_id in policy.suspended_credentials else "valid"
-    return Facts(principal.org_id, exchange.requested_model, place.country, place.region, place.anonymizer, credential)
+    return Facts(principal.org_id, model, place.country, place.region, place.anonymizer, credential)

@@ -1,12 +1,21 @@
 """Which API route a request is for, decided on the raw path (SPEC §1.1).
 
-Only paths under a configured prefix are forwarded; everything else is 404. The
-path is matched exactly as sent, never normalised first: a path that an upstream
-(or any proxy between) could normalise into something else — percent-encoding,
-dot segments, empty segments, backslashes, `;` parameters — is refused with 400,
-so that the path we route on is the path the upstream serves. Percent-encoding
-is refused outright: no route of these APIs needs it, and decoding `%2f` or
-`%2e` is exactly where servers disagree (RFC 3986 §6.2.2 leaves it to them).
+The gateway serves only the routes in `KNOWN_ROUTES`: those it knows how to
+decide on, each with where its body names models (gateway/body_models.py).
+A configured prefix chooses which of them are served; any other path, under a
+prefix or not, is 404 and never forwarded: a sub-resource such as a stored
+completion (`/v1/chat/completions/{id}`), a stored response or a message batch
+(`/v1/messages/batches`, whose results are read later by id under the gateway's
+own upstream credential) names no model a decision could cover. A prefix that
+covers no known route is refused when the configuration is loaded.
+
+The path is matched exactly as sent, never normalised first: a path that an
+upstream (or any proxy between) could normalise into something else —
+percent-encoding, dot segments, empty segments, backslashes, `;` parameters —
+is refused with 400, so that the path we route on is the path the upstream
+serves. Percent-encoding is refused outright: no route of these APIs needs it,
+and decoding `%2f` or `%2e` is exactly where servers disagree (RFC 3986 §6.2.2
+leaves it to them).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.body_models import TOP_LEVEL, BodyModels, Named
 from gateway.request_body import RequestError
 
 DEFAULT_ROUTES = (
@@ -27,17 +37,54 @@ DEFAULT_ROUTES = (
 )
 MAX_PATH_LENGTH = 2048
 
-_MODELS = "/v1/models"
-_MESSAGES = "/v1/messages"
-_MODEL_SEGMENTS = frozenset({"deployments", "engines", "models", "model"})
-
 # RFC 3986 unreserved characters, "/" and ":" "@" (model ids such as
 # "ft:gpt-4o:org::id" or "claude@20240620"). Every other byte — "%", ";", "\",
 # the other sub-delims, "?", "#", space, controls, non-ASCII — is refused.
 _ALLOWED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/:@"
+_REST = "/{model}"  # a known path ending in it: the rest of the path names the model
 
 Api = Literal["openai", "anthropic"]
 Kind = Literal["models_list", "models_get", "inference"]
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """A route the gateway decides on: its method and path, its API (the error shape)
+    and kind, and where an inference body names models."""
+
+    method: str
+    path: str
+    api: Api
+    kind: Kind
+    body: BodyModels = TOP_LEVEL
+
+
+# Where bodies name models besides `model`, from the API references (the
+# official SDKs' request types, 2026-08): OpenAI Chat Completions and Responses
+# `moderation.model`; Responses tools (`image_generation` calls gpt-image-1 when
+# it names no model); a Responses `prompt` is a stored template, which can set
+# its own model and tools; Anthropic tools (`advisor_*`) and `fallbacks`.
+CHAT = BodyModels((Named("moderation.model", required=True),))
+RESPONSES = BodyModels(
+    (Named("moderation.model", required=True),
+     Named("tools[].model", required_types=frozenset({"image_generation"}))),
+    refused=("prompt",),
+)
+MESSAGES = BodyModels((Named("tools[].model"), Named("fallbacks[].model", required=True)))
+
+KNOWN_ROUTES: tuple[Known, ...] = (
+    Known("POST", "/v1/chat/completions", "openai", "inference", CHAT),
+    Known("POST", "/v1/completions", "openai", "inference"),
+    Known("POST", "/v1/embeddings", "openai", "inference"),
+    Known("POST", "/v1/responses", "openai", "inference", RESPONSES),
+    Known("POST", "/v1/responses/input_tokens", "openai", "inference", RESPONSES),
+    Known("POST", "/v1/responses/compact", "openai", "inference", RESPONSES),
+    # Only reads: OpenAI's DELETE /v1/models/{id} manages fine-tunes, not this gateway's business.
+    Known("GET", "/v1/models", "openai", "models_list"),
+    Known("GET", "/v1/models" + _REST, "openai", "models_get"),
+    Known("POST", "/v1/messages", "anthropic", "inference", MESSAGES),
+    Known("POST", "/v1/messages/count_tokens", "anthropic", "inference", MESSAGES),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,20 +92,23 @@ class Route:
     prefix: str
     path: str
     api: Api
-    model_in_path: str | None  # models_get: the model read; inference: one the body must name too
+    model_in_path: str | None  # models_get: the model read
     kind: Kind
+    body: BodyModels = TOP_LEVEL
 
 
 class Router:
-    """Matches raw request paths against configured prefixes, longest first.
-
-    A prefix matches on a segment boundary: `/v1/models` covers `/v1/models`
-    and `/v1/models/x`, not `/v1/modelsX`.
-    """
+    """Matches raw request paths against the known routes under the configured
+    prefixes. A prefix matches on a segment boundary: `/v1/models` covers
+    `/v1/models` and `/v1/models/x`, not `/v1/modelsX`; the longest one that
+    matches is the route's."""
 
     def __init__(self, prefixes: Iterable[str] = DEFAULT_ROUTES, *, max_length: int = MAX_PATH_LENGTH) -> None:
-        self._prefixes = tuple(sorted(_checked_prefixes(prefixes), key=len, reverse=True))
+        self._prefixes = tuple(sorted(checked_prefixes(prefixes), key=len, reverse=True))
         self._max_length = max_length
+        served = [known for known in KNOWN_ROUTES if any(covers(prefix, known) for prefix in self._prefixes)]
+        self._exact = {(k.method, k.path): k for k in served if not k.path.endswith(_REST)}
+        self._rest = [(k.method, k.path.removesuffix(_REST) + "/", k) for k in served if k.path.endswith(_REST)]
 
     @property
     def prefixes(self) -> tuple[str, ...]:
@@ -67,19 +117,13 @@ class Router:
     def match(self, raw_path: bytes, method: str) -> Route:
         path = self._canonical(raw_path)
         prefix = self._prefix(path)
-        model = None
-        if path == _MODELS or path.startswith(_MODELS + "/"):
-            # Only reads are served here; OpenAI's DELETE /v1/models/{id}
-            # manages fine-tunes, which is not this gateway's business.
-            if method != "GET":
-                raise _not_found()
-            model = path[len(_MODELS) + 1 :] or None
-            kind: Kind = "models_get" if model else "models_list"
-        else:
-            kind = "inference"
-            model = _model_in_path(path)
-        api: Api = "anthropic" if path == _MESSAGES or path.startswith(_MESSAGES + "/") else "openai"
-        return Route(prefix, path, api, model, kind)
+        known = self._exact.get((method, path))
+        if known is not None:
+            return Route(prefix, path, known.api, None, known.kind, known.body)
+        for known_method, start, known in self._rest:
+            if method == known_method and path.startswith(start):
+                return Route(prefix, path, known.api, path[len(start):], known.kind, known.body)
+        raise _not_found()
 
     def _canonical(self, raw_path: bytes) -> str:
         """The path as str if it is in canonical form, else 400."""
@@ -101,17 +145,22 @@ class Router:
         raise _not_found()
 
 
-def _model_in_path(path: str) -> str | None:
-    """The model an upstream would read from an inference path, if any: the
-    segment after `deployments` (Azure OpenAI), `engines` (OpenAI's legacy
-    API), `models` (Gemini, Vertex) or `model` (Bedrock). Such an upstream
-    ignores the body's model, so the caller must check that they agree. Two
-    different ones are refused: no upstream's choice between them is known."""
-    segments = path.split("/")
-    named = {segments[i + 1] for i in range(1, len(segments) - 1) if segments[i].lower() in _MODEL_SEGMENTS}
-    if len(named) > 1:
-        raise RequestError(400, "The request path names more than one model.", "model")
-    return named.pop() if named else None
+def api_of(path: str) -> Api:
+    """The API whose error shape answers `path`, a known route or not."""
+    return "anthropic" if path == "/v1/messages" or path.startswith("/v1/messages/") else "openai"
+
+
+def covers(prefix: str, known: Known) -> bool:
+    """Whether some path of `known` lies under `prefix` (for a path ending in a model,
+    the prefix may name the model too: `/v1/models/gpt-4o`)."""
+    if known.path.endswith(_REST):
+        start = known.path.removesuffix(_REST)
+        return _under(start, prefix) or prefix.startswith(start + "/")
+    return _under(known.path, prefix)
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
 
 
 def _canonical_segments(path: str) -> bool:
@@ -119,7 +168,9 @@ def _canonical_segments(path: str) -> bool:
     return "//" not in path and not path.endswith("/") and "/./" not in path + "/" and "/../" not in path + "/"
 
 
-def _checked_prefixes(prefixes: Iterable[str]) -> list[str]:
+def checked_prefixes(prefixes: Iterable[str]) -> list[str]:
+    """The prefixes, each canonical, listed once, and covering a known route; else
+    ValueError naming the prefix (and the routes the gateway knows)."""
     checked: list[str] = []
     for prefix in prefixes:
         valid = (
@@ -134,6 +185,9 @@ def _checked_prefixes(prefixes: Iterable[str]) -> list[str]:
             raise ValueError(f"route prefix {prefix!r} is not a canonical path such as /v1/chat/completions")
         if prefix in checked:
             raise ValueError(f"route prefix {prefix!r} is listed twice")
+        if not any(covers(prefix, known) for known in KNOWN_ROUTES):
+            known = ", ".join(f"{k.method} {k.path}" for k in KNOWN_ROUTES)
+            raise ValueError(f"route prefix {prefix!r} covers no route the gateway can decide on (it knows {known})")
         checked.append(prefix)
     return checked
 

@@ -132,10 +132,12 @@ class Stream:
     """One streaming chat request on its own connection, read event by event, each
     event with the time it arrived."""
 
-    def __init__(self, url: str, key: str, model: str = "small-2", ip: str = US_IP, *, started: bool = True) -> None:
+    def __init__(self, url: str, key: str, model: str = "small-2", ip: str = US_IP, *, started: bool = True,
+                 **extra: Any) -> None:
         host, port = url.removeprefix("http://").split(":")
         self.connection = http.client.HTTPConnection(host, int(port), timeout=10)
         body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "tell me a long story " * 5}]}
+        body |= extra
         self.connection.request("POST", "/v1/chat/completions", json.dumps(body), {
             "Authorization": f"Bearer {key}", "Content-Type": "application/json", "X-Forwarded-For": ip})
         self.response = self.connection.getresponse()
@@ -246,6 +248,23 @@ def test_an_anthropic_stream_ends_with_an_anthropic_error_event(stack: Stack, ca
         assert ended.value.body == {"type": "error", "error": {"type": "permission_error",
                                                                 "message": UNSUPPORTED["message"]}}
         assert latency <= BOUND_S
+        assert other.rest()[-1] == (None, "[DONE]")
+    finally:
+        assert admin(stack.admin_url, "DELETE", f"/admin/suspensions/{made['suspension']['id']}")[0] == 200
+
+
+def test_a_suspension_of_a_model_named_elsewhere_in_the_body_ends_the_stream(stack: Stack) -> None:
+    """The stream runs on small-2, screened by a moderation model: suspending the
+    moderation model ends it, as it would refuse the request now."""
+    screened = Stream(stack.url, stack.api_key("org-caisi"), moderation={"model": "fable"})
+    other = Stream(stack.url, stack.api_key("org-caisi"))
+    assert screened.next() is not None and other.next() is not None
+    status, made = admin(stack.admin_url, "POST", "/admin/suspensions",
+                         {"models": ["fable"], "deny_in": ["us"], "reason": "revocation test"})
+    try:
+        assert status == 201, made
+        assert json.loads(screened.rest()[-1][1])["error"] == UNSUPPORTED
+        assert audit_record(stack.audit_records, screened.decision_id)["revoked"]["reasons"] == ["export_suspended"]
         assert other.rest()[-1] == (None, "[DONE]")
     finally:
         assert admin(stack.admin_url, "DELETE", f"/admin/suspensions/{made['suspension']['id']}")[0] == 200

@@ -1,5 +1,6 @@
-"""Route matching on raw paths (SPEC §1.1): canonical paths under a configured
-prefix route, non-canonical ones are 400, everything else 404."""
+"""Route matching on raw paths (SPEC §1.1): canonical paths of a known route
+under a configured prefix route, non-canonical ones are 400, everything else
+404; a prefix that covers no known route is refused when the router is built."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.request_body import RequestError
-from gateway.routing import DEFAULT_ROUTES, Route, Router
+from gateway.routing import DEFAULT_ROUTES, KNOWN_ROUTES, MESSAGES, RESPONSES, Route, Router
 
 ROUTER = Router(DEFAULT_ROUTES)
 
@@ -19,7 +20,8 @@ ROUTED = [
     (b"/v1/completions", "POST", ("/v1/completions", "openai", None, "inference")),
     (b"/v1/embeddings", "POST", ("/v1/embeddings", "openai", None, "inference")),
     (b"/v1/responses", "POST", ("/v1/responses", "openai", None, "inference")),
-    (b"/v1/responses/resp_123/cancel", "POST", ("/v1/responses", "openai", None, "inference")),
+    (b"/v1/responses/input_tokens", "POST", ("/v1/responses", "openai", None, "inference")),
+    (b"/v1/responses/compact", "POST", ("/v1/responses", "openai", None, "inference")),
     (b"/v1/messages", "POST", ("/v1/messages", "anthropic", None, "inference")),
     (b"/v1/messages/count_tokens", "POST", ("/v1/messages", "anthropic", None, "inference")),
     (b"/v1/models", "GET", ("/v1/models", "openai", None, "models_list")),
@@ -40,28 +42,10 @@ def test_routed(raw: bytes, method: str, expected: tuple[str, str, str | None, s
     assert route.path == raw.decode()
 
 
-# An upstream that reads the model from the path (Azure, legacy engines, Bedrock, Gemini) ignores
-# the body's: the route carries it, for the body to be checked against.
-PATH_MODELS = Router(["/openai/deployments", "/v1/engines", "/model", "/v1beta/models", "/v1/chat/completions"])
-
-
-@pytest.mark.parametrize("raw,model", [
-    (b"/openai/deployments/gpt-4o/chat/completions", "gpt-4o"),
-    (b"/v1/engines/davinci/completions", "davinci"),
-    (b"/model/anthropic.claude-v2/invoke", "anthropic.claude-v2"),
-    (b"/v1beta/models/gemini-pro:generateContent", "gemini-pro:generateContent"),
-    (b"/v1/chat/completions/Deployments/x", "x"),
-    (b"/v1/chat/completions", None),
-    (b"/v1/chat/completions/models", None),
-])
-def test_model_in_an_inference_path(raw: bytes, model: str | None) -> None:
-    assert PATH_MODELS.match(raw, "POST").model_in_path == model
-
-
-def test_two_models_in_a_path_are_refused() -> None:
-    with pytest.raises(RequestError) as refused:
-        PATH_MODELS.match(b"/openai/deployments/a/models/b/chat", "POST")
-    assert refused.value.status == 400
+def test_each_route_carries_where_its_body_names_models() -> None:
+    assert ROUTER.match(b"/v1/responses/compact", "POST").body is RESPONSES
+    assert ROUTER.match(b"/v1/messages/count_tokens", "POST").body is MESSAGES
+    assert ROUTER.match(b"/v1/embeddings", "POST").body.keys == {"model"}
 
 
 # (raw path, method, status)
@@ -79,6 +63,30 @@ REFUSED = [
     (b"/admin/policy", "GET", 404),
     (b"/metrics", "GET", 404),
     (b"/v1/messages-batch", "POST", 404),
+    # Under a prefix but not a route the gateway decides on: sub-resources that name no model
+    # (stored completions and responses, batches), and other methods on known paths.
+    (b"/v1/chat/completions", "GET", 404),
+    (b"/v1/chat/completions/chatcmpl-1", "GET", 404),
+    (b"/v1/chat/completions/chatcmpl-1", "POST", 404),
+    (b"/v1/chat/completions/chatcmpl-1", "DELETE", 404),
+    (b"/v1/chat/completions/chatcmpl-1/messages", "GET", 404),
+    (b"/v1/chat/completions/small-2", "POST", 404),
+    (b"/v1/chat/completions/deployments/small-2", "POST", 404),
+    (b"/v1/responses/resp_1", "GET", 404),
+    (b"/v1/responses/resp_1", "DELETE", 404),
+    (b"/v1/responses/resp_1/cancel", "POST", 404),
+    (b"/v1/responses/resp_1/input_items", "GET", 404),
+    (b"/v1/responses/input_tokens", "GET", 404),
+    (b"/v1/responses/compact/x", "POST", 404),
+    (b"/v1/messages/batches", "POST", 404),
+    (b"/v1/messages/batches", "GET", 404),
+    (b"/v1/messages/batches/msgbatch_1/results", "GET", 404),
+    (b"/v1/messages/count_tokens/x", "POST", 404),
+    (b"/v1/messages/msg_1", "POST", 404),
+    (b"/v1/messages", "GET", 404),
+    (b"/v1/messages", "post", 404),
+    (b"/v1/embeddings/x", "POST", 404),
+    (b"/v1/completions", "PUT", 404),
     # The models endpoint serves GET only.
     (b"/v1/models", "POST", 404),
     (b"/v1/models", "HEAD", 404),
@@ -172,7 +180,8 @@ def test_longest_prefix_wins() -> None:
     assert router.match(b"/v1/models/x", "GET").prefix == "/v1/models"
     assert router.match(b"/v1/chat/completions", "POST").prefix == "/v1"
     # api and kind follow the path, whichever prefix matched.
-    assert router.match(b"/v1/messages", "POST") == Route("/v1/messages", "/v1/messages", "anthropic", None, "inference")
+    assert router.match(b"/v1/messages", "POST") == Route("/v1/messages", "/v1/messages", "anthropic", None, "inference",
+                                                          MESSAGES)
 
 
 def test_only_configured_prefixes_route() -> None:
@@ -190,6 +199,35 @@ def test_only_configured_prefixes_route() -> None:
 def test_bad_prefixes_are_refused_at_construction(prefix: str) -> None:
     with pytest.raises(ValueError, match="prefix"):
         Router([prefix])
+
+
+@pytest.mark.parametrize("prefix", [
+    "/v1/messages/batches", "/v1/batches", "/v1/files", "/v1/audio/transcriptions", "/v1/realtime", "/v2",
+    "/v1/chat/completions/chatcmpl-1", "/v1/responses/resp_1", "/openai/deployments", "/model", "/v1beta/models",
+    "/v1/engines", "/v1/modelsX",
+])
+def test_prefixes_covering_no_known_route_are_refused(prefix: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        Router(["/v1/chat/completions", prefix])
+    message = str(refused.value)
+    assert repr(prefix) in message and "covers no route" in message
+    assert all(f"{known.method} {known.path}" in message for known in KNOWN_ROUTES)
+
+
+@pytest.mark.parametrize("prefix,served,not_served", [
+    ("/v1", b"/v1/messages/count_tokens", b"/v1/batches"),
+    ("/v1/messages/count_tokens", b"/v1/messages/count_tokens", b"/v1/messages"),
+    ("/v1/responses/compact", b"/v1/responses/compact", b"/v1/responses"),
+    ("/v1/models/gpt-4o", b"/v1/models/gpt-4o", b"/v1/models/gpt-5"),
+    ("/v1/models/org", b"/v1/models/org/name", b"/v1/models"),
+])
+def test_a_prefix_serves_the_known_routes_under_it(prefix: str, served: bytes, not_served: bytes) -> None:
+    router = Router([prefix])
+    method = "GET" if served.startswith(b"/v1/models") else "POST"
+    assert router.match(served, method).prefix == prefix
+    with pytest.raises(RequestError) as caught:
+        router.match(not_served, method)
+    assert caught.value.status == 404
 
 
 def test_duplicate_prefix_is_refused() -> None:
@@ -224,8 +262,9 @@ def _check(raw: bytes) -> None:
     assert all(segment not in ("", ".", "..") for segment in segments)
     if route.kind == "models_get":
         assert route.path == "/v1/models/" + route.model_in_path
-    elif route.model_in_path is not None:
-        assert f"/{route.model_in_path}" in route.path
+    else:
+        assert route.model_in_path is None
+        assert any(known.path == route.path and known.method == "GET" for known in KNOWN_ROUTES)
 
 
 @settings(max_examples=1000, deadline=None)
