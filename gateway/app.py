@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from datetime import UTC, datetime
 from typing import Any
@@ -298,7 +298,7 @@ class Gateway:
         """Every other model the body names must be allowed too: the first that is not
         is the request's decision, and the model its record and denial name."""
         for model in exchange.other_models:
-            other = self.decide(exchange, policy, _with_model(facts, model))
+            other = self.decide(exchange, policy, replace(facts, model=model))
             if not other.allowed:
                 exchange.requested_model = model
                 return other

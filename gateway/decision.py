@@ -146,7 +146,7 @@ class _Evaluation:
         if model is None:
             covered = self.check_unknown_model()
             if covered is None:  # denied: a 404, timed like a known model's
-                self.stand_in()
+                self.stand_in(unknown_allowed)
         else:
             covered = model.covered
             stage_name, concealed = self.check_stage(model, tier)
@@ -188,14 +188,14 @@ class _Evaluation:
             self.deny(Reason.ORG_SUSPENDED, "organizations.status")
         return org.effective_tier(self.now)
 
-    def stand_in(self) -> None:
+    def stand_in(self, unknown_allowed: bool) -> None:
         """Evaluate the rules of a model in no stage yet, and drop what they find: an
         unknown model's 404 then takes about the time of a pre-GA one's (between a
         model not released and a concealed one), so that the time cannot tell a
         caller that a model it may not see exists (issue 12)."""
         kept = len(self.matches)
         self.check_stage(_STAND_IN, None)
-        self.check_coverage_rules(True)
+        self.check_coverage_rules(True, unknown_allowed)
         self.check_suspensions(_STAND_IN)
         del self.matches[kept:]
 
