@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -270,6 +271,7 @@ class Soak:
         self.windows: list[Window] = []
         self.reloads: list[Reload] = []
         self.rss: dict[str, list[tuple[float, int]]] = defaultdict(list)
+        self.rss_before_floods: dict[str, int] = {}
         self.shed = 0  # ticks skipped because `concurrency` requests were already in flight
         self.harness_errors: list[str] = []  # a bug here must fail the run, not pass it silently
         self.upstream_fault: str | None = None
@@ -555,6 +557,12 @@ class Soak:
     # -- memory
 
     async def sample_rss(self, duration: float) -> None:
+        if self.flood_windows and self.flood_windows[0][0] - 1 < self.s.warmup:
+            # For the report only (the check compares samples after the warm-up): before any flood.
+            await asyncio.sleep(max(0.0, self.flood_windows[0][0] - 1 - self.now()))
+            for replica in self.fleet.replicas:
+                with contextlib.suppress(OSError, KeyError):
+                    self.rss_before_floods[replica.name] = ProcStat(replica.child.pid or 0).rss_kib
         await asyncio.sleep(max(0.0, self.s.warmup - self.now()))
         while self.now() < duration:
             for replica in self.fleet.replicas:
@@ -787,7 +795,8 @@ def check(soak: Soak, fleet: LocalFleet, metrics: dict[str, dict[str, float]], s
     for name, samples in soak.rss.items():
         values = [kib for _, kib in samples]
         first, last, peak = values[0], values[-1], max(values)
-        rss[name] = {"samples": len(values), "first_kib": first, "last_kib": last, "max_kib": peak,
+        rss[name] = {"samples": len(values), "before_floods_kib": soak.rss_before_floods.get(name),
+                     "first_kib": first, "last_kib": last, "max_kib": peak,
                      "last_vs_first": round(last / first - 1, 4), "max_vs_first": round(peak / first - 1, 4),
                      "series": samples}
     rss_flat = all(abs(v["last_vs_first"]) <= s.rss_tolerance and v["max_vs_first"] <= s.rss_tolerance
@@ -889,12 +898,17 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"  floods: {report['flood_requests']} requests, {report['flood_rps_in_flood_windows']} req/s in "
                      f"{len(floods['windows'])} windows; with the normal mix {report['achieved_rps_with_floods']} req/s "
                      "over the run")
+        over_budget = floods["token_budget"] and not floods["token_budget"]["held"]
         for name, counts in floods["by_class"].items():
             wrong = floods["wrong"].get(name)
             journal_hits = floods["in_upstream_journal"].get(name)
             closed = floods["closed_after_s"].get(name)
-            lines.append(f"  {'FAIL' if wrong or journal_hits else 'ok  '} {name:<28} {dict(counts)}"
+            oversized = report["audit"]["records_over_limit"].get(name)
+            budget = over_budget and name.startswith("flood_quota_")
+            lines.append(f"  {'FAIL' if wrong or journal_hits or oversized or budget else 'ok  '} {name:<28} {dict(counts)}"
                          + (f" wrong: {wrong}" if wrong else "") + (f" upstream saw {journal_hits}" if journal_hits else "")
+                         + (f" audit records over the limit: {oversized}" if oversized else "")
+                         + (" token budget exceeded" if budget else "")
                          + (f" closed after p50 {closed['p50']} s, max {closed['max']} s" if closed else ""))
         if floods["token_budget"]:
             q = floods["token_budget"]
@@ -924,7 +938,8 @@ def summary(report: dict[str, Any]) -> str:
                  f"slowest {slowest} s)")
     for name, v in report["rss"].items():
         lines.append(f"  RSS {name}: first {v['first_kib']} KiB, last {v['last_kib']} ({v['last_vs_first']:+.1%}), "
-                     f"max {v['max_kib']} ({v['max_vs_first']:+.1%}), {v['samples']} samples")
+                     f"max {v['max_kib']} ({v['max_vs_first']:+.1%}), {v['samples']} samples"
+                     + (f" (before the first flood: {v['before_floods_kib']} KiB)" if v["before_floods_kib"] else ""))
     audit = report["audit"]
     lines.append(f"  audit: {audit['answers_with_id']} answers with a decision id, {audit['records_in_files']} records in "
                  f"files, {audit['stream_records']} in the stream; missing in files {len(audit['missing_in_files'])}, "
