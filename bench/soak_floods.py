@@ -5,11 +5,13 @@ Every flood class (FLOODS) names its transport, the answers that are right for i
 what may reach the upstream:
 
 - `via`: `lb` requests go through the load balancer with aiohttp, as any client's would;
-  `direct` ones are written byte by byte on a raw socket to a replica's public port from
-  the load balancer's own address (127.0.0.2, the replicas' trusted proxy), so the replica
-  believes their `X-Forwarded-For` (a located US address unless the class is about that
-  header) and nothing in front of it normalises or absorbs what the class is testing
-  (nginx would drop underscore headers and `Connection`, and refuse long heads itself).
+  `direct` ones are written byte by byte on a raw socket to a replica's public port, so
+  that nothing in front of it normalises or absorbs what the class is testing (nginx would
+  drop underscore headers and `Connection`, and refuse long heads itself). Those that need
+  a located caller come from the load balancer's own address (127.0.0.2, the replicas'
+  trusted proxy), so the replica believes their `X-Forwarded-For` (a US address unless the
+  class is about that header); the rest (slow and endless heads, idle connections, long
+  paths) from 127.0.0.1, as an outside caller.
 - `expect`: the statuses that are right. A 503 inside a fault window is right too (Redis
   away: the gateway fails closed). `slow` classes (a head or body that never completes,
   an endless header, idle connections) must instead be closed by the gateway, with or
@@ -508,18 +510,21 @@ class Floods:
 
     # -- raw, straight to a replica from the trusted proxy's address
 
-    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def connect(self, trusted: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the next replica: from the trusted proxy's address when the class
+        needs a located caller, else from an ordinary one (an outside caller's)."""
         host, port = self.replica()
-        return await asyncio.open_connection(host, port, local_addr=(self.spec.source, 0), limit=1 << 20)
+        return await asyncio.open_connection(host, port, local_addr=(self.spec.source if trusted else host, 0),
+                                             limit=1 << 20)
 
     def direct_headers(self, cls: str, body: bytes, xff: str | None = None) -> list[tuple[str, str]]:
         return [("Authorization", f"Bearer {self.spec.keys['developer']}"), ("X-Forwarded-For", xff or self.spec.us),
                 ("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("x-demo-tag", cls)]
 
-    async def raw(self, cls: str, variant: str, data: bytes, timeout: float = 15.0) -> Record:
+    async def raw(self, cls: str, variant: str, data: bytes, timeout: float = 15.0, trusted: bool = True) -> Record:
         """Write a whole request, read one answer."""
         record = Record(cls, variant, self.now())
-        if (connection := await self.opened(record)) is None:
+        if (connection := await self.opened(record, trusted)) is None:
             return record
         reader, writer = connection
         try:
@@ -574,13 +579,13 @@ class Floods:
     async def long_path(self) -> Record:
         size = self.rng.choice([7 * 1024, 64 * 1024])
         path = "/v1/chat/completions/" + "a" * size
-        data = head("GET", path, [("X-Forwarded-For", self.spec.us), ("x-demo-tag", "flood_long_path")])
-        return await self.raw("flood_long_path", f"{size // 1024}k", data)
+        data = head("GET", path, [("x-demo-tag", "flood_long_path")])
+        return await self.raw("flood_long_path", f"{size // 1024}k", data, trusted=False)
 
-    async def opened(self, record: Record) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def opened(self, record: Record, trusted: bool = True) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """A connection to a replica, or None (the record says refused) when it would not take one."""
         try:
-            return await asyncio.wait_for(self.connect(), 10.0)
+            return await asyncio.wait_for(self.connect(trusted), 10.0)
         except (OSError, TimeoutError) as error:
             record.outcome, record.detail, record.ended = "refused", repr(error)[:200], self.now()
             return None
@@ -625,7 +630,7 @@ class Floods:
 
     async def slow_head(self) -> Record:
         record = Record("flood_slow_head", "one_line_a_second", self.now())
-        if (connection := await self.opened(record)) is None:
+        if (connection := await self.opened(record, trusted=False)) is None:
             return record
         reader, writer = connection
         first = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nx-demo-tag: flood_slow_head\r\n"
@@ -645,19 +650,19 @@ class Floods:
 
     async def idle_connection(self) -> Record:
         record = Record("flood_connections", "idle", self.now())
-        if (connection := await self.opened(record)) is None:
+        if (connection := await self.opened(record, trusted=False)) is None:
             return record
         return await self.until_closed(record, *connection, None, self.spec.head_deadline + self.spec.slack)
 
     async def endless_header(self) -> Record:
         record = Record("flood_endless_header", "as_fast_as_read", self.now())
-        if (connection := await self.opened(record)) is None:
+        if (connection := await self.opened(record, trusted=False)) is None:
             return record
         reader, writer = connection
         answer = asyncio.ensure_future(read_answer(reader))
         batch = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nx-demo-tag: flood_endless_header\r\n"
         line = b"X-Endless: " + b"e" * 1000 + b"\r\n"
-        limit = 15.0
+        limit = min(15.0, self.spec.head_deadline + self.spec.slack)
         try:
             try:
                 while record.sent < self.spec.endless_bytes and not answer.done():

@@ -7,11 +7,14 @@ verdicts they rest on are checked here on records that must pass and fail them."
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,3 +184,52 @@ def test_windows_phases_and_the_latency_comparison() -> None:
     assert not worse["held"] and worse["ratio"] == 5.0 and worse["measured"]  # 50 ms against 10 ms
     few = floods.p99_check([0.5] * 10, off, 2.0, 200)
     assert not few["measured"] and not few["held"]
+
+
+def test_the_flood_client_tells_a_closed_connection_from_one_left_open() -> None:
+    """The raw flood clients against two loopback servers: one that refuses an unfinished or
+    oversized head in time (a 408 or 431, then closes), one that reads forever. The first
+    must pass every slow class's verdict, the second fail it."""
+    floods = _bench("soak_floods")
+
+    async def strict(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received = b""
+        try:
+            while len(received) < 32 * 1024:
+                received += await asyncio.wait_for(reader.read(65536), 0.3)
+            status = b"431 Request Header Fields Too Large"
+        except TimeoutError:
+            status = b"408 Request Timeout"
+        body = b'{"error": {}}'
+        writer.write(b"HTTP/1.1 %s\r\ncontent-length: %d\r\nx-gateway-decision-id: d\r\nconnection: close\r\n\r\n%s"
+                     % (status, len(body), body))
+        writer.close()
+
+    async def lenient(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass
+
+    async def run() -> dict[str, list[dict[str, object]]]:
+        found = {}
+        for name, handler in (("strict", strict), ("lenient", lenient)):
+            server = await asyncio.start_server(handler, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            spec = floods.Spec(t0=time.monotonic(), duration=5, windows=[], rate=0, classes=[], lb_url="",
+                               replicas=[("127.0.0.1", port)], source="127.0.0.2", keys={"developer": "k"},
+                               us="8.8.8.8", ir="217.218.0.1", head_deadline=0.5, body_deadline=0.5, slack=0.7,
+                               endless_bytes=256 * 1024)
+            client = floods.Floods(spec)
+            records = await asyncio.gather(client.slow_head(), client.slow_body(), client.idle_connection(),
+                                           client.endless_header())
+            found[name] = [dataclasses.asdict(r) for r in records]
+            server.close()
+        return found
+
+    found = asyncio.run(run())
+    by = floods.BY_NAME
+    for record in found["strict"]:
+        assert floods.verdict(by[record["cls"]], record, False) is None, record
+        assert record["status"] in (408, 431) and record["decision_id"] == "d", record
+    assert [r["status"] for r in found["strict"]] == [408, 408, 408, 431]
+    for record in found["lenient"]:
+        assert record["outcome"] == "open" and floods.verdict(by[record["cls"]], record, False), record
