@@ -299,21 +299,25 @@ class Soak:
             # The flood process starts on the same clock: t0 is a moment both wait for.
             self.t0 = time.monotonic() + (2.0 if self.s.floods else 0.0)
             floods = self.start_floods(duration) if self.s.floods else None
-            await asyncio.sleep(max(0.0, -self.now()))
-            cpu = self.cpu_now()
-            tasks = [asyncio.create_task(job) for job in (self.faults(duration), self.reloads_loop(duration, session),
-                                                           self.sample_rss(duration), self.watch_lag())]
-            await self.load(duration, session)
-            self.cpu = {name: round(seconds - cpu.get(name, 0.0), 2) for name, seconds in self.cpu_now().items()}
-            for task in tasks:
-                task.cancel()
-            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-                if isinstance(outcome, Exception):  # e.g. Redis did not come back: the run is void
-                    self.harness_errors.append(f"fault, reload or RSS task: {outcome!r}")
-            for window in self.windows:  # a fault cut short by the end of the run
-                window.end = min(window.end, self.now())
-            if floods is not None:
-                await self.collect_floods(*floods)
+            try:
+                await asyncio.sleep(max(0.0, -self.now()))
+                cpu = self.cpu_now()
+                tasks = [asyncio.create_task(job) for job in (self.faults(duration), self.reloads_loop(duration, session),
+                                                               self.sample_rss(duration), self.watch_lag())]
+                await self.load(duration, session)
+                self.cpu = {name: round(seconds - cpu.get(name, 0.0), 2) for name, seconds in self.cpu_now().items()}
+                for task in tasks:
+                    task.cancel()
+                for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                    if isinstance(outcome, Exception):  # e.g. Redis did not come back: the run is void
+                        self.harness_errors.append(f"fault, reload or RSS task: {outcome!r}")
+                for window in self.windows:  # a fault cut short by the end of the run
+                    window.end = min(window.end, self.now())
+                if floods is not None:
+                    await self.collect_floods(*floods)
+            finally:
+                if floods is not None and floods[0].poll() is None:  # the run broke off: so do the floods
+                    floods[0].kill()
         await self.repair()
 
     # -- floods (bench/soak_floods.py, a process of its own)
