@@ -861,7 +861,8 @@ def check(soak: Soak, fleet: LocalFleet, metrics: dict[str, dict[str, float]], s
         "denied": {"requests": len(denied_requests), "let_through": let_through[:20], "let_through_count": len(let_through),
                    "no_answer": sum(1 for r in denied_requests if r.status is None),
                    "in_upstream_journal": len(violations.get("denied_or_untagged", []))},
-        "floods": {"windows": soak.flood_windows, "by_class": {k: dict(sorted(v.items())) for k, v in flood_by_class.items()},
+        "floods": {"windows": soak.flood_windows, "classes": {name: FLOODS_BY_NAME[name].about for name in s.floods},
+                   "by_class": {k: dict(sorted(v.items())) for k, v in flood_by_class.items()},
                    "wrong": {k: dict(v) for k, v in flood_wrong.items()}, "examples": dict(flood_examples),
                    "closed_after_s": {k: {"p50": round(percentile(v, 50) or 0, 2), "max": round(max(v), 2)}
                                       for k, v in closed_after.items()},
