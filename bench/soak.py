@@ -38,12 +38,29 @@ audit files and exactly once in the Redis audit stream; every chain verifies
 (gateway/audit/verification.py); gateway_audit_lost_total 0 on every replica;
 every reload in force on every replica. Reported too: requests by class and status,
 5xx inside and outside fault windows, achieved requests/s. Results: `--out` (JSON).
+
+Floods (`--floods`: all, off, or a comma-separated list of bench/soak_floods.py's
+classes): one cheap client's attacks beside the normal mix, `--flood-rate` requests per
+second in flood-on windows of `--flood-window` s that alternate with flood-off windows
+of the same length (off first), from a process of their own. Acceptance adds: every
+flood request got an answer right for its class (refused as the issue requires, or a
+slow or idle connection closed within `--head-deadline`/`--body-deadline` +
+`--deadline-slack`); the upstream's journal holds no request of a class that must never
+be forwarded, the forwarded header tricks arrived intact, the token-quota org stayed in
+its budget (`--quota-tokens` a day, plus one request per replica); no audit record
+longer than `--audit-record-max` bytes; the legitimate requests' p99 in flood-on
+windows within `--p99-factor` of the flood-off windows' (allowed answers outside fault
+windows, `--flood-settle` s after each switch left out); the legitimate load as usual
+outside fault windows. Reported: the harness's own CPU and event-loop lag, each fleet
+process's CPU, Redis memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import itertools
 import json
 import os
@@ -51,6 +68,7 @@ import random
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,15 +80,18 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import ProcStat  # noqa: E402
+from _load import ProcStat, ProcTree  # noqa: E402
+from soak_floods import (BY_NAME as FLOODS_BY_NAME, FLOODS, QUOTA_MAX_TOKENS, QUOTA_PROMPT, Spec,  # noqa: E402
+                         journal_violations, p99_check, percentile, phase, quota_check, verdict, windows_for)
 
 from gateway.audit.verification import verify, verify_lines  # noqa: E402
 from gateway.demo import AUDIENCE, IR, ISSUER, SHIPPED_POLICIES, US, bearer, chat  # noqa: E402
-from gateway.fleet_local import FleetError, LocalFleet, _redis_answers  # noqa: E402
+from gateway.fleet_local import LB_SOURCE, FleetError, LocalFleet, _redis_answers  # noqa: E402
 
 UNKNOWN_ORG = "org-soak-unregistered"  # a key exists for it; the policy has never heard of it
 RELOAD_ORG = "org-soak-reload"  # edited into organizations.yaml by file reloads; the load never uses it
 LIVE_MODEL = "example-frontier-3"  # suspended and lifted by admin-API reloads; the load never asks for it
+QUOTA_ORG = "org-soak-quota"  # a daily token budget (--quota-tokens); only the quota floods use it
 
 
 @dataclass(frozen=True)
@@ -97,8 +118,8 @@ class Settings:
     minutes: float = 10.0
     replicas: int = 2
     lb: str = "auto"
-    rate: float = 40.0
-    concurrency: int = 32
+    rate: float = 175.0
+    concurrency: int = 256
     warmup: float = 60.0
     rss_every: float = 10.0
     rss_tolerance: float = 0.10
@@ -113,9 +134,22 @@ class Settings:
     out: Path = Path("soak.json")
     workdir: Path | None = None
     seed: int = 1
+    floods: list[str] = field(default_factory=lambda: [f.name for f in FLOODS])
+    flood_rate: float = 60.0  # with --rate 175 and half the time flooded: 205 requests/s on average
+    flood_window: float = 20.0  # 45 windows of each kind in 30 minutes; fault and reload periods fall in both
+    flood_settle: float = 3.0
+    conn_flood: int = 128
+    head_deadline: float = 60.0  # nginx's client_header_timeout
+    body_deadline: float = 60.0
+    deadline_slack: float = 5.0
+    endless_bytes: int = 8 * 1024 * 1024
+    quota_tokens: int = 500  # spent within the first flood window; the quota floods then test that it holds
+    audit_record_max: int = 4096  # a record of a 2048-byte path (the router's limit) fits; a 7 KiB one does not
+    p99_factor: float = 2.0
+    p99_min_samples: int = 200
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     cls: str
     started: float  # seconds since the load began
@@ -188,29 +222,57 @@ def stranger_jwt() -> str:
     return jwt.encode({"alg": "RS256", "kid": "demo"}, claims, key).decode()
 
 
-def unknown_org_key(fleet: LocalFleet) -> str:
+def api_key(fleet: LocalFleet, org: str) -> str:
     from gateway.identity.redis_keys import RedisApiKeyStore
 
     assert fleet.redis_url and fleet.namespace
     store = RedisApiKeyStore(fleet.redis_url, namespace=fleet.namespace, timeout_s=2.0)
     try:
-        return store.create(UNKNOWN_ORG, "soak")[1]
+        return store.create(org, "soak")[1]
     finally:
         asyncio.run(store.close())
+
+
+def add_quota_org(policy_dir: Path, tokens_per_day: int) -> None:
+    """The org the token-quota floods use, at the top of the soak's copy of the registry (the
+    file reloads rewrite only what follows their own marker)."""
+    path = policy_dir / "organizations.yaml"
+    text = path.read_text()
+    entry = (f"  {QUOTA_ORG}:\n    name: \"SOAK token quota\"\n    country: US\n    tier: standard\n"
+             f"    quota:\n      tokens_per_day: {tokens_per_day}\n\n")
+    path.write_text(text.replace("organizations:\n", "organizations:\n" + entry, 1))
+
+
+def quota_costs() -> tuple[dict[str, int], int]:
+    """Tokens one forwarded request of each quota flood used at the demo upstream (as its usage
+    reports them), and one request's most: prompt + max_tokens, all an abandoned one could use."""
+    from gateway.demo_upstream import _Reply
+
+    prompt = len(QUOTA_PROMPT.split())
+    used = prompt + _Reply("fleet-upstream", "example-small-1", QUOTA_PROMPT, QUOTA_MAX_TOKENS).tokens
+    ceiling = prompt + QUOTA_MAX_TOKENS
+    return {"flood_quota_gzip": used, "flood_quota_stream_no_usage": used, "flood_quota_disconnect": ceiling}, ceiling
 
 
 # ---------------------------------------------------------------- the run
 
 
 class Soak:
-    def __init__(self, settings: Settings, fleet: LocalFleet, requests: Requests) -> None:
+    def __init__(self, settings: Settings, fleet: LocalFleet, requests: Requests, quota_key: str = "") -> None:
         self.s = settings
         self.fleet = fleet
         self.requests = requests
+        self.quota_key = quota_key
+        self.flood_windows = windows_for(settings.minutes * 60, settings.flood_window) if settings.floods else []
+        self.flood_records: list[dict[str, Any]] = []
+        self.flood_harness: dict[str, Any] = {}
+        self.lag: list[tuple[float, float]] = []  # (when, how late) of the load generator's event loop
+        self.cpu: dict[str, float] = {}  # CPU seconds each process spent during the load
         self.results: list[Result] = []
         self.windows: list[Window] = []
         self.reloads: list[Reload] = []
         self.rss: dict[str, list[tuple[float, int]]] = defaultdict(list)
+        self.rss_before_floods: dict[str, int] = {}
         self.shed = 0  # ticks skipped because `concurrency` requests were already in flight
         self.harness_errors: list[str] = []  # a bug here must fail the run, not pass it silently
         self.upstream_fault: str | None = None
@@ -220,6 +282,8 @@ class Soak:
         self.mix = [c.name for c in CLASSES for _ in range(c.weight)]
         self.redis = next(c for c in fleet.children if c.name == "redis")
         self.redis_port = int(fleet.redis_url.rsplit(":", 1)[1].split("/")[0]) if fleet.redis_url else 0
+        self.redis_memory: dict[str, Any] = {}
+        self.flood_pid: int | None = None
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -232,18 +296,95 @@ class Soak:
         timeout = aiohttp.ClientTimeout(total=self.s.read_timeout + 30)
         connector = aiohttp.TCPConnector(limit=self.s.concurrency, force_close=False)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            self.t0 = time.monotonic()
-            tasks = [asyncio.create_task(job) for job in (self.faults(duration), self.reloads_loop(duration, session),
-                                                           self.sample_rss(duration))]
-            await self.load(duration, session)
-            for task in tasks:
-                task.cancel()
-            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-                if isinstance(outcome, Exception):  # e.g. Redis did not come back: the run is void
-                    self.harness_errors.append(f"fault, reload or RSS task: {outcome!r}")
-            for window in self.windows:  # a fault cut short by the end of the run
-                window.end = min(window.end, self.now())
+            # The flood process starts on the same clock: t0 is a moment both wait for.
+            self.t0 = time.monotonic() + (2.0 if self.s.floods else 0.0)
+            floods = self.start_floods(duration) if self.s.floods else None
+            try:
+                await asyncio.sleep(max(0.0, -self.now()))
+                cpu = self.cpu_now()
+                tasks = [asyncio.create_task(job) for job in (self.faults(duration), self.reloads_loop(duration, session),
+                                                               self.sample_rss(duration), self.watch_lag())]
+                await self.load(duration, session)
+                self.cpu = {name: round(seconds - cpu.get(name, 0.0), 2) for name, seconds in self.cpu_now().items()}
+                for task in tasks:
+                    task.cancel()
+                for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                    if isinstance(outcome, Exception):  # e.g. Redis did not come back: the run is void
+                        self.harness_errors.append(f"fault, reload or RSS task: {outcome!r}")
+                for window in self.windows:  # a fault cut short by the end of the run
+                    window.end = min(window.end, self.now())
+                if floods is not None:
+                    await self.collect_floods(*floods)
+            finally:
+                if floods is not None and floods[0].poll() is None:  # the run broke off: so do the floods
+                    floods[0].kill()
         await self.repair()
+
+    # -- floods (bench/soak_floods.py, a process of its own)
+
+    def start_floods(self, duration: float) -> tuple[Any, Path]:
+        assert self.fleet.credentials is not None
+        s, keys = self.s, self.fleet.credentials.keys
+        spec = Spec(t0=self.t0, duration=duration, windows=self.flood_windows, rate=s.flood_rate, classes=s.floods,
+                    lb_url=self.fleet.lb_url, replicas=[("127.0.0.1", int(r.url.rsplit(":", 1)[1])) for r in self.fleet.replicas],
+                    source=LB_SOURCE, keys={"developer": keys["org-developer-us"], "denied": keys["org-entity-listed"],
+                                            "quota": self.quota_key},
+                    us=US, ir=IR, conn_flood=s.conn_flood, head_deadline=s.head_deadline, body_deadline=s.body_deadline,
+                    slack=s.deadline_slack, endless_bytes=s.endless_bytes, seed=s.seed)
+        directory = self.fleet.workdir / "floods"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "spec.json").write_text(json.dumps(asdict(spec)))
+        out = directory / "records.jsonl"
+        with (directory / "floods.log").open("ab") as log:
+            process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("soak_floods.py")),
+                                        str(directory / "spec.json"), str(out)], stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        self.flood_pid = process.pid
+        return process, out
+
+    async def collect_floods(self, process: Any, out: Path) -> None:
+        try:
+            code = await asyncio.to_thread(process.wait, 60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = None
+        if code != 0 or not out.exists():
+            log = (self.fleet.workdir / "floods" / "floods.log").read_text(errors="replace")[-2000:]
+            self.harness_errors.append(f"the flood process ended with {code}: {log}")
+            return
+        for line in out.read_text().splitlines():
+            entry = json.loads(line)
+            if "harness" in entry:
+                self.flood_harness = entry["harness"]
+            else:
+                self.flood_records.append(entry)
+        if any(r["outcome"] == "error" for r in self.flood_records):
+            self.harness_errors += [f"flood {r['cls']}: {r['detail']}" for r in self.flood_records if r["outcome"] == "error"][:5]
+
+    # -- what the harness and the fleet cost
+
+    def cpu_now(self) -> dict[str, float]:
+        found = {"load generator": time.process_time()}
+        pids = {c.name: c.pid for c in self.fleet.children if c.pid is not None}
+        if self.flood_pid is not None:
+            pids["floods"] = self.flood_pid
+        for name, pid in pids.items():
+            try:
+                found[name] = ProcTree(pid).cpu_seconds() if name in ("lb", "nginx") else ProcStat(pid).cpu_seconds()
+            except OSError:
+                pass
+        return found
+
+    async def watch_lag(self) -> None:
+        for n in itertools.count():
+            before = time.monotonic()
+            await asyncio.sleep(0.05)
+            self.lag.append((before - self.t0, time.monotonic() - before - 0.05))
+            if n % 100 == 0:
+                # The results grow to some 300,000 objects in 30 minutes: a full collection walking
+                # them would stall this loop and show up as the gateway's latency. Frozen, they
+                # are never walked again.
+                gc.freeze()
 
     async def load(self, duration: float, session: aiohttp.ClientSession) -> None:
         interval = 1.0 / self.s.rate
@@ -426,6 +567,12 @@ class Soak:
     # -- memory
 
     async def sample_rss(self, duration: float) -> None:
+        if self.flood_windows and self.flood_windows[0][0] - 1 < self.s.warmup:
+            # For the report only (the check compares samples after the warm-up): before any flood.
+            await asyncio.sleep(max(0.0, self.flood_windows[0][0] - 1 - self.now()))
+            for replica in self.fleet.replicas:
+                with contextlib.suppress(OSError, KeyError):
+                    self.rss_before_floods[replica.name] = ProcStat(replica.child.pid or 0).rss_kib
         await asyncio.sleep(max(0.0, self.s.warmup - self.now()))
         while self.now() < duration:
             for replica in self.fleet.replicas:
@@ -497,6 +644,21 @@ def read_stream(fleet: LocalFleet) -> list[bytes]:
         client.close()
 
 
+def redis_memory(fleet: LocalFleet) -> dict[str, Any]:
+    import redis
+
+    assert fleet.redis_url
+    client = redis.Redis.from_url(fleet.redis_url, socket_timeout=10)
+    key = "{" + str(fleet.namespace) + "}:audit"
+    try:
+        info = client.xinfo_stream(key) if client.exists(key) else {}
+        return {"used_memory_bytes": client.info("memory")["used_memory"], "audit_stream_entries": info.get("length", 0),
+                "audit_stream_added": info.get("entries-added", info.get("length", 0)),
+                "audit_stream_bytes": client.memory_usage(key, samples=0) if info else 0}
+    finally:
+        client.close()
+
+
 def forwarded(record: dict[str, Any] | None) -> bool:
     """Whether an audit record is of a request the policy allowed (and so was forwarded)."""
     if record is None:
@@ -507,13 +669,23 @@ def forwarded(record: dict[str, Any] | None) -> bool:
 
 
 def in_window(result: Result, windows: list[Window], grace: float) -> bool:
-    return any(result.started <= w.end + grace and result.ended >= w.start for w in windows)
+    return in_span(result.started, result.ended, windows, grace)
+
+
+def in_span(started: float, ended: float, windows: list[Window], grace: float) -> bool:
+    return any(started <= w.end + grace and ended >= w.start for w in windows)
+
+
+# What the checks read of an audit record (a 30-minute run has some 370,000 of them).
+RECORD_FIELDS = ("time", "decision", "reasons", "status", "error", "upstream_status")
 
 
 def check(soak: Soak, fleet: LocalFleet, metrics: dict[str, dict[str, float]], stream: list[bytes],
           journal: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
     s = soak.s
+    duration = s.minutes * 60
     results = soak.results
+    floods = soak.flood_records
     answered = [r for r in results if r.status is not None]
     by_status = Counter(str(r.status) if r.status is not None else "no_answer" for r in results)
     by_class: dict[str, Counter[str]] = {c.name: Counter() for c in CLASSES}
@@ -526,11 +698,38 @@ def check(soak: Soak, fleet: LocalFleet, metrics: dict[str, dict[str, float]], s
     denied_requests = [r for r in results if r.cls in denied_classes]
     let_through = [asdict(r) for r in denied_requests if r.status is not None and r.status < 400]
     # Every soak request is tagged: an untagged entry would be a tag lost on the way, so it counts too.
-    journal_denied = [e for e in journal if e.get("tag") not in {c.name for c in CLASSES if c.allowed}]
+    violations = journal_violations(journal, {c.name for c in CLASSES if c.allowed})
+    journal_denied = [e for why, entries in violations.items() for e in entries
+                      if why == "denied_or_untagged" or FLOODS_BY_NAME[why].forwards == "never"]
+    journal_altered = {why: len(entries) for why, entries in violations.items()
+                       if why != "denied_or_untagged" and FLOODS_BY_NAME[why].forwards != "never"}
+
+    # Floods: every request's outcome against what its class must get.
+    flood_by_class: dict[str, Counter[str]] = {name: Counter() for name in s.floods}
+    flood_wrong: dict[str, Counter[str]] = defaultdict(Counter)
+    flood_examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    closed_after: dict[str, list[float]] = defaultdict(list)
+    for r in floods:
+        flood = FLOODS_BY_NAME[r["cls"]]
+        flood_by_class[r["cls"]][str(r["status"]) if r["status"] is not None else r["outcome"]] += 1
+        if flood.slow and r["outcome"] in ("answered", "closed", "reset"):
+            closed_after[r["cls"]].append(r["ended"] - r["started"])
+        why = verdict(flood, r, in_span(r["started"], r["ended"], soak.windows, s.grace))
+        if why:
+            flood_wrong[r["cls"]][why.split(":")[0]] += 1
+            if len(flood_examples[r["cls"]]) < 3:
+                flood_examples[r["cls"]].append({**r, "why": why})
+    budget_classes = [name for name in s.floods if FLOODS_BY_NAME[name].forwards == "budget"]
+    costs, ceiling = quota_costs()
+    quota = quota_check(journal, s.quota_tokens, len(fleet.replicas), costs, ceiling) if budget_classes else None
 
     # Audit: every answer's decision id once across the files, once in the stream; chains intact.
+    class_of = {r.decision_id: r.cls for r in results if r.decision_id}
+    class_of |= {r["decision_id"]: r["cls"] for r in floods if r["decision_id"]}
     file_ids: Counter[str] = Counter()
     file_records: dict[str, dict[str, Any]] = {}
+    oversized: Counter[str] = Counter()
+    largest = 0
     chains = {}
     for replica in fleet.replicas:
         paths = audit_files(replica.audit_path)
@@ -545,74 +744,132 @@ def check(soak: Soak, fleet: LocalFleet, metrics: dict[str, dict[str, float]], s
                 except ValueError:
                     continue
                 file_ids[record.get("decision_id")] += 1
-                file_records[record.get("decision_id")] = record
+                file_records[record.get("decision_id")] = {k: record.get(k) for k in RECORD_FIELDS}
+                largest = max(largest, len(line))
+                if len(line) > s.audit_record_max:
+                    oversized[class_of.get(record.get("decision_id"), "no client answer")] += 1
     stream_check = verify_lines(stream, "redis stream")
     stream_ids: Counter[str] = Counter()
+    stream_start = ""
     for line in stream:
         try:
-            stream_ids[json.loads(line).get("decision_id")] += 1
+            entry = json.loads(line)
         except ValueError:
-            pass
-    client_ids = [r.decision_id for r in results if r.decision_id]
+            continue
+        stream_ids[entry.get("decision_id")] += 1
+        stream_start = min(stream_start or entry.get("time", ""), entry.get("time", ""))
+    # A stream capped by length or bytes keeps the newest records: older ones are not lost.
+    trimmed = soak.redis_memory.get("audit_stream_added", 0) > soak.redis_memory.get("audit_stream_entries", 0)
+    client_ids = [r.decision_id for r in results if r.decision_id] + [r["decision_id"] for r in floods if r["decision_id"]]
     client_id_set = set(client_ids)
     missing_in_files = [d for d in client_ids if file_ids[d] == 0]
     duplicated_in_files = [d for d in client_ids if file_ids[d] > 1]
-    missing_in_stream = [d for d in client_ids if stream_ids[d] == 0]
+    missing_in_stream = [d for d in client_ids if stream_ids[d] == 0 and not (
+        trimmed and ((file_records.get(d) or {}).get("time") or "") < stream_start)]
     duplicated_in_stream = [d for d in client_ids if stream_ids[d] > 1]
     answered_without_id = [asdict(r) for r in answered if not r.decision_id]
+    answered_without_id += [r for r in floods if r["status"] is not None and not r["decision_id"]]
     # The gateway records a forwarded request whose upstream then failed or answered >= 400 as
     # "deny" with no reason; a policy denial always names its reason.
     forwarded_not_allowed = [e for e in journal if not forwarded(file_records.get(e.get("decision_id")))]
     forwarded_recorded_deny = Counter(f"{r['status']}:{r['error']}" for e in journal
                                       if (r := file_records.get(e.get("decision_id"))) and r["decision"] != "allow")
 
-    # 5xx inside and outside fault windows.
+    # 5xx inside and outside fault windows; the legitimate latencies with the floods on and off.
     fives: dict[str, Counter[str]] = {"in_fault_windows": Counter(), "outside": Counter()}
     unexpected_outside: Counter[str] = Counter()
+    latencies: dict[str, dict[str, list[float]]] = {"allowed": {"on": [], "off": []}, "all": {"on": [], "off": []}}
+    by_window: dict[int, list[float]] = defaultdict(list)  # allowed latencies by flood window (odd: on)
+    # The comparison is of floods against none: fault windows and reloads (until in force,
+    # plus the settle time) are left out of both sides.
+    reloads = [Window("reload", r.at, r.at + (r.in_force_after_s or 0)) for r in soak.reloads]
     for r in results:
         inside = in_window(r, soak.windows, s.grace)
         if r.status is not None and r.status >= 500:
             fives["in_fault_windows" if inside else "outside"][str(r.status)] += 1
         if not inside and (r.status != BY_NAME[r.cls].expect or r.outcome != "ok"):
             unexpected_outside[f"{r.cls}:{r.status}:{r.outcome}"] += 1
+        where = phase(r.started, soak.flood_windows, s.flood_settle) if soak.flood_windows else None
+        if inside or where is None or r.status is None or in_window(r, reloads, s.flood_settle):
+            continue
+        latencies["all"][where].append(r.ended - r.started)
+        if BY_NAME[r.cls].allowed and r.status == 200 and r.outcome == "ok":
+            latencies["allowed"][where].append(r.ended - r.started)
+            by_window[int(r.started // s.flood_window)].append(r.ended - r.started)
+    p99 = {kind: p99_check(v["on"], v["off"], s.p99_factor, s.p99_min_samples) for kind, v in latencies.items()}
+    p99_by_window = [{"window": n, "floods": "on" if n % 2 else "off", "samples": len(v),
+                      "p99_ms": _ms(percentile(v, 99))} for n, v in sorted(by_window.items())]
+    p99_required = bool(soak.flood_windows) and duration >= 4 * s.flood_window
+    lag: dict[str, list[float]] = {"on": [], "off": []}
+    for at, late in soak.lag:
+        if (where := phase(at, soak.flood_windows, s.flood_settle)) is not None:
+            lag[where].append(late)
 
     rss = {}
     for name, samples in soak.rss.items():
         values = [kib for _, kib in samples]
         first, last, peak = values[0], values[-1], max(values)
-        rss[name] = {"samples": len(values), "first_kib": first, "last_kib": last, "max_kib": peak,
+        rss[name] = {"samples": len(values), "before_floods_kib": soak.rss_before_floods.get(name),
+                     "first_kib": first, "last_kib": last, "max_kib": peak,
                      "last_vs_first": round(last / first - 1, 4), "max_vs_first": round(peak / first - 1, 4),
                      "series": samples}
     rss_flat = all(abs(v["last_vs_first"]) <= s.rss_tolerance and v["max_vs_first"] <= s.rss_tolerance
                    for v in rss.values())
+    flooded_s = sum(end - start for start, end in soak.flood_windows)
 
     acceptance = {
         "no_500": by_status.get("500", 0) == 0,
         "every_denied_request_denied": not let_through,
         "upstream_never_saw_a_denied_class": not journal_denied,
         "upstream_saw_only_requests_audited_as_allowed": not forwarded_not_allowed,
+        "legit_as_usual_outside_fault_windows": not unexpected_outside,
         "rss_flat": bool(rss) and rss_flat if s.minutes * 60 > s.warmup + s.rss_every else True,
         "every_answer_audited_once_in_files": not missing_in_files and not duplicated_in_files and not answered_without_id,
         "every_answer_once_in_redis_stream": not missing_in_stream and not duplicated_in_stream,
         "audit_chains_verify": all(c["ok"] for c in chains.values()) and stream_check.ok,
         "audit_lost_zero": all(m["gateway_audit_lost_total"] == 0 for m in metrics.values()),
+        "audit_records_bounded": not oversized,
         "every_reload_in_force": bool(soak.reloads) and all(r.error is None for r in soak.reloads),
+        "offered_rate_achieved": len(results) >= 0.95 * s.rate * duration,
         "no_harness_errors": not soak.harness_errors,
     }
+    if s.floods:
+        acceptance |= {
+            "every_flood_request_as_required": bool(floods) and not flood_wrong,
+            "forwarded_floods_intact": not journal_altered,
+            "token_budget_held": quota is None or quota["held"],
+            "legit_p99_within_factor": p99["allowed"]["held"] if p99_required
+            else p99["allowed"]["held"] or not p99["allowed"]["measured"],
+        }
     return {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()},
         "fleet": {"replicas": len(fleet.replicas), "load_balancer": fleet.lb_kind},
         "elapsed_s": round(elapsed, 1),
         "requests": len(results),
-        "achieved_rps": round(len(results) / elapsed, 1) if elapsed else 0,
+        "achieved_rps": round(len(results) / duration, 1) if duration else 0,
+        "flood_requests": len(floods),
+        "achieved_rps_with_floods": round((len(results) + len(floods)) / duration, 1) if duration else 0,
+        "flood_rps_in_flood_windows": round(len(floods) / flooded_s, 1) if flooded_s else 0,
         "shed_by_harness": soak.shed,
         "harness_errors": soak.harness_errors[:20],
+        "harness": {"cpu_s_during_load": soak.cpu, "load_duration_s": duration,
+                    "load_generator_loop_lag_p99_ms": {k: _ms(percentile(v, 99)) for k, v in lag.items()},
+                    "floods": soak.flood_harness, "machine_load_average": os.getloadavg()},
         "by_status": dict(sorted(by_status.items())),
         "by_class": {k: dict(sorted(v.items())) for k, v in by_class.items()},
         "status_500": by_status.get("500", 0),
         "denied": {"requests": len(denied_requests), "let_through": let_through[:20], "let_through_count": len(let_through),
                    "no_answer": sum(1 for r in denied_requests if r.status is None),
-                   "in_upstream_journal": len(journal_denied)},
+                   "in_upstream_journal": len(violations.get("denied_or_untagged", []))},
+        "floods": {"windows": soak.flood_windows, "classes": {name: FLOODS_BY_NAME[name].about for name in s.floods},
+                   "by_class": {k: dict(sorted(v.items())) for k, v in flood_by_class.items()},
+                   "wrong": {k: dict(v) for k, v in flood_wrong.items()}, "examples": dict(flood_examples),
+                   "closed_after_s": {k: {"p50": round(percentile(v, 50) or 0, 2), "max": round(max(v), 2)}
+                                      for k, v in closed_after.items()},
+                   "in_upstream_journal": {k: len(v) for k, v in violations.items()},
+                   "journal_examples": {k: v[:3] for k, v in violations.items()},
+                   "token_budget": quota},
+        "legit_latency": p99 | {"required": p99_required, "allowed_p99_by_window": p99_by_window},
         "upstream_journal": {"requests": len(journal), "by_tag": dict(Counter(str(e.get("tag")) for e in journal)),
                              "not_audited_as_forwarded": len(forwarded_not_allowed),
                              "forwarded_but_audited_deny": dict(forwarded_recorded_deny)},
@@ -621,17 +878,23 @@ def check(soak: Soak, fleet: LocalFleet, metrics: dict[str, dict[str, float]], s
         "unexpected_outside_fault_windows": dict(unexpected_outside),
         "reloads": [asdict(r) for r in soak.reloads],
         "rss": rss,
+        "redis": soak.redis_memory,
         "audit": {"files": chains, "records_in_files": sum(file_ids.values()), "answers_with_id": len(client_ids),
                   "missing_in_files": missing_in_files[:20], "duplicated_in_files": duplicated_in_files[:20],
                   "answered_without_decision_id": answered_without_id[:20],
                   "records_without_a_client_answer": sum(1 for d in file_ids if d not in client_id_set),
-                  "stream_records": len(stream), "stream_verifies": stream_check.ok,
+                  "largest_record_bytes": largest, "records_over_limit": dict(oversized),
+                  "stream_records": len(stream), "stream_trimmed": trimmed, "stream_verifies": stream_check.ok,
                   "stream_problem": stream_check.as_json()["error"],
                   "missing_in_stream": missing_in_stream[:20], "duplicated_in_stream": duplicated_in_stream[:20]},
         "metrics": metrics,
         "acceptance": acceptance,
         "passed": all(acceptance.values()),
     }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
 
 
 def summary(report: dict[str, Any]) -> str:
@@ -645,6 +908,41 @@ def summary(report: dict[str, Any]) -> str:
                  f"{report['denied']['let_through_count']}, in the upstream's journal: {report['denied']['in_upstream_journal']}")
     lines.append(f"  5xx in fault windows: {report['5xx']['in_fault_windows']}   outside: {report['5xx']['outside']}")
     lines.append(f"  not as expected outside fault windows: {report['unexpected_outside_fault_windows'] or 'none'}")
+    floods = report["floods"]
+    if report["settings"]["floods"]:
+        lines.append(f"  floods: {report['flood_requests']} requests, {report['flood_rps_in_flood_windows']} req/s in "
+                     f"{len(floods['windows'])} windows; with the normal mix {report['achieved_rps_with_floods']} req/s "
+                     "over the run")
+        over_budget = floods["token_budget"] and not floods["token_budget"]["held"]
+        for name, counts in floods["by_class"].items():
+            wrong = floods["wrong"].get(name)
+            journal_hits = floods["in_upstream_journal"].get(name)
+            closed = floods["closed_after_s"].get(name)
+            oversized = report["audit"]["records_over_limit"].get(name)
+            budget = over_budget and name.startswith("flood_quota_")
+            lines.append(f"  {'FAIL' if wrong or journal_hits or oversized or budget else 'ok  '} {name:<28} {dict(counts)}"
+                         + (f" wrong: {wrong}" if wrong else "") + (f" upstream saw {journal_hits}" if journal_hits else "")
+                         + (f" audit records over the limit: {oversized}" if oversized else "")
+                         + (" token budget exceeded" if budget else "")
+                         + (f" closed after p50 {closed['p50']} s, max {closed['max']} s" if closed else ""))
+        if floods["token_budget"]:
+            q = floods["token_budget"]
+            lines.append(f"  token budget {'held' if q['held'] else 'EXCEEDED'}: {q['budget']} a day (+ one request per "
+                         f"replica: {q['allowed_with_slack']}); "
+                         f"forwarded {q['requests_forwarded_per_day']} requests, {q['tokens_forwarded_per_day']} tokens")
+        for kind, p in report["legit_latency"].items():
+            if isinstance(p, dict):
+                lines.append(f"  legit {kind} latency, floods on/off: p50 {p['p50_on_ms']}/{p['p50_off_ms']} ms, "
+                             f"p99 {p['p99_on_ms']}/{p['p99_off_ms']} ms (x{p['ratio']}, {p['samples_on']}/"
+                             f"{p['samples_off']} samples{'' if p['measured'] else ', too few to judge'})")
+        lines.append("  legit allowed p99 by window (ms): " + " ".join(
+            f"{w['floods']}:{w['p99_ms']}" for w in report["legit_latency"]["allowed_p99_by_window"]))
+    harness = report["harness"]
+    cpu = harness["cpu_s_during_load"]
+    lines.append("  CPU during the load (% of one core): " + ", ".join(
+        f"{name} {100 * seconds / harness['load_duration_s']:.0f}" for name, seconds in cpu.items())
+        + f"; load generator loop lag p99 on/off {harness['load_generator_loop_lag_p99_ms']} ms"
+        + (f"; flood process loop lag p99 {harness['floods'].get('loop_lag_p99_ms')} ms" if harness["floods"] else ""))
     journal = report["upstream_journal"]
     lines.append(f"  upstream journal: {journal['requests']} requests {journal['by_tag']}; forwarded but audited "
                  f"'deny': {journal['forwarded_but_audited_deny'] or 'none'}")
@@ -655,14 +953,17 @@ def summary(report: dict[str, Any]) -> str:
                  f"slowest {slowest} s)")
     for name, v in report["rss"].items():
         lines.append(f"  RSS {name}: first {v['first_kib']} KiB, last {v['last_kib']} ({v['last_vs_first']:+.1%}), "
-                     f"max {v['max_kib']} ({v['max_vs_first']:+.1%}), {v['samples']} samples")
+                     f"max {v['max_kib']} ({v['max_vs_first']:+.1%}), {v['samples']} samples"
+                     + (f" (before the first flood: {v['before_floods_kib']} KiB)" if v["before_floods_kib"] else ""))
     audit = report["audit"]
     lines.append(f"  audit: {audit['answers_with_id']} answers with a decision id, {audit['records_in_files']} records in "
                  f"files, {audit['stream_records']} in the stream; missing in files {len(audit['missing_in_files'])}, "
                  f"in stream {len(audit['missing_in_stream'])}; chains "
                  + ", ".join(f"{k} {'ok' if v['ok'] else 'BROKEN'} ({v['records']})" for k, v in audit["files"].items())
                  + f", stream {'ok' if audit['stream_verifies'] else 'BROKEN'}")
-    lines.append(f"  audit lost: {[m['gateway_audit_lost_total'] for m in report['metrics'].values()]}")
+    lines.append(f"  audit lost: {[m['gateway_audit_lost_total'] for m in report['metrics'].values()]}; largest record "
+                 f"{audit['largest_record_bytes']} bytes, over the limit: {audit['records_over_limit'] or 'none'}; "
+                 f"Redis {report['redis']}")
     for name, ok in report["acceptance"].items():
         lines.append(f"  {'PASS' if ok else 'FAIL'} {name}")
     lines.append("soak: " + ("PASSED" if report["passed"] else "FAILED"))
@@ -679,6 +980,7 @@ def run(settings: Settings) -> dict[str, Any]:
     workdir = settings.workdir or Path(tempfile.mkdtemp(prefix="gateway-soak-"))
     policy_dir = workdir / "policies"
     shutil.copytree(SHIPPED_POLICIES, policy_dir, dirs_exist_ok=True)
+    add_quota_org(policy_dir, settings.quota_tokens)
     journal_path = workdir / "upstream-journal.jsonl"
     fleet = LocalFleet(workdir / "fleet", settings.replicas, settings.lb, port=0, policy_dir=policy_dir,
                        prometheus="off", upstream_args=["--journal", str(journal_path)],
@@ -687,8 +989,10 @@ def run(settings: Settings) -> dict[str, Any]:
     try:
         fleet.start()
         print(f"soak: fleet up in {workdir}: {fleet.lb_kind}, {len(fleet.replicas)} replicas, "
-              f"{settings.minutes:g} min at {settings.rate:g} req/s", flush=True)
-        soak = Soak(settings, fleet, Requests(fleet, unknown_org_key(fleet), stranger_jwt()))
+              f"{settings.minutes:g} min at {settings.rate:g} req/s"
+              + (f", floods ({len(settings.floods)} classes) at {settings.flood_rate:g} req/s every other "
+                 f"{settings.flood_window:g} s" if settings.floods else ", no floods"), flush=True)
+        soak = Soak(settings, fleet, Requests(fleet, api_key(fleet, UNKNOWN_ORG), stranger_jwt()), api_key(fleet, QUOTA_ORG))
         started = time.monotonic()
         asyncio.run(soak.run())
         elapsed = time.monotonic() - started
@@ -699,9 +1003,13 @@ def run(settings: Settings) -> dict[str, Any]:
             if child is not None:
                 child.stop()
         stream = read_stream(fleet)
+        soak.redis_memory = redis_memory(fleet)
         fleet.stop()
         journal = [json.loads(line) for line in journal_path.read_text().splitlines() if line.strip()] \
             if journal_path.exists() else []
+        if keep:  # for a post-mortem: every request's class, times and answer
+            with (workdir / "results.jsonl").open("w") as out:
+                out.writelines(json.dumps(asdict(r)) + "\n" for r in soak.results)
         return check(soak, fleet, metrics, stream, journal, elapsed)
     finally:
         fleet.stop()
@@ -733,14 +1041,45 @@ def parse(argv: list[str] | None = None) -> Settings:
     p.add_argument("--out", type=Path, default=d.out, help="the JSON report")
     p.add_argument("--workdir", type=Path, help="kept afterwards (default: a temporary directory, removed)")
     p.add_argument("--seed", type=int, default=d.seed)
+    f = p.add_argument_group("floods (bench/soak_floods.py)")
+    f.add_argument("--floods", default="all", help="all, off, or a comma-separated list of: "
+                   + ", ".join(flood.name for flood in FLOODS))
+    f.add_argument("--flood-rate", type=float, default=d.flood_rate, help="flood requests per second in a flood window")
+    f.add_argument("--flood-window", type=float, default=d.flood_window,
+                   help="seconds; flood-off and flood-on windows alternate, off first")
+    f.add_argument("--flood-settle", type=float, default=d.flood_settle,
+                   help="seconds after each switch left out of the latency comparison")
+    f.add_argument("--conn-flood", type=int, default=d.conn_flood, help="idle connections opened at each window's start")
+    f.add_argument("--head-deadline", type=float, default=d.head_deadline,
+                   help="seconds the gateway may wait for a request head before closing the connection")
+    f.add_argument("--body-deadline", type=float, default=d.body_deadline, help="the same for a request body")
+    f.add_argument("--deadline-slack", type=float, default=d.deadline_slack)
+    f.add_argument("--endless-bytes", type=int, default=d.endless_bytes,
+                   help="header bytes an endless header may send before the connection counts as left open")
+    f.add_argument("--quota-tokens", type=int, default=d.quota_tokens, help="the quota floods' org's tokens per day")
+    f.add_argument("--audit-record-max", type=int, default=d.audit_record_max, help="bytes an audit record may have")
+    f.add_argument("--p99-factor", type=float, default=d.p99_factor,
+                   help="the legitimate p99 with floods may be at most this times the p99 without")
+    f.add_argument("--p99-min-samples", type=int, default=d.p99_min_samples)
     a = p.parse_args(argv)
     faults = [f.strip() for f in a.faults.split(",") if f.strip()]
     unknown = set(faults) - {"redis_restart", "redis_pause", "upstream_stall", "upstream_drop"}
     if unknown:
         p.error(f"unknown faults: {', '.join(sorted(unknown))}")
-    return Settings(a.minutes, a.replicas, a.lb, a.rate, a.concurrency, a.warmup, a.rss_every, a.rss_tolerance,
-                    a.reload_every, faults, a.fault_every, a.fault_offset, a.redis_down, a.upstream_window, a.grace,
-                    a.read_timeout, a.out, a.workdir, a.seed)
+    floods = {"all": [flood.name for flood in FLOODS], "off": [], "none": [], "": []}.get(
+        a.floods.strip(), [name.strip() for name in a.floods.split(",") if name.strip()])
+    if unknown := set(floods) - set(FLOODS_BY_NAME):
+        p.error(f"unknown floods: {', '.join(sorted(unknown))}")
+    return Settings(
+        minutes=a.minutes, replicas=a.replicas, lb=a.lb, rate=a.rate, concurrency=a.concurrency, warmup=a.warmup,
+        rss_every=a.rss_every, rss_tolerance=a.rss_tolerance, reload_every=a.reload_every, faults=faults,
+        fault_every=a.fault_every, fault_offset=a.fault_offset, redis_down=a.redis_down,
+        upstream_window=a.upstream_window, grace=a.grace, read_timeout=a.read_timeout, out=a.out, workdir=a.workdir,
+        seed=a.seed, floods=floods, flood_rate=a.flood_rate, flood_window=a.flood_window,
+        flood_settle=a.flood_settle, conn_flood=a.conn_flood, head_deadline=a.head_deadline,
+        body_deadline=a.body_deadline, deadline_slack=a.deadline_slack, endless_bytes=a.endless_bytes,
+        quota_tokens=a.quota_tokens, audit_record_max=a.audit_record_max, p99_factor=a.p99_factor,
+        p99_min_samples=a.p99_min_samples)
 
 
 def main(argv: list[str] | None = None) -> int:

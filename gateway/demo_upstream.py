@@ -32,7 +32,8 @@ It is a raw ASGI application (no framework on the hot path) with test hooks:
   answer, as a real upstream's cookies, account ids or proxies' headers would;
 * ``journal`` (``--journal PATH``): one JSON line per request as it arrives
   (time, method, path, model, ``x-gateway-decision-id``, ``x-gateway-org``,
-  ``x-demo-tag``, fault), so a test can see what reached it from outside.
+  ``x-demo-tag``, fault, the content type(s) received and the names of any
+  underscore-spelled headers), so a test can see what reached it from outside.
 
 Run it with :func:`serve` (in the current event loop), :func:`start_in_thread`
 (its own loop in a daemon thread, for sync clients), or as a process::
@@ -489,6 +490,10 @@ class DemoUpstream:
             key = wanted.get(name.lower())
             if key is not None:
                 entry[key] = value.decode("latin-1")
+            elif name.lower() == b"content-type":  # every copy: a gateway must forward exactly the one it parsed
+                entry["content_type"] = ", ".join(filter(None, (entry.get("content_type"), value.decode("latin-1"))))
+            elif b"_" in name:  # underscore spellings some servers read as dashes (Content_Type)
+                entry.setdefault("underscored", []).append(name.decode("latin-1"))
         try:
             entry["model"] = _decode(body.decode()).get("model") if body else None
         except (ValueError, UnicodeDecodeError, AttributeError):
