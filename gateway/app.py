@@ -128,8 +128,10 @@ class Gateway:
         try:
             await self.process(exchange, scope, receive, send)
         except RequestError as error:
-            # Malformed or ambiguous: refused before (or instead of) a decision.
-            await self.reply(exchange, send, responses.for_status(error.status, error.message, error.param))
+            # Malformed or ambiguous: refused before (or instead of) a decision. After a 408
+            # the rest of the body may still come: the connection is not kept.
+            await self.reply(exchange, send, responses.for_status(error.status, error.message, error.param),
+                             [(b"connection", b"close")] if error.status == 408 else None)
         except Exception:
             log.exception("request %s failed", exchange.decision_id)
             if not exchange.response_started:
@@ -230,7 +232,7 @@ class Gateway:
             return route.model_in_path, b""
         if scope["method"] != "POST":
             raise RequestError(400, "This endpoint is served only for requests that name a model.", None)
-        raw = await self.read_body(receive, _single(headers, b"content-length"))
+        raw = await self.read_body(receive, _single(headers, b"content-length"), exchange.started)
         model, body, _ = extract_model(
             raw,
             _single(headers, b"content-type"),
@@ -244,24 +246,33 @@ class Gateway:
         exchange.extra["decoded"] = body is not raw
         return model, body
 
-    async def read_body(self, receive: Receive, content_length: str | None) -> bytes:
+    async def read_body(self, receive: Receive, content_length: str | None, started: float) -> bytes:
+        """The whole body, within limits.body_timeout_s of the end of the head (`started`):
+        a client dribbling it holds a connection that long at most (408)."""
         limit = self.config.request.max_body_bytes
         if content_length is not None and (not content_length.isdigit() or int(content_length) > limit):
             status = 413 if content_length.isdigit() else 400
             raise RequestError(status, responses.for_status(status).message, None)
+        timeout = self.config.limits.body_timeout_s
         chunks = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise RequestError(400, "The request body was not received.", None)
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(413, responses.for_status(413).message, None)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        try:
+            async with asyncio.timeout(timeout - (time.perf_counter() - started)):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        # Or the listener refused the rest of it (bad framing, trailer over the limits).
+                        status, why = message.get("gateway.refusal") or (400, "The request body was not received.")
+                        raise RequestError(status, why, None)
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise RequestError(413, responses.for_status(413).message, None)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks)
+        except TimeoutError:
+            raise RequestError(408, f"The request body was not received within {timeout:g} s.", None) from None
 
     def decide(self, exchange: Exchange, policy: Policy, facts: Facts, *, listing: bool = False) -> Decision:
         now = datetime.fromtimestamp(self.clock(), UTC)
@@ -463,14 +474,15 @@ class Gateway:
         exchange.response_started = True
         await send({"type": "http.response.start", "status": status, "headers": headers})
 
-    def refuse_unparsable(self, peer: str | None) -> tuple[bytes, bytes]:
-        """A request the HTTP parser refused (gateway/listener.py): recorded as a 400
-        whose method and path are unknown, since the parser could not vouch for them."""
-        exchange = Exchange(os.urandom(16).hex(), time.perf_counter(), status=400, error="malformed_http",
-                            client_ip=peer)
+    def refuse(self, peer: str | None, status: int, error: str, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """A request the listener refused before it reached here (gateway/listener.py:
+        invalid HTTP, a head over the limits or too slow, a connection over the cap):
+        recorded with its status and error, its method and path unknown, since the
+        parser could not vouch for them."""
+        exchange = Exchange(os.urandom(16).hex(), time.perf_counter(), status=status, error=error, client_ip=peer)
         self.finish(exchange)
-        denial = responses.for_status(400, "The request is not valid HTTP/1.1.")
-        return exchange.decision_id.encode(), responses.body(denial, "openai")
+        body = responses.body(responses.for_status(status, message), "openai")
+        return [(b"x-gateway-decision-id", exchange.decision_id.encode())], body
 
     # Record
 

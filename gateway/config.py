@@ -118,6 +118,25 @@ class RequestConfig(Section):
     decode_encodings: list[Literal["gzip", "deflate"]] = []
 
 
+class LimitsConfig(Section):
+    """What one client may cost a listener (gateway/listener.py). The head limits are
+    nginx's defaults (large_client_header_buffers 4 8k)."""
+
+    max_header_bytes: int = Field(32 * 1024, ge=1024)      # request line + header fields (and trailer fields)
+    max_header_line_bytes: int = Field(8 * 1024, ge=256)   # the request line, or one header field
+    max_headers: int = Field(100, ge=8)                    # header fields in a request
+    head_timeout_s: float = Field(10.0, gt=0)              # for the whole head, from the connection (or its first byte)
+    body_timeout_s: float = Field(60.0, gt=0)              # for the whole body, from the end of the head
+    max_connections: int = Field(1000, ge=1)               # open at once on the public listener
+    admin_max_connections: int = Field(64, ge=1)           # open at once on the admin listener
+
+    @model_validator(mode="after")
+    def _line_within_head(self) -> LimitsConfig:
+        if self.max_header_line_bytes > self.max_header_bytes:
+            raise ValueError("max_header_line_bytes cannot exceed max_header_bytes")
+        return self
+
+
 class ForwardConfig(Section):
     pass_credentials: bool = False
 
@@ -157,6 +176,7 @@ class Config(Section):
     audit: AuditConfig = AuditConfig()
     admin: AdminConfig = AdminConfig()
     request: RequestConfig = RequestConfig()
+    limits: LimitsConfig = LimitsConfig()
     forward: ForwardConfig = ForwardConfig()
     denials: DenialConfig = DenialConfig()
     credential_misuse: MisuseConfig = MisuseConfig()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import uvicorn
 
-from gateway.admin import create_admin_app
+from gateway.admin import AdminRefusals, create_admin_app
 from gateway.app import Gateway
 from gateway.audit import AuditLog
 from gateway.audit.chain import default_replica
@@ -61,7 +61,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_config(app: object, listen: str, http: str | type = "httptools") -> uvicorn.Config:
+def _uvicorn_config(app: object, listen: str, http: type) -> uvicorn.Config:
     host, port = split_host_port(listen)
     return uvicorn.Config(
         app, host=host, port=port, loop="none", http=http, lifespan="off",
@@ -137,8 +137,11 @@ class Service:
         if self.revocations is not None:
             self.revocations.start()
         admin = create_admin_app(self.state, self.metrics, self.missing, self.live, config.admin.tokens, config.audit.path)
-        self.servers = [_Server(_uvicorn_config(self.gateway, config.listen, protocol_for(self.gateway))),
-                        _Server(_uvicorn_config(admin, config.admin_listen))]
+        limits = config.limits
+        self.servers = [
+            _Server(_uvicorn_config(self.gateway, config.listen, protocol_for(self.gateway, limits, limits.max_connections))),
+            _Server(_uvicorn_config(admin, config.admin_listen, protocol_for(AdminRefusals(), limits, limits.admin_max_connections))),
+        ]
         sockets = [[self.public_socket] if self.public_socket is not None else None, None]
         self._tasks = [asyncio.ensure_future(server.serve(sockets=bound)) for server, bound in zip(self.servers, sockets)]
         while not all(server.started for server in self.servers):
