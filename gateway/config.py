@@ -116,6 +116,8 @@ class RequestConfig(Section):
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     # Content-Encodings the gateway decodes (then forwards decoded); others get 415.
     decode_encodings: list[Literal["gzip", "deflate"]] = []
+    # Objects and arrays in a JSON body, counted before it is parsed (gateway/request_body.py).
+    max_json_containers: int = Field(100_000, ge=1)
 
 
 class LimitsConfig(Section):
