@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 import aiohttp
 
 from gateway import proxy, responses, revocation
-from gateway.audit import AuditLog
+from gateway.audit import AuditLogs
 from gateway.clientip import ClientLocator, TrustedProxies
 from gateway.config import Config
 from gateway.decision import Decision, Facts, decide, decide_caller, decide_listing
@@ -89,7 +89,7 @@ class Gateway:
         authenticator: Authenticator,
         geo: GeoIP,
         upstreams: proxy.Upstreams,
-        audit: AuditLog,
+        audit: AuditLogs,
         metrics: Metrics,
         *,
         quota: Quota | None = None,
@@ -517,7 +517,7 @@ class Gateway:
         allowed = decision is not None and decision.allowed and (exchange.forwarded or exchange.status < 400)
         first = reasons[0] if reasons else ("none" if allowed else exchange.error or "none")
         exchange.recorded = True
-        written = self.audit.record(wait=wait, entry={
+        written = self.audit.record(wait=wait, authenticated=principal is not None, entry={
             "time": _timestamp(time.time()),
             "decision_id": exchange.decision_id,
             "method": exchange.method,

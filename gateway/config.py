@@ -92,6 +92,17 @@ class RedisConfig(Section):
         return self
 
 
+class UnauthenticatedAuditConfig(Section):
+    """The records of requests never authenticated: a log of their own, so that a flood
+    of them cannot rotate away the record of authenticated callers (gateway/audit/log.py)."""
+
+    path: str | None = None  # default: beside audit.path, e.g. audit-unauthenticated.jsonl
+    max_bytes: int = Field(100 * 1024 * 1024, ge=4096)
+    keep: int = Field(3, ge=1, le=1000)
+    stream_maxlen: int = Field(100_000, ge=1000)            # fleet mode: entries kept in {ns}:audit-unauthenticated
+    stream_max_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)  # ... and bytes of their records
+
+
 class AuditConfig(Section):
     path: str = "audit.jsonl"
     # This writer's id in the hash chain and the stream; default: hostname + a hash of
@@ -99,7 +110,9 @@ class AuditConfig(Section):
     replica: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
     max_bytes: int = Field(100 * 1024 * 1024, ge=4096)  # rotate the file when it reaches this size
     keep: int = Field(10, ge=1, le=1000)                # rotated files kept: path.1 (newest) .. path.<keep>
-    stream_maxlen: int = Field(1_000_000, ge=1000)      # fleet mode: entries kept in {ns}:audit (approximately)
+    stream_maxlen: int = Field(1_000_000, ge=1000)      # fleet mode: entries kept in {ns}:audit
+    stream_max_bytes: int = Field(1024 * 1024 * 1024, ge=64 * 1024)  # fleet mode: bytes of records kept in {ns}:audit
+    unauthenticated: UnauthenticatedAuditConfig = UnauthenticatedAuditConfig()
 
 
 class AdminToken(Section):
@@ -276,7 +289,10 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         "policy_dir": resolve(config.policy_dir),
         "state_dir": resolve(config.state_dir),
         "geoip": geoip,
-        "audit": config.audit.model_copy(update={"path": resolve(config.audit.path)}),
+        "audit": config.audit.model_copy(update={
+            "path": resolve(config.audit.path),
+            "unauthenticated": config.audit.unauthenticated.model_copy(update={"path": resolve(config.audit.unauthenticated.path)}),
+        }),
     }
     if config.identity.jwt is not None and config.identity.jwt.jwks_file is not None:
         jwt = config.identity.jwt.model_copy(update={"jwks_file": resolve(config.identity.jwt.jwks_file)})

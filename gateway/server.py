@@ -28,7 +28,7 @@ import uvicorn
 
 from gateway.admin import AdminRefusals, create_admin_app
 from gateway.app import Gateway
-from gateway.audit import AuditLog
+from gateway.audit import AuditLogs
 from gateway.audit.chain import default_replica
 from gateway.config import Config
 from gateway.geo import GeoIP
@@ -95,8 +95,8 @@ class Service:
         self.geo: GeoIP | None = None
         self.upstreams = Upstreams(config.upstreams)
         # Fleet mode: the audit stream goes through the store's Redis client.
-        self.audit = AuditLog.from_config(config.audit, self.metrics, state_dir=config.state_dir, namespace=redis.namespace,
-                                          redis=self.store.redis if isinstance(self.store, RedisStore) else None)
+        self.audit = AuditLogs.from_config(config.audit, self.metrics, state_dir=config.state_dir, namespace=redis.namespace,
+                                           redis=self.store.redis if isinstance(self.store, RedisStore) else None)
         self.servers: list[_Server] = []
         self.gateway: Gateway | None = None
         # Fleet mode: API keys from Redis, so every replica accepts a key the CLI created anywhere.
@@ -118,7 +118,7 @@ class Service:
             missing.append("shared state (redis)")
         if self.geo is None:
             missing.append("geoip")
-        if not self.audit.healthy:
+        if not self.audit.writable:
             missing.append("audit")
         return missing
 
@@ -215,9 +215,13 @@ def worker_config(config: Config, index: int) -> Config:
     replica = f"{audit.replica or default_replica(path)}-w{index}"
     host, port = split_host_port(config.admin_listen)
     admin_host = f"[{host}]" if ":" in host else host
+    unauthenticated = audit.unauthenticated
+    if unauthenticated.path is not None:
+        other = Path(unauthenticated.path)
+        unauthenticated = unauthenticated.model_copy(update={"path": str(other.with_name(f"{other.stem}-w{index}{other.suffix}"))})
     return config.model_copy(update={
         "audit": audit.model_copy(update={"path": str(path.with_name(f"{path.stem}-w{index}{path.suffix}")),
-                                          "replica": replica}),
+                                          "replica": replica, "unauthenticated": unauthenticated}),
         "admin_listen": f"{admin_host}:{port + index if port else 0}",
     })
 
