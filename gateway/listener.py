@@ -136,6 +136,7 @@ def protocol_for(refuser: Refuser, limits: LimitsConfig, max_connections: int) -
             self.deadline: asyncio.TimerHandle | None = None
             self.refusal: tuple[int, str, str] | None = None
             self.pending: tuple[int, str, str] | None = None  # to answer once the answer under way is out
+            self.reading = True  # False once refused: the parser is fed nothing more
             if len(self.connections) > max_connections:
                 self.refuse(503, "too_many_connections", "The gateway has too many open connections; retry shortly.",
                             [(b"retry-after", b"%d" % RETRY_AFTER_S)])
@@ -150,11 +151,11 @@ def protocol_for(refuser: Refuser, limits: LimitsConfig, max_connections: int) -
         # Reading: the head counted, and never more fed to the parser than it may take
 
         def data_received(self, data: bytes) -> None:
-            if self.lingering or self.pending is not None:
-                return  # the answer is out (or due): what the client still sends is read and dropped
+            if not self.reading:
+                return  # refused (answered, or to be): what the client still sends is read and dropped
             self._unset_keepalive_if_required()
             view = memoryview(data)
-            while view and not self.lingering and self.pending is None:
+            while view and self.reading:
                 left = self.head_left
                 if left is None:
                     piece, view = view, view[len(view):]
@@ -264,11 +265,12 @@ def protocol_for(refuser: Refuser, limits: LimitsConfig, max_connections: int) -
                 cycle.refusal = (status, message)  # type: ignore[attr-defined]
                 cycle.keep_alive = False
                 cycle.message_event.set()
-                self.pending = (0, "", "")  # (never answered here) reads nothing more
+                self.reading = False
                 return
             if cycle is not None and not cycle.response_complete:
                 # A pipelined request behind an answer under way: refused once that is out.
-                self.pending = (status, error, message)  # and nothing more is read meanwhile
+                self.pending = (status, error, message)
+                self.reading = False
                 return
             headers, body = refuser.refuse(self.client[0] if self.client else None, status, error, message)
             head = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode()),
@@ -282,7 +284,7 @@ def protocol_for(refuser: Refuser, limits: LimitsConfig, max_connections: int) -
                 status, error, message = self.pending
                 self.pending = None
                 self.cycle = None  # type: ignore[assignment]
-                return self.refuse(status, error, message)
+                return self.refuse(status, error, message)  # the pipelined request refused meanwhile
             super().on_response_complete()
 
         def close_connection(self, *, linger: bool | None = None) -> None:
@@ -296,7 +298,7 @@ def protocol_for(refuser: Refuser, limits: LimitsConfig, max_connections: int) -
             if not (unread if linger is None else linger) or len(closing) >= max_connections or not raw.can_write_eof():
                 raw.close()
                 return
-            self.lingering = True
+            self.lingering, self.reading = True, False
             self.connections.discard(self)  # no longer counts against the cap
             closing.add(raw)
             raw.write_eof()
