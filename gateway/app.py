@@ -128,10 +128,8 @@ class Gateway:
         try:
             await self.process(exchange, scope, receive, send)
         except RequestError as error:
-            # Malformed or ambiguous: refused before (or instead of) a decision. After a 408
-            # the rest of the body may still come: the connection is not kept.
-            await self.reply(exchange, send, responses.for_status(error.status, error.message, error.param),
-                             [(b"connection", b"close")] if error.status == 408 else None)
+            # Malformed or ambiguous: refused before (or instead of) a decision.
+            await self.reply(exchange, send, responses.for_status(error.status, error.message, error.param))
         except Exception:
             log.exception("request %s failed", exchange.decision_id)
             if not exchange.response_started:
@@ -239,7 +237,7 @@ class Gateway:
             return route.model_in_path, b""
         if scope["method"] != "POST":
             raise RequestError(400, "This endpoint is served only for requests that name a model.", None)
-        raw = await self.read_body(receive, _single(headers, b"content-length"), exchange.started)
+        raw = await self.read_body(receive, _single(headers, b"content-length"))
         model, body, _ = extract_model(
             raw,
             _single(headers, b"content-type"),
@@ -254,33 +252,26 @@ class Gateway:
         exchange.extra["decoded"] = body is not raw
         return model, body
 
-    async def read_body(self, receive: Receive, content_length: str | None, started: float) -> bytes:
-        """The whole body, within limits.body_timeout_s of the end of the head (`started`):
-        a client dribbling it holds a connection that long at most (408)."""
+    async def read_body(self, receive: Receive, content_length: str | None) -> bytes:
         limit = self.config.request.max_body_bytes
         if content_length is not None and (not content_length.isdigit() or int(content_length) > limit):
             status = 413 if content_length.isdigit() else 400
             raise RequestError(status, responses.for_status(status).message, None)
-        timeout = self.config.limits.body_timeout_s
         chunks = []
         size = 0
-        try:
-            async with asyncio.timeout(timeout - (time.perf_counter() - started)):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        # Or the listener refused the rest of it (bad framing, trailer over the limits).
-                        status, why = message.get("gateway.refusal") or (400, "The request body was not received.")
-                        raise RequestError(status, why, None)
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
-                        raise RequestError(413, responses.for_status(413).message, None)
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        return b"".join(chunks)
-        except TimeoutError:
-            raise RequestError(408, f"The request body was not received within {timeout:g} s.", None) from None
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                # Or the listener refused the rest of it: bad framing, too slow (gateway/listener.py).
+                status, why = message.get("gateway.refusal") or (400, "The request body was not received.")
+                raise RequestError(status, why, None)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, responses.for_status(413).message, None)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
     def decide(self, exchange: Exchange, policy: Policy, facts: Facts, *, listing: bool = False) -> Decision:
         now = datetime.fromtimestamp(self.clock(), UTC)

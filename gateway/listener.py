@@ -19,9 +19,9 @@ The limits (config `limits`, docs/operators.md "Limits on the listeners"):
   still take;
 - the head must arrive within `head_timeout_s` of the connection (or of its first
   byte, for a later request on a kept-alive connection): 408, or a silent close
-  when nothing came at all. The body has `body_timeout_s`: the application answers
-  408 if it is still reading then (gateway/app.py); the connection is closed once
-  its answer is out;
+  when nothing came at all. The body has `body_timeout_s` from the end of the
+  head: the application answers 408 if it is still reading it, and the connection
+  is closed once the answer is out;
 - at most `max_connections` connections at once: the next one is answered 503 with
   Retry-After, and closed.
 
@@ -46,7 +46,6 @@ from gateway.config import LimitsConfig
 
 LINGER_S = 2.0      # at most this long reading (and dropping) a refused client's bytes
 RETRY_AFTER_S = 1   # Retry-After of the 503 that refuses a connection over the cap
-RECHECK_S = 1.0     # past the body deadline, how often to look again while the application still answers
 
 
 class Refuser(Protocol):
@@ -239,13 +238,10 @@ def protocol_for(refuser: Refuser, limits: LimitsConfig, max_connections: int) -
                 self.refuse(408, "head_timeout", f"The request head was not received within {limits.head_timeout_s:g} s.")
 
         def body_timed_out(self) -> None:
-            """The application answers 408 a body still being read (gateway/app.py); here
-            the connection of one still arriving after its answer is closed."""
+            """The body is not all here: refused (the application answers 408 if it is still
+            reading it; a body still arriving after its answer just loses its connection)."""
             self.deadline = None
-            if self.cycle is not None and not self.cycle.response_complete:
-                self.deadline = self.loop.call_later(RECHECK_S, self.body_timed_out)
-            else:
-                self.close_connection()
+            self.refuse(408, "body_timeout", f"The request body was not received within {limits.body_timeout_s:g} s.")
 
         # Answering and closing
 
@@ -259,7 +255,8 @@ def protocol_for(refuser: Refuser, limits: LimitsConfig, max_connections: int) -
             if self.in_body:
                 # This request's own body or trailer: the application has the request. If it
                 # has not answered yet, it answers this refusal (and records it, once) when it
-                # next reads the body; the connection then closes. Nothing more is read.
+                # reads the body (gateway/app.py read_body); the connection then closes.
+                # Nothing more is read.
                 if cycle is None or cycle.response_complete:
                     return self.close_connection(linger=True)
                 cycle.refusal = (status, message)  # type: ignore[attr-defined]
