@@ -7,8 +7,8 @@ real traffic and rotate real history away. So, before a record is sealed:
 
 - every string longer than MAX_FIELD_CHARS is cut there and ends with a visible
   marker that says how long it was, and the record's `truncated` lists the fields cut;
-- a record whose canonical JSON would still exceed MAX_RECORD_BYTES has its strings
-  cut to SHORT_FIELD_CHARS; failing that, only its core fields are kept.
+- a record whose line would still exceed MAX_RECORD_BYTES has its strings cut to
+  SHORT_FIELD_CHARS; failing that, only its core fields are kept.
 
 Cutting happens before sealing, so the hash covers the record as written and
 `gateway audit verify` checks it like any other.
@@ -22,12 +22,17 @@ from gateway.audit.chain import canonical
 
 MAX_FIELD_CHARS = 1024
 SHORT_FIELD_CHARS = 128
-MAX_RECORD_BYTES = 16 * 1024
-# A character takes at most 6 bytes in canonical JSON (a control character as \u00XX);
-# the fields that are not strings (numbers, reason lists) take well under this much.
-_ROOM_FOR_THE_REST = 4096
+MAX_RECORD_BYTES = 4096  # a written line, chain fields included: a few times an ordinary record
+# What seal() adds: replica (at most 128 + a suffix), seq, prev and hash.
+_CHAIN_BYTES = 400
+_ENTRY_BYTES = MAX_RECORD_BYTES - _CHAIN_BYTES
+# The keys and the fields that are not strings (numbers, reason lists): well under this.
+_ROOM_FOR_THE_REST = 1536
 # What a record keeps when even short strings do not fit (chain fields are added by seal()).
 CORE = ("time", "decision_id", "method", "status", "decision", "reasons", "error", "org", "policy_version")
+# Characters the written line escapes beyond canonical JSON (U+0085, U+2028, U+2029:
+# gateway/audit/chain.py), and the bytes each then takes more.
+_WIDENED = ((b"\xc2\x85", 4), (b"\xe2\x80\xa8", 3), (b"\xe2\x80\xa9", 3))
 
 
 def bounded(entry: dict[str, Any]) -> dict[str, Any]:
@@ -36,14 +41,14 @@ def bounded(entry: dict[str, Any]) -> dict[str, Any]:
     for value in entry.values():
         if value.__class__ is str:
             chars += len(value)
-    if chars <= MAX_FIELD_CHARS:
-        return entry  # nearly every record: no field can be too long, nor the whole (6 * 1 KiB + the rest)
-    if all(len(v) <= MAX_FIELD_CHARS for v in entry.values() if isinstance(v, str)) \
-            and 6 * chars + _ROOM_FOR_THE_REST <= MAX_RECORD_BYTES:
+    # A character takes at most 6 bytes in the line (a control character as \u00XX).
+    if 6 * chars + _ROOM_FOR_THE_REST <= _ENTRY_BYTES:
+        return entry  # nearly every record: one pass over its fields, nothing copied
+    if chars <= MAX_FIELD_CHARS and _size(entry) <= _ENTRY_BYTES:
         return entry
     for limit in (MAX_FIELD_CHARS, SHORT_FIELD_CHARS):
         cut = _cut(entry, limit)
-        if _size(cut) <= MAX_RECORD_BYTES:
+        if _size(cut) <= _ENTRY_BYTES:
             return cut
     core = _cut({key: entry[key] for key in CORE if key in entry}, SHORT_FIELD_CHARS)
     core["truncated"] = ["record"]
@@ -63,7 +68,9 @@ def _cut(entry: dict[str, Any], limit: int) -> dict[str, Any]:
 
 
 def _size(entry: dict[str, Any]) -> int:
+    """The bytes of `entry` in the written line (before the chain fields)."""
     try:
-        return len(canonical(entry))
+        body = canonical(entry)
     except (TypeError, ValueError):  # seal() makes such a value plain; its size is then at most this
         return 6 * len(repr(entry))
+    return len(body) + sum(body.count(raw) * more for raw, more in _WIDENED)
