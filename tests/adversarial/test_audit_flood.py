@@ -12,6 +12,7 @@ Every request still has exactly one record.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -53,9 +54,14 @@ audit:
 
 
 @pytest.fixture
-def gw(fleet_stack: Stack) -> Iterator[Probe]:
+def gw(fleet_stack: Stack, caplog: pytest.LogCaptureFixture) -> Iterator[Probe]:
+    """As tests/adversarial/conftest.py's: no request may end in an exception the gateway caught."""
     fleet_stack.upstream.app.reset()
+    caplog.set_level(logging.ERROR, logger="gateway")
     yield Probe(fleet_stack)
+    crashes = [r.getMessage() for r in caplog.get_records("call")
+               if r.name.startswith("gateway") and r.levelno >= logging.ERROR]
+    assert not crashes, crashes
 
 
 def _stream(stack: Stack, name: str) -> list[bytes]:

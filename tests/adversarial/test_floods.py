@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -49,9 +50,14 @@ limits:
 
 
 @pytest.fixture
-def gw(tight: Stack) -> Iterator[Probe]:
+def gw(tight: Stack, caplog: pytest.LogCaptureFixture) -> Iterator[Probe]:
+    """As tests/adversarial/conftest.py's: no request may end in an exception the gateway caught."""
     tight.upstream.app.reset()
+    caplog.set_level(logging.ERROR, logger="gateway")
     yield Probe(tight)
+    crashes = [r.getMessage() for r in caplog.get_records("call")
+               if r.name.startswith("gateway") and r.levelno >= logging.ERROR]
+    assert not crashes, crashes
 
 
 def head(gw: Probe, *lines: str, target: str = CHAT, length: int | None = None) -> bytes:
