@@ -617,10 +617,16 @@ def scrape(fleet: LocalFleet) -> dict[str, dict[str, float]]:
 
 
 def audit_files(path: Path) -> list[Path]:
-    """A replica's audit files, oldest first (path.N .. path.1, path)."""
-    rotated = sorted((p for p in path.parent.glob(path.name + ".*") if p.suffix[1:].isdigit()),
-                     key=lambda p: -int(p.suffix[1:]))
-    return rotated + ([path] if path.exists() else [])
+    """A replica's audit files, oldest first (path.N .. path.1, path), then those of its
+    log of requests never authenticated (gateway/audit/log.py AuditLogs) likewise."""
+    from gateway.audit import unauthenticated_path
+
+    def rotations(log: Path) -> list[Path]:
+        rotated = sorted((p for p in log.parent.glob(log.name + ".*") if p.suffix[1:].isdigit()),
+                         key=lambda p: -int(p.suffix[1:]))
+        return rotated + ([log] if log.exists() else [])
+
+    return rotations(path) + rotations(unauthenticated_path(path))
 
 
 def read_stream(fleet: LocalFleet) -> list[bytes]:
@@ -628,18 +634,20 @@ def read_stream(fleet: LocalFleet) -> list[bytes]:
 
     assert fleet.redis_url
     client = redis.Redis.from_url(fleet.redis_url, socket_timeout=10)
-    key = "{" + str(fleet.namespace) + "}:audit"
     lines: list[bytes] = []
-    start = "-"
     try:
-        while True:
-            batch = client.xrange(key, min=start, max="+", count=5000)
-            if not batch:
-                return lines
-            lines += [fields[b"record"] for _, fields in batch]
-            last = batch[-1][0].decode()
-            ms, _, seq = last.partition("-")
-            start = f"{ms}-{int(seq) + 1}"
+        for name in ("audit", "audit-unauthenticated"):  # the second: requests never authenticated
+            key = "{" + str(fleet.namespace) + "}:" + name
+            start = "-"
+            while True:
+                batch = client.xrange(key, min=start, max="+", count=5000)
+                if not batch:
+                    break
+                lines += [fields[b"record"] for _, fields in batch]
+                last = batch[-1][0].decode()
+                ms, _, seq = last.partition("-")
+                start = f"{ms}-{int(seq) + 1}"
+        return lines
     finally:
         client.close()
 

@@ -43,6 +43,14 @@ def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
 
 
+class AdminRefusals:
+    """The admin listener's answers to requests its protocol refuses (gateway/listener.py):
+    the admin API's error shape. Not audited: the admin listener serves no model."""
+
+    def refuse(self, peer: str | None, status: int, error: str, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        return [], json.dumps({"error": {"code": error, "message": message}}, separators=(",", ":")).encode()
+
+
 class Tokens:
     """Admin bearer tokens, known only by their SHA-256 (config `admin.tokens`)."""
 

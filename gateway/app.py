@@ -22,11 +22,11 @@ from urllib.parse import parse_qsl
 import aiohttp
 
 from gateway import catalogue, proxy, responses, revocation
-from gateway.audit import AuditLog
+from gateway.audit import AuditLogs
 from gateway.body_models import other_models
 from gateway.clientip import ClientLocator, ForwardedForError, TrustedProxies
 from gateway.config import Config
-from gateway.decision import Decision, Facts, decide, decide_listing
+from gateway.decision import Decision, Facts, decide, decide_caller, decide_listing
 from gateway.geo import UNKNOWN, GeoIP, Place
 from gateway.identity import Authenticator, CredentialError, Principal
 from gateway.metrics import Metrics, model_label
@@ -94,7 +94,7 @@ class Gateway:
         authenticator: Authenticator,
         geo: GeoIP,
         upstreams: proxy.Upstreams,
-        audit: AuditLog,
+        audit: AuditLogs,
         metrics: Metrics,
         *,
         quota: Quota | None = None,
@@ -167,6 +167,13 @@ class Gateway:
             return await self.deny(exchange, send, self.decide(exchange, policy, facts))
 
         place = self.locate(exchange, scope, headers)
+        # Who is calling settles some requests alone (a denied org): decided before the
+        # body is read, so that such a caller's bodies cost no parse.
+        caller = Facts(principal.org_id, None, place.country, place.region, place.anonymizer)
+        refusal = decide_caller(policy, caller, datetime.fromtimestamp(self.clock(), UTC))
+        if refusal is not None:
+            return await self.deny(exchange, send, refusal)
+
         model, body = await self.read_model(exchange, route, scope, receive, headers)
         if place.country is not None:
             await self.watch_credential(exchange, principal, place.country, policy)
@@ -259,6 +266,7 @@ class Gateway:
             max_bytes=self.config.request.max_body_bytes,
             decode_encodings=self.decode,
             keys=route.body.keys,
+            max_containers=self.config.request.max_json_containers,
         )
         exchange.requested_model = model
         exchange.document = document
@@ -276,7 +284,9 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise RequestError(400, "The request body was not received.", None)
+                # Or the listener refused the rest of it: bad framing, too slow (gateway/listener.py).
+                status, why = message.get("gateway.refusal") or (400, "The request body was not received.")
+                raise RequestError(status, why, None)
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
@@ -580,14 +590,15 @@ class Gateway:
         exchange.response_started = True
         await send({"type": "http.response.start", "status": status, "headers": headers})
 
-    def refuse_unparsable(self, peer: str | None) -> tuple[bytes, bytes]:
-        """A request the HTTP parser refused (gateway/listener.py): recorded as a 400
-        whose method and path are unknown, since the parser could not vouch for them."""
-        exchange = Exchange(os.urandom(16).hex(), time.perf_counter(), status=400, error="malformed_http",
-                            client_ip=peer)
+    def refuse(self, peer: str | None, status: int, error: str, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """A request the listener refused before it reached here (gateway/listener.py:
+        invalid HTTP, a head over the limits or too slow, a connection over the cap):
+        recorded with its status and error, its method and path unknown, since the
+        parser could not vouch for them."""
+        exchange = Exchange(os.urandom(16).hex(), time.perf_counter(), status=status, error=error, client_ip=peer)
         self.finish(exchange)
-        denial = responses.for_status(400, "The request is not valid HTTP/1.1.")
-        return exchange.decision_id.encode(), responses.body(denial, "openai")
+        body = responses.body(responses.for_status(status, message), "openai")
+        return [(b"x-gateway-decision-id", exchange.decision_id.encode())], body
 
     # Record
 
@@ -614,7 +625,7 @@ class Gateway:
         allowed = decision is not None and decision.allowed and (exchange.forwarded or exchange.status < 400)
         first = reasons[0] if reasons else ("none" if allowed else exchange.error or "none")
         exchange.recorded = True
-        written = self.audit.record(wait=wait, entry={
+        written = self.audit.record(wait=wait, authenticated=principal is not None, entry={
             "time": _timestamp(time.time()),
             "decision_id": exchange.decision_id,
             "method": exchange.method,

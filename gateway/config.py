@@ -131,6 +131,17 @@ class RedisConfig(Section):
         return self
 
 
+class UnauthenticatedAuditConfig(Section):
+    """The records of requests never authenticated: a log of their own, so that a flood
+    of them cannot rotate away the record of authenticated callers (gateway/audit/log.py)."""
+
+    path: str | None = None  # default: beside audit.path, e.g. audit-unauthenticated.jsonl
+    max_bytes: int = Field(100 * 1024 * 1024, ge=4096)
+    keep: int = Field(3, ge=1, le=1000)
+    stream_maxlen: int = Field(100_000, ge=1000)            # fleet mode: entries kept in {ns}:audit-unauthenticated
+    stream_max_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)  # ... and bytes of their records
+
+
 class AuditConfig(Section):
     path: str = "audit.jsonl"
     # This writer's id in the hash chain and the stream; default: hostname + a hash of
@@ -138,7 +149,9 @@ class AuditConfig(Section):
     replica: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
     max_bytes: int = Field(100 * 1024 * 1024, ge=4096)  # rotate the file when it reaches this size
     keep: int = Field(10, ge=1, le=1000)                # rotated files kept: path.1 (newest) .. path.<keep>
-    stream_maxlen: int = Field(1_000_000, ge=1000)      # fleet mode: entries kept in {ns}:audit (approximately)
+    stream_maxlen: int = Field(1_000_000, ge=1000)      # fleet mode: entries kept in {ns}:audit
+    stream_max_bytes: int = Field(1024 * 1024 * 1024, ge=64 * 1024)  # fleet mode: bytes of records kept in {ns}:audit
+    unauthenticated: UnauthenticatedAuditConfig = UnauthenticatedAuditConfig()
 
 
 class AdminToken(Section):
@@ -159,6 +172,27 @@ class RequestConfig(Section):
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     # Content-Encodings the gateway decodes (then forwards decoded); others get 415.
     decode_encodings: list[Literal["gzip", "deflate"]] = []
+    # Objects and arrays in a JSON body, counted before it is parsed (gateway/request_body.py).
+    max_json_containers: int = Field(100_000, ge=1)
+
+
+class LimitsConfig(Section):
+    """What one client may cost a listener (gateway/listener.py). The head limits are
+    nginx's defaults (large_client_header_buffers 4 8k)."""
+
+    max_header_bytes: int = Field(32 * 1024, ge=1024)      # request line + header fields (and trailer fields)
+    max_header_line_bytes: int = Field(8 * 1024, ge=256)   # the request line, or one header field
+    max_headers: int = Field(100, ge=8)                    # header fields in a request
+    head_timeout_s: float = Field(10.0, gt=0)              # for the whole head, from the connection (or its first byte)
+    body_timeout_s: float = Field(60.0, gt=0)              # for the whole body, from the end of the head
+    max_connections: int = Field(1000, ge=1)               # open at once on the public listener
+    admin_max_connections: int = Field(64, ge=1)           # open at once on the admin listener
+
+    @model_validator(mode="after")
+    def _line_within_head(self) -> LimitsConfig:
+        if self.max_header_line_bytes > self.max_header_bytes:
+            raise ValueError("max_header_line_bytes cannot exceed max_header_bytes")
+        return self
 
 
 class ForwardConfig(Section):
@@ -207,6 +241,7 @@ class Config(Section):
     audit: AuditConfig = AuditConfig()
     admin: AdminConfig = AdminConfig()
     request: RequestConfig = RequestConfig()
+    limits: LimitsConfig = LimitsConfig()
     forward: ForwardConfig = ForwardConfig()
     denials: DenialConfig = DenialConfig()
     credential_misuse: MisuseConfig = MisuseConfig()
@@ -329,7 +364,10 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         "policy_dir": resolve(config.policy_dir),
         "state_dir": resolve(config.state_dir),
         "geoip": geoip,
-        "audit": config.audit.model_copy(update={"path": resolve(config.audit.path)}),
+        "audit": config.audit.model_copy(update={
+            "path": resolve(config.audit.path),
+            "unauthenticated": config.audit.unauthenticated.model_copy(update={"path": resolve(config.audit.unauthenticated.path)}),
+        }),
     }
     if config.identity.jwt is not None and config.identity.jwt.jwks_file is not None:
         jwt = config.identity.jwt.model_copy(update={"jwks_file": resolve(config.identity.jwt.jwks_file)})

@@ -104,6 +104,22 @@ def decide(policy: Policy, facts: Facts, now: datetime) -> Decision:
     return _Evaluation(policy, facts, now.timestamp()).run()
 
 
+def decide_caller(policy: Policy, facts: Facts, now: datetime) -> Decision | None:
+    """The denial that who is calling settles alone, or None. A missing or invalid
+    credential and an unknown, denied or suspended organization outrank every other
+    reason (reasons.PRECEDENCE), so no model could change that answer: the request
+    path asks this before it reads the body, and a refused caller costs no parse.
+    The denial also reports the rules that need no model (as `decide_listing`), so
+    the record of a denied org calling from an embargoed country still says so.
+    Any other request is then decided whole by `decide()`."""
+    if facts.credential == "valid":
+        evaluation = _Evaluation(policy, facts, now.timestamp())
+        evaluation.check_organization()
+        if not evaluation.matches:
+            return None
+    return decide_listing(policy, facts, now)
+
+
 def decide_listing(policy: Policy, facts: Facts, now: datetime) -> Decision:
     """Decide a model-catalogue request (`GET /v1/models`): only the rules that do
     not depend on a model apply (credential, organization, all-model rules, an

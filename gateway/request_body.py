@@ -12,7 +12,15 @@ differently is therefore refused rather than resolved:
   parser: Go's encoding/json matches struct fields case-insensitively, some
   frameworks trim keys, and C parsers may stop a key at an escaped NUL;
 - NaN/Infinity literals and numbers that overflow to infinity (not JSON);
-- nesting deeper than `MAX_DEPTH` (serde_json's default recursion limit);
+- nesting deeper than `MAX_DEPTH` (serde_json's default recursion limit), and
+  more than `MAX_CONTAINERS` objects and arrays.
+
+The parse costs about the same whatever the body's shape. Building a container
+costs far more than a string or a number (the duplicate-key check is a Python
+call per object), so 4 MB of `[{},{},...]` once took a second where 4 MB of
+text takes milliseconds. The objects and arrays are therefore counted (and
+their depth measured) on the body's bytes first, at the speed of `bytes.count`,
+and a body over the limits is refused before anything is built.
 - a compressed body we are not configured to decode (415); one we decode is
   forwarded decoded, so the upstream sees exactly the bytes we parsed.
 
@@ -21,11 +29,14 @@ Nothing here does I/O; every refusal is a `RequestError` carrying its status.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import operator
 import re
 import unicodedata
 import zlib
+from itertools import accumulate, count
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -33,6 +44,9 @@ MAX_BYTES = 4 * 1024 * 1024
 # serde_json's default recursion limit; deeper than any real request (tool
 # schemas included) and well inside Python's own recursion limit.
 MAX_DEPTH = 128
+# Objects and arrays: far more than any real request holds (a 4 MB conversation of
+# short messages has tens of thousands), and few enough to build in milliseconds.
+MAX_CONTAINERS = 100_000
 MAX_MODEL_LENGTH = 256
 # The top-level keys a route reads when it names models only in `model`.
 MODEL_ONLY = frozenset({"model"})
@@ -71,6 +85,7 @@ def extract_model(
     max_bytes: int = MAX_BYTES,
     decode_encodings: frozenset[str] = frozenset(),
     keys: frozenset[str] = MODEL_ONLY,
+    max_containers: int = MAX_CONTAINERS,
 ) -> tuple[str, bytes, dict[str, Any]]:
     """(model exactly as sent, the bytes to forward, the parsed top-level object).
 
@@ -89,7 +104,7 @@ def extract_model(
         if coding not in decode_encodings or coding not in _WBITS:
             raise RequestError(415, "This Content-Encoding is not supported; send the body uncompressed.")
         body = _decompress(body, coding, max_bytes)
-    document = _parse(body)
+    document = _parse(body, max_containers)
     return _model(document, keys), body, document
 
 
@@ -155,13 +170,18 @@ def _decompress(body: bytes, coding: str, max_bytes: int) -> bytes:
     return data
 
 
-def _parse(body: bytes) -> dict[str, Any]:
+def _parse(body: bytes, max_containers: int) -> dict[str, Any]:
     if body.startswith(_BOM):
         raise RequestError(400, "The request body must be UTF-8 without a byte order mark.")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise RequestError(400, "The request body is not valid UTF-8.") from None
+    _check_shape(body, max_containers)
+    # The document holds no cycles: the collector has nothing to find in it, and a
+    # collection triggered by its allocations would walk the whole heap for nothing.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         document = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
@@ -169,15 +189,52 @@ def _parse(body: bytes) -> dict[str, Any]:
     except ValueError:
         # int() refuses numbers over sys.get_int_max_str_digits() (CVE-2020-10735).
         raise RequestError(400, "The request body has a number too large to read.") from None
-    except RecursionError:
-        raise RequestError(400, f"The request body is nested deeper than {MAX_DEPTH} levels.") from None
+    except RecursionError:  # _check_shape refuses these first; kept in case it ever misses one
+        raise _too_deep() from None
+    finally:
+        if collecting:
+            gc.enable()
     if type(document) is not dict:
         raise RequestError(400, "The request body must be a JSON object.")
-    # Depth cannot exceed the number of containers, so only a body with more
-    # than MAX_DEPTH of them needs the walk.
-    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _deeper_than(document, MAX_DEPTH):
-        raise RequestError(400, f"The request body is nested deeper than {MAX_DEPTH} levels.")
     return document
+
+
+def _check_shape(body: bytes, max_containers: int) -> None:
+    """Refuse more than `max_containers` objects and arrays, or nesting deeper than
+    MAX_DEPTH, from the bytes alone (nothing is built).
+
+    Brackets inside strings do not count, so the strings are cut out first. In JSON
+    text every backslash in a string escapes the character after it, so removing
+    each `\\\\` pair, then each `\\"`, leaves exactly the quotes that open and close
+    strings; between them, every other piece is outside a string. On text that is
+    not JSON the count may be off, but only after the point where the parser stops:
+    the parser never builds more than is counted here."""
+    upper = body.count(b"{") + body.count(b"[")
+    if upper <= min(MAX_DEPTH, max_containers):
+        return  # neither limit can be reached: most bodies stop here
+    outside = b"".join(body.replace(b"\\\\", b"").replace(b'\\"', b"").split(b'"')[::2])
+    brackets = outside.translate(None, _NOT_BRACKETS)
+    containers = len(brackets) - brackets.count(b"]") - brackets.count(b"}")
+    if containers > max_containers:
+        raise RequestError(400, f"The request body has more than {max_containers} objects and arrays.")
+    if containers > MAX_DEPTH and _depth(brackets) > MAX_DEPTH:
+        raise _too_deep()
+
+
+def _depth(brackets: bytes) -> int:
+    """The deepest nesting of a sequence of brackets. An opening one counts 2 and a
+    closing one 0, so after i brackets the running sum less i is the depth there:
+    the whole computation runs in C (itertools), not in a Python loop."""
+    steps = brackets.translate(_STEPS)
+    return max(map(operator.sub, accumulate(steps), count(1)), default=0)
+
+
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEPS = bytes.maketrans(b"[]{}", b"\x02\x00\x02\x00")
+
+
+def _too_deep() -> RequestError:
+    return RequestError(400, f"The request body is nested deeper than {MAX_DEPTH} levels.")
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -202,18 +259,6 @@ def _finite(text: str) -> float:
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant, parse_float=_finite)
-
-
-def _deeper_than(document: Any, limit: int) -> bool:
-    stack = [(document, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        for child in node.values() if type(node) is dict else node:
-            if type(child) is dict or type(child) is list:
-                stack.append((child, depth + 1))
-    return False
 
 
 def _model(document: dict[str, Any], keys: frozenset[str]) -> str:

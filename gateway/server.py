@@ -26,9 +26,9 @@ from pathlib import Path
 
 import uvicorn
 
-from gateway.admin import create_admin_app
+from gateway.admin import AdminRefusals, create_admin_app
 from gateway.app import Gateway
-from gateway.audit import AuditLog
+from gateway.audit import AuditLogs
 from gateway.audit.chain import default_replica
 from gateway.config import Config, is_loopback
 from gateway.geo import GeoIP
@@ -61,7 +61,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_config(app: object, listen: str, http: str | type = "httptools") -> uvicorn.Config:
+def _uvicorn_config(app: object, listen: str, http: type) -> uvicorn.Config:
     host, port = split_host_port(listen)
     return uvicorn.Config(
         app, host=host, port=port, loop="none", http=http, lifespan="off",
@@ -96,8 +96,8 @@ class Service:
         self.geo: GeoIP | None = None
         self.upstreams = Upstreams(config.upstreams)
         # Fleet mode: the audit stream goes through the store's Redis client.
-        self.audit = AuditLog.from_config(config.audit, self.metrics, state_dir=config.state_dir, namespace=redis.namespace,
-                                          redis=self.store.redis if isinstance(self.store, RedisStore) else None)
+        self.audit = AuditLogs.from_config(config.audit, self.metrics, state_dir=config.state_dir, namespace=redis.namespace,
+                                           redis=self.store.redis if isinstance(self.store, RedisStore) else None)
         self.servers: list[_Server] = []
         self.gateway: Gateway | None = None
         # Fleet mode: API keys from Redis, so every replica accepts a key the CLI created anywhere.
@@ -119,7 +119,7 @@ class Service:
             missing.append("shared state (redis)")
         if self.geo is None:
             missing.append("geoip")
-        if not self.audit.healthy:
+        if not self.audit.writable:
             missing.append("audit")
         return missing
 
@@ -142,8 +142,11 @@ class Service:
         if not config.metrics_require_token and not is_loopback(config.admin_listen):
             log.warning("admin.metrics_require_token is false: /metrics on %s is open to whoever reaches it",
                         config.admin_listen)
-        self.servers = [_Server(_uvicorn_config(self.gateway, config.listen, protocol_for(self.gateway))),
-                        _Server(_uvicorn_config(admin, config.admin_listen))]
+        limits = config.limits
+        self.servers = [
+            _Server(_uvicorn_config(self.gateway, config.listen, protocol_for(self.gateway, limits, limits.max_connections))),
+            _Server(_uvicorn_config(admin, config.admin_listen, protocol_for(AdminRefusals(), limits, limits.admin_max_connections))),
+        ]
         sockets = [[self.public_socket] if self.public_socket is not None else None, None]
         self._tasks = [asyncio.ensure_future(server.serve(sockets=bound)) for server, bound in zip(self.servers, sockets)]
         while not all(server.started for server in self.servers):
@@ -233,9 +236,13 @@ def worker_config(config: Config, index: int) -> Config:
     replica = f"{audit.replica or default_replica(path)}-w{index}"
     host, port = split_host_port(config.admin_listen)
     admin_host = f"[{host}]" if ":" in host else host
+    unauthenticated = audit.unauthenticated
+    if unauthenticated.path is not None:
+        other = Path(unauthenticated.path)
+        unauthenticated = unauthenticated.model_copy(update={"path": str(other.with_name(f"{other.stem}-w{index}{other.suffix}"))})
     return config.model_copy(update={
         "audit": audit.model_copy(update={"path": str(path.with_name(f"{path.stem}-w{index}{path.suffix}")),
-                                          "replica": replica}),
+                                          "replica": replica, "unauthenticated": unauthenticated}),
         "admin_listen": f"{admin_host}:{port + index if port else 0}",
     })
 

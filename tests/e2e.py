@@ -15,6 +15,7 @@ from typing import Any
 from authlib.jose import JsonWebKey, jwt
 
 from conftest import GEOIP, REFERENCE_POLICY, at
+from gateway.audit import unauthenticated_path
 from gateway.config import load_config
 from gateway.demo_upstream import DemoServer, serve as serve_upstream
 from gateway.identity import ApiKeyStore
@@ -72,6 +73,8 @@ class Stack:
         (directory / "jwks.json").write_text(json.dumps(self.signing.jwks()))
         self.upstream: DemoServer = self.thread.run(serve_upstream("127.0.0.1", 0, models=CATALOGUE))
         config_path = directory / "gateway.yaml"
+        # An `audit:` section in extra_config replaces this one.
+        audit = "" if ("\n" + extra_config).count("\naudit:") else "audit: {path: audit.jsonl}"
         config_path.write_text(f"""
 listen: 127.0.0.1:0
 admin_listen: {admin_listen}
@@ -85,7 +88,7 @@ geoip:
   anonymous_ip_db: {GEOIP / "GeoIP2-Anonymous-IP-Test.mmdb"}
 identity:
   jwt: {{jwks_file: jwks.json, issuer: "{ISSUER}", audience: {AUDIENCE}, algorithms: [RS256]}}
-audit: {{path: audit.jsonl}}
+{audit}
 {extra_config}
 """)
         self.config = load_config(config_path, {})
@@ -107,9 +110,11 @@ audit: {{path: audit.jsonl}}
         return list(self.upstream.app.received)
 
     def audit_records(self) -> list[dict[str, Any]]:
+        """Every record, of authenticated requests and of the others, in time order."""
         self.thread.run(asyncio.sleep(0.05))
-        path = Path(self.config.audit.path)
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        paths = [Path(self.config.audit.path), unauthenticated_path(self.config.audit.path)]
+        records = [json.loads(line) for path in paths if path.exists() for line in path.read_text().splitlines()]
+        return sorted(records, key=lambda record: record["time"])
 
     def close(self) -> None:
         self.thread.run(self.service.stop())

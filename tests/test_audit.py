@@ -29,6 +29,7 @@ from e2e import CN_IP, US_IP, Stack
 from fleet import RedisServer, Reply, request
 from gateway import audit
 from gateway.audit import ZERO_HASH, AuditFile, AuditLog, canonical, verify
+from gateway.audit.bounds import MAX_FIELD_CHARS, MAX_RECORD_BYTES, bounded
 from gateway.cli import main
 from gateway.metrics import Metrics
 
@@ -489,10 +490,10 @@ class TestGateway:
 # Fleet mode: the Redis stream
 
 
-def stream_lines(url: str, namespace: str) -> list[bytes]:
+def stream_lines(url: str, namespace: str, name: str = "audit") -> list[bytes]:
     client = redis_sync.Redis.from_url(url)
     try:
-        return [fields[b"record"] for _, fields in client.xrange("{" + namespace + "}:audit")]
+        return [fields[b"record"] for _, fields in client.xrange("{" + namespace + "}:" + name)]
     finally:
         client.close()
 
@@ -514,9 +515,13 @@ class TestStream:
         sent = mixed_requests(stack, stack.signing.token)
         local = wait_for(lambda: (r := stack.audit_records()) and len(r) >= len(sent) and r)
         check_one_record_each(sent, local)
-        lines = wait_for(lambda: (s := stream_lines(redis_url, namespace)) and len(s) >= len(sent) and s)
+        # The unauthenticated requests' records (the 401s and the unknown path) in a stream of their own.
+        unauthenticated = wait_for(lambda: (s := stream_lines(redis_url, namespace, "audit-unauthenticated")) and len(s) >= 6 and s)
+        lines = wait_for(lambda: (s := stream_lines(redis_url, namespace)) and len(s) >= len(sent) - 6 and s)
         assert lines == Path(stack.config.audit.path).read_bytes().splitlines()
-        assert audit.verify_lines(lines).ok
+        assert unauthenticated == audit.unauthenticated_path(stack.config.audit.path).read_bytes().splitlines()
+        assert len(lines) + len(unauthenticated) == len(sent)
+        assert audit.verify_lines(lines).ok and audit.verify_lines(unauthenticated).ok
 
     def test_redis_down_spools_then_replays_in_order(self, stacks: Callable[..., Stack],
                                                      private_redis: RedisServer) -> None:
@@ -606,3 +611,107 @@ class TestStream:
         lines = stream_lines(redis_url, namespace)
         assert [json.loads(line)["seq"] for line in lines] == list(range(1, 9))
         assert lines == path.read_bytes().splitlines()
+
+
+# Bounds: one record's size, and the stream's
+
+
+class TestRecordBounds:
+    def test_an_ordinary_record_is_left_as_it_is(self) -> None:
+        record = entry(1, path="/v1/chat/completions", subject="user@org-acme")
+        assert bounded(record) is record
+
+    @pytest.mark.parametrize("field", ["path", "subject", "requested_model", "credential_error", "client_ip"])
+    def test_a_long_field_is_cut_with_a_visible_marker(self, field: str) -> None:
+        record = bounded(entry(1, **{field: "x" * 50_000}))
+        assert record[field] == "x" * MAX_FIELD_CHARS + "…[truncated: 50000 characters]"
+        assert record["truncated"] == [field]
+
+    @pytest.mark.parametrize("fields", [
+        {"path": "x" * 5000},
+        {"path": "x" * 5000, "subject": "y" * 5000, "requested_model": "z" * 5000},
+        {f"field{n}": "x" * 5000 for n in range(40)},
+        {"path": "\x00" * 5000},  # 6 bytes each in JSON
+        {"path": "\u2028" * 5000, "subject": "\x85" * 5000},  # escaped on the line
+        {"path": "😀" * 5000, "subject": '"' * 5000},
+    ], ids=["one", "three", "forty", "controls", "separators", "wide"])
+    def test_a_written_record_is_capped_whatever_its_fields(self, tmp_path: Path, fields: dict[str, str]) -> None:
+        path = tmp_path / "audit.jsonl"
+        asyncio.run(write(path, [entry(n, **fields) for n in range(3)]))
+        lines = path.read_bytes().splitlines()
+        assert all(len(line) <= MAX_RECORD_BYTES for line in lines), [len(line) for line in lines]
+        assert all(json.loads(line)["truncated"] for line in lines)
+        assert verify([path]).ok
+
+
+class TestStreamBounds:
+    def _write(self, redis_url: str, namespace: str, path: Path, entries: list[dict[str, Any]], **options: Any) -> None:
+        async def run() -> None:
+            client = await open_redis(redis_url)
+            await write(path, entries, one_by_one=True, redis=client, namespace=namespace, state_dir=path.parent / "state",
+                        **options)
+            await client.aclose()
+
+        asyncio.run(run())
+
+    def _stream(self, redis_url: str, namespace: str) -> tuple[list[bytes], int]:
+        client = redis_sync.Redis.from_url(redis_url)
+        try:
+            counted = int(client.get("{" + namespace + "}:audit-bytes") or 0)
+        finally:
+            client.close()
+        return stream_lines(redis_url, namespace), counted
+
+    def test_the_stream_keeps_at_most_max_bytes_of_the_newest_records(self, tmp_path: Path, redis_url: str) -> None:
+        namespace = f"audit-{uuid.uuid4().hex[:12]}"
+        path = tmp_path / "audit.jsonl"
+        self._write(redis_url, namespace, path, [entry(n, pad="p" * 900) for n in range(300)],
+                    stream_maxlen=1000, stream_max_bytes=64 * 1024)
+        lines, counted = self._stream(redis_url, namespace)
+        size = sum(len(line) for line in lines)
+        assert size == counted <= 64 * 1024 < size + len(lines[0])  # as many as fit, no more
+        assert lines == path.read_bytes().splitlines()[-len(lines):]  # the newest, in order
+        assert audit.verify_lines(lines).ok
+
+    def test_the_stream_keeps_at_most_maxlen_records(self, tmp_path: Path, redis_url: str) -> None:
+        namespace = f"audit-{uuid.uuid4().hex[:12]}"
+        path = tmp_path / "audit.jsonl"
+        self._write(redis_url, namespace, path, [entry(n) for n in range(1200)], stream_maxlen=1000)
+        lines, counted = self._stream(redis_url, namespace)
+        assert len(lines) == 1000 and counted == sum(map(len, lines))
+        assert lines == path.read_bytes().splitlines()[-1000:]
+
+    def test_a_stream_without_a_byte_count_is_still_bounded(self, tmp_path: Path, redis_url: str) -> None:
+        """Written by a version that did not count bytes (or the count was lost): the count
+        is estimated from the newest records, then kept."""
+        namespace = f"audit-{uuid.uuid4().hex[:12]}"
+        client = redis_sync.Redis.from_url(redis_url)
+        try:
+            for n in range(200):
+                client.xadd("{" + namespace + "}:audit", {"record": json.dumps(entry(n, pad="o" * 900))})
+        finally:
+            client.close()
+        path = tmp_path / "audit.jsonl"
+        self._write(redis_url, namespace, path, [entry(n, pad="p" * 900) for n in range(20)],
+                    stream_maxlen=1000, stream_max_bytes=64 * 1024)
+        lines, counted = self._stream(redis_url, namespace)
+        assert sum(map(len, lines)) <= 64 * 1024 and abs(counted - sum(map(len, lines))) < 2 * len(lines[0])
+        assert lines[-20:] == path.read_bytes().splitlines()
+
+
+class TestUnauthenticatedLog:
+    def test_requests_never_authenticated_have_a_log_of_their_own(self, stacks: Callable[..., Stack],
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+        stack = stacks()
+        sent = mixed_requests(stack, stack.signing.token)
+        check_one_record_each(sent, wait_for(lambda: (r := stack.audit_records()) and len(r) >= len(sent) and r))
+        main_path = Path(stack.config.audit.path)
+        other = audit.unauthenticated_path(main_path)
+        authenticated = [json.loads(line) for line in main_path.read_text().splitlines()]
+        unauthenticated = [json.loads(line) for line in other.read_text().splitlines()]
+        assert all(r["org"] for r in authenticated) and not any(r["org"] for r in unauthenticated)
+        assert sorted(r["status"] for r in unauthenticated) == [401] * 3 + [404] * 3
+        assert len({r["replica"] for r in authenticated}) == len({r["replica"] for r in unauthenticated}) == 1
+        assert authenticated[0]["replica"] != unauthenticated[0]["replica"]  # two chains
+        code, out = verify_cli(capsys, str(other), str(main_path))
+        assert code == 0 and "2 file(s)" in out and out.count("replica ") == 2

@@ -129,3 +129,26 @@ def test_configured_upstream_headers_are_checked_when_loaded(tmp_path: Path) -> 
                           ("{'Bad Name': x}", "Bad Name"), ('{X-Key: "a\\r\\nX-Gateway-Org: org-x"}', "X-Key")]:
         found = problems(write(tmp_path, f"upstreams:\n  default: {{url: 'http://x:1', headers: {headers}}}\n"))
         assert any("upstreams.default.headers" in p and says in p for p in found), (headers, found)
+
+
+def test_limits_and_audit_bounds_have_defaults_and_env_overrides(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "audit: {path: logs/audit.jsonl, unauthenticated: {path: logs/anon.jsonl}}\n"), {
+        "GATEWAY_LIMITS__MAX_CONNECTIONS": "50",
+        "GATEWAY_LIMITS__HEAD_TIMEOUT_S": "2.5",
+        "GATEWAY_AUDIT__STREAM_MAX_BYTES": "1048576",
+        "GATEWAY_AUDIT__UNAUTHENTICATED__KEEP": "1",
+        "GATEWAY_REQUEST__MAX_JSON_CONTAINERS": "500",
+    })
+    limits = config.limits
+    assert (limits.max_header_bytes, limits.max_header_line_bytes, limits.max_headers) == (32768, 8192, 100)
+    assert (limits.max_connections, limits.head_timeout_s, limits.body_timeout_s) == (50, 2.5, 60.0)
+    assert config.audit.stream_max_bytes == 1048576 and config.audit.unauthenticated.keep == 1
+    assert config.audit.unauthenticated.path == str(tmp_path / "logs" / "anon.jsonl")  # relative to the file
+    assert config.request.max_json_containers == 500
+
+
+def test_limits_are_validated(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, "limits: {max_header_bytes: 4096, max_header_line_bytes: 8192}\n"))
+    assert any("limits: " in p and "max_header_line_bytes cannot exceed max_header_bytes" in p for p in found)
+    found = problems(write(tmp_path, "limits: {max_connections: 0}\n"))
+    assert any("limits.max_connections" in p and "(got 0)" in p for p in found)

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REFERENCE_POLICY, at, reference_cases
 from gateway.cli import main
-from gateway.decision import Facts, decide
+from gateway.decision import Facts, decide, decide_caller
 from gateway.policy.snapshot import Policy
 
 CASES = reference_cases()
@@ -143,3 +143,32 @@ def test_matches_say_which_place_and_group(reference_policy: Policy) -> None:
     decision = decide(reference_policy, Facts(org_id="org-offshore", model="frontier-5.6", observed_country="US"), at("2026-12-01T00:00:00Z"))
     first = decision.matches[0]
     assert (first.reason, first.subject, first.place, first.group) == ("jurisdiction_of_concern", "declared", "CN", "countries_of_concern")
+
+
+CALLER_REASONS = {"credential_missing", "credential_invalid", "org_unknown", "org_denied", "org_suspended"}
+
+
+@pytest.mark.parametrize("org", ["org-caisi", "org-acme", "org-kyoto", "org-lapsed", "org-expiring",
+                                 "org-verified-br", "org-public", "org-offshore", "org-listed",
+                                 "org-nobody"])
+def test_decide_caller_settles_exactly_what_the_caller_alone_settles(reference_policy: Policy, org: str) -> None:
+    """Decided before the body is read: a denial exactly when decide() would deny for a
+    credential or organization reason whatever the model and place, with the same
+    status and first reason; never a denial that a model or place could have changed."""
+    when = at("2026-12-01T12:00:00Z")
+    for credential in ("valid", "missing", "invalid"):
+        for country, region in (("US", None), ("CU", None), (None, None), ("UA", "UA-09")):
+            caller = decide_caller(reference_policy, Facts(org, None, country, region, credential=credential), when)
+            for model in ("small-2", "frontier-5.6", "nextgen-7", "gpt-unknown"):
+                full = decide(reference_policy, Facts(org, model, country, region, credential=credential), when)
+                if caller is None:
+                    assert full.allowed or full.reasons[0] not in CALLER_REASONS, (credential, country, model)
+                else:
+                    assert not caller.allowed and caller.reasons[0] in CALLER_REASONS
+                    assert (caller.status, caller.reasons[0]) == (full.status, full.reasons[0]), (credential, country, model)
+                    assert set(caller.reasons) <= set(full.reasons)
+
+
+def test_decide_caller_keeps_the_model_free_reasons(reference_policy: Policy) -> None:
+    decision = decide_caller(reference_policy, Facts("org-listed", None, "CU"), at("2026-12-01T12:00:00Z"))
+    assert decision is not None and list(decision.reasons) == ["org_denied", "jurisdiction_embargoed"]

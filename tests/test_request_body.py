@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.request_body import MAX_DEPTH, MAX_MODEL_LENGTH, RequestError, extract_model
+from gateway.request_body import MAX_CONTAINERS, MAX_DEPTH, MAX_MODEL_LENGTH, RequestError, extract_model
 
 JSON = "application/json"
 BODY = b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}'
@@ -240,6 +240,62 @@ def test_invalid_json(body: bytes) -> None:
     b'{"model":"m","x":[' + b"{}," * 1000 + b"{}]}",  # many brackets, shallow: walked
 ])
 def test_valid_json(body: bytes) -> None:
+    assert extract_model(body, JSON, None)[0] == "m"
+
+
+# --- how many objects and arrays ------------------------------------------------
+
+
+def _containers(n: int, unit: bytes = b"{}") -> bytes:
+    """A body of 2 + n * (the containers in `unit`) objects and arrays: the top-level
+    object, a list, and `n` units in it."""
+    return b'{"model":"m","x":[' + b",".join([unit] * n) + b"]}"
+
+
+@pytest.mark.parametrize("unit", [b"{}", b"[]", b'{"a":[]}'])
+def test_container_limit(unit: bytes) -> None:
+    per = unit.count(b"{") + unit.count(b"[")
+    body = _containers(10, unit)
+    assert extract_model(body, JSON, None, max_containers=2 + 10 * per)[0] == "m"
+    assert refused(body, max_containers=1 + 10 * per).status == 400
+    error = refused(_containers(MAX_CONTAINERS - 1))
+    assert (error.status, error.param) == (400, None)
+    assert "objects and arrays" in error.message
+    assert extract_model(_containers(MAX_CONTAINERS - 2), JSON, None)[0] == "m"
+
+
+@pytest.mark.parametrize("text", [
+    rb"{" * 1000,                # brackets inside a string are text, not structure
+    rb"[" * 1000 + rb"\\",       # ... however the string ends
+    rb"\"" + rb"[" * 1000,       # an escaped quote does not end the string
+    rb"\\\"" + rb"{" * 1000,     # nor does one after an escaped backslash
+    rb"\u005c\"" + rb"{" * 1000,
+])
+def test_brackets_in_strings_do_not_count(text: bytes) -> None:
+    body = b'{"model":"m","x":"' + text + b'"}'
+    json.loads(body)  # the test's own body is JSON
+    assert extract_model(body, JSON, None, max_containers=2)[0] == "m"
+
+
+_EMPTIES = b",".join([b"[]"] * 200)
+
+
+@pytest.mark.parametrize("body", [
+    rb'{"model":"m","x":"\\","y":[' + _EMPTIES + b"]}",  # `\\` then `"`: the string ends, these brackets count
+    rb'{"model":"m","x":["\\\\",' + _EMPTIES + b"]}",
+    rb'{"model":"m","x":"\"","y":[' + _EMPTIES + b"]}",
+    rb'{"model":"m","x":"\u0022","y":[' + _EMPTIES + b"]}",
+])
+def test_brackets_outside_strings_count(body: bytes) -> None:
+    json.loads(body)
+    assert refused(body, max_containers=100).status == 400
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model":"m","x":"' + b"[" * 1000 + b'"}',
+    b'{"model":"m","x":[' + b'"]",' * 200 + b'"["' + b"]" * 1 + b"}",
+])
+def test_depth_counts_structure_only(body: bytes) -> None:
     assert extract_model(body, JSON, None)[0] == "m"
 
 

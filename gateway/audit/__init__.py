@@ -1,24 +1,29 @@
 """The audit trail (SPEC §5): exactly one record per request, hash-chained, in a
-rotating local JSONL file and, in fleet mode, also in a capped Redis Stream.
+rotating local JSONL file and, in fleet mode, also in a capped Redis Stream; the
+requests never authenticated in a file and stream of their own (`AuditLogs`).
 
 - `chain`: the record format (canonical JSON, `seal`) and the local file, `AuditFile`.
 - `stream`: the fleet-wide copy, `AuditStream`, with its disk `Spool`.
-- `log`: `AuditLog`, what the gateway uses: the queue, the writer task, health.
+- `log`: `AuditLog`, one log: the queue, the writer task, health; `AuditLogs`, what the
+  gateway uses: the authenticated requests' log and the unauthenticated ones' log.
+- `bounds`: `bounded()`, the size limits of one record.
 - `verification`: `verify()`, `verify_lines()` and `render()` (`gateway audit verify`).
 """
 
 from gateway.audit.chain import ZERO_HASH, AuditFile, lines_backwards, canonical, seal
-from gateway.audit.log import AuditLog
+from gateway.audit.log import AuditLog, AuditLogs, unauthenticated_path
 from gateway.audit.verification import render, verify, verify_lines
 
 __all__ = [
     "ZERO_HASH",
     "AuditFile",
     "AuditLog",
+    "AuditLogs",
     "lines_backwards",
     "canonical",
     "render",
     "seal",
+    "unauthenticated_path",
     "verify",
     "verify_lines",
 ]

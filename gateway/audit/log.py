@@ -16,6 +16,9 @@ Who does what:
   the stream `{ns}:audit`. What Redis cannot take is spooled to a file under
   state_dir and replayed, in order, once Redis answers again.
 
+Every record is bounded in size first (gateway/audit/bounds.py). `AuditLogs` holds
+two such logs: one for authenticated requests, one for the rest (see its docstring).
+
 Fail closed: `healthy` is False while the file cannot be written, while the
 queue is nearly full, or while records can reach neither Redis nor the spool;
 the request path then answers 503. `record()` drops a record (and counts
@@ -34,7 +37,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from gateway.audit.chain import AuditFile
+from gateway.audit.bounds import bounded
+from gateway.audit.chain import AuditFile, default_replica
 from gateway.audit.stream import BATCH, RETRY_S, AuditStream
 from gateway.metrics import Metrics
 
@@ -51,7 +55,7 @@ class AuditLog:
     def __init__(self, path: str | Path, metrics: Metrics, *, replica: str | None = None,
                  max_bytes: int = 100 * 1024 * 1024, keep: int = 10, capacity: int = CAPACITY,
                  redis: Any = None, namespace: str = "fgw", state_dir: str | Path = ".gateway-state",
-                 stream_maxlen: int = 1_000_000) -> None:
+                 stream_maxlen: int = 1_000_000, stream_max_bytes: int = 1 << 30, stream: str = "audit") -> None:
         self.file = AuditFile(path, replica=replica, max_bytes=max_bytes, keep=keep)
         self.path = self.file.path
         self.metrics = metrics
@@ -60,6 +64,7 @@ class AuditLog:
         # records of requests already admitted and of the 503s that refuse the others.
         self.high_water = capacity - max(1, capacity // 5)
         self.queue: deque[dict[str, Any]] = deque()
+        self._lost = 0
         self._waiters: dict[int, asyncio.Future[None]] = {}  # id(queued entry) -> done once written
         self.file_ok = False
         self._wake = asyncio.Event()
@@ -72,13 +77,8 @@ class AuditLog:
         if redis is not None:
             safe = re.sub(r"[^A-Za-z0-9._-]", "_", self.file.replica)
             self.stream = AuditStream(redis, namespace, Path(state_dir) / f"audit-spool-{safe}.jsonl", self.file,
-                                      metrics, maxlen=stream_maxlen, run_io=self._io)
-
-    @classmethod
-    def from_config(cls, config: AuditConfig, metrics: Metrics, *, state_dir: str | Path, redis: Any = None,
-                    namespace: str = "fgw") -> AuditLog:
-        return cls(config.path, metrics, replica=config.replica, max_bytes=config.max_bytes, keep=config.keep,
-                   redis=redis, namespace=namespace, state_dir=state_dir, stream_maxlen=config.stream_maxlen)
+                                      metrics, maxlen=stream_maxlen, max_bytes=stream_max_bytes, run_io=self._io,
+                                      name=stream)
 
     @property
     def healthy(self) -> bool:
@@ -94,8 +94,12 @@ class AuditLog:
         caller can hold the end of its response until then."""
         if len(self.queue) >= self.capacity:
             self.metrics.audit_lost.inc()
-            log.error("audit queue full: record %s lost", entry.get("decision_id"))
+            self._lost += 1
+            if self._lost == 1 or self._lost % 1000 == 0:  # a flood must not flood the log too
+                log.error("audit queue of %s full: record %s lost (%d so far)", self.path, entry.get("decision_id"),
+                          self._lost)
             return None
+        entry = bounded(entry)
         if not self.queue and self._writable_now():
             try:
                 self._append([entry])
@@ -190,3 +194,63 @@ class AuditLog:
             await self.stream.close(timeout=min(2.0, max(0.0, deadline - loop.time())))
         await self._io(self.file.close)
         self._thread.shutdown(wait=True)
+
+
+class AuditLogs:
+    """The gateway's two audit logs, each a file with its own rotation and hash chain
+    (and, in fleet mode, a stream with its own caps):
+
+    - `authenticated`: every request whose credential was accepted (`audit.path`);
+    - `unauthenticated`: every request never authenticated: no or a bad credential
+      (401), refused before authentication (malformed HTTP, a head over the limits or
+      too slow, a connection over the cap, an unknown route), `audit.unauthenticated`.
+
+    Anyone can make the second kind, as fast as the network allows; apart, they can
+    rotate away only their own history, never the record of what callers with a
+    credential did. Each request still has exactly one record, in one of them.
+    The gateway refuses requests (503) while the first cannot be written; the second
+    is not a reason to refuse callers with a credential (a flood would make it one).
+    """
+
+    def __init__(self, authenticated: AuditLog, unauthenticated: AuditLog) -> None:
+        self.authenticated = authenticated
+        self.unauthenticated = unauthenticated
+
+    @classmethod
+    def from_config(cls, config: AuditConfig, metrics: Metrics, *, state_dir: str | Path, redis: Any = None,
+                    namespace: str = "fgw") -> AuditLogs:
+        authenticated = AuditLog(config.path, metrics, replica=config.replica, max_bytes=config.max_bytes,
+                                 keep=config.keep, redis=redis, namespace=namespace, state_dir=state_dir,
+                                 stream_maxlen=config.stream_maxlen, stream_max_bytes=config.stream_max_bytes)
+        other = config.unauthenticated
+        path = other.path or unauthenticated_path(config.path)
+        unauthenticated = AuditLog(path, metrics, replica=f"{config.replica or default_replica(config.path)}-unauthenticated",
+                                   max_bytes=other.max_bytes, keep=other.keep, redis=redis, namespace=namespace,
+                                   state_dir=state_dir, stream_maxlen=other.stream_maxlen,
+                                   stream_max_bytes=other.stream_max_bytes, stream="audit-unauthenticated")
+        return cls(authenticated, unauthenticated)
+
+    @property
+    def healthy(self) -> bool:
+        return self.authenticated.healthy
+
+    @property
+    def writable(self) -> bool:
+        """Both files can be written (readiness: not the queues, which a flood fills)."""
+        return self.authenticated.healthy and self.unauthenticated.file_ok
+
+    def record(self, entry: dict[str, Any], *, authenticated: bool, wait: bool = False) -> asyncio.Future[None] | None:
+        return (self.authenticated if authenticated else self.unauthenticated).record(entry, wait=wait)
+
+    async def start(self) -> None:
+        await self.authenticated.start()
+        await self.unauthenticated.start()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        await asyncio.gather(self.authenticated.close(timeout), self.unauthenticated.close(timeout))
+
+
+def unauthenticated_path(path: str | Path) -> Path:
+    """Where the unauthenticated log goes by default: beside `path`, e.g. audit-unauthenticated.jsonl."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-unauthenticated{path.suffix}")

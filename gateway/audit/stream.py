@@ -24,16 +24,41 @@ BATCH = 500                 # records per file write and per Redis transaction
 RETRY_S = (0.05, 1.0)       # first and longest wait between retries of a failed write or send
 
 
-# One batch, atomically: XADD each line, then set this replica's acked mark. A script
-# rather than MULTI/EXEC: one reply to parse instead of one per line, and no thread on
-# Redis Cluster (both keys carry the {namespace} tag: one slot).
-# KEYS: stream, acked hash. ARGV: maxlen, replica, mark ("" for none), lines...
+# One batch, atomically: XADD each line, set this replica's acked mark, then trim the
+# oldest entries until the stream holds at most `maxlen` entries and `max_bytes` bytes
+# of records. The bytes are counted in a key beside the stream (a stream does not
+# know its size); a missing count (a stream written by an older version, or the
+# key lost) is estimated from the newest entries. A script rather than MULTI/EXEC:
+# one reply to parse instead of one per line, and no thread on Redis Cluster (all
+# keys carry the {namespace} tag: one slot).
+# KEYS: stream, acked hash, byte count. ARGV: maxlen, max_bytes, replica, mark ("" for none), lines...
 _APPEND = """
-for i = 4, #ARGV do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'record', ARGV[i])
+local maxlen, max_bytes = tonumber(ARGV[1]), tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  local length, sample, sampled = redis.call('XLEN', KEYS[1]), redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 100), 0
+  for _, entry in ipairs(sample) do sampled = sampled + #entry[2][2] end
+  redis.call('SET', KEYS[3], #sample > 0 and math.floor(length * sampled / #sample) or 0)
 end
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[2], ARGV[3]) end
-return #ARGV - 3
+local added = 0
+for i = 5, #ARGV do
+  redis.call('XADD', KEYS[1], '*', 'record', ARGV[i])
+  added = added + #ARGV[i]
+end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[3], ARGV[4]) end
+local size, length = redis.call('INCRBY', KEYS[3], added), redis.call('XLEN', KEYS[1])
+while (size > max_bytes or length > maxlen) and length > 0 do
+  local oldest, keep = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 256), nil
+  local drop = {}
+  for _, entry in ipairs(oldest) do
+    if size <= max_bytes and length <= maxlen then keep = entry[1] break end
+    size, length = size - #entry[2][2], length - 1
+    drop[#drop + 1] = entry[1]
+  end
+  if keep then redis.call('XTRIM', KEYS[1], 'MINID', keep) else redis.call('XDEL', KEYS[1], unpack(drop)) end
+end
+if length == 0 then size = 0 end
+redis.call('SET', KEYS[3], math.max(size, 0))
+return #ARGV - 4
 """
 
 
@@ -116,7 +141,10 @@ class Spool:
 
 class AuditStream:
     """Fleet mode: every record also goes to the capped stream `{ns}:audit` (field
-    `record`: the line as written locally), in order per replica.
+    `record`: the line as written locally), in order per replica. Capped in entries
+    (`maxlen`) and in the bytes of its records (`max_bytes`): the oldest go first.
+    The records of requests never authenticated have a stream of their own
+    (`{ns}:audit-unauthenticated`, see gateway/audit/log.py).
 
     Each batch is one script (atomic, as MULTI/EXEC would be) that XADDs the lines and
     sets this replica's field of `{ns}:audit-acked` to "seq:hash" of the last one. After a start or any failure the
@@ -131,11 +159,13 @@ class AuditStream:
     """
 
     def __init__(self, redis: Any, namespace: str, spool_path: Path, file: AuditFile, metrics: Metrics, *,
-                 maxlen: int, run_io: Callable[..., Any]) -> None:
+                 maxlen: int, max_bytes: int, run_io: Callable[..., Any], name: str = "audit") -> None:
         self.redis = redis
         tag = "{" + namespace + "}"
-        self.key, self.acked_key = f"{tag}:audit", f"{tag}:audit-acked"
+        self.key, self.acked_key, self.bytes_key = f"{tag}:{name}", f"{tag}:{name}-acked", f"{tag}:{name}-bytes"
         self.maxlen = maxlen
+        self.max_bytes = max_bytes
+        self._spooled = 0                     # this stream's share of gateway_audit_spooled
         self.spool = Spool(spool_path)
         self.file = file
         self.metrics = metrics
@@ -151,8 +181,13 @@ class AuditStream:
 
     async def start(self) -> None:
         await self._io(self.spool.load)
-        self.metrics.audit_spooled.set(self.spool.count)
+        self._report_spooled()
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _report_spooled(self) -> None:
+        """gateway_audit_spooled is the sum over the process's streams: each adds its change."""
+        self.metrics.audit_spooled.inc(self.spool.count - self._spooled)
+        self._spooled = self.spool.count
 
     def push(self, sealed: list[Sealed], written_seq: int) -> None:
         """Records just written to the local file (called by the writer, in order)."""
@@ -186,7 +221,7 @@ class AuditStream:
             if lines:
                 await self._send(lines, _sealed_from_line(lines[-1]))
                 await self._io(self.spool.advance, lines)
-            self.metrics.audit_spooled.set(self.spool.count)
+            self._report_spooled()
         elif self.fresh:
             batch = list(itertools.islice(self.fresh, BATCH))
             await self._send([record.line for record in batch], batch[-1])
@@ -198,7 +233,7 @@ class AuditStream:
 
     async def _send(self, lines: list[bytes], last: Sealed | None) -> None:
         mark = f"{last.seq}:{last.hash}" if last is not None else ""
-        await self._append([self.key, self.acked_key], [self.maxlen, self.file.replica, mark, *lines])
+        await self._append([self.key, self.acked_key, self.bytes_key], [self.maxlen, self.max_bytes, self.file.replica, mark, *lines])
 
     async def _sync(self) -> None:
         """Where does the stream stand for this replica? Drop what it already has from the
@@ -226,12 +261,12 @@ class AuditStream:
 
     async def _drop_through(self, digest: str) -> None:
         if self.spool.count and await self._io(self.spool.skip_through, digest):
-            self.metrics.audit_spooled.set(self.spool.count)
+            self._report_spooled()
             return
         for index, record in enumerate(self.fresh):
             if record.hash == digest:
                 await self._io(self.spool.clear)  # everything spooled precedes it
-                self.metrics.audit_spooled.set(0)
+                self._report_spooled()
                 for _ in range(index + 1):
                     self.fresh.popleft()
                 return
@@ -268,7 +303,7 @@ class AuditStream:
         for _ in batch:
             self.fresh.popleft()
         self.ok = True
-        self.metrics.audit_spooled.set(self.spool.count)
+        self._report_spooled()
 
     async def close(self, timeout: float) -> None:
         """Send what waits in memory unless Redis is known down (up to `timeout`), spool the rest."""

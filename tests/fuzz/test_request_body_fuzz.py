@@ -22,7 +22,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from .body_oracle import BOTH, JSON, check
+from gateway.request_body import MAX_DEPTH, RequestError, extract_model
+
+from .body_oracle import BOTH, JSON, check, strict
 from .conftest import fuzz
 
 
@@ -214,3 +216,36 @@ def test_deep_nesting(depth: int, opener: str) -> None:
     closer = "]" if opener == "[" else "}"
     inner = "1" if opener != "[" else ""
     check(('{"model":"small-2","x":' + opener * depth + inner + closer * depth + "}").encode())
+
+
+def _shape(value: Any, depth: int = 1) -> tuple[int, int]:
+    """(objects and arrays, deepest nesting) of a parsed value, counted by walking it."""
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+    if children is None:
+        return 0, depth - 1
+    shapes = [_shape(child, depth + 1) for child in children]
+    return 1 + sum(n for n, _ in shapes), max([depth, *(d for _, d in shapes)])
+
+
+@fuzz(examples=300)
+@given(mutated(bodies()), st.integers(0, 16))
+def test_shape_limits_match_the_parsed_document(body: bytes, limit: int) -> None:
+    """The objects and arrays counted on the bytes, before parsing, are those of the
+    parsed document: a body over the limit is refused, one within it never for its shape."""
+    try:
+        reference = strict(body)
+    except (ValueError, RecursionError):
+        reference = None
+    try:
+        extract_model(body, JSON, None, max_containers=limit)
+        refusal = None
+    except RequestError as error:
+        refusal = error
+    if not isinstance(reference, dict):
+        assert reference is not None or refusal is not None
+        return
+    containers, depth = _shape(reference)
+    if containers > limit or depth > MAX_DEPTH:
+        assert refusal is not None and refusal.status == 400, (containers, depth, limit)
+    elif refusal is not None:
+        assert "objects and arrays" not in refusal.message and "nested deeper" not in refusal.message, refusal
