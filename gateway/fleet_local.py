@@ -324,6 +324,9 @@ http {{
         real_ip_header X-Forwarded-For;
         real_ip_recursive on;
         client_max_body_size 4m;
+        # Bodies up to the cap stay in memory: nginx's workers may not reach a temp file under
+        # a private directory (pytest's tmp_path is 0700), and would answer 500.
+        client_body_buffer_size 4m;
         location / {{
             proxy_pass http://frontier_gateway;
             # The replicas trust exactly this source address.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit import verify
+from gateway.audit import unauthenticated_path, verify
 
 from .conftest import CHAT, Probe
 
@@ -31,7 +31,9 @@ def encoded(text: str) -> str:
 def test_every_audit_record_is_one_line_for_every_reader(gw: Probe, target: str) -> None:
     reply = gw.send(path=target, body=b"{}")
     gw.denied(reply, 400, 404)
-    path = Path(gw.stack.config.audit.path)  # the record is written before the answer ends
+    # Refused before authentication: the record is in the unauthenticated log, written
+    # before the answer ends.
+    path = Path(gw.stack.config.audit.unauthenticated.path or unauthenticated_path(gw.stack.config.audit.path))
     text = path.read_text(encoding="utf-8")
     for lines in (text.splitlines(), re.split("\r\n|[\n\r\u2028\u2029]", text.removesuffix("\n"))):
         records = [json.loads(line) for line in lines]  # every line a whole record
