@@ -29,6 +29,7 @@ from gateway.config import Config
 from gateway.decision import Decision, Facts, decide, decide_caller, decide_listing
 from gateway.geo import UNKNOWN, GeoIP, Place
 from gateway.identity import Authenticator, CredentialError, Principal
+from gateway.listener import REFUSAL
 from gateway.metrics import Metrics, model_label
 from gateway.misuse import LocalSightings, Sightings
 from gateway.policy.snapshot import Policy
@@ -258,7 +259,7 @@ class Gateway:
         if route.kind == "models_get":
             exchange.requested_model = route.model_in_path
             return route.model_in_path, b""
-        raw = await self.read_body(receive, _single(headers, b"content-length"))
+        raw = await self.read_body(scope, receive, _single(headers, b"content-length"))
         model, body, document = extract_model(
             raw,
             _single(headers, b"content-type"),
@@ -274,7 +275,7 @@ class Gateway:
         exchange.extra["decoded"] = body is not raw
         return model, body
 
-    async def read_body(self, receive: Receive, content_length: str | None) -> bytes:
+    async def read_body(self, scope: Scope, receive: Receive, content_length: str | None) -> bytes:
         limit = self.config.request.max_body_bytes
         if content_length is not None and (not content_length.isdigit() or int(content_length) > limit):
             status = 413 if content_length.isdigit() else 400
@@ -283,9 +284,9 @@ class Gateway:
         size = 0
         while True:
             message = await receive()
-            if message["type"] == "http.disconnect":
+            if message["type"] == "http.disconnect" or REFUSAL in scope:
                 # Or the listener refused the rest of it: bad framing, too slow (gateway/listener.py).
-                status, why = message.get("gateway.refusal") or (400, "The request body was not received.")
+                status, why = scope.get(REFUSAL) or (400, "The request body was not received.")
                 raise RequestError(status, why, None)
             chunk = message.get("body", b"")
             size += len(chunk)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from http import HTTPStatus
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import httptools
@@ -98,18 +97,9 @@ class _OneWritePerTurn:
         return getattr(self._transport, name)
 
 
-def _refusing_receive(cycle: Any) -> Callable[[], Awaitable[dict[str, Any]]]:
-    """The cycle's receive(), which reports a refusal of the body the protocol made
-    (`cycle.refusal`) as the end of the client, with the status and message to answer."""
-    receive = cycle.receive
-
-    async def refusing_receive() -> dict[str, Any]:
-        message = await receive()
-        if cycle.refusal is not None:
-            return {"type": "http.disconnect", "gateway.refusal": cycle.refusal}
-        return message  # type: ignore[no-any-return]
-
-    return refusing_receive
+# The scope key under which the listener hands the application a refusal of the body it
+# is reading (status, message): read_body() answers it (gateway/app.py).
+REFUSAL = "gateway.refusal"
 
 
 class _Refused(Exception):
@@ -161,8 +151,6 @@ def protocol_for(refuser: Refuser, limits: LimitsConfig, max_connections: int) -
                 elif left == 0:
                     return self.refuse(431, "header_too_large", f"The request head is larger than {limits.max_header_bytes} bytes.")
                 else:
-                    if self.deadline is None:
-                        self.deadline = self.loop.call_later(limits.head_timeout_s, self.head_timed_out)
                     piece, view = view[:left], view[left:]
                     self.head_left = left - len(piece)
                 try:
@@ -172,6 +160,13 @@ def protocol_for(refuser: Refuser, limits: LimitsConfig, max_connections: int) -
                 except httptools.HttpParserError:
                     status, error, message = self.refusal or (400, "malformed_http", "The request is not valid HTTP/1.1.")
                     return self.refuse(status, error, message)
+            # A deadline only for a head or body still incomplete once these bytes are read:
+            # a request that arrives whole (nearly all do) costs no timer.
+            if self.deadline is None and self.reading:
+                if self.in_body:
+                    self.deadline = self.loop.call_later(limits.body_timeout_s, self.body_timed_out)
+                elif self.head_left is not None and self.head_left < limits.max_header_bytes:
+                    self.deadline = self.loop.call_later(limits.head_timeout_s, self.head_timed_out)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -198,10 +193,7 @@ def protocol_for(refuser: Refuser, limits: LimitsConfig, max_connections: int) -
         def on_headers_complete(self) -> None:
             super().on_headers_complete()  # may raise (an unparsable target): still a head, refused as such
             self.head_left, self.in_body = None, True
-            self.cancel_deadline()
-            self.deadline = self.loop.call_later(limits.body_timeout_s, self.body_timed_out)
-            self.cycle.refusal = None  # type: ignore[attr-defined]
-            self.cycle.receive = _refusing_receive(self.cycle)  # type: ignore[method-assign]
+            self.cancel_deadline()  # the body's, if it is not all here, starts in data_received
 
         def on_chunk_header(self) -> None:
             # The last chunk's trailer fields follow its header: they count like a head's.
@@ -259,7 +251,7 @@ def protocol_for(refuser: Refuser, limits: LimitsConfig, max_connections: int) -
                 # Nothing more is read.
                 if cycle is None or cycle.response_complete:
                     return self.close_connection(linger=True)
-                cycle.refusal = (status, message)  # type: ignore[attr-defined]
+                cycle.scope[REFUSAL] = (status, message)  # type: ignore[index]
                 cycle.keep_alive = False
                 cycle.message_event.set()
                 self.reading = False
