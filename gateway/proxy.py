@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import aiohttp
 
@@ -174,11 +175,8 @@ def request_headers(
     dropped = rules.dropped[pass_credentials, drop_content_encoding]
     if named := _connection_tokens(client):
         dropped = dropped | (named - DECIDED)
-    out = [
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in client
-        if b"_" not in name and (lower := name.lower()) not in dropped and not lower.startswith(_DROPPED_PREFIXES)
-    ]
+    out = [(forwarded, value.decode("latin-1")) for name, value in client
+           if (forwarded := _forwarded(name, dropped)) is not None]
     out.append(IDENTITY)
     out += rules.extra
     out.append(("X-Gateway-Org", org_id))
@@ -186,21 +184,43 @@ def request_headers(
     return out
 
 
+@lru_cache(maxsize=4096)  # clients send the same few names request after request
+def _forwarded(name: bytes, dropped: frozenset[bytes]) -> str | None:
+    """The name as the upstream gets it, or None when the header is dropped."""
+    if b"_" in name:
+        return None
+    lower = name.lower()
+    if lower in dropped or lower.startswith(_DROPPED_PREFIXES):
+        return None
+    return name.decode("latin-1")
+
+
 def response_headers(upstream: Iterable[tuple[bytes, bytes]], decision_id: bytes,
                      passed: frozenset[bytes] = frozenset()) -> list[tuple[bytes, bytes]]:
     """The upstream's headers as the client will see them."""
-    upstream = list(upstream)
-    never = NEVER_RETURNED
-    if named := _connection_tokens(upstream):
-        never = never | (named - _REPRESENTATION)
-    out = [
-        (lower, value) for name, value in upstream
-        if (lower := name.lower()) not in never and not lower.startswith(GATEWAY_PREFIX)
-        and (lower in passed or not (lower in RESPONSE_DENIED or b"_" in lower
-                                     or lower.startswith(RESPONSE_DENIED_PREFIXES)))
-    ]
+    out = []
+    connection = []
+    for name, value in upstream:
+        lower = _returned(name, passed)
+        if lower is not None:
+            out.append((lower, value))
+        elif name.lower() == b"connection":
+            connection.append((name, value))
+    if connection and (named := _connection_tokens(connection) - _REPRESENTATION):
+        out = [(name, value) for name, value in out if name not in named]
     out.append((b"x-gateway-decision-id", decision_id))
     return out
+
+
+@lru_cache(maxsize=4096)  # an upstream sends the same few names answer after answer
+def _returned(name: bytes, passed: frozenset[bytes]) -> bytes | None:
+    """The name as the client gets it, or None when the header is not passed on."""
+    lower = name.lower()
+    if lower in NEVER_RETURNED or lower.startswith(GATEWAY_PREFIX):
+        return None
+    if lower in passed or not (lower in RESPONSE_DENIED or b"_" in lower or lower.startswith(RESPONSE_DENIED_PREFIXES)):
+        return lower
+    return None
 
 
 def is_redirect(status: int) -> bool:

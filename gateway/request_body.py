@@ -36,6 +36,7 @@ import operator
 import re
 import unicodedata
 import zlib
+from functools import lru_cache
 from itertools import accumulate, count
 from typing import Any
 from urllib.parse import unquote_plus
@@ -286,6 +287,7 @@ def model_name(model: Any, param: str) -> str:
     return model
 
 
+@lru_cache(maxsize=4096)  # bodies repeat their few keys request after request
 def folded(key: str) -> str:
     """`key` as a lenient parser may match it: cut at NUL, trimmed and case-folded
     (NFKC first for non-ASCII keys, so that fullwidth `ｍｏｄｅｌ` is `model` too)."""

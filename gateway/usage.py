@@ -28,10 +28,9 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from typing import Any
 
-from gateway.request_body import RequestError
+from gateway.request_body import RequestError, folded
 
 HEAD_BYTES = 8 * 1024
 TAIL_BYTES = 16 * 1024
@@ -63,7 +62,7 @@ def reservation(document: dict[str, Any], body_bytes: int, default_output: int) 
     output limit (or `default_output`) times its completions. 400 when a limit it
     names is not a non-negative number, or is named in a spelling only some parsers read."""
     for key in document:
-        if key not in _LIMITS and _folded(key) in _LIMITS:
+        if key not in _LIMITS and folded(key) in _LIMITS:
             raise RequestError(400, "The request body has a key that differs from a token limit's name only in case, "
                                "spacing or encoding.", key)
     named = [limit for key in _OUTPUT_LIMITS if (limit := _count(document, key))]
@@ -83,15 +82,6 @@ def _count(document: dict[str, Any], key: str) -> int | None:
     if (kind is int or kind is float) and value >= 0:
         return min(math.ceil(value), MAX_RESERVATION) or None
     raise RequestError(400, f"'{key}' must be a non-negative integer.", key)
-
-
-def _folded(key: str) -> str:
-    """A key as a lenient parser might match it: cut at NUL, trimmed, case-folded (after
-    NFKC for non-ASCII keys, so that fullwidth letters count too)."""
-    key = key.partition("\x00")[0]
-    if not key.isascii():
-        key = unicodedata.normalize("NFKC", key)
-    return key.strip().casefold()
 
 
 def tokens_used(head: bytes, tail: bytes) -> int | None:
