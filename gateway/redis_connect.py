@@ -199,6 +199,8 @@ def connect_url(url: str, *, cluster: bool = False, timeout_s: float = 0.5, deco
     target = parse(url, cluster=cluster)
     common = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
               "decode_responses": decode_responses, **options}
+    if target.kind != "cluster":  # a cluster client retries (and re-maps the slots) itself
+        common.setdefault("retry", _reconnect_once(asyncio))
     if target.kind == "standalone":
         if asyncio:
             import redis.asyncio as aioredis
@@ -280,3 +282,19 @@ async def before_pubsub(client: Any) -> None:
 
     if isinstance(client, RedisCluster):
         await client.initialize()
+
+
+def _reconnect_once(asyncio: bool) -> Any:
+    """Retry a command once, at once, on a broken connection: after Redis restarts every
+    pooled connection is dead, and one used only now and then (a quota script, say) would
+    otherwise fail its first command long after Redis is back. Only ConnectionError: after
+    a timeout the command may have run, and the scripts are not idempotent."""
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    if asyncio:
+        from redis.asyncio.retry import Retry
+    else:
+        from redis.retry import Retry  # type: ignore[assignment]
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+
