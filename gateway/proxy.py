@@ -176,7 +176,8 @@ def request_headers(
     if named := _connection_tokens(client):
         dropped = dropped | (named - DECIDED)
     out = [(forwarded, value.decode("latin-1")) for name, value in client
-           if (forwarded := _forwarded(name, dropped)) is not None]
+           if (forwarded := (_memo_forwarded if len(name) <= MEMO_NAME_LENGTH else _forwarded)(name, dropped))
+           is not None]
     out.append(IDENTITY)
     out += rules.extra
     out.append(("X-Gateway-Org", org_id))
@@ -184,7 +185,6 @@ def request_headers(
     return out
 
 
-@lru_cache(maxsize=4096)  # clients send the same few names request after request
 def _forwarded(name: bytes, dropped: frozenset[bytes]) -> str | None:
     """The name as the upstream gets it, or None when the header is dropped."""
     if b"_" in name:
@@ -201,7 +201,7 @@ def response_headers(upstream: Iterable[tuple[bytes, bytes]], decision_id: bytes
     out = []
     connection = []
     for name, value in upstream:
-        lower = _returned(name, passed)
+        lower = (_memo_returned if len(name) <= MEMO_NAME_LENGTH else _returned)(name, passed)
         if lower is not None:
             out.append((lower, value))
         elif name.lower() == b"connection":
@@ -212,7 +212,6 @@ def response_headers(upstream: Iterable[tuple[bytes, bytes]], decision_id: bytes
     return out
 
 
-@lru_cache(maxsize=4096)  # an upstream sends the same few names answer after answer
 def _returned(name: bytes, passed: frozenset[bytes]) -> bytes | None:
     """The name as the client gets it, or None when the header is not passed on."""
     lower = name.lower()
@@ -221,6 +220,14 @@ def _returned(name: bytes, passed: frozenset[bytes]) -> bytes | None:
     if lower in passed or not (lower in RESPONSE_DENIED or b"_" in lower or lower.startswith(RESPONSE_DENIED_PREFIXES)):
         return lower
     return None
+
+
+# Clients and upstreams send the same few short names message after message: their
+# verdicts are remembered; a long name is judged afresh, so that a flood of long
+# names cannot fill the memos.
+MEMO_NAME_LENGTH = 64
+_memo_forwarded = lru_cache(maxsize=4096)(_forwarded)
+_memo_returned = lru_cache(maxsize=4096)(_returned)
 
 
 def is_redirect(status: int) -> bool:

@@ -287,14 +287,23 @@ def model_name(model: Any, param: str) -> str:
     return model
 
 
-@lru_cache(maxsize=4096)  # bodies repeat their few keys request after request
 def folded(key: str) -> str:
     """`key` as a lenient parser may match it: cut at NUL, trimmed and case-folded
     (NFKC first for non-ASCII keys, so that fullwidth `ｍｏｄｅｌ` is `model` too)."""
+    # Bodies repeat their few short keys request after request; a long key is folded
+    # afresh, so that a flood of megabyte keys cannot fill the memo.
+    return _memo_folded(key) if len(key) <= MEMO_KEY_LENGTH else _fold(key)
+
+
+def _fold(key: str) -> str:
     key = key.partition("\x00")[0]
     if not key.isascii():
         key = unicodedata.normalize("NFKC", key)
     return key.strip().casefold()
+
+
+MEMO_KEY_LENGTH = 64
+_memo_folded = lru_cache(maxsize=4096)(_fold)
 
 
 def _reads_as_model(key: str) -> bool:
