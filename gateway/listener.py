@@ -121,7 +121,6 @@ def protocol_for(refuser: Refuser, limits: LimitsConfig, max_connections: int) -
             self.transport = _OneWritePerTurn(transport, self.loop, self)  # type: ignore[assignment]
             self.head_left: int | None = limits.max_header_bytes  # bytes the head may still take; None in a body
             self.in_body = False  # between a request's head and its end
-            self.head_bytes = 0  # the header (and trailer) fields of this request, counted as parsed
             self.deadline: asyncio.TimerHandle | None = None
             self.refusal: tuple[int, str, str] | None = None
             self.pending: tuple[int, str, str] | None = None  # to answer once the answer under way is out
@@ -168,30 +167,28 @@ def protocol_for(refuser: Refuser, limits: LimitsConfig, max_connections: int) -
                 elif self.head_left is not None and self.head_left < limits.max_header_bytes:
                     self.deadline = self.loop.call_later(limits.head_timeout_s, self.head_timed_out)
 
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self.head_bytes = 0
-
         def on_url(self, url: bytes) -> None:
             super().on_url(url)
             if len(self.url) > limits.max_header_line_bytes:
                 self.stop(414, "uri_too_long", f"The request target is longer than {limits.max_header_line_bytes} bytes.")
 
-        def on_header(self, name: bytes, value: bytes) -> None:
-            # Counted here too, exactly: a pipelined request's head can start inside a piece
+        def on_headers_complete(self) -> None:
+            # The fields are checked once they are all here, not one by one: the head was
+            # never fed past `max_header_bytes`, so what they can cost until then is bounded.
+            # Counted exactly here too: a pipelined request's head can start inside a piece
             # fed while the one before it was being read, where the piece was not counted.
-            line = len(name) + len(value)
-            self.head_bytes += line + 4  # ": " and CRLF
-            if line > limits.max_header_line_bytes:
-                self.stop(431, "header_too_large", f"A header field is longer than {limits.max_header_line_bytes} bytes.")
-            if self.head_bytes + len(self.url) > limits.max_header_bytes:
-                self.stop(431, "header_too_large", f"The request head is larger than {limits.max_header_bytes} bytes.")
-            super().on_header(name, value)
             if len(self.headers) > limits.max_headers:
                 self.stop(431, "too_many_headers", f"The request has more than {limits.max_headers} header fields.")
-
-        def on_headers_complete(self) -> None:
+            lines = [len(name) + len(value) for name, value in self.headers]
+            if max(lines, default=0) > limits.max_header_line_bytes:
+                self.stop(431, "header_too_large", f"A header field is longer than {limits.max_header_line_bytes} bytes.")
+            if sum(lines) + 4 * len(lines) + len(self.url) > limits.max_header_bytes:  # ": " and CRLF
+                self.stop(431, "header_too_large", f"The request head is larger than {limits.max_header_bytes} bytes.")
             super().on_headers_complete()  # may raise (an unparsable target): still a head, refused as such
+            # uvicorn appends a chunked body's trailer fields to the list the application
+            # reads as the head, after the head was decided on: they go to a list of their own,
+            # never read (bounded like a head by `head_left`), and so never forwarded.
+            self.headers = []
             self.head_left, self.in_body = None, True
             self.cancel_deadline()  # the body's, if it is not all here, starts in data_received
 

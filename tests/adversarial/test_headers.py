@@ -105,6 +105,31 @@ def test_an_underscore_spelling_is_not_the_header(gw: Probe) -> None:
     denied_unread(gw, raw_request(gw, "Content_Type: application/json"), 415)
 
 
+@pytest.mark.parametrize("trailer", ["Content-Type: text/plain", "Content-Encoding: gzip", "X-Gateway-Org: org-other", "OpenAI-Organization: org-other",
+                                     "X-Forwarded-For: 1.2.3.4", "Authorization: Bearer other"])
+def test_trailer_fields_are_never_headers(gw: Probe, trailer: str) -> None:
+    """A chunked body's trailer fields arrive after the head was decided on: none of them
+    reaches the upstream, as a header or otherwise."""
+    head = [f"POST {CHAT} HTTP/1.1", "Host: gateway.test", f"Authorization: Bearer {gw.key()}",
+            f"X-Forwarded-For: {US_IP}", "Content-Type: application/json", "Transfer-Encoding: chunked",
+            "Connection: close"]
+    request = ("\r\n".join(head) + "\r\n\r\n").encode() + b"%x\r\n%s\r\n0\r\n%s\r\n\r\n" % (
+        len(BODY), BODY, trailer.encode())
+    [reply] = gw.raw(request)
+    assert reply.status == 200, reply
+    name, value = trailer.split(": ")
+    seen = upstream_headers(gw)
+    assert value not in values(seen, name.lower()), seen
+    assert values(seen, "content-type") == ["application/json"]
+
+
+def test_a_framing_trailer_is_refused(gw: Probe) -> None:
+    request = ("\r\n".join([f"POST {CHAT} HTTP/1.1", "Host: gateway.test", f"Authorization: Bearer {gw.key()}",
+                             f"X-Forwarded-For: {US_IP}", "Content-Type: application/json",
+                             "Transfer-Encoding: chunked", "Connection: close"]) + "\r\n\r\n").encode()
+    denied_unread(gw, gw.raw(request + b"%x\r\n%s\r\n0\r\nContent-Length: 5\r\n\r\n" % (len(BODY), BODY)), 400)
+
+
 @pytest.mark.parametrize("lines", [
     ["Content-Type: application/json", "Content-Type: application/json"],
     ["Content-Type: application/json", "content-TYPE: text/plain"],
