@@ -28,8 +28,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import Protocol
 
-from gateway.geo import UNKNOWN, Address, GeoIP, Place, parse_ip
+from gateway.geo import UNKNOWN, Address, Place, parse_ip
+
+
+class PlaceLookup(Protocol):
+    """Where an address is: a GeoIP, or the databases in force (gateway/geofiles.py)."""
+
+    def locate(self, ip: str) -> Place: ...
 
 
 # More hops than any real proxy chain; a longer header is someone's fabrication.
@@ -187,7 +194,7 @@ class ClientLocator:
     MAX_KEY_CHARS = 512
     MAX_KEY_VALUES = 4
 
-    def __init__(self, trusted: TrustedProxies, geo: GeoIP, size: int = 4096) -> None:
+    def __init__(self, trusted: TrustedProxies, geo: PlaceLookup, size: int = 4096) -> None:
         self.trusted = trusted
         self.geo = geo
         self.size = size

@@ -31,8 +31,7 @@ from gateway.app import Gateway
 from gateway.audit import AuditLogs
 from gateway.audit.chain import default_replica
 from gateway.config import Config, is_loopback
-from gateway.geo import GeoIP
-from gateway.geodata import default_country_db
+from gateway.geofiles import LiveGeo, configured_files
 from gateway.identity import Authenticator
 from gateway.identity.redis_keys import RedisApiKeyStore
 from gateway.listener import protocol_for
@@ -93,7 +92,7 @@ class Service:
                             if revocation.enabled else None)
         self.live = LiveState(self.state, self.store, self.metrics, config.policy_dir,
                               on_change=self.revocations.policy_changed if self.revocations else None)
-        self.geo: GeoIP | None = None
+        self.geo: LiveGeo | None = None
         self.upstreams = Upstreams(config.upstreams)
         # Fleet mode: the audit stream goes through the store's Redis client.
         self.audit = AuditLogs.from_config(config.audit, self.metrics, state_dir=config.state_dir, namespace=redis.namespace,
@@ -126,7 +125,9 @@ class Service:
     async def start(self) -> None:
         config = self.config
         await self.live.start()
-        self.geo = GeoIP(config.geoip.country_db or default_country_db(), config.geoip.anonymous_ip_db)
+        self.geo = LiveGeo(configured_files(config.geoip), self.metrics, max_age_days=config.geoip.max_age_days)
+        self.geo.report(self.clock())
+        self._geo_watch = asyncio.ensure_future(self.geo.watch(self.clock))
         if self.api_keys is not None:
             await self.api_keys.start()
         await self.authenticator.start()
@@ -171,6 +172,7 @@ class Service:
         if self.api_keys is not None:
             await self.api_keys.close()
         if self.geo is not None:
+            self._geo_watch.cancel()
             self.geo.close()
 
     async def run_forever(self) -> None:

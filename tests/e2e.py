@@ -14,7 +14,7 @@ from typing import Any
 
 from authlib.jose import JsonWebKey, jwt
 
-from conftest import GEOIP, REFERENCE_POLICY, at
+from conftest import GEOIP, GEOIP_MAX_AGE_DAYS, REFERENCE_POLICY, at
 from gateway.audit import unauthenticated_path
 from gateway.config import load_config
 from gateway.demo_upstream import DemoServer, serve as serve_upstream
@@ -65,7 +65,9 @@ class Stack:
 
     def __init__(self, directory: Path, *, clock: Callable[[], float] = lambda: DECISION_TIME,
                  policy_dir: Path = REFERENCE_POLICY, extra_config: str = "", admin_listen: str = "127.0.0.1:0",
-                 upstream_options: str = "", country_db: Path = GEOIP / "GeoIP2-City-Test.mmdb") -> None:
+                 upstream_options: str = "", country_db: Path = GEOIP / "GeoIP2-City-Test.mmdb",
+                 anonymous_ip_db: Path | None = GEOIP / "GeoIP2-Anonymous-IP-Test.mmdb",
+                 geoip_max_age_days: int = GEOIP_MAX_AGE_DAYS) -> None:
         """`upstream_options`: more keys of `upstreams.default`, in YAML flow style (", headers: {...}")."""
         self.directory = directory
         self.thread = LoopThread()
@@ -85,7 +87,8 @@ upstreams:
 trusted_proxies: [127.0.0.1/32]
 geoip:
   country_db: {country_db}
-  anonymous_ip_db: {GEOIP / "GeoIP2-Anonymous-IP-Test.mmdb"}
+  anonymous_ip_db: {anonymous_ip_db if anonymous_ip_db is not None else "null"}
+  max_age_days: {geoip_max_age_days}
 identity:
   jwt: {{jwks_file: jwks.json, issuer: "{ISSUER}", audience: {AUDIENCE}, algorithms: [RS256]}}
 {audit}

@@ -1,0 +1,112 @@
+"""The GeoIP databases in force, and how old they are (issue 13).
+
+Address blocks change hands every month, so a place read from an old database
+may be wrong, and a wrong place is a wrong export-control fact. Each database's
+age is counted from its build date (the `build_epoch` of its metadata), the
+embedded default's too, against `geoip.max_age_days`:
+
+- past it, `gateway_geoip_database_age_seconds{database}` shows it and the
+  GatewayGeoIPDatabaseOld alert fires (deploy/prometheus/alerts.yml); requests
+  are served as before and /readyz stays ready;
+- past twice it, the place is no longer trusted for covered models: the request
+  path passes `Facts.geo_expired` to the decision core, which refuses them with
+  503 state_unavailable until a fresh database is in place. Other models keep
+  working.
+
+`LiveGeo` holds the `GeoIP` built from named database files ("country",
+"anonymous_ip"; any other a `build` function knows how to open) and answers
+lookups with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from gateway.config import GeoIPConfig
+from gateway.geo import GeoIP, Place
+from gateway.geodata import default_country_db
+from gateway.metrics import Metrics
+
+log = logging.getLogger("gateway.geo")
+
+DAY_S = 86_400.0
+POLL_S = 1.0  # as the policy files (gateway/live/state.py)
+
+Build = Callable[[Mapping[str, Path]], GeoIP]
+
+
+def configured_files(config: GeoIPConfig) -> dict[str, Path]:
+    """The database files the config names, by name; the embedded country database by default."""
+    files = {"country": Path(config.country_db) if config.country_db else default_country_db()}
+    if config.anonymous_ip_db:
+        files["anonymous_ip"] = Path(config.anonymous_ip_db)
+    return files
+
+
+def build_geoip(files: Mapping[str, Path]) -> GeoIP:
+    """The GeoIP of the configured files: a country database, maybe an anonymous-IP one."""
+    return GeoIP(files["country"], files.get("anonymous_ip"))
+
+
+class LiveGeo:
+    """The GeoIP in force, with the age of each of its databases."""
+
+    def __init__(self, files: Mapping[str, Path], metrics: Metrics, *, max_age_days: int,
+                 build: Build = build_geoip) -> None:
+        self.files = dict(files)
+        self.metrics = metrics
+        self.max_age_s = max_age_days * DAY_S
+        self.build = build
+        self.geo = build(self.files)
+        self._oldest = min(self.geo.built.values())
+        self._conditions: dict[str, str] = {}
+        metrics.geoip_max_age.set(self.max_age_s)
+
+    def locate(self, ip: str) -> Place:
+        return self.geo.locate(ip)
+
+    @property
+    def has_anonymizer_database(self) -> bool:
+        return "anonymous_ip" in self.geo.built
+
+    def expired(self, now: float) -> bool:
+        """Whether some database is older than twice the maximum age at `now`."""
+        return now - self._oldest > 2 * self.max_age_s
+
+    def ages(self, now: float) -> dict[str, float]:
+        """Each database's age in seconds at `now` (never negative: a build date ahead
+        of the clock is no age at all)."""
+        return {name: max(0.0, now - built) for name, built in self.geo.built.items()}
+
+    def report(self, now: float) -> None:
+        """Set the age metrics for `now`, and log each database that has become old or expired."""
+        for name, age in self.ages(now).items():
+            self.metrics.geoip_age.labels(name).set(age)
+            condition = "expired" if age > 2 * self.max_age_s else "old" if age > self.max_age_s else "fresh"
+            if condition != self._conditions.get(name, "fresh"):
+                self._log_condition(name, condition, age)
+            self._conditions[name] = condition
+        self.metrics.geoip_anonymizer_loaded.set(1 if self.has_anonymizer_database else 0)
+
+    def _log_condition(self, name: str, condition: str, age: float) -> None:
+        path, days, limit = self.files[name], age / DAY_S, self.max_age_s / DAY_S
+        if condition == "expired":
+            log.error("GeoIP %s database %s is %.0f days old (over twice geoip.max_age_days = %.0f): requests for "
+                      "covered models are refused until a fresh database is in place", name, path, days, limit)
+        elif condition == "old":
+            log.warning("GeoIP %s database %s is %.0f days old (geoip.max_age_days = %.0f): install a fresh one; "
+                        "at twice that age covered models are refused", name, path, days, limit)
+        else:
+            log.warning("GeoIP %s database %s is fresh again (%.0f days old)", name, path, days)
+
+    async def watch(self, clock: Callable[[], float]) -> None:
+        """Keep the age metrics current, until cancelled."""
+        while True:
+            self.report(clock())
+            await asyncio.sleep(POLL_S)
+
+    def close(self) -> None:
+        self.geo.close()

@@ -1,0 +1,139 @@
+"""GeoIP databases that cannot silently age (issue 13): each database's age from its
+build date, reported; past twice `geoip.max_age_days`, covered models refused with
+503 while the others are served. Real gateways on loopback, real database files
+(tests/mmdb.py writes them with a chosen build date)."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from e2e import DECISION_TIME, US_IP, Stack
+from gateway.geofiles import DAY_S, LiveGeo
+from gateway.metrics import Metrics
+from mmdb import write
+
+US_NETWORK = "216.160.83.0/24"  # US_IP's network
+COVERED, NOT_COVERED = "frontier-5.6", "small-2"
+
+
+def country_db(path: Path, *, days_old: float, country: str = "US") -> Path:
+    """A City database placing US_IP in `country`, built `days_old` days before DECISION_TIME."""
+    return write(path, {US_NETWORK: {"country": {"iso_code": country}}},
+                 build_epoch=int(DECISION_TIME - days_old * DAY_S))
+
+
+def anonymous_db(path: Path, *, days_old: float) -> Path:
+    return write(path, {"1.2.3.0/24": {"is_anonymous": True}}, "GeoIP2-Anonymous-IP",
+                 build_epoch=int(DECISION_TIME - days_old * DAY_S))
+
+
+def samples(stack: Stack, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    with urllib.request.urlopen(stack.admin_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {tuple(sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples if sample.name == name}
+
+
+def chat(stack: Stack, model: str, org: str = "org-acme") -> tuple[int, dict[str, object]]:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    request = urllib.request.Request(stack.url + "/v1/chat/completions", body, {
+        "Authorization": f"Bearer {stack.api_key(org)}", "Content-Type": "application/json", "X-Forwarded-For": US_IP})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def ready(stack: Stack) -> bool:
+    try:
+        with urllib.request.urlopen(stack.admin_url + "/readyz", timeout=5) as response:
+            return bool(json.loads(response.read())["ready"])
+    except urllib.error.HTTPError:
+        return False
+
+
+def audit_reasons(stack: Stack) -> list[list[str]]:
+    return [record["reasons"] for record in stack.audit_records() if record.get("requested_model")]
+
+
+@pytest.fixture(scope="module")
+def old(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A gateway whose country database is 60 days old: past 45, not past 90."""
+    directory = tmp_path_factory.mktemp("old")
+    stack = Stack(directory, country_db=country_db(directory / "City.mmdb", days_old=60),
+                  anonymous_ip_db=anonymous_db(directory / "Anon.mmdb", days_old=10), geoip_max_age_days=45)
+    yield stack
+    stack.close()
+
+
+@pytest.fixture(scope="module")
+def expired(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A gateway whose country database is 100 days old: past twice 45."""
+    directory = tmp_path_factory.mktemp("expired")
+    stack = Stack(directory, country_db=country_db(directory / "City.mmdb", days_old=100), anonymous_ip_db=None,
+                  geoip_max_age_days=45)
+    yield stack
+    stack.close()
+
+
+class TestOld:
+    def test_the_age_of_each_database_is_exported(self, old: Stack) -> None:
+        ages = samples(old, "gateway_geoip_database_age_seconds")
+        assert ages[(("database", "country"),)] == pytest.approx(60 * DAY_S, abs=1)
+        assert ages[(("database", "anonymous_ip"),)] == pytest.approx(10 * DAY_S, abs=1)
+        assert samples(old, "gateway_geoip_max_age_seconds") == {(): 45 * DAY_S}
+
+    def test_requests_are_still_served_and_the_gateway_stays_ready(self, old: Stack) -> None:
+        assert chat(old, COVERED)[0] == 200
+        assert chat(old, NOT_COVERED)[0] == 200
+        assert ready(old)
+
+
+class TestExpired:
+    def test_a_covered_model_is_refused_with_503_state_unavailable(self, expired: Stack) -> None:
+        status, body = chat(expired, COVERED)
+        assert status == 503
+        assert body["error"]["code"] == "service_unavailable"
+        assert expired.received == []
+        assert ["state_unavailable"] in audit_reasons(expired)
+
+    def test_a_model_that_is_not_covered_is_served(self, expired: Stack) -> None:
+        status, body = chat(expired, NOT_COVERED)
+        assert status == 200 and body["model"] == NOT_COVERED
+
+    def test_other_denials_keep_their_own_reason(self, expired: Stack) -> None:
+        assert chat(expired, COVERED, org="org-not-in-policy")[0] == 403
+
+    def test_the_gateway_stays_ready(self, expired: Stack) -> None:
+        assert ready(expired)
+
+
+class TestAge:
+    """LiveGeo's arithmetic, at chosen times."""
+
+    def test_expired_only_past_twice_the_maximum_age(self, tmp_path: Path) -> None:
+        geo = LiveGeo({"country": country_db(tmp_path / "City.mmdb", days_old=0)}, Metrics(), max_age_days=10)
+        assert not geo.expired(DECISION_TIME + 20 * DAY_S)
+        assert geo.expired(DECISION_TIME + 20 * DAY_S + 1)
+        geo.close()
+
+    def test_the_oldest_database_counts(self, tmp_path: Path) -> None:
+        anonymous = anonymous_db(tmp_path / "Anon.mmdb", days_old=30)
+        geo = LiveGeo({"country": country_db(tmp_path / "City.mmdb", days_old=0), "anonymous_ip": anonymous},
+                      Metrics(), max_age_days=10)
+        assert geo.expired(DECISION_TIME)
+        assert geo.ages(DECISION_TIME) == {"country": 0.0, "anonymous_ip": 30 * DAY_S}
+        geo.close()
+
+    def test_a_build_date_ahead_of_the_clock_is_no_age(self, tmp_path: Path) -> None:
+        geo = LiveGeo({"country": country_db(tmp_path / "City.mmdb", days_old=-3)}, Metrics(), max_age_days=10)
+        assert geo.ages(DECISION_TIME) == {"country": 0.0}
+        assert not geo.expired(DECISION_TIME)
+        geo.close()
