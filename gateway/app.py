@@ -115,6 +115,7 @@ class Gateway:
         self.router = Router(config.routes)
         self.geo = geo
         self.locator = ClientLocator(TrustedProxies(config.trusted_proxies), geo)
+        geo.on_swap(self.locator.forget)
         self.quota = quota or LocalQuota()
         self.sightings = sightings or LocalSightings(config.credential_misuse.window_s)
         self.on_misuse = on_misuse

@@ -183,11 +183,11 @@ def _by_prefix_length(networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6N
 class ClientLocator:
     """The client address and where it is, for a peer and its X-Forwarded-For values.
 
-    Memoised: both are pure functions of those inputs (trusted proxies and GeoIP
-    databases are fixed for the life of the process), and a client sends the same
-    ones request after request. A refusal is remembered as its message and raised
-    afresh each time (re-raising one exception object would grow its traceback
-    without end). Bounded, oldest entry out first: at most `size` entries, each
+    Memoised: both are pure functions of those inputs (trusted proxies are fixed for
+    the life of the process; when the GeoIP databases are replaced, `forget()` drops
+    every memo), and a client sends the same ones request after request. A refusal
+    is remembered as its message and raised afresh each time (re-raising one
+    exception object would grow its traceback without end). Bounded, oldest entry out first: at most `size` entries, each
     keyed by at most MAX_KEY_VALUES header lines of MAX_KEY_CHARS in all; anything
     larger is worked out every time, never kept."""
 
@@ -199,6 +199,10 @@ class ClientLocator:
         self.geo = geo
         self.size = size
         self._memo: dict[tuple[str | None, ...], tuple[str | None, Place] | str] = {}
+
+    def forget(self) -> None:
+        """Drop every memo: the places in it came from databases no longer in use."""
+        self._memo = {}
 
     def locate(self, peer: str | None, forwarded_for: list[str]) -> tuple[str | None, Place]:
         """Raises ForwardedForError as client_ip() does."""

@@ -15,13 +15,20 @@ embedded default's too, against `geoip.max_age_days`:
 
 `LiveGeo` holds the `GeoIP` built from named database files ("country",
 "anonymous_ip"; any other a `build` function knows how to open) and answers
-lookups with it.
+lookups with it. The files are polled (stat every POLL_S, as the policy files
+are): when one is replaced on disk, a new GeoIP is built from the files and
+probed beside the running one, then swapped in by one assignment, so a lookup
+sees the old databases or the new, never a mix. A replacement that cannot be
+opened, is of the wrong type or fails a probe lookup is refused and the running
+databases stay; either way `gateway_geoip_reloads_total{database,result}` counts
+it and the log says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -35,7 +42,12 @@ log = logging.getLogger("gateway.geo")
 DAY_S = 86_400.0
 POLL_S = 1.0  # as the policy files (gateway/live/state.py)
 
+# Addresses looked up in a new database before it is used: a damaged tree or data
+# section fails here rather than in a request.
+PROBES = ("8.8.8.8", "1.1.1.1", "2001:4860:4860::8888")
+
 Build = Callable[[Mapping[str, Path]], GeoIP]
+Stamp = tuple[int, int, int, int] | None
 
 
 def configured_files(config: GeoIPConfig) -> dict[str, Path]:
@@ -60,9 +72,11 @@ class LiveGeo:
         self.metrics = metrics
         self.max_age_s = max_age_days * DAY_S
         self.build = build
+        self._stamps = _stamps(self.files)  # before opening: a change in between is seen at the next check
         self.geo = build(self.files)
         self._oldest = min(self.geo.built.values())
         self._conditions: dict[str, str] = {}
+        self._on_swap: list[Callable[[], None]] = []
         metrics.geoip_max_age.set(self.max_age_s)
 
     def locate(self, ip: str) -> Place:
@@ -102,11 +116,61 @@ class LiveGeo:
         else:
             log.warning("GeoIP %s database %s is fresh again (%.0f days old)", name, path, days)
 
+    def on_swap(self, callback: Callable[[], None]) -> None:
+        """Call `callback` after new databases are swapped in (to drop what was worked out with the old)."""
+        self._on_swap.append(callback)
+
+    def check_files(self) -> None:
+        """Swap in the databases if a file changed on disk and the new ones are sound."""
+        stamps = _stamps(self.files)
+        changed = [name for name in self.files if stamps[name] != self._stamps[name]]
+        if not changed:
+            return
+        self._stamps = stamps  # a refused file is tried again when it changes again
+        try:
+            geo = self.build(self.files)
+            for address in PROBES:
+                geo.locate(address)
+        except Exception as error:  # GeoDatabaseError, or whatever a damaged file raises on lookup
+            self._count(changed, "refused")
+            log.error("GeoIP %s refused, the running databases stay: %s", _listing(self.files, changed), error)
+            return
+        # The old readers are not closed: a lookup still holding one (from another
+        # thread, say) must not find it closed; they go when the last reference does.
+        self.geo, self._oldest = geo, min(geo.built.values())
+        for callback in self._on_swap:
+            callback()
+        self._count(changed, "success")
+        log.info("GeoIP %s reloaded (%s)", _listing(self.files, changed), geo.database_type)
+
+    def _count(self, names: list[str], result: str) -> None:
+        for name in names:
+            self.metrics.geoip_reloads.labels(name, result).inc()
+
     async def watch(self, clock: Callable[[], float]) -> None:
-        """Keep the age metrics current, until cancelled."""
+        """Pick up replaced files and keep the age metrics current, until cancelled."""
         while True:
-            self.report(clock())
             await asyncio.sleep(POLL_S)
+            self.check_files()
+            self.report(clock())
 
     def close(self) -> None:
         self.geo.close()
+
+
+def _stamps(files: Mapping[str, Path]) -> dict[str, Stamp]:
+    return {name: _stamp(path) for name, path in files.items()}
+
+
+def _stamp(path: Path) -> Stamp:
+    """What changes when a file is replaced (renamed over: the inode) or rewritten (size,
+    time); stat follows symlinks, so switching a link to another file counts too."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _listing(files: Mapping[str, Path], names: list[str]) -> str:
+    return ", ".join(f"{name} database {files[name]}" for name in names)

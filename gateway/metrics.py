@@ -57,6 +57,9 @@ class Metrics:
                                "build date.", ["database"], registry=registry)
         self.geoip_max_age = Gauge("gateway_geoip_max_age_seconds", "geoip.max_age_days in seconds: older databases "
                                    "are reported; at twice it, covered models are refused.", registry=registry)
+        self.geoip_reloads = Counter("gateway_geoip_reloads", "GeoIP database files replaced on disk: picked up "
+                                     "(success) or refused, the running one kept (refused).", ["database", "result"],
+                                     registry=registry)
         self.geoip_anonymizer_loaded = Gauge("gateway_geoip_anonymizer_database_loaded", "1 when an anonymous-IP "
                                              "database is loaded (else no request is known to be an anonymizer).",
                                              registry=registry)

@@ -1,13 +1,17 @@
 """GeoIP databases that cannot silently age (issue 13): each database's age from its
 build date, reported; past twice `geoip.max_age_days`, covered models refused with
-503 while the others are served. Real gateways on loopback, real database files
-(tests/mmdb.py writes them with a chosen build date)."""
+503 while the others are served. A database replaced on disk is used without a
+restart; a damaged replacement is refused and the running one kept. Real gateways
+on loopback, real database files (tests/mmdb.py writes them with a chosen build date)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +35,25 @@ def country_db(path: Path, *, days_old: float, country: str = "US") -> Path:
 def anonymous_db(path: Path, *, days_old: float) -> Path:
     return write(path, {"1.2.3.0/24": {"is_anonymous": True}}, "GeoIP2-Anonymous-IP",
                  build_epoch=int(DECISION_TIME - days_old * DAY_S))
+
+
+def replace(path: Path, write_new: Callable[[Path], object]) -> None:
+    """Replace `path` the way an update should: write beside it, rename over it."""
+    staged = path.with_name(path.name + ".new")
+    write_new(staged)
+    os.replace(staged, path)
+
+
+def garbage(path: Path) -> None:
+    path.write_bytes(b"not a MaxMind database\n" * 100)
+
+
+def wait_for(stack: Stack, database: str, result: str, count: float = 1) -> None:
+    key = (("database", database), ("result", result))
+    deadline = time.monotonic() + 10
+    while samples(stack, "gateway_geoip_reloads_total").get(key, 0) < count:
+        assert time.monotonic() < deadline, f"no {result} reload of {database}"
+        time.sleep(0.1)
 
 
 def samples(stack: Stack, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -113,6 +136,91 @@ class TestExpired:
 
     def test_the_gateway_stays_ready(self, expired: Stack) -> None:
         assert ready(expired)
+
+
+@pytest.fixture(scope="module")
+def swapped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Path]]:
+    """A gateway and its country database file, which TestHotSwap replaces in turn."""
+    directory = tmp_path_factory.mktemp("swap")
+    path = country_db(directory / "City.mmdb", days_old=1)
+    stack = Stack(directory, country_db=path, anonymous_ip_db=None, geoip_max_age_days=45)
+    yield stack, path
+    stack.close()
+
+
+class TestHotSwap:
+    def test_a_replaced_database_is_used_without_a_restart(self, swapped: tuple[Stack, Path],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+        stack, path = swapped
+        caplog.set_level(logging.INFO, logger="gateway.geo")
+        assert chat(stack, COVERED)[0] == 200
+        replace(path, lambda staged: country_db(staged, days_old=0, country="IR"))
+        wait_for(stack, "country", "success")
+        status, body = chat(stack, COVERED)  # the same client address: nothing remembered from before
+        assert status == 451 and "jurisdiction_embargoed" in audit_reasons(stack)[-1]
+        assert any("reloaded" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+
+    def test_a_corrupt_replacement_is_refused_and_the_running_database_kept(
+            self, swapped: tuple[Stack, Path], caplog: pytest.LogCaptureFixture) -> None:
+        stack, path = swapped
+        caplog.set_level(logging.INFO, logger="gateway.geo")
+        before = chat(stack, NOT_COVERED)[0]
+        replace(path, garbage)
+        wait_for(stack, "country", "refused")
+        assert chat(stack, NOT_COVERED)[0] == before == 451  # still the IR database of the test before
+        assert ready(stack)
+        assert any(r.levelno == logging.ERROR and "refused" in r.getMessage() for r in caplog.records)
+
+    def test_a_sound_file_after_a_refused_one_is_taken(self, swapped: tuple[Stack, Path]) -> None:
+        stack, path = swapped
+        replace(path, lambda staged: country_db(staged, days_old=0, country="US"))
+        wait_for(stack, "country", "success", 2)
+        assert chat(stack, COVERED)[0] == 200
+
+    def test_an_expired_database_replaced_by_a_fresh_one_serves_covered_models_again(self, tmp_path: Path) -> None:
+        path = country_db(tmp_path / "City.mmdb", days_old=100)
+        stack = Stack(tmp_path, country_db=path, anonymous_ip_db=None, geoip_max_age_days=45)
+        try:
+            assert chat(stack, COVERED)[0] == 503
+            replace(path, lambda staged: country_db(staged, days_old=2))
+            wait_for(stack, "country", "success")
+            assert chat(stack, COVERED)[0] == 200
+            assert samples(stack, "gateway_geoip_database_age_seconds")[(("database", "country"),)] == \
+                pytest.approx(2 * DAY_S, abs=1)
+        finally:
+            stack.close()
+
+
+class TestReplacementChecks:
+    """What LiveGeo.check_files refuses, on its own."""
+
+    @pytest.mark.parametrize("bad", ["garbage", "wrong type", "removed", "truncated"])
+    def test_a_bad_replacement_is_refused(self, tmp_path: Path, bad: str) -> None:
+        path = country_db(tmp_path / "City.mmdb", days_old=0, country="US")
+        metrics = Metrics()
+        geo = LiveGeo({"country": path}, metrics, max_age_days=45)
+        original = path.read_bytes()
+        if bad == "garbage":
+            replace(path, garbage)
+        elif bad == "wrong type":
+            replace(path, lambda staged: anonymous_db(staged, days_old=0))
+        elif bad == "removed":
+            path.unlink()
+        else:
+            replace(path, lambda staged: staged.write_bytes(original[: len(original) // 2]))
+        geo.check_files()
+        assert geo.locate(US_IP).country == "US"
+        assert metrics.geoip_reloads.labels("country", "refused")._value.get() == 1
+        geo.check_files()  # the same bad file is not tried again
+        assert metrics.geoip_reloads.labels("country", "refused")._value.get() == 1
+        geo.close()
+
+    def test_an_unchanged_file_is_not_reopened(self, tmp_path: Path) -> None:
+        geo = LiveGeo({"country": country_db(tmp_path / "City.mmdb", days_old=0)}, Metrics(), max_age_days=45)
+        running = geo.geo
+        geo.check_files()
+        assert geo.geo is running
+        geo.close()
 
 
 class TestAge:
