@@ -14,7 +14,8 @@ from gateway import countries, explain
 from gateway.config import Config, ConfigError, load_config
 from gateway.decision import Facts, decide
 from gateway.geo import GeoDatabaseError, GeoIP
-from gateway.policy.issues import PolicyError
+from gateway.geofiles import UNENFORCED_ANONYMIZERS, unenforced_anonymizer_rules
+from gateway.policy.issues import Issue, PolicyError
 from gateway.policy.load import load_bundle
 from gateway.policy.snapshot import Policy
 
@@ -104,10 +105,11 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
     # The time only adds warnings (expired suspensions, vetting lapsed or lapsing soon).
     loaded = load_bundle(args.directory, now=parse_time(args.at) if args.at else datetime.now(UTC))
     policy = loaded.policy
+    warnings = [*loaded.warnings, *(_config_issues(policy, _config(args)) if args.config else [])]
     if args.json:
-        print(json.dumps({"valid": True, "version": policy.version, "issues": [w.as_dict() for w in loaded.warnings]}, indent=2))
+        print(json.dumps({"valid": True, "version": policy.version, "issues": [w.as_dict() for w in warnings]}, indent=2))
         return 0
-    for warning in loaded.warnings:
+    for warning in warnings:
         print(f"warning: {warning}")
     print(
         f"{args.directory}: valid, version {policy.version} — {len(policy.groups)} groups, "
@@ -115,6 +117,12 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
         f"{len(policy.suspensions)} suspensions"
     )
     return 0
+
+
+def _config_issues(policy: Policy, config: Config) -> list[Issue]:
+    """What the bundle asks that the gateway's config cannot deliver."""
+    anonymizers = unenforced_anonymizer_rules(policy, config.geoip.anonymous_ip_db is not None)
+    return [Issue("framework.yaml", rule, UNENFORCED_ANONYMIZERS, severity="warning") for rule in anonymizers]
 
 
 def cmd_policy_diff(args: argparse.Namespace) -> int:
@@ -248,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--at", metavar="ISO8601",
                           help="judge time-relative warnings (expired suspensions, lapsing vetting) at this time "
                                "(default: now)")
+    validate.add_argument("--config", metavar="FILE",
+                          help="also check the bundle against this gateway config (e.g. deny_anonymizers without "
+                               "an anonymous-IP database)")
     validate.add_argument("--json", action="store_true", help="machine-readable output")
     validate.set_defaults(run=cmd_policy_validate)
 

@@ -22,6 +22,12 @@ sees the old databases or the new, never a mix. A replacement that cannot be
 opened, is of the wrong type or fails a probe lookup is refused and the running
 databases stay; either way `gateway_geoip_reloads_total{database,result}` counts
 it and the log says so.
+
+A policy that denies anonymizers needs the anonymous-IP database: without one no
+request is known to come through an anonymizer, and the rule denies nothing.
+Nothing may look enforced that is not, so `unenforced_anonymizer_rules` names
+such rules for the startup log and `gateway policy validate --config`, and
+`gateway_geoip_anonymizer_database_loaded` is 0.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from gateway.config import GeoIPConfig
 from gateway.geo import GeoIP, Place
 from gateway.geodata import default_country_db
 from gateway.metrics import Metrics
+from gateway.policy.snapshot import Policy
 
 log = logging.getLogger("gateway.geo")
 
@@ -56,6 +63,19 @@ def configured_files(config: GeoIPConfig) -> dict[str, Path]:
     if config.anonymous_ip_db:
         files["anonymous_ip"] = Path(config.anonymous_ip_db)
     return files
+
+
+UNENFORCED_ANONYMIZERS = ("denies anonymizers, but no anonymous-IP database is configured (geoip.anonymous_ip_db): "
+                          "no request is known to come through an anonymizer, so this rule denies nothing")
+
+
+def unenforced_anonymizer_rules(policy: Policy, has_anonymizer_database: bool) -> list[str]:
+    """The policy's `deny_anonymizers` rules that nothing enforces: all of them, without
+    an anonymous-IP database."""
+    if has_anonymizer_database:
+        return []
+    rule_sets = (("all_models", policy.all_models), ("covered_models", policy.covered_models))
+    return [f"rules.{name}.deny_anonymizers" for name, rules in rule_sets if rules.deny_anonymizers]
 
 
 def build_geoip(files: Mapping[str, Path]) -> GeoIP:

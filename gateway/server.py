@@ -31,7 +31,7 @@ from gateway.app import Gateway
 from gateway.audit import AuditLogs
 from gateway.audit.chain import default_replica
 from gateway.config import Config, is_loopback
-from gateway.geofiles import LiveGeo, configured_files
+from gateway.geofiles import UNENFORCED_ANONYMIZERS, LiveGeo, configured_files, unenforced_anonymizer_rules
 from gateway.identity import Authenticator
 from gateway.identity.redis_keys import RedisApiKeyStore
 from gateway.listener import protocol_for
@@ -128,6 +128,9 @@ class Service:
         self.geo = LiveGeo(configured_files(config.geoip), self.metrics, max_age_days=config.geoip.max_age_days)
         self.geo.report(self.clock())
         self._geo_watch = asyncio.ensure_future(self.geo.watch(self.clock))
+        if self.state.policy is not None:
+            for rule in unenforced_anonymizer_rules(self.state.policy, self.geo.has_anonymizer_database):
+                log.warning("policy %s %s", rule, UNENFORCED_ANONYMIZERS)
         if self.api_keys is not None:
             await self.api_keys.start()
         await self.authenticator.start()

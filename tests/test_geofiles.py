@@ -245,3 +245,33 @@ class TestAge:
         assert geo.ages(DECISION_TIME) == {"country": 0.0}
         assert not geo.expired(DECISION_TIME)
         geo.close()
+
+
+class TestAnonymizerDatabase:
+    """The reference policy denies anonymizers for covered models."""
+
+    @staticmethod
+    def warned(caplog: pytest.LogCaptureFixture) -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and "no anonymous-IP database" in r.getMessage()]
+
+    def test_without_one_the_rule_is_warned_of_and_the_gauge_is_0(self, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.WARNING, logger="gateway")
+        stack = Stack(tmp_path, anonymous_ip_db=None)
+        try:
+            assert samples(stack, "gateway_geoip_anonymizer_database_loaded") == {(): 0.0}
+            [message] = self.warned(caplog)
+            assert message.startswith("policy rules.covered_models.deny_anonymizers denies anonymizers")
+        finally:
+            stack.close()
+
+    def test_with_one_the_gauge_is_1_and_nothing_is_warned(self, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.WARNING, logger="gateway")
+        stack = Stack(tmp_path)
+        try:
+            assert samples(stack, "gateway_geoip_anonymizer_database_loaded") == {(): 1.0}
+            assert self.warned(caplog) == []
+        finally:
+            stack.close()
