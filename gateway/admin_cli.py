@@ -470,14 +470,16 @@ def add_arguments(admin: argparse.ArgumentParser) -> None:
 
     suspend = verb("suspend", do_suspend, "suspend models, in force at once (POST /admin/suspensions)",
                    "Create a live suspension: the models are denied (451 export_suspended) outside, or in, "
-                   "the given jurisdiction groups. Prints the new id and the policy version.")
+                   "the given places: jurisdiction groups of the policy (e.g. us) or upper-case ISO codes of single "
+                   "places (a country JP, a region UA-43). Prints the new id and the policy "
+                   "version.")
     suspend.add_argument("--model", required=True, action="extend", nargs="+", metavar="M",
                          help="model id or alias (repeatable)")
     scope = suspend.add_mutually_exclusive_group(required=True)
-    scope.add_argument("--deny-outside", action="extend", nargs="+", metavar="GROUP",
-                       help="deny unless the request is from these jurisdiction groups")
-    scope.add_argument("--deny-in", action="extend", nargs="+", metavar="GROUP",
-                       help="deny requests from these jurisdiction groups")
+    scope.add_argument("--deny-outside", action="extend", nargs="+", metavar="PLACE",
+                       help="deny unless the request is from these groups or ISO codes")
+    scope.add_argument("--deny-in", action="extend", nargs="+", metavar="PLACE",
+                       help="deny requests from these groups or ISO codes (e.g. JP, UA-43)")
     suspend.add_argument("--reason", required=True, metavar="TEXT", help="why (recorded and shown in the change log)")
     suspend.add_argument("--reference", metavar="REF", help="e.g. the order or ticket")
     suspend.add_argument("--from", dest="from_", metavar="ISO", help="start (ISO 8601; no offset means UTC; default: now)")

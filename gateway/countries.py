@@ -35,3 +35,12 @@ def is_country(code: str) -> bool:
 def is_region(code: str) -> bool:
     match = _REGION.fullmatch(code)
     return match is not None and match.group(1) in ALPHA2
+
+
+def is_place(entry: str) -> bool:
+    """Whether a suspension's jurisdiction entry names a place directly rather than a
+    group: an ISO 3166-1 country code or an ISO 3166-2 region code, written upper-case
+    (`JP`, `UA-43`). Group names may not take this form (the policy loader refuses
+    them), so an entry is never both; `jp` is a group name, never Japan."""
+    return is_country(entry) or is_region(entry)
+

@@ -248,7 +248,7 @@ class TestSuspensions:
         problems = answer["error"]["problems"]
         assert sorted(problems) == sorted([
             "models: unknown model 'no-such-model'", "give exactly one of deny_outside or deny_in",
-            "deny_outside: unknown jurisdiction group 'atlantis'", "until: must be later than 'from'"])
+            "deny_outside: unknown jurisdiction group 'atlantis', nor an ISO 3166 code", "until: must be later than 'from'"])
         status, answer = admin(stack, "POST", "/admin/suspensions", {})
         assert status == 422 and sorted(answer["error"]["problems"]) == [
             "give exactly one of deny_outside or deny_in", "models: Field required", "reason: Field required"]

@@ -167,7 +167,7 @@ class TestSuspendAndLift:
         lines = done.stderr.splitlines()
         assert lines[0] == "error: The change was refused. (HTTP 422, change_refused)"
         assert sorted(lines[1:]) == sorted(["  models: unknown model 'no-such-model'",
-                                            "  deny_outside: unknown jurisdiction group 'atlantis'",
+                                            "  deny_outside: unknown jurisdiction group 'atlantis', nor an ISO 3166 code",
                                             "  until: must be later than 'from'"])
 
     def test_a_duplicate_id_exits_1(self, stack: Stack) -> None:
