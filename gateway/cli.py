@@ -45,11 +45,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         observed_region=region,
         anonymizer=anonymizer,
     )
-    decision = decide(policy, facts, now)
-    if args.json:
-        print(json.dumps(explain.as_json(policy, facts, decision, now), indent=2))
-    else:
-        print(explain.render(policy, facts, decision, now))
+    account = explain.as_json(policy, facts, decide(policy, facts, now), now)
+    print(json.dumps(account, indent=2) if args.json else explain.render(account))
     return 0
 
 
