@@ -644,6 +644,14 @@ class TestRecordBounds:
         assert record[field] == "x" * MAX_FIELD_CHARS + "…[truncated: 50000 characters]"
         assert record["truncated"] == [field]
 
+    def test_a_written_field_over_its_limit_is_cut_in_a_short_line_too(self, tmp_path: Path) -> None:
+        path = tmp_path / "audit.jsonl"
+        asyncio.run(write(path, [entry(1, path="x" * (MAX_FIELD_CHARS + 10)), entry(2, path="y" * MAX_FIELD_CHARS)]))
+        cut, whole = records(path)
+        assert cut["path"] == "x" * MAX_FIELD_CHARS + f"…[truncated: {MAX_FIELD_CHARS + 10} characters]"
+        assert whole["path"] == "y" * MAX_FIELD_CHARS and "truncated" not in whole
+        assert verify([path]).ok
+
     @pytest.mark.parametrize("fields", [
         {"path": "x" * 5000},
         {"path": "x" * 5000, "subject": "y" * 5000, "requested_model": "z" * 5000},

@@ -10,7 +10,7 @@ real traffic and rotate real history away. So, before a record is sealed:
 - a record whose line would still exceed MAX_RECORD_BYTES has its strings cut to
   SHORT_FIELD_CHARS; failing that, only its core fields are kept.
 
-Cutting happens before sealing, so the hash covers the record as written and
+Cutting happens when the record is sealed (gateway/audit/chain.py seal), so the hash covers the record as written and
 `gateway audit verify` checks it like any other.
 """
 
@@ -18,11 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.audit.chain import canonical
+from gateway.audit.chain import MAX_FIELD_CHARS, MAX_RECORD_BYTES, canonical
 
-MAX_FIELD_CHARS = 1024
 SHORT_FIELD_CHARS = 128
-MAX_RECORD_BYTES = 4096  # a written line, chain fields included: a few times an ordinary record
 # What seal() adds: replica (at most 128 + a suffix), seq, prev and hash.
 _CHAIN_BYTES = 400
 _ENTRY_BYTES = MAX_RECORD_BYTES - _CHAIN_BYTES

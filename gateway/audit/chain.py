@@ -40,6 +40,8 @@ import orjson
 log = logging.getLogger("gateway.audit")
 
 ZERO_HASH = "0" * 64
+MAX_RECORD_BYTES = 4096  # a written line, chain fields included: a few times an ordinary record
+MAX_FIELD_CHARS = 1024  # the longest string a record keeps whole
 
 
 # The record format
@@ -87,6 +89,18 @@ class Sealed(NamedTuple):
 
 
 def seal(entry: dict[str, Any], replica: str, seq: int, prev: str) -> Sealed:
+    """`entry` in the chain, cut to the bounds of gateway/audit/bounds.py. A line no
+    longer than the longest string a record may keep (nearly every record's) holds no
+    string to cut: only a longer one is looked at, and sealed again if cut."""
+    sealed = _sealed(entry, replica, seq, prev)
+    if len(sealed.line) <= MAX_FIELD_CHARS:
+        return sealed
+    from gateway.audit.bounds import bounded  # bounds builds on canonical(), here
+    cut = bounded(entry)
+    return sealed if cut is entry else _sealed(cut, replica, seq, prev)
+
+
+def _sealed(entry: dict[str, Any], replica: str, seq: int, prev: str) -> Sealed:
     record = {**entry, "replica": replica, "seq": seq, "prev": prev}
     record.pop("hash", None)
     try:

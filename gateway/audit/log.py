@@ -16,7 +16,7 @@ Who does what:
   the stream `{ns}:audit`. What Redis cannot take is spooled to a file under
   state_dir and replayed, in order, once Redis answers again.
 
-Every record is bounded in size first (gateway/audit/bounds.py). `AuditLogs` holds
+Every record is bounded in size when it is sealed (gateway/audit/bounds.py). `AuditLogs` holds
 two such logs: one for authenticated requests, one for the rest (see its docstring).
 
 Fail closed: `healthy` is False while the file cannot be written, while the
@@ -37,7 +37,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from gateway.audit.bounds import bounded
 from gateway.audit.chain import AuditFile, default_replica
 from gateway.audit.stream import BATCH, RETRY_S, AuditStream
 from gateway.metrics import Metrics
@@ -99,7 +98,6 @@ class AuditLog:
                 log.error("audit queue of %s full: record %s lost (%d so far)", self.path, entry.get("decision_id"),
                           self._lost)
             return None
-        entry = bounded(entry)
         if not self.queue and self._writable_now():
             try:
                 self._append([entry])
