@@ -101,8 +101,10 @@ def _place(args: argparse.Namespace) -> tuple[str | None, str | None, bool]:
 
 
 def cmd_policy_validate(args: argparse.Namespace) -> int:
-    # The time only adds warnings (expired suspensions, vetting lapsed or lapsing soon).
-    loaded = load_bundle(args.directory, now=parse_time(args.at) if args.at else datetime.now(UTC))
+    # The time only adds warnings (expired suspensions, vetting lapsed or lapsing soon); the
+    # overlay's regions, a warning for each region only a City database can place a caller in.
+    loaded = load_bundle(args.directory, now=parse_time(args.at) if args.at else datetime.now(UTC),
+                         placeable_regions=_overlay_regions())
     policy = loaded.policy
     if args.json:
         print(json.dumps({"valid": True, "version": policy.version, "issues": [w.as_dict() for w in loaded.warnings]}, indent=2))
@@ -115,6 +117,19 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
         f"{len(policy.suspensions)} suspensions"
     )
     return 0
+
+
+def _overlay_regions() -> frozenset[str] | None:
+    """The regions of the embedded region overlay; None (no such warnings) if it cannot be read."""
+    from gateway.region_overlay import RegionOverlay, default_region_overlay
+
+    try:
+        overlay = RegionOverlay(default_region_overlay())
+    except GeoDatabaseError as exc:
+        print(f"warning: region warnings skipped: {exc}", file=sys.stderr)
+        return None
+    overlay.close()
+    return overlay.regions
 
 
 def cmd_policy_diff(args: argparse.Namespace) -> int:
@@ -205,6 +220,21 @@ def cmd_admin(args: argparse.Namespace) -> int:
     from gateway import admin_cli
 
     return admin_cli.run(args)
+
+
+def cmd_geo_lookup(args: argparse.Namespace) -> int:
+    from gateway import geo_lookup
+
+    config = _config(args)
+    try:
+        report = geo_lookup.lookup(config.geoip, args.ip)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except GeoDatabaseError as exc:
+        print(f"gateway: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2) if args.json else geo_lookup.render(report))
+    return 0
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -325,6 +355,20 @@ def build_parser() -> argparse.ArgumentParser:
                                          "come from GATEWAY_ADMIN_URL and GATEWAY_ADMIN_TOKEN.")
     admin_cli.add_arguments(admin)
     admin.set_defaults(run=cmd_admin)
+
+    geo = verbs.add_parser("geo", help="look up what the GeoIP databases say of an address")
+    geo_verbs = geo.add_subparsers(dest="geo_verb", required=True, metavar="VERB")
+    lookup = geo_verbs.add_parser(
+        "lookup", help="where the gateway places an IP: country, region and its source, anonymizer, databases",
+        description="Locate one address as the request path does, with the databases --config names (else the "
+                    "embedded DB-IP country database and region overlay): country, region and whether it came "
+                    "from the region overlay or the database, anonymizer flags, and each database's type and "
+                    "build date. IPv4-mapped, NAT64, 6to4 and Teredo addresses are located by the IPv4 "
+                    "address inside.")
+    lookup.add_argument("ip", metavar="IP")
+    lookup.add_argument("--config", metavar="FILE", help="YAML config (its geoip section); GATEWAY_* variables override it")
+    lookup.add_argument("--json", action="store_true", help="machine-readable output")
+    lookup.set_defaults(run=cmd_geo_lookup)
 
     audit = verbs.add_parser("audit", help="work with the audit trail")
     audit_verbs = audit.add_subparsers(dest="audit_verb", required=True, metavar="VERB")

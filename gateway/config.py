@@ -81,6 +81,9 @@ class Upstream(Section):
 class GeoIPConfig(Section):
     country_db: str | None = None  # None: the embedded DB-IP Country Lite database
     anonymous_ip_db: str | None = None
+    # The embedded region overlay (gateway/region_overlay.py) adds Crimea, Sevastopol,
+    # Donetsk, Luhansk, Zaporizhzhia and Kherson on top of whichever country database.
+    region_overlay: bool = True
 
 
 class JwtConfig(Section):

@@ -32,7 +32,7 @@ from gateway.audit import AuditLogs
 from gateway.audit.chain import default_replica
 from gateway.config import Config, is_loopback
 from gateway.geo import GeoIP
-from gateway.geodata import default_country_db
+from gateway.geodata import open_geoip
 from gateway.identity import Authenticator
 from gateway.identity.redis_keys import RedisApiKeyStore
 from gateway.listener import protocol_for
@@ -126,7 +126,7 @@ class Service:
     async def start(self) -> None:
         config = self.config
         await self.live.start()
-        self.geo = GeoIP(config.geoip.country_db or default_country_db(), config.geoip.anonymous_ip_db)
+        self.geo = open_geoip(config.geoip)
         if self.api_keys is not None:
             await self.api_keys.start()
         await self.authenticator.start()

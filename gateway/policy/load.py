@@ -42,11 +42,12 @@ class Loaded:
     warnings: tuple[Issue, ...]
 
 
-def load_bundle(directory: str | FsPath, *, now: datetime | None = None) -> Loaded:
+def load_bundle(directory: str | FsPath, *, now: datetime | None = None,
+                placeable_regions: frozenset[str] | None = None) -> Loaded:
     """Read the bundle's files from `directory` and load them. With `now`, also
     warn about what is suspicious at that time (see `load_texts`)."""
     texts, problems = read_bundle(directory)
-    return load_texts(texts, extra_issues=problems, now=now)
+    return load_texts(texts, extra_issues=problems, now=now, placeable_regions=placeable_regions)
 
 
 def read_bundle(directory: str | FsPath) -> tuple[dict[str, str], list[Issue]]:
@@ -71,26 +72,31 @@ def read_bundle(directory: str | FsPath) -> tuple[dict[str, str], list[Issue]]:
 
 
 def load_texts(
-    texts: Mapping[str, str], *, extra_issues: list[Issue] | None = None, now: datetime | None = None
+    texts: Mapping[str, str], *, extra_issues: list[Issue] | None = None, now: datetime | None = None,
+    placeable_regions: frozenset[str] | None = None,
 ) -> Loaded:
     """Load a bundle given as {file name: YAML text}.
 
     `now` only adds warnings that depend on the time (a suspension already
     expired, vetting lapsed or lapsing within 14 days); without it loading
-    reads no clock and the same texts always give the same result."""
+    reads no clock and the same texts always give the same result.
+    `placeable_regions`, the regions the embedded region overlay holds, adds a
+    warning for each region a group names outside them: without a City
+    database, no caller is ever placed there."""
     # A large registry builds millions of short-lived objects that the cyclic
     # GC would scan again and again (it doubled load time at 10^5 orgs).
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load(texts, extra_issues, now)
+        return _load(texts, extra_issues, now, placeable_regions)
     finally:
         if enabled:
             gc.enable()
 
 
-def _load(texts: Mapping[str, str], extra_issues: list[Issue] | None, now: datetime | None) -> Loaded:
-    checker = _Checker(list(extra_issues or []), now)
+def _load(texts: Mapping[str, str], extra_issues: list[Issue] | None, now: datetime | None,
+          placeable_regions: frozenset[str] | None = None) -> Loaded:
+    checker = _Checker(list(extra_issues or []), now, placeable_regions)
     docs = {name: checker.parse(name, texts.get(name)) for name in FILES}
     parts = checker.validate_files(docs)
     if checker.errors():
@@ -118,8 +124,10 @@ LAPSE_WARNING = timedelta(days=14)
 
 
 class _Checker:
-    def __init__(self, issues: list[Issue], now: datetime | None = None) -> None:
+    def __init__(self, issues: list[Issue], now: datetime | None = None,
+                 placeable_regions: frozenset[str] | None = None) -> None:
         self.issues = issues
+        self.placeable_regions = placeable_regions
         self.docs: dict[str, YamlDocument] = {}
         # Time-relative warnings need a time; None: skip them (deterministic).
         self.now = None if now is None else (now if now.tzinfo else now.replace(tzinfo=UTC))
@@ -239,6 +247,10 @@ class _Checker:
             for index, code in enumerate(group.regions):
                 if not countries.is_region(code):
                     self.report(JURISDICTIONS, base + ("regions", index), f"{code!r} is not an ISO 3166-2 code (CC-XXX)")
+                elif self.placeable_regions is not None and code not in self.placeable_regions:
+                    self.warn(JURISDICTIONS, base + ("regions", index),
+                              f"{code!r} is not in the embedded region overlay ({', '.join(sorted(self.placeable_regions))}): "
+                              "only a GeoIP2/GeoLite2 City database (geoip.country_db) can place a caller in it")
             self.group_refs(JURISDICTIONS, base + ("include",), group.include, parts)
             if not (group.countries or group.regions or group.include):
                 self.warn(JURISDICTIONS, base, "group is empty")
