@@ -10,10 +10,10 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from gateway import countries, explain
-from gateway.config import Config, ConfigError, load_config
+from gateway import countries, explain, geodata
+from gateway.config import Config, ConfigError, GeoIPConfig, load_config
 from gateway.decision import Facts, decide
-from gateway.geo import GeoDatabaseError, GeoIP
+from gateway.geo import GeoDatabaseError
 from gateway.policy.issues import PolicyError
 from gateway.policy.load import load_bundle
 from gateway.policy.snapshot import Policy
@@ -82,8 +82,8 @@ def _place(args: argparse.Namespace) -> tuple[str | None, str | None, bool]:
     if args.ip is not None:
         if args.geoip_db is None:
             raise UsageError("--ip needs --geoip-db FILE")
-        try:
-            geo = GeoIP(args.geoip_db, args.anonymous_ip_db)
+        try:  # with the embedded region overlay on top, as the gateway's default config has it
+            geo = geodata.open_geoip(GeoIPConfig(country_db=args.geoip_db, anonymous_ip_db=args.anonymous_ip_db))
         except GeoDatabaseError as exc:
             raise UsageError(str(exc)) from None
         place = geo.locate(args.ip)
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", required=True, help="model name or alias as a client would send it")
     where = ex.add_mutually_exclusive_group()
     where.add_argument("--country", help="observed country (ISO 3166-1 alpha-2); omitted: unknown")
-    where.add_argument("--ip", help="client IP, looked up in --geoip-db")
+    where.add_argument("--ip", help="client IP, looked up in --geoip-db and the embedded region overlay")
     ex.add_argument("--geoip-db", metavar="FILE", help="GeoIP2/GeoLite2 Country or City .mmdb")
     ex.add_argument("--anonymous-ip-db", metavar="FILE", help="GeoIP2 Anonymous-IP .mmdb")
     ex.add_argument("--region", help="observed ISO 3166-2 region, e.g. UA-43; it may lie outside --country, as "
