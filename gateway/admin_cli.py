@@ -28,6 +28,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway import explain
+
 DEFAULT_URL = "http://127.0.0.1:9090"
 DEFAULT_TIMEOUT_S = 10.0
 RESET_WORDS = ("none", "reset", "null")
@@ -416,22 +418,8 @@ def do_explain(client: Client, args: argparse.Namespace) -> int:
     if args.at:
         body["at"] = parse_time(args.at, "--at")
     answer = client.call("POST", "/admin/explain", body)
-
-    def readable(b: dict[str, Any]) -> list[str]:
-        reasons = ", ".join(b.get("reasons") or []) or "none"
-        lines = [f"{b.get('decision')} ({b.get('status')}): reasons {reasons}",
-                 f"org {b.get('org')} (tier {b.get('tier') or '-'}, declared {b.get('declared_country') or '-'}); "
-                 f"model {b.get('model') or b.get('requested_model')} (stage {b.get('stage') or '-'}, "
-                 f"{'covered' if b.get('covered') else 'not covered'})",
-                 f"observed {b.get('observed_country') or 'unknown'}"
-                 + (f" {b['observed_region']}" if b.get("observed_region") else "")
-                 + (", anonymizer" if b.get("anonymizer") else "")
-                 + f"; at {b.get('at')}; policy version {b.get('policy_version')}"]
-        for match in b.get("matches") or []:
-            detail = ", ".join(f"{k} {v}" for k, v in match.items() if k not in ("reason",) and v is not None)
-            lines.append(f"  {match.get('reason')}: {detail}")
-        return lines
-    show(args, answer, readable)
+    # The same account `gateway explain` prints, from the API's JSON.
+    show(args, answer, lambda b: explain.render(b).splitlines())
     return 0
 
 
@@ -470,14 +458,16 @@ def add_arguments(admin: argparse.ArgumentParser) -> None:
 
     suspend = verb("suspend", do_suspend, "suspend models, in force at once (POST /admin/suspensions)",
                    "Create a live suspension: the models are denied (451 export_suspended) outside, or in, "
-                   "the given jurisdiction groups. Prints the new id and the policy version.")
+                   "the given places: jurisdiction groups of the policy (e.g. us) or upper-case ISO codes of single "
+                   "places (a country JP, a region UA-43). Prints the new id and the policy "
+                   "version.")
     suspend.add_argument("--model", required=True, action="extend", nargs="+", metavar="M",
                          help="model id or alias (repeatable)")
     scope = suspend.add_mutually_exclusive_group(required=True)
-    scope.add_argument("--deny-outside", action="extend", nargs="+", metavar="GROUP",
-                       help="deny unless the request is from these jurisdiction groups")
-    scope.add_argument("--deny-in", action="extend", nargs="+", metavar="GROUP",
-                       help="deny requests from these jurisdiction groups")
+    scope.add_argument("--deny-outside", action="extend", nargs="+", metavar="PLACE",
+                       help="deny unless the request is from these groups or ISO codes")
+    scope.add_argument("--deny-in", action="extend", nargs="+", metavar="PLACE",
+                       help="deny requests from these groups or ISO codes (e.g. JP, UA-43)")
     suspend.add_argument("--reason", required=True, metavar="TEXT", help="why (recorded and shown in the change log)")
     suspend.add_argument("--reference", metavar="REF", help="e.g. the order or ticket")
     suspend.add_argument("--from", dest="from_", metavar="ISO", help="start (ISO 8601; no offset means UTC; default: now)")

@@ -149,8 +149,11 @@ class Gateway:
 
     async def process(self, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _index(scope["headers"])
-        exchange.api = api_of(exchange.path)  # so that a 404 under /v1/messages is in Anthropic's shape
-        route = self.router.match(scope.get("raw_path") or scope["path"].encode(), scope["method"])
+        try:
+            route = self.router.match(scope.get("raw_path") or scope["path"].encode(), scope["method"])
+        except RequestError:
+            exchange.api = api_of(exchange.path)  # so that a 404 under /v1/messages is in Anthropic's shape
+            raise
         exchange.api = route.api
         if b"upgrade" in headers:
             # The parser stops at an upgrade: the body is never read, and the decision
@@ -171,7 +174,8 @@ class Gateway:
         # Who is calling settles some requests alone (a denied org): decided before the
         # body is read, so that such a caller's bodies cost no parse.
         caller = Facts(principal.org_id, None, place.country, place.region, place.anonymizer)
-        refusal = decide_caller(policy, caller, datetime.fromtimestamp(self.clock(), UTC))
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        refusal = decide_caller(policy, caller, now)
         if refusal is not None:
             return await self.deny(exchange, send, refusal)
 
@@ -179,9 +183,9 @@ class Gateway:
         if place.country is not None:
             await self.watch_credential(exchange, principal, place.country, policy)
         facts = Facts(principal.org_id, model, place.country, place.region, place.anonymizer)
-        decision = self.decide(exchange, policy, facts, listing=route.kind == "models_list")
+        decision = self.decide(exchange, policy, facts, now, listing=route.kind == "models_list")
         if decision.allowed and exchange.other_models:
-            decision = self.decide_others(exchange, policy, facts, decision)
+            decision = self.decide_others(exchange, policy, facts, now, decision)
         if not decision.allowed:
             return await self.deny(exchange, send, decision)
 
@@ -296,8 +300,9 @@ class Gateway:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    def decide(self, exchange: Exchange, policy: Policy, facts: Facts, *, listing: bool = False) -> Decision:
-        now = datetime.fromtimestamp(self.clock(), UTC)
+    def decide(self, exchange: Exchange, policy: Policy, facts: Facts, now: datetime | None = None, *,
+               listing: bool = False) -> Decision:
+        now = now or datetime.fromtimestamp(self.clock(), UTC)
         started = time.perf_counter()
         decision = (decide_listing if listing else decide)(policy, facts, now)
         exchange.decision_seconds = time.perf_counter() - started
@@ -305,11 +310,12 @@ class Gateway:
         exchange.decision = decision
         return decision
 
-    def decide_others(self, exchange: Exchange, policy: Policy, facts: Facts, decision: Decision) -> Decision:
+    def decide_others(self, exchange: Exchange, policy: Policy, facts: Facts, now: datetime,
+                      decision: Decision) -> Decision:
         """Every other model the body names must be allowed too: the first that is not
         is the request's decision, and the model its record and denial name."""
         for model in exchange.other_models:
-            other = self.decide(exchange, policy, replace(facts, model=model))
+            other = self.decide(exchange, policy, replace(facts, model=model), now)
             if not other.allowed:
                 exchange.requested_model = model
                 return other

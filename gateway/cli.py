@@ -45,11 +45,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         observed_region=region,
         anonymizer=anonymizer,
     )
-    decision = decide(policy, facts, now)
-    if args.json:
-        print(json.dumps(explain.as_json(policy, facts, decision, now), indent=2))
-    else:
-        print(explain.render(policy, facts, decision, now))
+    account = explain.as_json(policy, facts, decide(policy, facts, now), now)
+    print(json.dumps(account, indent=2) if args.json else explain.render(account))
     return 0
 
 
@@ -245,6 +242,30 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_audit_explain(args: argparse.Namespace) -> int:
+    from gateway.audit import recorded
+
+    policy = load_bundle(args.policy).policy
+    for path in args.audit:
+        if not os.path.isfile(path):
+            raise UsageError(f"--audit: {path!r} is not a file")
+    try:
+        record = recorded.find(args.audit, args.decision_id)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--audit: cannot be read: {exc}") from None
+    if record is None:
+        print(f"gateway: decision {args.decision_id} is not in {', '.join(args.audit)}", file=sys.stderr)
+        return 1
+    try:
+        facts, at = recorded.facts_of(record)
+    except recorded.RecordError as exc:
+        print(f"gateway: decision {args.decision_id}: {exc}", file=sys.stderr)
+        return 1
+    account = explain.as_json(policy, facts, decide(policy, facts, at), at, recorded=record)
+    print(json.dumps(account, indent=2) if args.json else explain.render(account))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Frontier Gateway: export-control access gateway.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -380,6 +401,19 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("files", nargs="+", metavar="FILE")
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(run=cmd_audit_verify)
+    aex = audit_verbs.add_parser(
+        "explain", help="explain a recorded decision by its id, as `gateway explain` would",
+        description="Find the record with DECISION_ID (a response's X-Gateway-Decision-Id header) in the audit "
+                    "files, decide its facts (org, requested model, observed country and region, anonymizer) again "
+                    "under --policy at the record's own time, and explain that decision: each rule that matched, "
+                    "the legal list a place came through, whether a 404 concealed the model. The account says when "
+                    "the bundle is not the one the record was decided under (a later bundle, or live changes).")
+    aex.add_argument("decision_id", metavar="DECISION_ID")
+    aex.add_argument("--audit", required=True, action="append", metavar="FILE",
+                     help="audit JSONL file; repeat for rotated files")
+    aex.add_argument("--policy", required=True, metavar="DIR", help="policy bundle directory")
+    aex.add_argument("--json", action="store_true", help="machine-readable output")
+    aex.set_defaults(run=cmd_audit_explain)
     return parser
 
 

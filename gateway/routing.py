@@ -107,7 +107,9 @@ class Router:
         self._prefixes = tuple(sorted(checked_prefixes(prefixes), key=len, reverse=True))
         self._max_length = max_length
         served = [known for known in KNOWN_ROUTES if any(covers(prefix, known) for prefix in self._prefixes)]
-        self._exact = {(k.method, k.path): k for k in served if not k.path.endswith(_REST)}
+        # An exact path's route is the same every time: built once.
+        self._exact = {(k.method, k.path): Route(self._prefix(k.path), k.path, k.api, None, k.kind, k.body)
+                       for k in served if not k.path.endswith(_REST)}
         self._rest = [(k.method, k.path.removesuffix(_REST) + "/", k) for k in served if k.path.endswith(_REST)]
 
     @property
@@ -116,10 +118,10 @@ class Router:
 
     def match(self, raw_path: bytes, method: str) -> Route:
         path = self._canonical(raw_path)
+        exact = self._exact.get((method, path))
+        if exact is not None:
+            return exact
         prefix = self._prefix(path)
-        known = self._exact.get((method, path))
-        if known is not None:
-            return Route(prefix, path, known.api, None, known.kind, known.body)
         for known_method, start, known in self._rest:
             if method == known_method and path.startswith(start):
                 return Route(prefix, path, known.api, path[len(start):], known.kind, known.body)

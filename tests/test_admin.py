@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from conftest import REFERENCE_POLICY, at
-from e2e import SE_IP, US_IP, Stack
+from e2e import CN_IP, SE_IP, US_IP, Stack
+from gateway.cli import main as gateway_main
 from gateway.server import Service
 
 OPERATOR, VIEWER = "operator-token-for-tests", "viewer-token-for-tests"
@@ -74,6 +75,11 @@ def audit_record(stack: Stack, decision_id: str) -> dict[str, Any]:
             return found[0]
         time.sleep(0.05)
     raise AssertionError(f"no audit record {decision_id}")
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> None:
+    """Run `gateway ARGV` in process; its output is left in capsys."""
+    assert gateway_main(list(argv)) == 0, capsys.readouterr().err
 
 
 def version_now(stack: Stack) -> str:
@@ -248,7 +254,7 @@ class TestSuspensions:
         problems = answer["error"]["problems"]
         assert sorted(problems) == sorted([
             "models: unknown model 'no-such-model'", "give exactly one of deny_outside or deny_in",
-            "deny_outside: unknown jurisdiction group 'atlantis'", "until: must be later than 'from'"])
+            "deny_outside: unknown jurisdiction group 'atlantis', nor an ISO 3166 code", "until: must be later than 'from'"])
         status, answer = admin(stack, "POST", "/admin/suspensions", {})
         assert status == 422 and sorted(answer["error"]["problems"]) == [
             "give exactly one of deny_outside or deny_in", "models: Field required", "reason: Field required"]
@@ -442,6 +448,35 @@ class TestReadingEndpoints:
             assert status == 200
             assert (answer["observed_country"], answer["observed_region"]) == (country, "UA-43")
             assert (answer["status"], answer["reasons"]) == (451, ["jurisdiction_embargoed"])
+
+    def test_explain_carries_the_same_account_as_the_cli(self, stack: Stack,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+        facts = {"org": "org-acme", "model": "fable", "country": "CN", "at": "2026-12-01T12:00:00Z"}
+        status, answer = admin(stack, "POST", "/admin/explain", facts, token=VIEWER)
+        assert status == 200
+        [match] = answer["matches"]
+        assert {k: match[k] for k in ("group", "place", "place_name", "via", "source")} == {
+            "group": "countries_of_concern", "place": "CN", "place_name": "China", "via": "ear_d5",
+            "source": "15 CFR 740 Supp. 1, Country Group D:5 (US arms embargoed), as reviewed 2026-07-08"}
+        cli(capsys, "explain", "--policy", str(REFERENCE_POLICY), "--org", "org-acme", "--model", "fable",
+            "--country", "CN", "--at", "2026-12-01T12:00:00Z", "--json")
+        assert json.loads(capsys.readouterr().out) == answer
+
+    def test_a_recorded_decision_is_explained_as_the_api_explains_its_facts(
+            self, stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+        status, _, decision_id = chat(stack, "org-acme", model="fable", ip=CN_IP)
+        record = audit_record(stack, decision_id)
+        assert (status, record["reasons"]) == (451, ["jurisdiction_of_concern"])
+        cli(capsys, "audit", "explain", decision_id, "--audit", str(stack.config.audit.path),
+            "--policy", str(REFERENCE_POLICY), "--json")
+        recorded = json.loads(capsys.readouterr().out)
+        assert recorded.pop("recorded") | {"time": None} == {
+            "decision_id": decision_id, "time": None, "decision": "deny", "status": 451,
+            "reasons": ["jurisdiction_of_concern"], "policy_version": version_now(stack), "same_policy": True,
+            "same_reasons": True}
+        facts = {"org": "org-acme", "model": "fable", "country": record["observed_country"],
+                 "region": record["observed_region"], "at": record["time"]}
+        assert admin(stack, "POST", "/admin/explain", facts, token=VIEWER) == (200, recorded)
 
     def test_decisions_are_recent_audit_records_filtered(self, stack: Stack) -> None:
         ids = {org: [chat(stack, org, model="small-2", ip=US_IP)[2] for _ in range(2)] for org in ("org-kyoto", "org-verified-br")}

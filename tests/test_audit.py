@@ -110,7 +110,7 @@ class TestChain:
     def test_many_records_form_one_chain(self, tmp_path: Path) -> None:
         path = tmp_path / "audit.jsonl"
         awkward = [
-            entry(1, decision_us=0.1 + 0.2, ratio=1e-7, big=2**70, neg=-0.0),  # floats written by repr, read back exactly
+            entry(1, decision_us=0.1 + 0.2, ratio=1e-7, big=2**70, neg=-0.0),  # floats read back exactly
             entry(2, path="/v1/ünïcode/日本", note="tab\tand \"quotes\" and \\"),
             entry(3, nan=float("nan"), inf=float("inf"), obj=object.__name__, when=Path("/x")),  # not plain JSON
             entry(4, surrogate="bad \udcff byte"),                                              # not encodable
@@ -121,7 +121,8 @@ class TestChain:
         assert {r["replica"] for r in written} == {log.replica}
         assert written[0]["prev"] == ZERO_HASH
         assert all(r["prev"] == before["hash"] for before, r in zip(written, written[1:]))
-        assert written[-4]["decision_us"] == 0.1 + 0.2 and written[-4]["big"] == 2**70
+        assert written[-4]["decision_us"] == 0.1 + 0.2 and written[-4]["ratio"] == 1e-7
+        assert written[-4]["big"] == str(2**70)  # beyond 64 bits: written as text
         assert written[-2]["nan"] == "nan" and written[-2]["when"] == "/x"
         assert written[-1]["surrogate"] == "bad ? byte"
         result = verify([path])
@@ -135,6 +136,22 @@ class TestChain:
         digest = record.pop("hash")
         assert hashlib.sha256(canonical(record)).hexdigest() == digest
         assert canonical(record) == json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def test_records_hashed_by_pythons_json_still_verify(self, tmp_path: Path) -> None:
+        """Files written before the serializer changed: Python's json wrote 1e-05 where
+        the canonical form now has 0.00001; such a record verifies, an edited one does not."""
+        path = tmp_path / "audit.jsonl"
+        asyncio.run(write(path, [entry(1)]))
+        [record] = records(path)
+        del record["hash"]
+        record["ratio"] = 1e-05
+        body = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        assert body != canonical(record)
+        line = body[:-1] + b',"hash":"' + hashlib.sha256(body).hexdigest().encode() + b'"}\n'
+        path.write_bytes(line)
+        assert verify([path]).ok
+        path.write_bytes(line.replace(b"1e-05", b"2e-05"))
+        assert not verify([path]).ok
 
     def test_every_record_is_one_line_for_every_reader(self, tmp_path: Path) -> None:
         path = tmp_path / "audit.jsonl"

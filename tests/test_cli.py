@@ -44,7 +44,8 @@ def test_explain_readable_account(capsys: pytest.CaptureFixture[str]) -> None:
     assert "COVERED" in out and "training_compute_flop 3e+26 >= 1e+26" in out
     assert "Stage in force: limited_partner since 2026-11-25T00:00:00Z" in out
     assert "Next: general from 2027-02-01T00:00:00Z" in out
-    assert "declared CN is in group countries_of_concern" in out
+    assert ("declared CN China is in countries_of_concern via ear_d5: "
+            "15 CFR 740 Supp. 1, Country Group D:5 (US arms embargoed), as reviewed 2026-07-08") in out
 
 
 def test_explain_from_an_ip(capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,8 +81,8 @@ def test_explain_decides_a_region_reported_under_another_country(capsys: pytest.
                          "--country", "RU", "--region", "UA-43", "--at", "2026-12-01T12:00:00Z")
     assert (code, err) == (0, "")
     assert "Decision: DENY (451) — jurisdiction_embargoed" in out
-    assert "observed from UA-43 (reported in RU)" in out
-    assert "observed UA-43 is in group embargoed" in out
+    assert "observed from UA-43 Crimea (reported in RU Russian Federation)" in out
+    assert "observed UA-43 Crimea is in embargoed: OFAC comprehensive sanctions" in out
 
 
 def test_explain_from_a_database_that_files_crimea_under_russia(capsys: pytest.CaptureFixture[str],

@@ -10,7 +10,7 @@ import pytest
 
 import gateway
 
-CORE = ["decision.py", "reasons.py", "explain.py", "policy/snapshot.py", "policy/schema.py"]
+CORE = ["decision.py", "reasons.py", "explain.py", "policy/snapshot.py", "policy/schema.py", "policy/provenance.py"]
 FORBIDDEN = {"os", "time", "socket", "random", "subprocess", "pathlib", "starlette", "uvicorn", "redis", "geoip2",
              "maxminddb", "authlib", "aiohttp", "httpx", "prometheus_client", "asyncio", "logging", "gateway.geo",
              "gateway.cli", "gateway.policy.load"}

@@ -7,6 +7,12 @@ the record before, 64 zeros before the first) and `hash`, the SHA-256 of the
 record's canonical JSON (sorted keys, no spaces, UTF-8) without `hash`.
 `verify()` (`gateway audit verify`) recomputes all of it.
 
+Canonical JSON is orjson's (sorted keys): its strings are escaped as Python's json
+module escapes them with ensure_ascii off, and its floats are the shortest form that
+reads back to the same float. Python's json writes a few floats otherwise (1e-05
+where orjson writes 0.00001); records written by earlier versions with that
+serializer verify too (`legacy_canonical`).
+
 A line holds one record for every reader: canonical JSON escapes every control
 character, and the line escapes the three others some readers end a line at
 (U+0085, U+2028, U+2029: Python's str.splitlines, JavaScript, Unicode line
@@ -29,6 +35,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import orjson
+
 log = logging.getLogger("gateway.audit")
 
 ZERO_HASH = "0" * 64
@@ -38,15 +46,22 @@ ZERO_HASH = "0" * 64
 
 
 def canonical(record: dict[str, Any]) -> bytes:
-    """The bytes that are hashed: deterministic for anything JSON can hold. Floats are
-    written by `repr`, which reads back to the same float, so a verifier that parses
-    the line and serializes it again gets these bytes exactly."""
+    """The bytes that are hashed: deterministic for anything JSON can hold, and the
+    same bytes again for a verifier that parses the line and serializes it. Raises
+    TypeError for what JSON cannot hold as is (other objects, unpaired surrogates,
+    integers beyond 64 bits); a non-finite float is written as null."""
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+
+
+def legacy_canonical(record: dict[str, Any]) -> bytes:
+    """The canonical form of records written before orjson: Python's json module."""
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def _plain(value: Any) -> Any:
     """`value` reduced to what canonical JSON can hold and read back identically: text
-    for other objects and non-finite floats, '?' for unpaired surrogates. Only used
+    for other objects, non-finite floats and integers beyond 64 bits, '?' for unpaired
+    surrogates. Only used
     for a record that canonical() refuses, so that a bad value never stops the writer."""
     if isinstance(value, dict):
         return {_plain(str(k)): _plain(v) for k, v in value.items()}
@@ -54,8 +69,10 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, str):
         return value.encode("utf-8", "replace").decode("utf-8")
-    if value is None or isinstance(value, (bool, int)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)  # what orjson can write as a number
     if isinstance(value, float) and math.isfinite(value):
         return value
     return _plain(str(value))

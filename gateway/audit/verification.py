@@ -8,12 +8,12 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.audit.chain import ZERO_HASH, _chain_fields, canonical
+from gateway.audit.chain import ZERO_HASH, _chain_fields, canonical, legacy_canonical
 
 
 @dataclass
@@ -125,11 +125,7 @@ def _check(result: Verification, file: str, number: int, raw: bytes, rest: Itera
         return problem("malformed", record_or_problem)
     replica, seq, prev, digest = record_or_problem
     body = {k: v for k, v in record.items() if k != "hash"}
-    try:
-        recomputed = hashlib.sha256(canonical(body)).hexdigest()
-    except ValueError:
-        recomputed = None
-    if recomputed != digest:
+    if not any(_hash_of(body, form) == digest for form in (canonical, legacy_canonical)):
         return problem("edited", "hash mismatch: the record is not what was written (edited after it was written)")
 
     chain = result.replicas.get(replica)
@@ -198,3 +194,10 @@ def render(result: Verification) -> str:
         lines.append(f"  replica {name}: seq {end.first_seq}..{end.last_seq}{start}")
     lines.append(f"last hash {result.last_hash or '-'}")
     return "\n".join(lines)
+
+
+def _hash_of(body: dict[str, Any], form: Callable[[dict[str, Any]], bytes]) -> str | None:
+    try:
+        return hashlib.sha256(form(body)).hexdigest()
+    except (TypeError, ValueError):
+        return None

@@ -23,8 +23,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.policy import schema
-from gateway.policy.load import lapse_time
-from gateway.policy.snapshot import GroupSet, Organization, Policy, Suspension, merge
+from gateway import countries
+from gateway.policy.load import lapse_time, unknown_place
+from gateway.policy.snapshot import GroupSet, Organization, Policy, Suspension, merge, place_member
 
 log = logging.getLogger("gateway.live")
 
@@ -83,7 +84,7 @@ def check_suspension(base: Policy, overlay: Overlay, data: Mapping[str, Any], ne
     if len(scopes) != 1:
         problems.append("give exactly one of deny_outside or deny_in")
     for scope in scopes:
-        problems += [f"{scope}: unknown jurisdiction group {g!r}" for g in _strings(data.get(scope)) if g not in base.groups]
+        problems += [f"{scope}: {problem}" for g in _strings(data.get(scope)) if (problem := unknown_place(g, base.groups))]
     if suspension is not None and suspension.from_ and suspension.until and suspension.until <= suspension.from_:
         problems.append("until: must be later than 'from'")
     if problems or suspension is None:
@@ -187,7 +188,8 @@ def _organizations(base: Policy, overlay: Overlay) -> Mapping[str, Organization]
 def _compile_suspension(base: Policy, document: Mapping[str, Any]) -> Suspension:
     suspension = schema.Suspension.model_validate(document, strict=False)
     scope = "deny_outside" if suspension.deny_outside is not None else "deny_in"
-    groups = [g for g in (suspension.deny_outside if scope == "deny_outside" else suspension.deny_in) or [] if g in base.groups]
+    listed = (suspension.deny_outside if scope == "deny_outside" else suspension.deny_in) or []
+    groups = [g for g in listed if g in base.groups or countries.is_place(g)]
     models = frozenset(m.id for m in (base.model_named(name) for name in suspension.models) if m is not None)
     return Suspension(
         id=suspension.id,
@@ -203,8 +205,12 @@ def _compile_suspension(base: Policy, document: Mapping[str, Any]) -> Suspension
 
 
 def union(base: Policy, names: list[str]) -> GroupSet:
+    """The places of a suspension's entries: groups of the bundle and ISO codes."""
     members = []
     for name in names:
+        if countries.is_place(name):
+            members.append(place_member(name))
+            continue
         group = base.groups[name]
         shadow = group.shadow
         if shadow is not None:

@@ -350,10 +350,10 @@ def _iso(moment: datetime) -> str:
 
 
 def grid_places(old: Policy, new: Policy) -> tuple[Place, ...]:
-    """Every country, every region a group of either bundle names, and unknown."""
+    """Every country, every region a group or suspension of either bundle names, and unknown."""
     regions = set()
     for policy in (old, new):
-        for groups in policy.groups.values():
+        for groups in (*policy.groups.values(), *(s.groups for s in policy.suspensions)):
             regions |= {code for code in _members(groups) if "-" in code}
     return (
         *((country, None) for country in sorted(ALPHA2)),

@@ -238,9 +238,18 @@ class _Checker:
             if name not in parts.groups and ("group", name) not in parts.broken:
                 self.report(file, path + (index,), f"unknown jurisdiction group {name!r}")
 
+    def place_refs(self, file: str, path: Path, names: list[str], parts: _Parts) -> None:
+        """A suspension's entries: group names or ISO codes of single places."""
+        for index, name in enumerate(names):
+            if ("group", name) not in parts.broken and (problem := unknown_place(name, parts.groups)):
+                self.report(file, path + (index,), problem)
+
     def check_groups(self, parts: _Parts) -> None:
         for name, group in parts.groups.items():
             base: Path = ("groups", name)
+            if countries.is_place(name):
+                self.report(JURISDICTIONS, base, f"group name {name!r} is an ISO 3166 code, which a suspension reads "
+                                                 "as the place itself; rename the group (e.g. lower-case)")
             for index, code in enumerate(group.countries):
                 if not countries.is_country(code):
                     self.report(JURISDICTIONS, base + ("countries", index), f"{code!r} is not an ISO 3166-1 alpha-2 code")
@@ -493,7 +502,7 @@ class _Checker:
             if len(scopes) != 1:
                 self.report(SUSPENSIONS, base, "give exactly one of deny_outside or deny_in")
             for scope in scopes:
-                self.group_refs(SUSPENSIONS, base + (scope,), getattr(suspension, scope), parts)
+                self.place_refs(SUSPENSIONS, base + (scope,), getattr(suspension, scope), parts)
             if suspension.from_ and suspension.until and suspension.until <= suspension.from_:
                 self.report(SUSPENSIONS, base + ("until",), "must be later than 'from'")
             if suspension.deny_outside is not None and not suspension.deny_outside:
@@ -504,6 +513,16 @@ class _Checker:
             if self.now is not None and suspension.until is not None and suspension.until <= self.now:
                 self.warn(SUSPENSIONS, base + ("until",),
                           f"already expired at {_iso(suspension.until)}: the suspension no longer applies; remove it")
+
+
+def unknown_place(name: str, groups: Mapping[str, Any]) -> str | None:
+    """Why a suspension's entry names nothing (neither one of `groups` nor an ISO
+    3166 code), or None. `jp` is not Japan: a hint points to the code."""
+    if countries.is_place(name) or name in groups:
+        return None
+    folded = name.strip().upper()
+    hint = f" (did you mean {folded!r}?)" if countries.is_place(folded) else ""
+    return f"unknown jurisdiction group {name!r}, nor an ISO 3166 code{hint}"
 
 
 def _shadow(entry: BaseModel) -> bool:
@@ -552,8 +571,11 @@ def _group_set(names: list[str] | None, parts: _Parts) -> snapshot.GroupSet:
         return snapshot.EMPTY_GROUPS
     members = []
     for name in names:
-        countries, regions = parts.expanded.get(name, ({}, {}))
-        members.append((name, countries, regions, parts.groups[name].mode == "shadow"))
+        if countries.is_place(name):
+            members.append(snapshot.place_member(name))
+            continue
+        listed, regions = parts.expanded.get(name, ({}, {}))
+        members.append((name, listed, regions, parts.groups[name].mode == "shadow"))
     return snapshot.merge(tuple(names), members)
 
 

@@ -79,8 +79,18 @@ class GroupSet:
 
 EMPTY_GROUPS = GroupSet((), MappingProxyType({}), MappingProxyType({}))
 
+Member = tuple[str, Mapping[str, str], Mapping[str, str], bool]
 
-def merge(names: tuple[str, ...], parts: list[tuple[str, Mapping[str, str], Mapping[str, str], bool]]) -> GroupSet:
+
+def place_member(code: str) -> Member:
+    """A place named directly by its ISO code (a suspension's `JP` or `UA-43`) as a
+    member of a GroupSet: it contains itself, and a match names the code."""
+    if "-" in code:
+        return code, {}, {code: code}, False
+    return code, {code: code}, {}, False
+
+
+def merge(names: tuple[str, ...], parts: list[Member]) -> GroupSet:
     """A GroupSet from (group, countries, regions, shadow) in listing order;
     each place maps to the first listed group that contains it."""
     maps: dict[bool, tuple[dict[str, str], dict[str, str]]] = {False: ({}, {}), True: ({}, {})}

@@ -111,6 +111,9 @@ def _places(groups: dict[str, Any], names: list[str] | None) -> tuple[frozenset[
     countries: set[str] = set()
     regions: set[str] = set()
     for name in names:
+        if name not in groups:  # in a bundle that loads, an ISO code of a single place (a suspension's)
+            (regions if "-" in name else countries).add(name)
+            continue
         if groups[name].get("mode", "enforce") == "shadow":
             continue
         inner = _expand(groups, name)

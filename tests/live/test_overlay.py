@@ -71,3 +71,63 @@ def test_org_patch_checks(reference_policy: Policy) -> None:
         with pytest.raises(ChangeError) as refused:
             check_org_patch(reference_policy, org, data)
         assert refused.value.status == status
+
+
+def place(policy: Policy, org: str, model: str, country: str | None, region: str | None = None) -> tuple[int, list[str]]:
+    result = decide(policy, Facts(org, model, country, region), DEC_1)
+    return result.status, list(result.reasons)
+
+
+def suspended(base: Policy, scope: str, *entries: str) -> Policy:
+    document = check_suspension(base, Overlay(), {"models": ["small-2"], scope: list(entries), "reason": "order"}, "s1")
+    return apply(base, Overlay(suspensions={"s1": document}))
+
+
+# (scope, entries, place -> status): ISO codes stand beside group names; a region code
+# matches the region whatever country the database reports it under.
+PLACES = [
+    ("deny_in", ["JP"], {("JP", None): 451, ("JP", "JP-13"): 451, ("US", None): 200}),
+    ("deny_in", ["JP-13"], {("JP", "JP-13"): 451, ("JP", "JP-27"): 200, ("JP", None): 200}),
+    ("deny_in", ["UA-65"], {("UA", "UA-65"): 451, ("RU", "UA-65"): 451, ("UA", "UA-30"): 200, ("RU", None): 200}),
+    ("deny_in", ["us", "GB"], {("US", None): 451, ("GB", None): 451, ("JP", None): 200}),
+    ("deny_outside", ["US"], {("US", None): 200, ("US", "US-WA"): 200, ("JP", None): 451}),
+    ("deny_outside", ["UA"], {("UA", "UA-30"): 200, ("RU", "UA-65"): 451}),  # filed under RU: not admitted by UA alone
+    ("deny_outside", ["us", "JP-13"], {("US", None): 200, ("JP", "JP-13"): 200, ("JP", "JP-27"): 451}),
+]
+
+
+@pytest.mark.parametrize(("scope", "entries", "outcomes"), PLACES, ids=[f"{p[0]} {' '.join(p[1])}" for p in PLACES])
+def test_a_live_suspension_names_single_places_by_iso_code(reference_policy: Policy, scope: str, entries: list[str],
+                                                            outcomes: dict[tuple[str | None, str | None], int]) -> None:
+    live = suspended(reference_policy, scope, *entries)
+    found = {where: place(live, "org-public", "small-2", *where) for where in outcomes}
+    assert found == {where: (status, ["export_suspended"] if status == 451 else []) for where, status in outcomes.items()}
+    assert {place(reference_policy, "org-public", "small-2", *where)[0] for where in outcomes} == {200}  # the bundle alone serves them
+
+
+# (entry, the problem named): an entry is an upper-case ISO code or a group's name.
+BAD_ENTRIES = [
+    ("jp", "deny_in: unknown jurisdiction group 'jp', nor an ISO 3166 code (did you mean 'JP'?)"),
+    ("ua-43", "deny_in: unknown jurisdiction group 'ua-43', nor an ISO 3166 code (did you mean 'UA-43'?)"),
+    ("ZZ", "deny_in: unknown jurisdiction group 'ZZ', nor an ISO 3166 code"),
+    ("XX-1", "deny_in: unknown jurisdiction group 'XX-1', nor an ISO 3166 code"),
+    ("UA-4321", "deny_in: unknown jurisdiction group 'UA-4321', nor an ISO 3166 code"),
+    ("JPN", "deny_in: unknown jurisdiction group 'JPN', nor an ISO 3166 code"),
+]
+
+
+@pytest.mark.parametrize(("entry", "problem"), BAD_ENTRIES, ids=[b[0] for b in BAD_ENTRIES])
+def test_an_entry_that_is_neither_group_nor_code_is_refused_by_name(reference_policy: Policy, entry: str,
+                                                                     problem: str) -> None:
+    with pytest.raises(ChangeError) as refused:
+        check_suspension(reference_policy, Overlay(), {"models": ["fable"], "deny_in": ["us", "JP", entry], "reason": "x"}, "s4")
+    assert refused.value.problems == [problem] and refused.value.status == 422
+
+
+def test_a_suspension_keeps_its_entries_as_given(reference_policy: Policy) -> None:
+    data = {"models": ["fable"], "deny_in": ["UA-43", "countries_of_concern", "JP"], "reason": "x"}
+    document = check_suspension(reference_policy, Overlay(), data, "s5")
+    assert document["deny_in"] == ["UA-43", "countries_of_concern", "JP"]
+    [suspension] = [s for s in apply(reference_policy, Overlay(suspensions={"s5": document})).suspensions if s.id == "s5"]
+    assert suspension.groups.names == ("UA-43", "countries_of_concern", "JP")
+    assert suspension.groups.match("UA", "UA-43") == "UA-43" and suspension.groups.match("JP") == "JP"

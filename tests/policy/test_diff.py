@@ -191,6 +191,14 @@ def test_adding_and_removing_organizations(bundles: tuple[Path, Path]) -> None:
     assert "~ org-kyoto: vetted_until 2027-03-31 -> 2027-02-28" in text
 
 
+def test_a_region_named_only_by_a_suspension_is_in_the_grid(bundles: tuple[Path, Path]) -> None:
+    old, new = bundles
+    edit(new, "suspensions.yaml", "models: [fable, mythos]\n    deny_outside: [us]", "models: [small-2]\n    deny_in: [UA-30]")
+    result = compare(old, new, "2026-11-10T00:00:00Z")
+    assert ("UA", "UA-30") in result.places and ("UA", "UA-30") not in compare(old, old).places
+    assert {(m, d, p) for m, _, d, p in cells(result) if m == "small-2"} == {("small-2", "allow_to_deny", "UA-30")}
+
+
 def test_changing_a_suspension(bundles: tuple[Path, Path]) -> None:
     old, new = bundles
     edit(new, "suspensions.yaml", "until: 2026-11-21T00:00:00Z", "until: 2026-12-21T00:00:00Z")

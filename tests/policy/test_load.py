@@ -95,6 +95,17 @@ BROKEN = [
      "suspensions[0]", "exactly one of deny_outside or deny_in", "- id: commerce"),
     ("suspension with an unknown group", "suspensions.yaml", "deny_outside: [us]", "deny_outside: [usa]",
      "suspensions[0].deny_outside[0]", "unknown jurisdiction group 'usa'", "deny_outside: [usa]"),
+    # Codes are upper-case: a lower-case one is a group name, and an unknown one.
+    ("suspension with a lower-case country code", "suspensions.yaml", "deny_outside: [us]", "deny_outside: [us, jp]",
+     "suspensions[0].deny_outside[1]", "unknown jurisdiction group 'jp', nor an ISO 3166 code (did you mean 'JP'?)",
+     "deny_outside: [us, jp]"),
+    ("suspension with an unassigned country code", "suspensions.yaml", "deny_outside: [us]", "deny_outside: [ZZ]",
+     "suspensions[0].deny_outside[0]", "unknown jurisdiction group 'ZZ', nor an ISO 3166 code", "deny_outside: [ZZ]"),
+    # A group named like a code would make a suspension's entry ambiguous.
+    ("group named like a country code", "jurisdictions.yaml", "  tier1_allies:", "  JP: {countries: [JP], source: x}\n  tier1_allies:",
+     "groups.JP", "group name 'JP' is an ISO 3166 code", "JP: {"),
+    ("group named like a region code", "jurisdictions.yaml", "  tier1_allies:", "  UA-43: {regions: [UA-43], source: x}\n  tier1_allies:",
+     "groups.UA-43", "group name 'UA-43' is an ISO 3166 code", "UA-43: {"),
     ("duplicate key", "models.yaml", "    upstream: default\n    evaluations:\n      training_compute_flop: 2.0e26", "    upstream: default\n    upstream: other\n    evaluations:\n      training_compute_flop: 2.0e26",
      "models.fable.upstream", "duplicate key 'upstream'", "upstream: other"),
 ]
@@ -206,3 +217,11 @@ class TestVersion:
         before = load_bundle(bundle_dir).policy.version
         edit(bundle_dir, "jurisdictions.yaml", "countries: [CU]", "countries: [CU, VE]")
         assert load_bundle(bundle_dir).policy.version != before
+
+
+def test_suspensions_in_the_files_name_groups_and_iso_codes_together(bundle_dir: Path) -> None:
+    edit(bundle_dir, "suspensions.yaml", "deny_outside: [us]", "deny_outside: [us, JP, UA-65]")
+    [suspension] = load_bundle(bundle_dir).policy.suspensions
+    assert suspension.groups.names == ("us", "JP", "UA-65")
+    assert suspension.groups.admits("JP") and suspension.groups.admits("RU", "UA-65")
+    assert not suspension.groups.admits("GB") and not suspension.groups.admits("UA", "UA-43")
