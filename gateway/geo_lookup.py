@@ -15,7 +15,7 @@ from typing import Any
 
 import maxminddb
 
-from gateway import geodata, region_overlay
+from gateway import countries, geodata, region_overlay
 from gateway.config import GeoIPConfig
 from gateway.geo import embedded_ipv4, parse_ip
 
@@ -78,8 +78,8 @@ def render(report: dict[str, Any]) -> str:
     anonymous_db = any(d["role"] == "anonymous_ip" for d in report["databases"])
     lines = [
         f"{report['ip']}" + (f" (looked up as {report['looked_up']})" if report["looked_up"] != report["ip"] else ""),
-        f"  country     {report['country'] or 'unknown (no record)'}",
-        f"  region      {report['region'] or 'none'}"
+        f"  country     {countries.label(report['country']) if report['country'] else 'unknown (no record)'}",
+        f"  region      {countries.label(report['region']) if report['region'] else 'none'}"
         + (f" ({sources[report['region_source']]})" if report["region_source"] else ""),
         f"  anonymizer  {'yes: ' + flags if report['anonymizer'] else 'no'}"
         + ("" if anonymous_db else " (no anonymous-IP database configured)"),

@@ -144,6 +144,17 @@ def test_validate_warns_of_a_region_only_a_city_database_can_place(capsys: pytes
     assert "region overlay" not in out.replace(warning, "")  # the overlay's own regions draw none
 
 
+def test_validate_warns_of_a_suspension_naming_such_a_region(capsys: pytest.CaptureFixture[str],
+                                                             bundle_dir: Path) -> None:
+    suspensions = bundle_dir / "suspensions.yaml"
+    suspensions.write_text("suspensions:\n  - id: abkhazia\n    models: [small-2]\n    deny_in: [GE-AB, UA-43]\n"
+                           "    reason: test\n")
+    code, out, _ = run(capsys, "policy", "validate", str(bundle_dir))
+    assert code == 0
+    [warning] = [line for line in out.splitlines() if "region overlay" in line]
+    assert "suspensions.yaml:4: suspensions[0].deny_in[0]: 'GE-AB' is not in the embedded region overlay" in warning
+
+
 def test_validate_the_shipped_policy_draws_no_region_warning(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "policy", "validate", str(Path(__file__).resolve().parents[1] / "policies"))
     assert code == 0 and "region overlay" not in out
@@ -172,7 +183,7 @@ def test_geo_lookup_with_the_embedded_databases(capsys: pytest.CaptureFixture[st
     assert all("IP Geolocation by DB-IP" in notice for notice in report["attribution"])
     code, out, _ = run(capsys, "geo", "lookup", ip)
     assert code == 0
-    assert "region      UA-43 (from the region overlay)" in out
+    assert "region      UA-43 Crimea (from the region overlay)" in out
     assert "region overlay" in out and "built 2026-06-05" in out and "IP Geolocation by DB-IP" in out
 
 
@@ -190,6 +201,7 @@ def test_geo_lookup_with_configured_databases(capsys: pytest.CaptureFixture[str]
     assert [d["role"] for d in report["databases"]] == ["country", "anonymous_ip", "region_overlay"]
     assert report["databases"][0]["type"] == "GeoIP2-City"
     code, out, _ = run(capsys, "geo", "lookup", "81.2.69.160", "--config", str(config))
+    assert "country     GB United Kingdom" in out
     assert "region      GB-ENG (from the country database's subdivisions)" in out
     assert "anonymizer  yes: " in out
 

@@ -243,6 +243,15 @@ class _Checker:
         for index, name in enumerate(names):
             if ("group", name) not in parts.broken and (problem := unknown_place(name, parts.groups)):
                 self.report(file, path + (index,), problem)
+            elif countries.is_region(name):
+                self.warn_unplaceable(file, path + (index,), name)
+
+    def warn_unplaceable(self, file: str, path: Path, region: str) -> None:
+        """A region no caller is placed in without a City database (with `placeable_regions`)."""
+        if self.placeable_regions is not None and region not in self.placeable_regions:
+            self.warn(file, path, f"{region!r} is not in the embedded region overlay "
+                                  f"({', '.join(sorted(self.placeable_regions))}): only a GeoIP2/GeoLite2 City "
+                                  "database (geoip.country_db) can place a caller in it")
 
     def check_groups(self, parts: _Parts) -> None:
         for name, group in parts.groups.items():
@@ -256,10 +265,8 @@ class _Checker:
             for index, code in enumerate(group.regions):
                 if not countries.is_region(code):
                     self.report(JURISDICTIONS, base + ("regions", index), f"{code!r} is not an ISO 3166-2 code (CC-XXX)")
-                elif self.placeable_regions is not None and code not in self.placeable_regions:
-                    self.warn(JURISDICTIONS, base + ("regions", index),
-                              f"{code!r} is not in the embedded region overlay ({', '.join(sorted(self.placeable_regions))}): "
-                              "only a GeoIP2/GeoLite2 City database (geoip.country_db) can place a caller in it")
+                else:
+                    self.warn_unplaceable(JURISDICTIONS, base + ("regions", index), code)
             self.group_refs(JURISDICTIONS, base + ("include",), group.include, parts)
             if not (group.countries or group.regions or group.include):
                 self.warn(JURISDICTIONS, base, "group is empty")
