@@ -27,7 +27,8 @@ from gateway.body_models import other_models
 from gateway.clientip import ClientLocator, ForwardedForError, TrustedProxies
 from gateway.config import Config
 from gateway.decision import Decision, Facts, decide, decide_caller, decide_listing
-from gateway.geo import UNKNOWN, GeoIP, Place
+from gateway.geo import UNKNOWN, Place
+from gateway.geofiles import LiveGeo
 from gateway.identity import Authenticator, CredentialError, Principal
 from gateway.listener import REFUSAL
 from gateway.metrics import Metrics, model_label
@@ -93,7 +94,7 @@ class Gateway:
         config: Config,
         state: PolicyState,
         authenticator: Authenticator,
-        geo: GeoIP,
+        geo: LiveGeo,
         upstreams: proxy.Upstreams,
         audit: AuditLogs,
         metrics: Metrics,
@@ -112,7 +113,9 @@ class Gateway:
         self.metrics = metrics
         self.clock = clock
         self.router = Router(config.routes)
+        self.geo = geo
         self.locator = ClientLocator(TrustedProxies(config.trusted_proxies), geo)
+        geo.on_swap(self.locator.forget)
         self.quota = quota or LocalQuota()
         self.sightings = sightings or LocalSightings(config.credential_misuse.window_s)
         self.on_misuse = on_misuse
@@ -182,7 +185,8 @@ class Gateway:
         model, body = await self.read_model(exchange, route, scope, receive, headers)
         if place.country is not None:
             await self.watch_credential(exchange, principal, place.country, policy)
-        facts = Facts(principal.org_id, model, place.country, place.region, place.anonymizer)
+        facts = Facts(principal.org_id, model, place.country, place.region, place.anonymizer,
+                      geo_expired=self.geo.expired(now.timestamp()))
         decision = self.decide(exchange, policy, facts, now, listing=route.kind == "models_list")
         if decision.allowed and exchange.other_models:
             decision = self.decide_others(exchange, policy, facts, now, decision)

@@ -10,11 +10,12 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from gateway import countries, explain, geodata
+from gateway import countries, explain
 from gateway.config import Config, ConfigError, GeoIPConfig, load_config
 from gateway.decision import Facts, decide
 from gateway.geo import GeoDatabaseError
-from gateway.policy.issues import PolicyError
+from gateway.geofiles import UNENFORCED_ANONYMIZERS, build_geoip, configured_files, unenforced_anonymizer_rules
+from gateway.policy.issues import Issue, PolicyError
 from gateway.policy.load import load_bundle
 from gateway.policy.snapshot import Policy
 
@@ -80,7 +81,7 @@ def _place(args: argparse.Namespace) -> tuple[str | None, str | None, bool]:
         if args.geoip_db is None:
             raise UsageError("--ip needs --geoip-db FILE")
         try:  # with the embedded region overlay on top, as the gateway's default config has it
-            geo = geodata.open_geoip(GeoIPConfig(country_db=args.geoip_db, anonymous_ip_db=args.anonymous_ip_db))
+            geo = build_geoip(configured_files(GeoIPConfig(country_db=args.geoip_db, anonymous_ip_db=args.anonymous_ip_db)))
         except GeoDatabaseError as exc:
             raise UsageError(str(exc)) from None
         place = geo.locate(args.ip)
@@ -100,13 +101,15 @@ def _place(args: argparse.Namespace) -> tuple[str | None, str | None, bool]:
 def cmd_policy_validate(args: argparse.Namespace) -> int:
     # The time only adds warnings (expired suspensions, vetting lapsed or lapsing soon); the
     # overlay's regions, a warning for each region only a City database can place a caller in.
+    config = _config(args) if args.config else None
     loaded = load_bundle(args.directory, now=parse_time(args.at) if args.at else datetime.now(UTC),
-                         placeable_regions=_overlay_regions())
+                         placeable_regions=_placeable_regions(config))
     policy = loaded.policy
+    warnings = [*loaded.warnings, *(_config_issues(policy, config) if config else [])]
     if args.json:
-        print(json.dumps({"valid": True, "version": policy.version, "issues": [w.as_dict() for w in loaded.warnings]}, indent=2))
+        print(json.dumps({"valid": True, "version": policy.version, "issues": [w.as_dict() for w in warnings]}, indent=2))
         return 0
-    for warning in loaded.warnings:
+    for warning in warnings:
         print(f"warning: {warning}")
     print(
         f"{args.directory}: valid, version {policy.version} — {len(policy.groups)} groups, "
@@ -116,10 +119,13 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _overlay_regions() -> frozenset[str] | None:
-    """The regions of the embedded region overlay; None (no such warnings) if it cannot be read."""
+def _placeable_regions(config: Config | None) -> frozenset[str] | None:
+    """The regions a caller is placed in without a City database: the embedded overlay's, none
+    if the config turns it off; None (no such warnings) if the overlay cannot be read."""
     from gateway.region_overlay import RegionOverlay, default_region_overlay
 
+    if config is not None and not config.geoip.region_overlay:
+        return frozenset()
     try:
         overlay = RegionOverlay(default_region_overlay())
     except GeoDatabaseError as exc:
@@ -127,6 +133,12 @@ def _overlay_regions() -> frozenset[str] | None:
         return None
     overlay.close()
     return overlay.regions
+
+
+def _config_issues(policy: Policy, config: Config) -> list[Issue]:
+    """What the bundle asks that the gateway's config cannot deliver."""
+    anonymizers = unenforced_anonymizer_rules(policy, config.geoip.anonymous_ip_db is not None)
+    return [Issue("framework.yaml", rule, UNENFORCED_ANONYMIZERS, severity="warning") for rule in anonymizers]
 
 
 def cmd_policy_diff(args: argparse.Namespace) -> int:
@@ -299,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--at", metavar="ISO8601",
                           help="judge time-relative warnings (expired suspensions, lapsing vetting) at this time "
                                "(default: now)")
+    validate.add_argument("--config", metavar="FILE",
+                          help="also check the bundle against this gateway config (e.g. deny_anonymizers without "
+                               "an anonymous-IP database)")
     validate.add_argument("--json", action="store_true", help="machine-readable output")
     validate.set_defaults(run=cmd_policy_validate)
 

@@ -28,8 +28,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import Protocol
 
-from gateway.geo import UNKNOWN, Address, GeoIP, Place, parse_ip
+from gateway.geo import UNKNOWN, Address, Place, parse_ip
+
+
+class PlaceLookup(Protocol):
+    """Where an address is: a GeoIP, or the databases in force (gateway/geofiles.py)."""
+
+    def locate(self, ip: str) -> Place: ...
 
 
 # More hops than any real proxy chain; a longer header is someone's fabrication.
@@ -176,22 +183,26 @@ def _by_prefix_length(networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6N
 class ClientLocator:
     """The client address and where it is, for a peer and its X-Forwarded-For values.
 
-    Memoised: both are pure functions of those inputs (trusted proxies and GeoIP
-    databases are fixed for the life of the process), and a client sends the same
-    ones request after request. A refusal is remembered as its message and raised
-    afresh each time (re-raising one exception object would grow its traceback
-    without end). Bounded, oldest entry out first: at most `size` entries, each
+    Memoised: both are pure functions of those inputs (trusted proxies are fixed for
+    the life of the process; when the GeoIP databases are replaced, `forget()` drops
+    every memo), and a client sends the same ones request after request. A refusal
+    is remembered as its message and raised afresh each time (re-raising one
+    exception object would grow its traceback without end). Bounded, oldest entry out first: at most `size` entries, each
     keyed by at most MAX_KEY_VALUES header lines of MAX_KEY_CHARS in all; anything
     larger is worked out every time, never kept."""
 
     MAX_KEY_CHARS = 512
     MAX_KEY_VALUES = 4
 
-    def __init__(self, trusted: TrustedProxies, geo: GeoIP, size: int = 4096) -> None:
+    def __init__(self, trusted: TrustedProxies, geo: PlaceLookup, size: int = 4096) -> None:
         self.trusted = trusted
         self.geo = geo
         self.size = size
         self._memo: dict[tuple[str | None, ...], tuple[str | None, Place] | str] = {}
+
+    def forget(self) -> None:
+        """Drop every memo: the places in it came from databases no longer in use."""
+        self._memo = {}
 
     def locate(self, peer: str | None, forwarded_for: list[str]) -> tuple[str | None, Place]:
         """Raises ForwardedForError as client_ip() does."""

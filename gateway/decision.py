@@ -18,6 +18,8 @@ rule can be tested with a table (STYLE.md §1). The semantics are SPEC §2.1:
 - covered models also get `rules.covered_models`, and with
   `check_declared_country` the org's declared country must pass the same rules,
   the stage's jurisdictions and any suspension;
+- a covered model is unavailable (state_unavailable, 503) while the place comes
+  from an expired GeoIP database (`Facts.geo_expired`, issue 13);
 - every reason that applies is reported, most important first; the status
   comes from the first.
 """
@@ -45,6 +47,9 @@ class Facts:
     observed_region: str | None = None
     anonymizer: bool = False
     credential: CredentialState = "valid"
+    # The place comes from a GeoIP database older than twice `geoip.max_age_days`
+    # (gateway/geofiles.py): not trusted for covered models, which get 503.
+    geo_expired: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +246,8 @@ class _Evaluation:
         rules = self.policy.covered_models
         if covered:
             self.check_rules(rules, Reason.JURISDICTION_OF_CONCERN, "covered_models", declared=rules.check_declared_country)
+            if self.facts.geo_expired:
+                self.deny(Reason.STATE_UNAVAILABLE, "geoip.max_age_days", "observed")
         if unknown_allowed:
             self.check_unknown_country(covered)
 

@@ -130,6 +130,10 @@ def _config(workdir: Path, upstream_url: str, public: int, admin: int, policy_di
         "state_dir": str(workdir / "state"),
         "upstreams": {"default": {"url": upstream_url}},
         "trusted_proxies": ["127.0.0.1/32", "::1/128"],
+        # The demo decides at DEMO_TIME with whatever database this package embeds, which
+        # may be older than that by then: keeping a database fresh is an operator's job
+        # (docs/operators.md), not the demo's.
+        "geoip": {"max_age_days": 3650},
         "identity": {"jwt": {"jwks_file": "jwks.json", "issuer": ISSUER, "audience": AUDIENCE, "algorithms": ["RS256"]}},
         "audit": {"path": str(workdir / "audit.jsonl")},
     }))

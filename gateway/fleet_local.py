@@ -550,6 +550,9 @@ class LocalFleet:
             "upstreams": {"default": {"url": self.upstream_url, "connect_timeout_s": 2,
                                      "read_timeout_s": self.upstream_read_timeout_s}},
             "trusted_proxies": [f"{LB_SOURCE}/32"],
+            # A local fleet runs on whatever database this package embeds, however old:
+            # keeping a database fresh is an operator's job (docs/operators.md), not this tool's.
+            "geoip": {"max_age_days": 3650},
             "identity": {"jwt": {"jwks_file": str(self.credentials.jwks_path), "issuer": ISSUER, "audience": AUDIENCE,
                                  "algorithms": ["RS256"]}},
             "redis": {"url": self.redis_url, "namespace": self.namespace},

@@ -169,9 +169,14 @@ class GeoIP:
                  overlay: RegionSource | None = None) -> None:
         self._places, self.database_type = _open(country_db, ("City", "Country", "Enterprise"), "country")
         self.has_regions = "Country" not in self.database_type
+        # Each database's build date (Unix time), by name: how old it is (gateway/geofiles.py).
+        self.built = {"country": self._places.metadata().build_epoch}
         self._anonymous = None
         if anonymous_ip_db is not None:
             self._anonymous, _ = _open(anonymous_ip_db, ("Anonymous-IP",), "anonymous-IP")
+            self.built["anonymous_ip"] = self._anonymous.metadata().build_epoch
+        # The overlay's build date is not in `built`: it only adds regions programs name, so its
+        # age must not refuse requests (`gateway geo lookup` shows it).
         self._overlay = overlay
 
     def locate(self, ip: str) -> Place:

@@ -16,6 +16,7 @@ from typing import Any
 import maxminddb
 
 from gateway import countries, geodata, region_overlay
+from gateway.geofiles import build_geoip, configured_files
 from gateway.config import GeoIPConfig
 from gateway.geo import embedded_ipv4, parse_ip
 
@@ -29,8 +30,8 @@ def lookup(config: GeoIPConfig, ip: str) -> dict[str, Any]:
     address = parse_ip(ip)
     if address is None:
         raise ValueError(f"{ip!r} is not an IP address")
-    databases = geodata.configured_databases(config)
-    geo = geodata.open_geoip(config)
+    files = configured_files(config)
+    geo = build_geoip(files)
     try:
         found = geo.lookup(str(address))
         inner = embedded_ipv4(address)
@@ -38,8 +39,6 @@ def lookup(config: GeoIPConfig, ip: str) -> dict[str, Any]:
     finally:
         geo.close()
     place = found.place
-    paths = {"country": databases.country, "anonymous_ip": databases.anonymous_ip,
-             "region_overlay": databases.region_overlay}
     return {
         "ip": ip,
         "looked_up": str(found.address) if found.address is not None else None,
@@ -48,7 +47,7 @@ def lookup(config: GeoIPConfig, ip: str) -> dict[str, Any]:
         "region_source": found.region_source,
         "anonymizer": place.anonymizer,
         "anonymizer_flags": sorted(flags),
-        "databases": [describe(role, path) for role, path in paths.items() if path is not None],
+        "databases": [describe(role, files[role]) for role, _ in ROLES if role in files],
         "attribution": _attribution(config),
     }
 

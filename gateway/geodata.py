@@ -10,9 +10,6 @@ at extraction, so a truncated or damaged copy is extracted again.
 
 Whoever shows results from this data must credit DB-IP: print `ATTRIBUTION`
 (or put `ATTRIBUTION_HTML` on a page).
-
-`open_geoip()` opens the databases a config means: the configured ones, else
-the embedded ones, and the embedded region overlay unless it is turned off.
 """
 
 from __future__ import annotations
@@ -23,13 +20,10 @@ import lzma
 import os
 import stat
 import tempfile
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from gateway.config import GeoIPConfig
-from gateway.geo import GeoDatabaseError, GeoIP
-from gateway.region_overlay import RegionOverlay, default_region_overlay
+from gateway.geo import GeoDatabaseError
 
 # Month of the DB-IP release in gateway/data; scripts/build-geoip-db prints it.
 DATA_MONTH = "2026-06"
@@ -44,33 +38,6 @@ ATTRIBUTION_HTML = "<a href='https://db-ip.com'>IP Geolocation by DB-IP</a>"
 DATA_FILES = ("dbip-country-lite.mmdb.xz", "dbip-country-lite.mmdb.gz")
 CACHE_SUBDIR = "frontier-gateway"
 _STEM = "dbip-country-lite"
-
-
-@dataclass(frozen=True)
-class GeoDatabases:
-    country: Path
-    anonymous_ip: Path | None
-    region_overlay: Path | None
-
-
-def configured_databases(config: GeoIPConfig) -> GeoDatabases:
-    """The files a `geoip` config section means (the embedded ones where it names none)."""
-    return GeoDatabases(
-        country=Path(config.country_db) if config.country_db else default_country_db(),
-        anonymous_ip=Path(config.anonymous_ip_db) if config.anonymous_ip_db else None,
-        region_overlay=default_region_overlay() if config.region_overlay else None,
-    )
-
-
-def open_geoip(config: GeoIPConfig) -> GeoIP:
-    databases = configured_databases(config)
-    overlay = RegionOverlay(databases.region_overlay) if databases.region_overlay else None
-    try:
-        return GeoIP(databases.country, databases.anonymous_ip, overlay)
-    except GeoDatabaseError:
-        if overlay is not None:
-            overlay.close()
-        raise
 
 
 def default_country_db(cache_dir: Path | None = None) -> Path:

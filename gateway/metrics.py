@@ -53,6 +53,16 @@ class Metrics:
                                   registry=registry)
         self.revocations = Counter("gateway_revocations", "Requests ended while being answered because the policy "
                                    "came to deny them (reason: the first new reason).", ["reason"], registry=registry)
+        self.geoip_age = Gauge("gateway_geoip_database_age_seconds", "Age of each GeoIP database in use, from its "
+                               "build date.", ["database"], registry=registry)
+        self.geoip_max_age = Gauge("gateway_geoip_max_age_seconds", "geoip.max_age_days in seconds: older databases "
+                                   "are reported; at twice it, covered models are refused.", registry=registry)
+        self.geoip_reloads = Counter("gateway_geoip_reloads", "GeoIP database files replaced on disk: picked up "
+                                     "(success) or refused, the running one kept (refused).", ["database", "result"],
+                                     registry=registry)
+        self.geoip_anonymizer_loaded = Gauge("gateway_geoip_anonymizer_database_loaded", "1 when an anonymous-IP "
+                                             "database is loaded (else no request is known to be an anonymizer).",
+                                             registry=registry)
         self._policy_version: str | None = None
         self._children: dict[tuple[Counter, tuple[str, ...]], Any] = {}
 

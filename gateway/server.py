@@ -31,8 +31,7 @@ from gateway.app import Gateway
 from gateway.audit import AuditLogs
 from gateway.audit.chain import default_replica
 from gateway.config import Config, is_loopback
-from gateway.geo import GeoIP
-from gateway.geodata import open_geoip
+from gateway.geofiles import UNENFORCED_ANONYMIZERS, LiveGeo, configured_files, unenforced_anonymizer_rules
 from gateway.identity import Authenticator
 from gateway.identity.redis_keys import RedisApiKeyStore
 from gateway.listener import protocol_for
@@ -93,7 +92,7 @@ class Service:
                             if revocation.enabled else None)
         self.live = LiveState(self.state, self.store, self.metrics, config.policy_dir,
                               on_change=self.revocations.policy_changed if self.revocations else None)
-        self.geo: GeoIP | None = None
+        self.geo: LiveGeo | None = None
         self.upstreams = Upstreams(config.upstreams)
         # Fleet mode: the audit stream goes through the store's Redis client.
         self.audit = AuditLogs.from_config(config.audit, self.metrics, state_dir=config.state_dir, namespace=redis.namespace,
@@ -126,7 +125,12 @@ class Service:
     async def start(self) -> None:
         config = self.config
         await self.live.start()
-        self.geo = open_geoip(config.geoip)
+        self.geo = LiveGeo(configured_files(config.geoip), self.metrics, max_age_days=config.geoip.max_age_days)
+        self.geo.report(self.clock())
+        self._geo_watch = asyncio.ensure_future(self.geo.watch(self.clock))
+        if self.state.policy is not None:
+            for rule in unenforced_anonymizer_rules(self.state.policy, self.geo.has_anonymizer_database):
+                log.warning("policy %s %s", rule, UNENFORCED_ANONYMIZERS)
         if self.api_keys is not None:
             await self.api_keys.start()
         await self.authenticator.start()
@@ -171,6 +175,7 @@ class Service:
         if self.api_keys is not None:
             await self.api_keys.close()
         if self.geo is not None:
+            self._geo_watch.cancel()
             self.geo.close()
 
     async def run_forever(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from authlib.jose import JsonWebKey, jwt
 
-from conftest import GEOIP, REFERENCE_POLICY, at
+from conftest import GEOIP, GEOIP_MAX_AGE_DAYS, REFERENCE_POLICY, at
 from gateway.audit import unauthenticated_path
 from gateway.config import load_config
 from gateway.demo_upstream import DemoServer, serve as serve_upstream
@@ -66,9 +66,10 @@ class Stack:
     def __init__(self, directory: Path, *, clock: Callable[[], float] = lambda: DECISION_TIME,
                  policy_dir: Path = REFERENCE_POLICY, extra_config: str = "", admin_listen: str = "127.0.0.1:0",
                  upstream_options: str = "", country_db: Path | None = GEOIP / "GeoIP2-City-Test.mmdb",
-                 orgs: list[str] = ORGS) -> None:
+                 anonymous_ip_db: Path | None = GEOIP / "GeoIP2-Anonymous-IP-Test.mmdb",
+                 geoip_max_age_days: int = GEOIP_MAX_AGE_DAYS, orgs: list[str] = ORGS) -> None:
         """`upstream_options`: more keys of `upstreams.default`, in YAML flow style (", headers: {...}").
-        `country_db` None: no geoip section, as a default install (the embedded databases)."""
+        `country_db` None: the embedded database, as a default install has it."""
         self.directory = directory
         self.thread = LoopThread()
         self.signing = SigningKey()
@@ -77,8 +78,9 @@ class Stack:
         config_path = directory / "gateway.yaml"
         # An `audit:` section in extra_config replaces this one.
         audit = "" if ("\n" + extra_config).count("\naudit:") else "audit: {path: audit.jsonl}"
-        geoip = "" if country_db is None else (
-            f"geoip:\n  country_db: {country_db}\n  anonymous_ip_db: {GEOIP / 'GeoIP2-Anonymous-IP-Test.mmdb'}")
+        geoip = "\n  ".join(["geoip:", *([f"country_db: {country_db}"] if country_db is not None else []),
+                              f"anonymous_ip_db: {anonymous_ip_db if anonymous_ip_db is not None else 'null'}",
+                              f"max_age_days: {geoip_max_age_days}"])
         config_path.write_text(f"""
 listen: 127.0.0.1:0
 admin_listen: {admin_listen}

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import GEOIP, REFERENCE_POLICY
+from conftest import GEOIP, GEOIP_MAX_AGE_DAYS, REFERENCE_POLICY
 from e2e import AUDIENCE, CATALOGUE, ISSUER, LoopThread, SigningKey
 from gateway.demo_upstream import DemoServer, serve as serve_upstream
 from gateway.identity import ApiKeyStore
@@ -223,7 +223,8 @@ class Replica:
             "upstreams": {"default": {"url": upstream, "connect_timeout_s": 2, "read_timeout_s": 10}},
             "trusted_proxies": ["127.0.0.1/32"],
             "geoip": {"country_db": str(GEOIP / "GeoIP2-City-Test.mmdb"),
-                      "anonymous_ip_db": str(GEOIP / "GeoIP2-Anonymous-IP-Test.mmdb")},
+                      "anonymous_ip_db": str(GEOIP / "GeoIP2-Anonymous-IP-Test.mmdb"),
+                      "max_age_days": GEOIP_MAX_AGE_DAYS},
             "identity": {"jwt": {"jwks_file": str(jwks_file), "issuer": ISSUER, "audience": AUDIENCE,
                                  "algorithms": ["RS256"]}},
             "redis": {"url": redis_url, "namespace": namespace, "max_staleness_s": max_staleness_s},

@@ -59,8 +59,10 @@ def encode(value: Any) -> bytes:
     raise TypeError(f"cannot encode {value!r}")
 
 
-def write(path: Path, records: dict[str, dict[str, Any]], database_type: str = "GeoIP2-City") -> Path:
-    """A database of `records` ({network: record}) at `path`."""
+def write(path: Path, records: dict[str, dict[str, Any]], database_type: str = "GeoIP2-City",
+          build_epoch: int = 1_767_225_600) -> Path:
+    """A database of `records` ({network: record}) at `path`, built at `build_epoch`
+    (Unix time; 2026-01-01 by default)."""
     nodes: list[list[Any]] = [[None, None]]
     data = bytearray()
     for network, record in records.items():
@@ -90,7 +92,7 @@ def write(path: Path, records: dict[str, dict[str, Any]], database_type: str = "
     metadata = {
         "binary_format_major_version": _Uint(_UINT16, 2),
         "binary_format_minor_version": _Uint(_UINT16, 0),
-        "build_epoch": _Uint(_UINT64, 1_767_225_600),
+        "build_epoch": _Uint(_UINT64, build_epoch),
         "database_type": database_type,
         "description": {"en": "test database written by tests/mmdb.py"},
         "ip_version": _Uint(_UINT16, 6),

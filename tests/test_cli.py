@@ -128,6 +128,38 @@ def test_explain_with_a_broken_policy_fails_clearly(capsys: pytest.CaptureFixtur
     assert code == 1 and out == "" and "models.yaml" in err and "YAML syntax error" in err
 
 
+def anonymizer_warnings(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "deny_anonymizers" in line and "no anonymous-IP database" in line]
+
+
+@pytest.mark.parametrize("anonymous_ip_db, warned", [(None, True), (str(GEOIP / "GeoIP2-Anonymous-IP-Test.mmdb"), False)])
+def test_policy_validate_with_a_config_warns_of_anonymizer_rules_nothing_enforces(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, anonymous_ip_db: str | None, warned: bool) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(json.dumps({"policy_dir": POLICY, "geoip": {"anonymous_ip_db": anonymous_ip_db}}))
+    code, out, _ = run(capsys, "policy", "validate", POLICY, "--config", str(config))
+    assert code == 0
+    expected = ["warning: framework.yaml: rules.covered_models.deny_anonymizers: denies anonymizers, but no "
+                "anonymous-IP database is configured (geoip.anonymous_ip_db): no request is known to come through "
+                "an anonymizer, so this rule denies nothing"]
+    assert anonymizer_warnings(out) == (expected if warned else [])
+    code, out, _ = run(capsys, "policy", "validate", POLICY, "--config", str(config), "--json")
+    issues = [issue for issue in json.loads(out)["issues"] if issue["path"] == "rules.covered_models.deny_anonymizers"]
+    assert [(issue["file"], issue["severity"]) for issue in issues] == ([("framework.yaml", "warning")] if warned else [])
+
+
+def test_policy_validate_without_a_config_cannot_know(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "policy", "validate", POLICY)
+    assert code == 0 and anonymizer_warnings(out) == []
+
+
+def test_policy_validate_names_a_bad_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("geoip: {max_age_days: 0}\n")
+    code, _, err = run(capsys, "policy", "validate", POLICY, "--config", str(config))
+    assert code != 0 and "max_age_days" in err
+
+
 # --------------------------------------------------------------------------- region overlay
 
 
@@ -234,3 +266,13 @@ def test_explain_from_an_ip_uses_the_region_overlay(capsys: pytest.CaptureFixtur
                        "--at", "2026-12-01T12:00:00Z", "--json")
     result = json.loads(out)
     assert (code, result["observed_region"], result["reasons"]) == (0, "UA-40", ["jurisdiction_embargoed"])
+
+
+def test_validate_with_the_overlay_turned_off_warns_of_every_region(capsys: pytest.CaptureFixture[str],
+                                                                    tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("geoip: {region_overlay: false}\n")
+    code, out, _ = run(capsys, "policy", "validate", POLICY, "--config", str(config))
+    warned = [line for line in out.splitlines() if "is in no region overlay (geoip.region_overlay is false)" in line]
+    assert code == 0 and [line.split(": ")[2] for line in warned] == [f"groups.embargoed.regions[{i}]"
+                                                                       for i in range(4)]

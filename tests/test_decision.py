@@ -172,3 +172,23 @@ def test_decide_caller_settles_exactly_what_the_caller_alone_settles(reference_p
 def test_decide_caller_keeps_the_model_free_reasons(reference_policy: Policy) -> None:
     decision = decide_caller(reference_policy, Facts("org-listed", None, "CU"), at("2026-12-01T12:00:00Z"))
     assert decision is not None and list(decision.reasons) == ["org_denied", "jurisdiction_embargoed"]
+
+
+# An expired GeoIP database (gateway/geofiles.py): covered models are unavailable, the
+# others decided as usual, and a denial keeps its own reason first.
+# (org, model, country, status, reasons)
+EXPIRED_GEO = [
+    ("org-acme", "frontier-5.6", "US", 503, ["state_unavailable"]),
+    ("org-acme", "small-2", "US", 200, []),
+    ("org-acme", "not-in-policy", "US", 404, ["model_unknown"]),
+    ("org-acme", "frontier-5.6", "CN", 451, ["jurisdiction_of_concern", "jurisdiction_not_permitted", "state_unavailable"]),
+]
+
+
+@pytest.mark.parametrize("org, model, country, status, reasons", EXPIRED_GEO)
+def test_an_expired_geoip_database_makes_covered_models_unavailable(
+        reference_policy: Policy, org: str, model: str, country: str, status: int, reasons: list[str]) -> None:
+    decision = decide(reference_policy, Facts(org, model, country, geo_expired=True), at("2026-12-01T12:00:00Z"))
+    assert (decision.status, list(decision.reasons)) == (status, reasons)
+    fresh = decide(reference_policy, Facts(org, model, country), at("2026-12-01T12:00:00Z"))
+    assert list(fresh.reasons) == [r for r in reasons if r != "state_unavailable"]

@@ -186,10 +186,10 @@ def test_the_overlay_adds_its_region_on_top(overlaid: GeoIP, ip: str, place: Pla
 
 def test_region_overlay_false_keeps_the_database_regions(tmp_path) -> None:
     from gateway.config import GeoIPConfig
-    from gateway.geodata import open_geoip
+    from gateway.geofiles import build_geoip, configured_files
 
     city = write(tmp_path / "City.mmdb", OVERLAID_CITY)
-    geo = open_geoip(GeoIPConfig(country_db=str(city), region_overlay=False))
+    geo = build_geoip(configured_files(GeoIPConfig(country_db=str(city), region_overlay=False)))
     assert geo.locate("198.51.100.1") == Place("RU", "RU-KDA")
     assert geo.locate("198.51.100.33") == Place("UA", None)
     geo.close()
@@ -199,7 +199,7 @@ def test_the_embedded_overlay_applies_over_a_configured_database_unless_turned_o
     import maxminddb
 
     from gateway.config import GeoIPConfig
-    from gateway.geodata import open_geoip
+    from gateway.geofiles import build_geoip, configured_files
     from gateway.region_overlay import default_region_overlay
 
     with maxminddb.open_database(str(default_region_overlay())) as reader:
@@ -207,8 +207,8 @@ def test_the_embedded_overlay_applies_over_a_configured_database_unless_turned_o
     address = str(network.network_address)
     city = write(tmp_path / "City.mmdb", {f"{address}/32": {"country": {"iso_code": "RU"},
                                                             "subdivisions": [{"iso_code": "KDA"}]}})
-    on = open_geoip(GeoIPConfig(country_db=str(city)))
-    off = open_geoip(GeoIPConfig(country_db=str(city), region_overlay=False))
+    on = build_geoip(configured_files(GeoIPConfig(country_db=str(city))))
+    off = build_geoip(configured_files(GeoIPConfig(country_db=str(city), region_overlay=False)))
     assert (on.locate(address), off.locate(address)) == (Place("RU", "UA-43"), Place("RU", "RU-KDA"))
     on.close()
     off.close()

@@ -255,10 +255,3 @@ def test_the_shipped_region_overlay() -> None:
     notice = (Path(geodata.__file__).parent / "data" / "ATTRIBUTION.md").read_text()
     assert "IP to City Lite" in notice and region_overlay.SOURCE_PACKAGE.rsplit("@", 1)[1] in notice
     assert "IP Geolocation by DB-IP" in region_overlay.ATTRIBUTION and "CC BY 4.0" in region_overlay.ATTRIBUTION
-
-
-def test_the_overlay_is_on_by_default_and_off_on_request() -> None:
-    from gateway.config import GeoIPConfig
-
-    assert geodata.configured_databases(GeoIPConfig()).region_overlay is not None
-    assert geodata.configured_databases(GeoIPConfig(region_overlay=False)).region_overlay is None

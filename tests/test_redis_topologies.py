@@ -33,7 +33,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from conftest import GEOIP, REFERENCE_POLICY
+from conftest import GEOIP, GEOIP_MAX_AGE_DAYS, REFERENCE_POLICY
 from e2e import AUDIENCE, ISSUER, SigningKey
 from fleet import US_IP, Upstream, request as http
 from gateway.config import ConfigError, load_config
@@ -661,7 +661,7 @@ def test_gateway_fleet_on(kind: str, request: pytest.FixtureRequest, tmp_path: P
                 "state_dir": str(tmp_path / f"state-{index}"),
                 "upstreams": {"default": {"url": upstream.url, "connect_timeout_s": 2, "read_timeout_s": 10}},
                 "trusted_proxies": ["127.0.0.1/32"],
-                "geoip": {"country_db": str(GEOIP / "GeoIP2-City-Test.mmdb")},
+                "geoip": {"country_db": str(GEOIP / "GeoIP2-City-Test.mmdb"), "max_age_days": GEOIP_MAX_AGE_DAYS},
                 "identity": {"jwt": {"jwks_file": str(tmp_path / "jwks.json"), "issuer": ISSUER, "audience": AUDIENCE,
                                      "algorithms": ["RS256"]}},
                 "redis": redis_section, "audit": {"path": str(tmp_path / f"audit-{index}.jsonl")},

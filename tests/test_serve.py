@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GEOIP, REFERENCE_POLICY
+from conftest import GEOIP, GEOIP_MAX_AGE_DAYS, REFERENCE_POLICY
 from e2e import US_IP, LoopThread
 from gateway.demo_upstream import serve as serve_upstream
 from gateway.identity import ApiKeyStore
@@ -57,7 +57,7 @@ listen: 127.0.0.1:{public}
 admin_listen: 127.0.0.1:{admin}
 policy_dir: {REFERENCE_POLICY}
 upstreams: {{default: {{url: "http://127.0.0.1:1"}}}}
-geoip: {{country_db: {GEOIP / "GeoIP2-City-Test.mmdb"}}}
+geoip: {{country_db: {GEOIP / "GeoIP2-City-Test.mmdb"}, max_age_days: {GEOIP_MAX_AGE_DAYS}}}
 """)
     key = ApiKeyStore(tmp_path / ".gateway-state").create("org-public")[1]
     environ = os.environ | {"GATEWAY_UPSTREAMS__DEFAULT__URL": upstream}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GEOIP, REFERENCE_POLICY
+from conftest import GEOIP, GEOIP_MAX_AGE_DAYS, REFERENCE_POLICY
 from e2e import AUDIENCE, ISSUER, US_IP, LoopThread, SigningKey
 from gateway.audit import verify
 from gateway.demo_upstream import serve as serve_upstream
@@ -64,7 +64,7 @@ policy_dir: {REFERENCE_POLICY}
 state_dir: state
 upstreams: {{default: {{url: "{upstream}"}}}}
 trusted_proxies: [127.0.0.1/32]
-geoip: {{country_db: {GEOIP / "GeoIP2-City-Test.mmdb"}}}
+geoip: {{country_db: {GEOIP / "GeoIP2-City-Test.mmdb"}, max_age_days: {GEOIP_MAX_AGE_DAYS}}}
 identity:
   jwt: {{jwks_file: jwks.json, issuer: "{ISSUER}", audience: {AUDIENCE}, algorithms: [RS256]}}
 audit: {{path: audit.jsonl}}

@@ -249,9 +249,10 @@ class _Checker:
     def warn_unplaceable(self, file: str, path: Path, region: str) -> None:
         """A region no caller is placed in without a City database (with `placeable_regions`)."""
         if self.placeable_regions is not None and region not in self.placeable_regions:
-            self.warn(file, path, f"{region!r} is not in the embedded region overlay "
-                                  f"({', '.join(sorted(self.placeable_regions))}): only a GeoIP2/GeoLite2 City "
-                                  "database (geoip.country_db) can place a caller in it")
+            overlay = (f"is not in the embedded region overlay ({', '.join(sorted(self.placeable_regions))})"
+                       if self.placeable_regions else "is in no region overlay (geoip.region_overlay is false)")
+            self.warn(file, path, f"{region!r} {overlay}: only a GeoIP2/GeoLite2 City database (geoip.country_db) "
+                                  "can place a caller in it")
 
     def check_groups(self, parts: _Parts) -> None:
         for name, group in parts.groups.items():

@@ -58,7 +58,7 @@ def test_the_samples_cover_every_embargoed_region_and_networks_filed_under_russi
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     directory = tmp_path_factory.mktemp("overlay")
-    stack = Stack(directory, policy_dir=SHIPPED_POLICY, country_db=None, orgs=[ORG])
+    stack = Stack(directory, policy_dir=SHIPPED_POLICY, country_db=None, anonymous_ip_db=None, orgs=[ORG])
     yield stack
     stack.close()
 
