@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from gateway import countries, explain
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, GeoIPConfig, load_config
 from gateway.decision import Facts, decide
-from gateway.geo import GeoDatabaseError, GeoIP
-from gateway.geofiles import UNENFORCED_ANONYMIZERS, unenforced_anonymizer_rules
+from gateway.geo import GeoDatabaseError
+from gateway.geofiles import UNENFORCED_ANONYMIZERS, build_geoip, configured_files, unenforced_anonymizer_rules
 from gateway.policy.issues import Issue, PolicyError
 from gateway.policy.load import load_bundle
 from gateway.policy.snapshot import Policy
@@ -80,8 +80,8 @@ def _place(args: argparse.Namespace) -> tuple[str | None, str | None, bool]:
     if args.ip is not None:
         if args.geoip_db is None:
             raise UsageError("--ip needs --geoip-db FILE")
-        try:
-            geo = GeoIP(args.geoip_db, args.anonymous_ip_db)
+        try:  # with the embedded region overlay on top, as the gateway's default config has it
+            geo = build_geoip(configured_files(GeoIPConfig(country_db=args.geoip_db, anonymous_ip_db=args.anonymous_ip_db)))
         except GeoDatabaseError as exc:
             raise UsageError(str(exc)) from None
         place = geo.locate(args.ip)
@@ -99,10 +99,13 @@ def _place(args: argparse.Namespace) -> tuple[str | None, str | None, bool]:
 
 
 def cmd_policy_validate(args: argparse.Namespace) -> int:
-    # The time only adds warnings (expired suspensions, vetting lapsed or lapsing soon).
-    loaded = load_bundle(args.directory, now=parse_time(args.at) if args.at else datetime.now(UTC))
+    # The time only adds warnings (expired suspensions, vetting lapsed or lapsing soon); the
+    # overlay's regions, a warning for each region only a City database can place a caller in.
+    config = _config(args) if args.config else None
+    loaded = load_bundle(args.directory, now=parse_time(args.at) if args.at else datetime.now(UTC),
+                         placeable_regions=_placeable_regions(config))
     policy = loaded.policy
-    warnings = [*loaded.warnings, *(_config_issues(policy, _config(args)) if args.config else [])]
+    warnings = [*loaded.warnings, *(_config_issues(policy, config) if config else [])]
     if args.json:
         print(json.dumps({"valid": True, "version": policy.version, "issues": [w.as_dict() for w in warnings]}, indent=2))
         return 0
@@ -114,6 +117,22 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
         f"{len(policy.suspensions)} suspensions"
     )
     return 0
+
+
+def _placeable_regions(config: Config | None) -> frozenset[str] | None:
+    """The regions a caller is placed in without a City database: the embedded overlay's, none
+    if the config turns it off; None (no such warnings) if the overlay cannot be read."""
+    from gateway.region_overlay import RegionOverlay, default_region_overlay
+
+    if config is not None and not config.geoip.region_overlay:
+        return frozenset()
+    try:
+        overlay = RegionOverlay(default_region_overlay())
+    except GeoDatabaseError as exc:
+        print(f"warning: region warnings skipped: {exc}", file=sys.stderr)
+        return None
+    overlay.close()
+    return overlay.regions
 
 
 def _config_issues(policy: Policy, config: Config) -> list[Issue]:
@@ -212,6 +231,21 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return admin_cli.run(args)
 
 
+def cmd_geo_lookup(args: argparse.Namespace) -> int:
+    from gateway import geo_lookup
+
+    config = _config(args)
+    try:
+        report = geo_lookup.lookup(config.geoip, args.ip)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except GeoDatabaseError as exc:
+        print(f"gateway: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2) if args.json else geo_lookup.render(report))
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from gateway import audit
 
@@ -260,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", required=True, help="model name or alias as a client would send it")
     where = ex.add_mutually_exclusive_group()
     where.add_argument("--country", help="observed country (ISO 3166-1 alpha-2); omitted: unknown")
-    where.add_argument("--ip", help="client IP, looked up in --geoip-db")
+    where.add_argument("--ip", help="client IP, looked up in --geoip-db and the embedded region overlay")
     ex.add_argument("--geoip-db", metavar="FILE", help="GeoIP2/GeoLite2 Country or City .mmdb")
     ex.add_argument("--anonymous-ip-db", metavar="FILE", help="GeoIP2 Anonymous-IP .mmdb")
     ex.add_argument("--region", help="observed ISO 3166-2 region, e.g. UA-43; it may lie outside --country, as "
@@ -357,6 +391,20 @@ def build_parser() -> argparse.ArgumentParser:
                                          "come from GATEWAY_ADMIN_URL and GATEWAY_ADMIN_TOKEN.")
     admin_cli.add_arguments(admin)
     admin.set_defaults(run=cmd_admin)
+
+    geo = verbs.add_parser("geo", help="look up what the GeoIP databases say of an address")
+    geo_verbs = geo.add_subparsers(dest="geo_verb", required=True, metavar="VERB")
+    lookup = geo_verbs.add_parser(
+        "lookup", help="where the gateway places an IP: country, region and its source, anonymizer, databases",
+        description="Locate one address as the request path does, with the databases --config names (else the "
+                    "embedded DB-IP country database and region overlay): country, region and whether it came "
+                    "from the region overlay or the database, anonymizer flags, and each database's type and "
+                    "build date. IPv4-mapped, NAT64, 6to4 and Teredo addresses are located by the IPv4 "
+                    "address inside.")
+    lookup.add_argument("ip", metavar="IP")
+    lookup.add_argument("--config", metavar="FILE", help="YAML config (its geoip section); GATEWAY_* variables override it")
+    lookup.add_argument("--json", action="store_true", help="machine-readable output")
+    lookup.set_defaults(run=cmd_geo_lookup)
 
     audit = verbs.add_parser("audit", help="work with the audit trail")
     audit_verbs = audit.add_subparsers(dest="audit_verb", required=True, metavar="VERB")

@@ -84,6 +84,9 @@ class GeoIPConfig(Section):
     # A database older than this (from its build date) is reported (metric, alert); one
     # older than twice this is no longer trusted for covered models (gateway/geofiles.py).
     max_age_days: int = Field(45, gt=0, le=3650)
+    # The embedded region overlay (gateway/region_overlay.py) adds Crimea, Sevastopol,
+    # Donetsk, Luhansk, Zaporizhzhia and Kherson on top of whichever country database.
+    region_overlay: bool = True
 
 
 class JwtConfig(Section):

@@ -32,6 +32,7 @@ from gateway.decision import Facts, decide
 from gateway.demo_upstream import DemoServer
 from gateway.demo_upstream import serve as serve_upstream
 from gateway.geodata import ATTRIBUTION
+from gateway.region_overlay import ATTRIBUTION as REGION_ATTRIBUTION
 from gateway.identity import ApiKeyStore
 from gateway.policy.load import load_bundle
 from gateway.server import Service
@@ -198,6 +199,7 @@ def describe(runtime: DemoRuntime) -> str:
         f"  policy    {SHIPPED_POLICIES} (shipped examples), decisions as of {DEMO_TIME}",
         f"  audit     {runtime.workdir / 'audit.jsonl'}",
         f"  {ATTRIBUTION}",
+        f"  {REGION_ATTRIBUTION}",
         "",
         "127.0.0.1 is a trusted proxy here, so X-Forwarded-For plays the caller's public address",
         f"({US} is the US, {JP} Japan, {CN} China, {IR} Iran in the embedded country database).",

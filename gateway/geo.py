@@ -18,6 +18,10 @@ not have (RU-CR, RU-SEV) or with Ukraine's own subdivision codes. REGION_ALIASES
 turns those into the ISO region a sanctions program names, so that a policy's
 UA-43 matches whatever country the database says (the decision core reads both;
 see gateway/policy/snapshot.py GroupSet).
+
+A region overlay (gateway/region_overlay.py) may add a region on top: where it
+has one for an address, that is the region, whatever the country database (or
+City database) said; the country is always the country database's.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import maxminddb
 
@@ -54,6 +58,25 @@ class Place:
 
 
 UNKNOWN = Place()
+
+
+class RegionSource(Protocol):
+    """Regions laid over a country database (gateway.region_overlay.RegionOverlay)."""
+
+    def region(self, address: Address) -> str | None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """A place and how it was found: which address answered (the IPv4 inside a
+    transition address, or the address itself) and where the region came from."""
+
+    place: Place
+    address: Address | None = None
+    region_source: Literal["overlay", "database"] | None = None
+
 
 # Subdivision codes that some databases file under RU, and the ISO 3166-2 region
 # they are (ISO 3166-2:UA). Kept small and explicit: only places a sanctions
@@ -139,9 +162,11 @@ def _open(path: str | Path, accepted: tuple[str, ...], role: str) -> tuple[Any, 
 
 
 class GeoIP:
-    """Country (and region, from a City database) plus the optional anonymizer flag."""
+    """Country (and region, from a City database or a region overlay) plus the optional anonymizer flag.
+    The overlay, if given, is GeoIP's to close."""
 
-    def __init__(self, country_db: str | Path, anonymous_ip_db: str | Path | None = None) -> None:
+    def __init__(self, country_db: str | Path, anonymous_ip_db: str | Path | None = None,
+                 overlay: RegionSource | None = None) -> None:
         self._places, self.database_type = _open(country_db, ("City", "Country", "Enterprise"), "country")
         self.has_regions = "Country" not in self.database_type
         # Each database's build date (Unix time), by name: how old it is (gateway/geofiles.py).
@@ -150,18 +175,34 @@ class GeoIP:
         if anonymous_ip_db is not None:
             self._anonymous, _ = _open(anonymous_ip_db, ("Anonymous-IP",), "anonymous-IP")
             self.built["anonymous_ip"] = self._anonymous.metadata().build_epoch
+        # The overlay's build date is not in `built`: it only adds regions programs name, so its
+        # age must not refuse requests (`gateway geo lookup` shows it).
+        self._overlay = overlay
 
     def locate(self, ip: str) -> Place:
+        return self.lookup(ip).place
+
+    def lookup(self, ip: str) -> Lookup:
         address = parse_ip(ip)
         if address is None:
-            return UNKNOWN
+            return Lookup(UNKNOWN)
         inner = embedded_ipv4(address)
         if inner is None:
-            return Place(*self._country(address), self._is_anonymizer(address))
-        country, region = self._country(inner)
-        if country is None:  # e.g. a private address inside: what the database says of the outer one
-            country, region = self._country(address)
-        return Place(country, region, self._is_anonymizer(inner) or self._is_anonymizer(address))
+            return self._where(address, self._is_anonymizer(address))
+        anonymizer = self._is_anonymizer(inner) or self._is_anonymizer(address)
+        found = self._where(inner, anonymizer)
+        if found.place.country is None and found.place.region is None:
+            # e.g. a private address inside: what the databases say of the outer one
+            found = self._where(address, anonymizer)
+        return found
+
+    def _where(self, address: Address, anonymizer: bool) -> Lookup:
+        country, region = self._country(address)
+        source: Literal["overlay", "database"] | None = "database" if region is not None else None
+        overlaid = self._overlay.region(address) if self._overlay is not None else None
+        if overlaid is not None:
+            region, source = overlaid, "overlay"
+        return Lookup(Place(country, region, anonymizer), address, source)
 
     def _country(self, address: Address) -> tuple[str | None, str | None]:
         record = self._places.get(address)
@@ -179,7 +220,14 @@ class GeoIP:
         # No record and an empty record both mean "not anonymous".
         return isinstance(record, dict) and any(record.get(flag) is True for flag in ANONYMIZER_FLAGS)
 
+    def anonymizer_flags(self, address: Address) -> tuple[str, ...]:
+        """The Anonymous-IP flags set for `address` (what `gateway geo lookup` shows)."""
+        record = self._anonymous.get(address) if self._anonymous is not None else None
+        return tuple(flag for flag in ANONYMIZER_FLAGS if isinstance(record, dict) and record.get(flag) is True)
+
     def close(self) -> None:
         self._places.close()
         if self._anonymous is not None:
             self._anonymous.close()
+        if self._overlay is not None:
+            self._overlay.close()

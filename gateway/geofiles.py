@@ -14,7 +14,7 @@ embedded default's too, against `geoip.max_age_days`:
   working.
 
 `LiveGeo` holds the `GeoIP` built from named database files ("country",
-"anonymous_ip"; any other a `build` function knows how to open) and answers
+"anonymous_ip", "region_overlay"; any other a `build` function knows how to open) and answers
 lookups with it. The files are polled (stat every POLL_S, as the policy files
 are): when one is replaced on disk, a new GeoIP is built from the files and
 probed beside the running one, then swapped in by one assignment, so a lookup
@@ -39,8 +39,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from gateway.config import GeoIPConfig
-from gateway.geo import GeoIP, Place
+from gateway.geo import GeoDatabaseError, GeoIP, Place
 from gateway.geodata import default_country_db
+from gateway.region_overlay import RegionOverlay, default_region_overlay
 from gateway.metrics import Metrics
 from gateway.policy.snapshot import Policy
 
@@ -58,10 +59,13 @@ Stamp = tuple[int, int, int, int] | None
 
 
 def configured_files(config: GeoIPConfig) -> dict[str, Path]:
-    """The database files the config names, by name; the embedded country database by default."""
+    """The database files the config names, by name; the embedded country database by default,
+    and the embedded region overlay unless `geoip.region_overlay` is false."""
     files = {"country": Path(config.country_db) if config.country_db else default_country_db()}
     if config.anonymous_ip_db:
         files["anonymous_ip"] = Path(config.anonymous_ip_db)
+    if config.region_overlay:
+        files["region_overlay"] = default_region_overlay()
     return files
 
 
@@ -79,8 +83,15 @@ def unenforced_anonymizer_rules(policy: Policy, has_anonymizer_database: bool) -
 
 
 def build_geoip(files: Mapping[str, Path]) -> GeoIP:
-    """The GeoIP of the configured files: a country database, maybe an anonymous-IP one."""
-    return GeoIP(files["country"], files.get("anonymous_ip"))
+    """The GeoIP of the configured files: a country database, maybe an anonymous-IP one
+    and a region overlay."""
+    overlay = RegionOverlay(files["region_overlay"]) if "region_overlay" in files else None
+    try:
+        return GeoIP(files["country"], files.get("anonymous_ip"), overlay)
+    except GeoDatabaseError:
+        if overlay is not None:
+            overlay.close()
+        raise
 
 
 class LiveGeo:

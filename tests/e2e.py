@@ -65,10 +65,11 @@ class Stack:
 
     def __init__(self, directory: Path, *, clock: Callable[[], float] = lambda: DECISION_TIME,
                  policy_dir: Path = REFERENCE_POLICY, extra_config: str = "", admin_listen: str = "127.0.0.1:0",
-                 upstream_options: str = "", country_db: Path = GEOIP / "GeoIP2-City-Test.mmdb",
+                 upstream_options: str = "", country_db: Path | None = GEOIP / "GeoIP2-City-Test.mmdb",
                  anonymous_ip_db: Path | None = GEOIP / "GeoIP2-Anonymous-IP-Test.mmdb",
-                 geoip_max_age_days: int = GEOIP_MAX_AGE_DAYS) -> None:
-        """`upstream_options`: more keys of `upstreams.default`, in YAML flow style (", headers: {...}")."""
+                 geoip_max_age_days: int = GEOIP_MAX_AGE_DAYS, orgs: list[str] = ORGS) -> None:
+        """`upstream_options`: more keys of `upstreams.default`, in YAML flow style (", headers: {...}").
+        `country_db` None: the embedded database, as a default install has it."""
         self.directory = directory
         self.thread = LoopThread()
         self.signing = SigningKey()
@@ -77,6 +78,9 @@ class Stack:
         config_path = directory / "gateway.yaml"
         # An `audit:` section in extra_config replaces this one.
         audit = "" if ("\n" + extra_config).count("\naudit:") else "audit: {path: audit.jsonl}"
+        geoip = "\n  ".join(["geoip:", *([f"country_db: {country_db}"] if country_db is not None else []),
+                              f"anonymous_ip_db: {anonymous_ip_db if anonymous_ip_db is not None else 'null'}",
+                              f"max_age_days: {geoip_max_age_days}"])
         config_path.write_text(f"""
 listen: 127.0.0.1:0
 admin_listen: {admin_listen}
@@ -85,10 +89,7 @@ state_dir: state
 upstreams:
   default: {{url: "{self.upstream.url}", connect_timeout_s: 2, read_timeout_s: 10{upstream_options}}}
 trusted_proxies: [127.0.0.1/32]
-geoip:
-  country_db: {country_db}
-  anonymous_ip_db: {anonymous_ip_db if anonymous_ip_db is not None else "null"}
-  max_age_days: {geoip_max_age_days}
+{geoip}
 identity:
   jwt: {{jwks_file: jwks.json, issuer: "{ISSUER}", audience: {AUDIENCE}, algorithms: [RS256]}}
 {audit}
@@ -98,7 +99,7 @@ identity:
         # One key per org, made before start: a running gateway sees new keys
         # only within a second, and tests should not wait for that.
         store = ApiKeyStore(self.config.state_dir)
-        self.keys = {org: store.create(org)[1] for org in ORGS}
+        self.keys = {org: store.create(org)[1] for org in orgs}
         self.service = Service(self.config, clock=clock)
         self.thread.run(self.service.start())
         public, admin = self.service.bound_ports()

@@ -158,3 +158,121 @@ def test_policy_validate_names_a_bad_config(capsys: pytest.CaptureFixture[str], 
     config.write_text("geoip: {max_age_days: 0}\n")
     code, _, err = run(capsys, "policy", "validate", POLICY, "--config", str(config))
     assert code != 0 and "max_age_days" in err
+
+
+# --------------------------------------------------------------------------- region overlay
+
+
+def test_validate_warns_of_a_region_only_a_city_database_can_place(capsys: pytest.CaptureFixture[str],
+                                                                   bundle_dir: Path) -> None:
+    groups = bundle_dir / "jurisdictions.yaml"
+    text = groups.read_text()
+    groups.write_text(text.replace("regions: [UA-43,", "regions: [GE-AB, UA-43,", 1))  # Abkhazia: not in the overlay
+    code, out, _ = run(capsys, "policy", "validate", str(bundle_dir))
+    assert code == 0
+    [warning] = [line for line in out.splitlines() if "GE-AB" in line]
+    assert "jurisdictions.yaml:25:" in warning and ".regions[0]: 'GE-AB' is not in the embedded region overlay" in warning
+    assert "only a GeoIP2/GeoLite2 City database (geoip.country_db) can place a caller in it" in warning
+    assert "region overlay" not in out.replace(warning, "")  # the overlay's own regions draw none
+
+
+def test_validate_warns_of_a_suspension_naming_such_a_region(capsys: pytest.CaptureFixture[str],
+                                                             bundle_dir: Path) -> None:
+    suspensions = bundle_dir / "suspensions.yaml"
+    suspensions.write_text("suspensions:\n  - id: abkhazia\n    models: [small-2]\n    deny_in: [GE-AB, UA-43]\n"
+                           "    reason: test\n")
+    code, out, _ = run(capsys, "policy", "validate", str(bundle_dir))
+    assert code == 0
+    [warning] = [line for line in out.splitlines() if "region overlay" in line]
+    assert "suspensions.yaml:4: suspensions[0].deny_in[0]: 'GE-AB' is not in the embedded region overlay" in warning
+
+
+def test_validate_the_shipped_policy_draws_no_region_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "policy", "validate", str(Path(__file__).resolve().parents[1] / "policies"))
+    assert code == 0 and "region overlay" not in out
+
+
+def overlay_address(region: str, version: int = 4) -> str:
+    """An address the shipped overlay places in `region`."""
+    import maxminddb
+
+    from gateway.region_overlay import default_region_overlay
+
+    with maxminddb.open_database(str(default_region_overlay())) as reader:
+        return next(str(n.network_address) for n, r in reader if r["region"] == region and n.version == version)
+
+
+def test_geo_lookup_with_the_embedded_databases(capsys: pytest.CaptureFixture[str]) -> None:
+    ip = overlay_address("UA-43")
+    code, out, _ = run(capsys, "geo", "lookup", ip, "--json")
+    report = json.loads(out)
+    assert code == 0
+    assert (report["region"], report["region_source"], report["anonymizer"]) == ("UA-43", "overlay", False)
+    assert report["country"] in ("RU", "UA")
+    assert [(d["role"], d["type"]) for d in report["databases"]] == [
+        ("country", "DBIP-Country-Lite (GeoIP2-Country layout)"), ("region_overlay", "DBIP-Region-Overlay")]
+    assert [d["built"][:10] for d in report["databases"]] == ["2026-06-01", "2026-06-05"]
+    assert all("IP Geolocation by DB-IP" in notice for notice in report["attribution"])
+    code, out, _ = run(capsys, "geo", "lookup", ip)
+    assert code == 0
+    assert "region      UA-43 Crimea (from the region overlay)" in out
+    assert "region overlay" in out and "built 2026-06-05" in out and "IP Geolocation by DB-IP" in out
+
+
+def test_geo_lookup_with_configured_databases(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"geoip: {{country_db: {GEOIP / 'GeoIP2-City-Test.mmdb'}, "
+                      f"anonymous_ip_db: {GEOIP / 'GeoIP2-Anonymous-IP-Test.mmdb'}}}\n")
+    code, out, _ = run(capsys, "geo", "lookup", "64:ff9b::5102:45a0", "--config", str(config), "--json")
+    report = json.loads(out)
+    assert code == 0
+    assert {k: report[k] for k in ("looked_up", "country", "region", "region_source", "anonymizer")} == {
+        "looked_up": "81.2.69.160", "country": "GB", "region": "GB-ENG", "region_source": "database",
+        "anonymizer": True}
+    assert report["anonymizer_flags"]
+    assert [d["role"] for d in report["databases"]] == ["country", "anonymous_ip", "region_overlay"]
+    assert report["databases"][0]["type"] == "GeoIP2-City"
+    code, out, _ = run(capsys, "geo", "lookup", "81.2.69.160", "--config", str(config))
+    assert "country     GB United Kingdom" in out
+    assert "region      GB-ENG (from the country database's subdivisions)" in out
+    assert "anonymizer  yes: " in out
+
+
+def test_geo_lookup_with_the_overlay_turned_off(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("geoip: {region_overlay: false}\n")
+    code, out, _ = run(capsys, "geo", "lookup", overlay_address("UA-14"), "--config", str(config), "--json")
+    report = json.loads(out)
+    assert (code, report["region"], report["region_source"]) == (0, None, None)
+    assert [d["role"] for d in report["databases"]] == ["country"]
+
+
+@pytest.mark.parametrize("ip", ["not-an-ip", "10.0.0.1:443", ""])
+def test_geo_lookup_refuses_what_is_not_an_address(capsys: pytest.CaptureFixture[str], ip: str) -> None:
+    code, _, err = run(capsys, "geo", "lookup", ip)
+    assert code == 2 and "is not an IP address" in err
+
+
+def test_geo_lookup_of_a_missing_database_fails_clearly(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("geoip: {country_db: absent.mmdb}\n")
+    code, out, err = run(capsys, "geo", "lookup", "8.8.8.8", "--config", str(config))
+    assert code == 1 and out == "" and "absent.mmdb" in err
+
+
+def test_explain_from_an_ip_uses_the_region_overlay(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "explain", "--policy", POLICY, "--org", "org-public", "--model", "small-2",
+                       "--ip", overlay_address("UA-40"), "--geoip-db", str(GEOIP / "GeoIP2-City-Test.mmdb"),
+                       "--at", "2026-12-01T12:00:00Z", "--json")
+    result = json.loads(out)
+    assert (code, result["observed_region"], result["reasons"]) == (0, "UA-40", ["jurisdiction_embargoed"])
+
+
+def test_validate_with_the_overlay_turned_off_warns_of_every_region(capsys: pytest.CaptureFixture[str],
+                                                                    tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("geoip: {region_overlay: false}\n")
+    code, out, _ = run(capsys, "policy", "validate", POLICY, "--config", str(config))
+    warned = [line for line in out.splitlines() if "is in no region overlay (geoip.region_overlay is false)" in line]
+    assert code == 0 and [line.split(": ")[2] for line in warned] == [f"groups.embargoed.regions[{i}]"
+                                                                       for i in range(4)]

@@ -254,7 +254,7 @@ def test_the_build_context() -> None:
     files = repo_files()
     context = {path for path in files if dockerignore_allows(path, patterns)}
     must = {"pyproject.toml", "README.md", "gateway/__init__.py", "gateway/data/dbip-country-lite.mmdb.xz",
-            "deploy/docker/gateway.yaml"} | {f"policies/{name}" for name in POLICY_FILES}
+            "gateway/data/dbip-region-overlay.mmdb", "deploy/docker/gateway.yaml"} | {f"policies/{name}" for name in POLICY_FILES}
     assert must <= context, f"missing from the build context: {sorted(must - context)}"
     assert not [p for p in context if p.startswith(("tests/", "bench/", ".git/", ".venv/", ".ci/"))]
     assert not [p for p in context if "__pycache__" in p or p.endswith(".pyc")]
@@ -291,6 +291,7 @@ def test_the_images_install_step_gives_a_complete_package(tmp_path: Path) -> Non
     modules = {f"gateway/{p.relative_to(ROOT / 'gateway')}" for p in (ROOT / "gateway").rglob("*.py")}
     assert modules <= names, f"missing from the wheel: {sorted(modules - names)}"
     assert "gateway/data/dbip-country-lite.mmdb.xz" in names and "gateway/data/ATTRIBUTION.md" in names
+    assert "gateway/data/dbip-region-overlay.mmdb" in names
     target = tmp_path / "site"
     installed = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                                capture_output=True, text=True, timeout=300)

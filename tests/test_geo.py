@@ -133,3 +133,103 @@ def test_regions_filed_under_another_country(filed_elsewhere: GeoIP, network: st
 def test_every_alias_is_a_region_of_its_own_country() -> None:
     for alias, region in REGION_ALIASES.items():
         assert alias.startswith("RU-") and is_region(alias) and is_region(region) and region.startswith("UA-")
+
+
+# --------------------------------------------------------------------------- region overlay
+
+OVERLAY_TYPE = "DBIP-Region-Overlay"
+# A City database (its own subdivisions) and an overlay laid over it.
+OVERLAID_CITY = {
+    "198.51.100.0/28": {"country": {"iso_code": "RU"}, "subdivisions": [{"iso_code": "KDA"}]},  # the overlay disagrees
+    "198.51.100.16/28": {"country": {"iso_code": "RU"}, "subdivisions": [{"iso_code": "SEV"}]},  # only the database
+    "198.51.100.32/28": {"country": {"iso_code": "UA"}},                                          # only the overlay
+    "2a0c:4300::/32": {"country": {"iso_code": "RU"}},
+}
+OVERLAY = {
+    "198.51.100.0/28": {"region": "UA-43"},
+    "198.51.100.32/28": {"region": "UA-14"},
+    "198.51.100.48/28": {"region": "UA-09"},  # no country record at all
+    "2a0c:4300::/32": {"region": "UA-40"},
+}
+
+
+@pytest.fixture(scope="module")
+def overlaid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GeoIP]:
+    from gateway.region_overlay import RegionOverlay
+
+    directory = tmp_path_factory.mktemp("overlay")
+    overlay = RegionOverlay(write(directory / "overlay.mmdb", OVERLAY, OVERLAY_TYPE))
+    geo = GeoIP(write(directory / "City.mmdb", OVERLAID_CITY), overlay=overlay)
+    yield geo
+    geo.close()
+
+
+@pytest.mark.parametrize("ip,place,source", [
+    ("198.51.100.1", Place("RU", "UA-43"), "overlay"),    # the overlay's region over the database's RU-KDA
+    ("198.51.100.17", Place("RU", "UA-40"), "database"),  # no overlay record: the database's (RU-SEV read as UA-40)
+    ("198.51.100.33", Place("UA", "UA-14"), "overlay"),   # the country is the database's, the region the overlay's
+    ("198.51.100.49", Place(None, "UA-09"), "overlay"),   # no country record: the region alone, country unknown
+    ("2a0c:4300::1", Place("RU", "UA-40"), "overlay"),    # IPv6
+    ("::ffff:198.51.100.1", Place("RU", "UA-43"), "overlay"),          # IPv4-mapped
+    ("64:ff9b::198.51.100.1", Place("RU", "UA-43"), "overlay"),        # NAT64
+    ("::ffff:0:c633:6401", Place("RU", "UA-43"), "overlay"),           # SIIT
+    ("2002:c633:6421::1", Place("UA", "UA-14"), "overlay"),            # 6to4 of 198.51.100.33
+    ("2001:0:4136:e378:8000:ffff:39cc:9bce", Place(None, "UA-09"), "overlay"),  # Teredo, client 198.51.100.49
+    ("64:ff9b::198.51.100.60", Place(None, "UA-09"), "overlay"),
+    ("216.160.83.56", Place(), None),
+])
+def test_the_overlay_adds_its_region_on_top(overlaid: GeoIP, ip: str, place: Place, source: str | None) -> None:
+    found = overlaid.lookup(ip)
+    assert (found.place, found.region_source) == (place, source)
+    assert overlaid.locate(ip) == place
+
+
+def test_region_overlay_false_keeps_the_database_regions(tmp_path) -> None:
+    from gateway.config import GeoIPConfig
+    from gateway.geofiles import build_geoip, configured_files
+
+    city = write(tmp_path / "City.mmdb", OVERLAID_CITY)
+    geo = build_geoip(configured_files(GeoIPConfig(country_db=str(city), region_overlay=False)))
+    assert geo.locate("198.51.100.1") == Place("RU", "RU-KDA")
+    assert geo.locate("198.51.100.33") == Place("UA", None)
+    geo.close()
+
+
+def test_the_embedded_overlay_applies_over_a_configured_database_unless_turned_off(tmp_path) -> None:
+    import maxminddb
+
+    from gateway.config import GeoIPConfig
+    from gateway.geofiles import build_geoip, configured_files
+    from gateway.region_overlay import default_region_overlay
+
+    with maxminddb.open_database(str(default_region_overlay())) as reader:
+        network, record = next((n, r) for n, r in reader if r["region"] == "UA-43" and n.version == 4)
+    address = str(network.network_address)
+    city = write(tmp_path / "City.mmdb", {f"{address}/32": {"country": {"iso_code": "RU"},
+                                                            "subdivisions": [{"iso_code": "KDA"}]}})
+    on = build_geoip(configured_files(GeoIPConfig(country_db=str(city))))
+    off = build_geoip(configured_files(GeoIPConfig(country_db=str(city), region_overlay=False)))
+    assert (on.locate(address), off.locate(address)) == (Place("RU", "UA-43"), Place("RU", "RU-KDA"))
+    on.close()
+    off.close()
+
+
+@pytest.mark.parametrize("records,database_type,complaint", [
+    ({"198.51.100.0/28": {"region": "Crimea"}}, OVERLAY_TYPE, "ISO 3166-2"),
+    ({"198.51.100.0/28": {"region": "ZZ-43"}}, OVERLAY_TYPE, "ISO 3166-2"),
+    ({"198.51.100.0/28": {"iso_code": "UA-43"}}, OVERLAY_TYPE, "ISO 3166-2"),
+    ({"198.51.100.0/28": {"region": "UA-43"}}, "GeoIP2-City", "expected 'DBIP-Region-Overlay'"),
+])
+def test_a_bad_overlay_is_refused_whole(tmp_path, records: dict, database_type: str, complaint: str) -> None:
+    from gateway.region_overlay import RegionOverlay
+
+    path = write(tmp_path / "overlay.mmdb", {"198.51.100.128/28": {"region": "UA-09"}} | records, database_type)
+    with pytest.raises(GeoDatabaseError, match=complaint):
+        RegionOverlay(path)
+
+
+def test_a_missing_overlay_is_refused(tmp_path) -> None:
+    from gateway.region_overlay import RegionOverlay
+
+    with pytest.raises(GeoDatabaseError, match="region overlay"):
+        RegionOverlay(tmp_path / "absent.mmdb")

@@ -235,3 +235,23 @@ def test_explicit_unwritable_cache_dir_is_an_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(OSError):
         geodata.default_country_db(blocker / "cache")
+
+
+# --------------------------------------------------------------------------- region overlay
+
+
+def test_the_shipped_region_overlay() -> None:
+    from gateway import region_overlay
+
+    path = region_overlay.default_region_overlay()
+    assert path.stat().st_size < 100_000  # it lives in git
+    overlay = region_overlay.RegionOverlay(path)  # checks every record
+    assert overlay.regions == {"UA-43", "UA-40", "UA-14", "UA-09", "UA-23", "UA-65"}
+    meta = overlay.metadata
+    built = dt.datetime.fromtimestamp(meta.build_epoch, dt.UTC)
+    assert f"{built:%Y-%m-%d}" == region_overlay.DATA_DATE
+    assert region_overlay.SOURCE_PACKAGE in meta.description["en"]
+    overlay.close()
+    notice = (Path(geodata.__file__).parent / "data" / "ATTRIBUTION.md").read_text()
+    assert "IP to City Lite" in notice and region_overlay.SOURCE_PACKAGE.rsplit("@", 1)[1] in notice
+    assert "IP Geolocation by DB-IP" in region_overlay.ATTRIBUTION and "CC BY 4.0" in region_overlay.ATTRIBUTION

@@ -18,8 +18,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e import DECISION_TIME, US_IP, Stack
-from gateway.geofiles import DAY_S, LiveGeo
+from gateway.config import GeoIPConfig
+from gateway.geofiles import DAY_S, LiveGeo, configured_files
 from gateway.metrics import Metrics
+from gateway.region_overlay import default_region_overlay
 from mmdb import write
 
 US_NETWORK = "216.160.83.0/24"  # US_IP's network
@@ -239,6 +241,17 @@ class TestAge:
         assert geo.expired(DECISION_TIME)
         assert geo.ages(DECISION_TIME) == {"country": 0.0, "anonymous_ip": 30 * DAY_S}
         geo.close()
+
+    def test_the_region_overlay_is_used_but_its_age_does_not_count(self, tmp_path: Path) -> None:
+        # The embedded overlay was built in 2026-06, six months before DECISION_TIME: an old
+        # overlay only adds regions programs name, so it must not refuse covered models.
+        files = configured_files(GeoIPConfig(country_db=str(country_db(tmp_path / "City.mmdb", days_old=0))))
+        assert files["region_overlay"] == default_region_overlay()
+        geo = LiveGeo(files, Metrics(), max_age_days=10)
+        assert geo.ages(DECISION_TIME) == {"country": 0.0}
+        assert not geo.expired(DECISION_TIME)
+        geo.close()
+        assert "region_overlay" not in configured_files(GeoIPConfig(region_overlay=False))
 
     def test_a_build_date_ahead_of_the_clock_is_no_age(self, tmp_path: Path) -> None:
         geo = LiveGeo({"country": country_db(tmp_path / "City.mmdb", days_old=-3)}, Metrics(), max_age_days=10)

@@ -42,11 +42,12 @@ class Loaded:
     warnings: tuple[Issue, ...]
 
 
-def load_bundle(directory: str | FsPath, *, now: datetime | None = None) -> Loaded:
+def load_bundle(directory: str | FsPath, *, now: datetime | None = None,
+                placeable_regions: frozenset[str] | None = None) -> Loaded:
     """Read the bundle's files from `directory` and load them. With `now`, also
     warn about what is suspicious at that time (see `load_texts`)."""
     texts, problems = read_bundle(directory)
-    return load_texts(texts, extra_issues=problems, now=now)
+    return load_texts(texts, extra_issues=problems, now=now, placeable_regions=placeable_regions)
 
 
 def read_bundle(directory: str | FsPath) -> tuple[dict[str, str], list[Issue]]:
@@ -71,26 +72,31 @@ def read_bundle(directory: str | FsPath) -> tuple[dict[str, str], list[Issue]]:
 
 
 def load_texts(
-    texts: Mapping[str, str], *, extra_issues: list[Issue] | None = None, now: datetime | None = None
+    texts: Mapping[str, str], *, extra_issues: list[Issue] | None = None, now: datetime | None = None,
+    placeable_regions: frozenset[str] | None = None,
 ) -> Loaded:
     """Load a bundle given as {file name: YAML text}.
 
     `now` only adds warnings that depend on the time (a suspension already
     expired, vetting lapsed or lapsing within 14 days); without it loading
-    reads no clock and the same texts always give the same result."""
+    reads no clock and the same texts always give the same result.
+    `placeable_regions`, the regions the embedded region overlay holds, adds a
+    warning for each region a group names outside them: without a City
+    database, no caller is ever placed there."""
     # A large registry builds millions of short-lived objects that the cyclic
     # GC would scan again and again (it doubled load time at 10^5 orgs).
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load(texts, extra_issues, now)
+        return _load(texts, extra_issues, now, placeable_regions)
     finally:
         if enabled:
             gc.enable()
 
 
-def _load(texts: Mapping[str, str], extra_issues: list[Issue] | None, now: datetime | None) -> Loaded:
-    checker = _Checker(list(extra_issues or []), now)
+def _load(texts: Mapping[str, str], extra_issues: list[Issue] | None, now: datetime | None,
+          placeable_regions: frozenset[str] | None = None) -> Loaded:
+    checker = _Checker(list(extra_issues or []), now, placeable_regions)
     docs = {name: checker.parse(name, texts.get(name)) for name in FILES}
     parts = checker.validate_files(docs)
     if checker.errors():
@@ -118,8 +124,10 @@ LAPSE_WARNING = timedelta(days=14)
 
 
 class _Checker:
-    def __init__(self, issues: list[Issue], now: datetime | None = None) -> None:
+    def __init__(self, issues: list[Issue], now: datetime | None = None,
+                 placeable_regions: frozenset[str] | None = None) -> None:
         self.issues = issues
+        self.placeable_regions = placeable_regions
         self.docs: dict[str, YamlDocument] = {}
         # Time-relative warnings need a time; None: skip them (deterministic).
         self.now = None if now is None else (now if now.tzinfo else now.replace(tzinfo=UTC))
@@ -235,6 +243,16 @@ class _Checker:
         for index, name in enumerate(names):
             if ("group", name) not in parts.broken and (problem := unknown_place(name, parts.groups)):
                 self.report(file, path + (index,), problem)
+            elif countries.is_region(name):
+                self.warn_unplaceable(file, path + (index,), name)
+
+    def warn_unplaceable(self, file: str, path: Path, region: str) -> None:
+        """A region no caller is placed in without a City database (with `placeable_regions`)."""
+        if self.placeable_regions is not None and region not in self.placeable_regions:
+            overlay = (f"is not in the embedded region overlay ({', '.join(sorted(self.placeable_regions))})"
+                       if self.placeable_regions else "is in no region overlay (geoip.region_overlay is false)")
+            self.warn(file, path, f"{region!r} {overlay}: only a GeoIP2/GeoLite2 City database (geoip.country_db) "
+                                  "can place a caller in it")
 
     def check_groups(self, parts: _Parts) -> None:
         for name, group in parts.groups.items():
@@ -248,6 +266,8 @@ class _Checker:
             for index, code in enumerate(group.regions):
                 if not countries.is_region(code):
                     self.report(JURISDICTIONS, base + ("regions", index), f"{code!r} is not an ISO 3166-2 code (CC-XXX)")
+                else:
+                    self.warn_unplaceable(JURISDICTIONS, base + ("regions", index), code)
             self.group_refs(JURISDICTIONS, base + ("include",), group.include, parts)
             if not (group.countries or group.regions or group.include):
                 self.warn(JURISDICTIONS, base, "group is empty")
