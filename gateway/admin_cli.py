@@ -281,13 +281,18 @@ def do_org(client: Client, args: argparse.Namespace) -> int:
                  f"{'(policy files value)' if after.get(name) is None else compact(after.get(name))}" for name in after]
         lines = [f"organization {b.get('target', args.org_id)} updated: {'; '.join(parts)}", version_line(b)]
         remaining = b.get("remaining") or {}
-        if any(value is None for value in after.values()):
-            lines.append("still overridden: " + "; ".join(f"{name} {compact(value)} (reset with --{ORG_OPTIONS.get(name, name)} none)"
-                                                          for name, value in remaining.items())
-                         if remaining else "no overrides remain: the policy files' record is in force")
+        if any(value is None for value in after.values()):  # a reset: say what it left
+            lines.append(remaining_line(remaining))
         return lines
     show(args, answer, readable)
     return 0
+
+
+def remaining_line(remaining: dict[str, Any]) -> str:
+    if not remaining:
+        return "no overrides remain: the policy files' record is in force"
+    return "still overridden: " + "; ".join(
+        f"{name} {compact(value)} (reset with --{ORG_OPTIONS.get(name, name)} none)" for name, value in remaining.items())
 
 
 def do_reload(client: Client, args: argparse.Namespace) -> int:

@@ -188,8 +188,10 @@ def check_bundle(base: Policy, overlay: Overlay) -> None:
 
 
 def apply(base: Policy, overlay: Overlay) -> Policy:
-    """The bundle with the live changes in force. Changes that no longer fit the
-    bundle (an org or model it dropped) are skipped, never a reason to refuse it."""
+    """The bundle with the live changes in force. A bundle that drops what a live
+    change names is refused before it gets here (`check_bundle`); a stored one that
+    does anyway (from an older version) keeps each suspension at its recorded places,
+    and overrides of organizations it lacks are skipped."""
     if overlay.empty():
         return base
     organizations = _organizations(base, overlay)

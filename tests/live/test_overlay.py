@@ -143,7 +143,8 @@ def test_a_suspension_keeps_its_entries_as_given(reference_policy: Policy) -> No
 
 def with_group(policy: Policy, name: str, codes: list[str]) -> Policy:
     """`policy` with the jurisdiction group `name` holding `codes` (a bundle edit)."""
-    return replace(policy, groups=MappingProxyType(dict(policy.groups) | {name: merge((name,), [(name, dict.fromkeys(codes, name), {}, False)])}))
+    group = merge((name,), [(name, dict.fromkeys(codes, name), {}, False)])
+    return replace(policy, groups=MappingProxyType(dict(policy.groups) | {name: group}))
 
 
 def without_group(policy: Policy, name: str) -> Policy:
@@ -223,7 +224,8 @@ def test_lost_controls_name_each_suspension_and_override(reference_policy: Polic
 @pytest.mark.parametrize(("fields", "override", "expected"), [
     ({"status": None}, {"status": "denied", "status_reason": "EL"}, {"status": None, "status_reason": None}),
     ({"status": None}, {"status": "denied", "tier": "verified"}, {"status": None}),
-    ({"status": None, "status_reason": "kept"}, {"status": "denied", "status_reason": "EL"}, {"status": None, "status_reason": "kept"}),
+    ({"status": None, "status_reason": "kept"}, {"status": "denied", "status_reason": "EL"},
+     {"status": None, "status_reason": "kept"}),
     ({"status": "suspended"}, {"status": "denied", "status_reason": "EL"}, {"status": "suspended"}),
     ({"tier": None}, {"tier": "verified", "status_reason": "EL"}, {"tier": None}),
 ])
