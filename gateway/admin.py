@@ -28,10 +28,11 @@ from gateway import countries, explain
 from gateway.audit import lines_backwards
 from gateway.config import AdminToken
 from gateway.decision import Facts, decide
-from gateway.live.overlay import ChangeError
+from gateway.live.overlay import ChangeError, missing_names
 from gateway.live.state import LiveState, PolicyState
 from gateway.metrics import Metrics
 from gateway.policy.issues import PolicyError
+from gateway.policy.snapshot import Suspension
 
 log = logging.getLogger("gateway.admin")
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -128,15 +129,12 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         files = body.get("files")
         if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
             raise BodyError('expected {"files": {"<name>.yaml": "<YAML text>", ...}}')
-        return JSONResponse(await live.put_policy(files, actor))
+        lift, reset = _names(body, "lift"), _names(body, "reset_organizations")
+        return JSONResponse(await live.put_policy(files, actor, lift=lift, reset=reset))
 
     async def list_suspensions(request: Request, actor: str) -> Response:
         policy = state.policy
-        items = [{"id": s.id, "models": sorted(s.models), "scope": s.scope, "groups": list(s.groups.names),
-                  "from": explain.iso(s.starts) if s.starts is not None else None,
-                  "until": explain.iso(s.ends) if s.ends is not None else None,
-                  "reason": s.reason, "reference": s.reference, "mode": s.mode,
-                  "live": s.id in live.overlay.suspensions} for s in (policy.suspensions if policy else ())]
+        items = [_suspension_item(s, live) for s in (policy.suspensions if policy else ())]
         return JSONResponse({"suspensions": items})
 
     async def create_suspension(request: Request, actor: str) -> Response:
@@ -149,10 +147,8 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         return JSONResponse(await live.patch_organization(request.path_params["id"], await json_body(request), actor))
 
     async def reload(request: Request, actor: str) -> Response:
-        accepted = await live.reload_files(force=True)
+        await live.reload(force=True)  # refused: PolicyError (422) or ChangeError (409); the running policy stays
         policy = state.policy
-        if not accepted:
-            return error(422, "invalid_policy", "The policy files were refused; the running policy stays (see the logs).")
         return JSONResponse({"reloaded": True, "policy_version": policy.version if policy else None, "actor": actor})
 
     async def reinstate_credential(request: Request, actor: str) -> Response:
@@ -202,6 +198,31 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
 
 class BodyError(ValueError):
     pass
+
+
+def _suspension_item(suspension: Suspension, live: LiveState) -> dict[str, Any]:
+    """A suspension as listed: its entries as given, the places it denies (or, for
+    deny_outside, admits) now, and for a live one the places recorded when it was made
+    and any name the bundle in force no longer defines."""
+    s = suspension
+    item = {"id": s.id, "models": sorted(s.models), "scope": s.scope, "groups": list(s.groups.names),
+            "places": {"countries": sorted(s.groups.countries), "regions": sorted(s.groups.regions)},
+            "from": explain.iso(s.starts) if s.starts is not None else None,
+            "until": explain.iso(s.ends) if s.ends is not None else None,
+            "reason": s.reason, "reference": s.reference, "mode": s.mode, "live": s.id in live.overlay.suspensions}
+    document = live.overlay.suspensions.get(s.id)
+    if document is not None:
+        item["expanded"] = document.get("expanded")
+        if live.base is not None and (missing := missing_names(live.base, document)):
+            item["missing"] = missing
+    return item
+
+
+def _names(body: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = body.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise BodyError(f"{key} must be a list of ids")
+    return tuple(dict.fromkeys(value))
 
 
 async def json_body(request: Request) -> dict[str, Any]:

@@ -34,6 +34,8 @@ DEFAULT_URL = "http://127.0.0.1:9090"
 DEFAULT_TIMEOUT_S = 10.0
 RESET_WORDS = ("none", "reset", "null")
 STATUSES = ("active", "suspended", "denied")
+# Override field -> the `gateway admin org` option that sets it.
+ORG_OPTIONS = {"status": "status", "tier": "tier", "vetted_until": "vetted-until", "status_reason": "reason"}
 
 
 class AdminUsageError(Exception):
@@ -246,8 +248,9 @@ def do_suspend(client: Client, args: argparse.Namespace) -> int:
         scope = ("outside " + ", ".join(doc["deny_outside"])) if doc.get("deny_outside") is not None \
             else "in " + ", ".join(doc.get("deny_in") or [])
         window = "".join([f" from {doc['from']}" if doc.get("from") else "", f" until {doc['until']}" if doc.get("until") else ""])
+        verb = "admits only" if doc.get("deny_outside") is not None else "denies"
         return [f"suspension {doc.get('id', b.get('target'))} created: {', '.join(doc.get('models', []))} denied {scope}{window}",
-                version_line(b)]
+                f"  {verb}: {places_text(recorded_places(doc.get('expanded') or {}))}", version_line(b)]
     show(args, answer, readable)
     return 0
 
@@ -276,9 +279,20 @@ def do_org(client: Client, args: argparse.Namespace) -> int:
         before, after = b.get("before") or {}, b.get("after") or {}
         parts = [f"{name} {compact(before.get(name))} -> "
                  f"{'(policy files value)' if after.get(name) is None else compact(after.get(name))}" for name in after]
-        return [f"organization {b.get('target', args.org_id)} updated: {'; '.join(parts)}", version_line(b)]
+        lines = [f"organization {b.get('target', args.org_id)} updated: {'; '.join(parts)}", version_line(b)]
+        remaining = b.get("remaining") or {}
+        if any(value is None for value in after.values()):  # a reset: say what it left
+            lines.append(remaining_line(remaining))
+        return lines
     show(args, answer, readable)
     return 0
+
+
+def remaining_line(remaining: dict[str, Any]) -> str:
+    if not remaining:
+        return "no overrides remain: the policy files' record is in force"
+    return "still overridden: " + "; ".join(
+        f"{name} {compact(value)} (reset with --{ORG_OPTIONS.get(name, name)} none)" for name, value in remaining.items())
 
 
 def do_reload(client: Client, args: argparse.Namespace) -> int:
@@ -344,7 +358,12 @@ def do_policy_put(client: Client, args: argparse.Namespace) -> int:
         for issue in problems:
             print(f"  {issue}", file=sys.stderr)
         return 1
-    answer = client.call("PUT", "/admin/policy", {"files": texts})
+    body: dict[str, Any] = {"files": texts}
+    if args.lift:
+        body["lift"] = args.lift
+    if args.reset_org:
+        body["reset_organizations"] = args.reset_org
+    answer = client.call("PUT", "/admin/policy", body)
     show(args, answer, lambda b: [
         f"policy replaced from {args.directory}: bundle {compact((b.get('before') or {}).get('bundle_version'))} -> "
         f"{compact((b.get('after') or {}).get('bundle_version'))}", version_line(b)])
@@ -367,9 +386,35 @@ def do_suspensions(client: Client, args: argparse.Namespace) -> int:
             reference = f" ({s['reference']})" if s.get("reference") else ""
             lines.append(f"{s.get('id')}: {','.join(s.get('models') or [])} denied {scope} {','.join(s.get('groups') or [])}"
                          f"{window} [{source}]{mode} — {s.get('reason')}{reference}")
+            lines += suspension_places(s)
         return lines
     show(args, answer, readable)
     return 0
+
+
+def places_text(places: Any) -> str:
+    """{"countries": [...], "regions": [...]} as one list of codes."""
+    codes = [*(places.get("countries") or []), *(places.get("regions") or [])] if isinstance(places, dict) else []
+    return ", ".join(map(str, codes)) or "nowhere"
+
+
+def recorded_places(expanded: Any) -> dict[str, list[str]]:
+    """A live suspension's recorded expansion (entry -> places) as one set of places."""
+    entries = [e for e in expanded.values() if isinstance(e, dict)] if isinstance(expanded, dict) else []
+    return {kind: sorted({str(code) for e in entries for code in e.get(kind) or []}) for kind in ("countries", "regions")}
+
+
+def suspension_places(item: dict[str, Any]) -> list[str]:
+    """The places a listed suspension denies (admits, for deny_outside), and what
+    was recorded when it was made where that differs."""
+    verb = "admits only" if item.get("scope") == "deny_outside" else "denies"
+    lines = [f"  {verb}: {places_text(item.get('places'))}"]
+    if item.get("expanded") is not None and recorded_places(item["expanded"]) != item.get("places"):
+        lines.append(f"  recorded when made: {places_text(recorded_places(item['expanded']))} "
+                     "(the groups changed since; the stricter of the two is enforced)")
+    lines += [f"  ! names {name}, which the policy in force does not define: the recorded places are enforced"
+              for name in item.get("missing") or []]
+    return lines
 
 
 def do_changes(client: Client, args: argparse.Namespace) -> int:
@@ -479,7 +524,8 @@ def add_arguments(admin: argparse.ArgumentParser) -> None:
 
     org = verb("org", do_org, "override an organization's status, tier or vetting (PATCH /admin/organizations/ORG_ID)",
                "Override fields of an organization's record. A value of 'none' (or 'reset') removes the "
-               "override: the field goes back to the policy files' value.")
+               "override: the field goes back to the policy files' value. Resetting the status also resets "
+               "the status reason it set; the answer names every override that remains.")
     org.add_argument("org_id", metavar="ORG_ID")
     org.add_argument("--status", choices=[*STATUSES, *RESET_WORDS[:2]], help="active, suspended or denied")
     org.add_argument("--tier", metavar="T", help="government, vetted_partner, verified or standard")
@@ -500,9 +546,15 @@ def add_arguments(admin: argparse.ArgumentParser) -> None:
     get.set_defaults(admin_run=do_policy_get)
     put = policy_verbs.add_parser("put", help="replace the bundle with a directory's YAML files",
                                   description="Replace the bundle with DIR's five YAML files (PUT /admin/policy). "
-                                              "An invalid bundle is refused whole, every issue listed.")
+                                              "An invalid bundle is refused whole, every issue listed, as is one that no "
+                                              "longer defines a group, model or organization a live suspension or "
+                                              "override names, unless --lift/--reset-org remove it with the change.")
     _common(put, top=False)
     put.add_argument("directory", metavar="DIR")
+    put.add_argument("--lift", action="extend", nargs="+", default=[], metavar="ID",
+                     help="lift these live suspensions with the change (needed when the bundle drops what they name)")
+    put.add_argument("--reset-org", action="extend", nargs="+", default=[], metavar="ORG_ID",
+                     help="reset these organizations' live overrides with the change (needed when the bundle drops them)")
     put.set_defaults(admin_run=do_policy_put)
 
     verb("suspensions", do_suspensions, "list the suspensions in the policy in force (GET /admin/suspensions)")

@@ -119,6 +119,8 @@ def no_leftover_live_changes(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 SUSPENSION = {"models": ["fable"], "deny_outside": ["us"], "reason": "BIS order pending review", "reference": "BIS-2026-12"}
+# What a live suspension records beside SUSPENSION: its defaults and the places each entry stood for.
+RECORDED = {"mode": "enforce", "expanded": {"us": {"countries": ["US"], "regions": []}}}
 
 # Every admin endpoint: (method, path, a valid body for it).
 ENDPOINTS = [
@@ -209,7 +211,7 @@ class TestSuspensions:
         assert chat(stack, "org-acme")[0] == 200
         status, created = admin(stack, "POST", "/admin/suspensions", SUSPENSION | {"id": "susp-test-fable"})
         assert status == 201
-        assert created["suspension"] == SUSPENSION | {"id": "susp-test-fable", "mode": "enforce"}
+        assert created["suspension"] == SUSPENSION | {"id": "susp-test-fable"} | RECORDED
         assert created["actor"] == "ops-alice" and created["action"] == "suspension.create" and created["target"] == "susp-test-fable"
         assert created["policy_version"] != created["policy_version_before"]
         assert version_now(stack) == created["policy_version"]
@@ -223,8 +225,9 @@ class TestSuspensions:
             status, listed = admin(stack, "GET", "/admin/suspensions", token=VIEWER)
             [item] = [s for s in listed["suspensions"] if s["id"] == "susp-test-fable"]
             assert item == {"id": "susp-test-fable", "models": ["fable"], "scope": "deny_outside", "groups": ["us"],
-                            "from": None, "until": None,
-                            "reason": SUSPENSION["reason"], "reference": "BIS-2026-12", "mode": "enforce", "live": True}
+                            "places": {"countries": ["US"], "regions": []}, "from": None, "until": None,
+                            "reason": SUSPENSION["reason"], "reference": "BIS-2026-12", "mode": "enforce", "live": True,
+                            "expanded": RECORDED["expanded"]}
         finally:
             status, lifted = admin(stack, "DELETE", "/admin/suspensions/susp-test-fable")
         assert status == 200
@@ -368,7 +371,7 @@ class TestChangeLog:
         assert [c["action"] for c in logged] == ["suspension.create", "organization.update", "suspension.lift", "organization.update"]
         assert [c["target"] for c in logged] == ["susp-log", "org-kyoto", "susp-log", "org-kyoto"]
         assert all(c["actor"] == "ops-alice" for c in logged)
-        assert logged[0]["before"] is None and logged[0]["after"] == SUSPENSION | {"id": "susp-log", "mode": "enforce"}
+        assert logged[0]["before"] is None and logged[0]["after"] == SUSPENSION | {"id": "susp-log"} | RECORDED
         assert logged[1]["before"] == {"status": "active", "status_reason": None}
         assert logged[1]["after"] == {"status": "denied", "status_reason": "Entity List"}
         assert logged[2]["before"]["id"] == "susp-log" and logged[2]["after"] is None

@@ -27,6 +27,7 @@ from gateway.cli import build_parser
 OPERATOR, VIEWER = "cli-operator-token", "cli-viewer-token"
 ROOT = Path(__file__).resolve().parent.parent
 VERSION = re.compile(r"policy version (?:[0-9a-f]{16} -> )?([0-9a-f]{16})")
+TIER1_ALLIES = ["AU", "BE", "CA", "DE", "DK", "ES", "FI", "FR", "GB", "IE", "IT", "JP", "KR", "NL", "NO", "NZ", "SE", "TW"]
 
 
 def admin_config() -> str:
@@ -135,7 +136,8 @@ class TestSuspendAndLift:
             listed = gateway_admin(stack, "suspensions", token=VIEWER)
             assert listed.returncode == 0
             lines = listed.stdout.splitlines()
-            assert len(lines) == 2
+            assert len([line for line in lines if not line.startswith(" ")]) == 2
+            assert lines.count("  admits only: US") == 2  # each suspension, then the places it admits
             assert any(line.startswith(f"{suspension_id}: fable,mythos denied outside us [live] — BIS order (BIS-1)") for line in lines)
             assert any(line.startswith("commerce-2026-11-03: fable,mythos denied outside us from 2026-11-03T00:00:00Z until 2026-11-21T00:00:00Z [policy files]") for line in lines)
         finally:
@@ -153,7 +155,8 @@ class TestSuspendAndLift:
         try:
             assert answer["suspension"] == {"id": "susp-cli-window", "models": ["fr-5.6"], "deny_in": ["tier1_allies"],
                                             "reason": "window", "mode": "enforce",
-                                            "from": "2026-11-30T00:00:00Z", "until": "2026-12-02T00:00:00Z"}
+                                            "from": "2026-11-30T00:00:00Z", "until": "2026-12-02T00:00:00Z",
+                                            "expanded": {"tier1_allies": {"countries": TIER1_ALLIES, "regions": []}}}
             assert answer["actor"] == "ops-carol" and answer["policy_version"] == ready_version(stack)
             assert chat(stack, "org-kyoto", model="frontier-5.6") == 451
         finally:
@@ -207,7 +210,8 @@ class TestOrganizations:
         assert reset.returncode == 0, reset.stderr
         assert reset.stdout.splitlines() == [
             "organization org-acme updated: status suspended -> (policy files value); status_reason KYC review -> (policy files value)",
-            f"policy version {VERSION.search(done.stdout).group(1)} -> {base}"]  # type: ignore[union-attr]
+            f"policy version {VERSION.search(done.stdout).group(1)} -> {base}",  # type: ignore[union-attr]
+            "no overrides remain: the policy files' record is in force"]
         assert chat(stack, "org-acme", model="small-2") == 200
 
     def test_vetting_and_tier(self, stack: Stack) -> None:

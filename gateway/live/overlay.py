@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from gateway.policy import schema
 from gateway import countries
 from gateway.policy.load import lapse_time, unknown_place
-from gateway.policy.snapshot import GroupSet, Organization, Policy, Suspension, merge, place_member
+from gateway.policy.snapshot import Member, Organization, Policy, Suspension, merge, place_member
 
 log = logging.getLogger("gateway.live")
 
@@ -89,7 +89,24 @@ def check_suspension(base: Policy, overlay: Overlay, data: Mapping[str, Any], ne
         problems.append("until: must be later than 'from'")
     if problems or suspension is None:
         raise ChangeError(problems)
-    return suspension.model_dump(mode="json", by_alias=True, exclude_none=True)
+    document = suspension.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return document | {"expanded": expand(base, _entries(document))}
+
+
+def expand(base: Policy, entries: list[str]) -> dict[str, dict[str, list[str]]]:
+    """The places each entry of a suspension stands for in `base`, as recorded with
+    the suspension when it is made: it keeps denying what the operator saw, and
+    every tool can show it, even after a bundle changes the group (issue 14)."""
+    expanded = {}
+    for name in entries:
+        _, listed, regions, _ = place_member(name) if countries.is_place(name) else (
+            name, base.groups[name].countries, base.groups[name].regions, False)
+        expanded[name] = {"countries": sorted(listed), "regions": sorted(regions)}
+    return expanded
+
+
+def _entries(document: Mapping[str, Any]) -> list[str]:
+    return _strings(document.get("deny_outside") if document.get("deny_outside") is not None else document.get("deny_in"))
 
 
 def _strings(value: Any) -> list[str]:
@@ -118,6 +135,15 @@ def check_org_patch(base: Policy, org_id: str, data: Mapping[str, Any]) -> dict[
     return {name: None if data[name] is None else normal[name] for name in data}
 
 
+def with_resets(fields: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """An org patch with the resets it implies: resetting the status also resets an
+    overridden status_reason, which only explained that status (issue 14), unless
+    the patch sets the reason itself."""
+    implied = {"status_reason": None} if (
+        "status" in fields and fields["status"] is None and "status_reason" in override and "status_reason" not in fields) else {}
+    return dict(fields) | implied
+
+
 def _is_date(text: str) -> bool:
     try:
         return date.fromisoformat(text).isoformat() == text
@@ -129,12 +155,43 @@ def _suspension_ids(base: Policy, overlay: Overlay) -> set[str]:
     return {s.id for s in base.suspensions} | set(overlay.suspensions)
 
 
+# Checking a bundle against the live controls on top of it
+
+
+def missing_names(base: Policy, document: Mapping[str, Any]) -> list[str]:
+    """The groups and models a live suspension names that `base` does not define."""
+    missing = [f"jurisdiction group {name!r}" for name in _entries(document) if unknown_place(name, base.groups)]
+    return missing + [f"model {name!r}" for name in _strings(document.get("models")) if base.model_named(name) is None]
+
+
+def lost_controls(base: Policy, overlay: Overlay) -> list[str]:
+    """Every live control that `base` would leave naming something it does not
+    define, one problem each. A bundle change must never empty a live suspension
+    or drop an override silently (issue 14): such a bundle is refused."""
+    problems = [f"live suspension {suspension_id!r} names {', '.join(missing)}, which the bundle does not define: "
+                f"keep them in the bundle, or lift the suspension with the change"
+                for suspension_id, document in sorted(overlay.suspensions.items())
+                if (missing := missing_names(base, document))]
+    return problems + [f"live override of organization {org_id!r}: the bundle does not define the organization: keep it "
+                       f"in the bundle, or reset the override with the change"
+                       for org_id in sorted(overlay.organizations) if org_id not in base.organizations]
+
+
+def check_bundle(base: Policy, overlay: Overlay) -> None:
+    """Refuse (409) a bundle that would leave a live control naming what it lacks."""
+    problems = lost_controls(base, overlay)
+    if problems:
+        raise ChangeError(problems, status=409)
+
+
 # Deriving the effective snapshot
 
 
 def apply(base: Policy, overlay: Overlay) -> Policy:
-    """The bundle with the live changes in force. Changes that no longer fit the
-    bundle (an org or model it dropped) are skipped, never a reason to refuse it."""
+    """The bundle with the live changes in force. A bundle that drops what a live
+    change names is refused before it gets here (`check_bundle`); a stored one that
+    does anyway (from an older version) keeps each suspension at its recorded places,
+    and overrides of organizations it lacks are skipped."""
     if overlay.empty():
         return base
     organizations = _organizations(base, overlay)
@@ -186,16 +243,20 @@ def _organizations(base: Policy, overlay: Overlay) -> Mapping[str, Organization]
 
 
 def _compile_suspension(base: Policy, document: Mapping[str, Any]) -> Suspension:
-    suspension = schema.Suspension.model_validate(document, strict=False)
+    suspension = schema.Suspension.model_validate({k: v for k, v in document.items() if k != "expanded"}, strict=False)
     scope = "deny_outside" if suspension.deny_outside is not None else "deny_in"
     listed = (suspension.deny_outside if scope == "deny_outside" else suspension.deny_in) or []
-    groups = [g for g in listed if g in base.groups or countries.is_place(g)]
+    recorded = recorded_places(document)
+    members = [member for name in listed for member in _entry_members(base, name, recorded.get(name), scope)]
+    if missing := missing_names(base, document):
+        log.error("live suspension %r names %s, which the bundle in force does not define: it denies the places "
+                  "recorded when it was made", suspension.id, ", ".join(missing))
     models = frozenset(m.id for m in (base.model_named(name) for name in suspension.models) if m is not None)
     return Suspension(
         id=suspension.id,
         models=models,
         scope=scope,
-        groups=union(base, groups),
+        groups=merge(tuple(listed), members),
         starts=suspension.from_.timestamp() if suspension.from_ else None,
         ends=suspension.until.timestamp() if suspension.until else None,
         reason=suspension.reason,
@@ -204,19 +265,46 @@ def _compile_suspension(base: Policy, document: Mapping[str, Any]) -> Suspension
     )
 
 
-def union(base: Policy, names: list[str]) -> GroupSet:
-    """The places of a suspension's entries: groups of the bundle and ISO codes."""
-    members = []
-    for name in names:
-        if countries.is_place(name):
-            members.append(place_member(name))
-            continue
-        group = base.groups[name]
-        shadow = group.shadow
-        if shadow is not None:
-            members.append((name, shadow.countries, shadow.regions, True))
-        members.append((name, group.countries, group.regions, False))
-    return merge(tuple(names), members)
+def recorded_places(document: Mapping[str, Any]) -> dict[str, tuple[list[str], list[str]]]:
+    """A live suspension's recorded expansion, entry -> (countries, regions); entries
+    recorded in a shape this version cannot read are left out (the group as it is now)."""
+    recorded = document.get("expanded")
+    places = {}
+    for name, entry in (recorded.items() if isinstance(recorded, dict) else ()):
+        listed = entry.get("countries") if isinstance(entry, dict) else None
+        regions = entry.get("regions") if isinstance(entry, dict) else None
+        if isinstance(listed, list) and isinstance(regions, list):
+            places[name] = (_strings(listed), _strings(regions))
+    return places
+
+
+def _entry_members(base: Policy, name: str, recorded: tuple[list[str], list[str]] | None, scope: str) -> list[Member]:
+    """The places one entry denies, failing closed whichever way the group changed
+    since the suspension was made: `deny_in` denies what was recorded and what the
+    group holds now; `deny_outside` admits only what is in both."""
+    current = _members_now(base, name)
+    if recorded is None:
+        return current  # made before places were recorded: the group as it is now
+    kept = (name, dict.fromkeys(recorded[0], name), dict.fromkeys(recorded[1], name), False)
+    if not current:
+        return [kept]  # the bundle lacks the group: the record is what the operator decided
+    if scope == "deny_in":
+        return [kept, *current]
+    [(_, listed, regions, _)] = [m for m in current if not m[3]]
+    both = (name, {c: name for c in recorded[0] if c in listed}, {r: name for r in recorded[1] if r in regions}, False)
+    return [both, *(m for m in current if m[3])]
+
+
+def _members_now(base: Policy, name: str) -> list[Member]:
+    """The places of one suspension entry in `base`: an ISO code, or a group of it
+    (none when the bundle lacks the group)."""
+    if countries.is_place(name):
+        return [place_member(name)]
+    group = base.groups.get(name)
+    if group is None:
+        return []
+    shadow = [(name, group.shadow.countries, group.shadow.regions, True)] if group.shadow is not None else []
+    return [*shadow, (name, group.countries, group.regions, False)]
 
 
 def _version(base_version: str, overlay: Overlay) -> str:

@@ -201,8 +201,18 @@ class LiveState:
                     log.error("policy reload could not be published: %r", error)
 
     async def reload_files(self, *, initial: bool = False, force: bool = False) -> bool:
+        """`reload`, for the watcher: False when the files were refused (logged and counted)."""
+        try:
+            await self.reload(initial=initial, force=force)
+        except (PolicyError, ChangeError):
+            return False
+        return True
+
+    async def reload(self, *, initial: bool = False, force: bool = False) -> None:
         """Validate policy_dir; publish it if it is new (or `force`d: an operator's
-        reload makes the files the policy again, even after a PUT). False when refused."""
+        reload makes the files the policy again, even after a PUT). Refused whole,
+        the running policy staying: PolicyError for invalid files, ChangeError (409)
+        for files that would leave a live control naming what they no longer define."""
         self._files_stamp = self._stamp()
         try:
             texts, problems = await asyncio.to_thread(read_bundle, self.policy_dir)
@@ -210,19 +220,27 @@ class LiveState:
         except PolicyError as error:
             self.metrics.policy_reloads.labels("failure").inc()
             log.error("policy %s refused, the running policy stays:\n%s", self.policy_dir, error.report())
-            return False
-        self.metrics.policy_reloads.labels("success").inc()
+            raise
         version = loaded.policy.version
+        shared = await self._read_or_none() if initial else None
         if initial:
-            shared = await self._read_or_none()
             # Adopt the shared bundle (it may have been set through the admin API)
             # unless these files are new since they were last published.
             if shared is not None and shared.bundle is not None and shared.files_version == version:
-                return True
+                self.metrics.policy_reloads.labels("success").inc()
+                return
         elif version == self.files_version and not (force and version != self.base_version):
-            return True
+            self.metrics.policy_reloads.labels("success").inc()
+            return
+        try:
+            overlays.check_bundle(loaded.policy, shared.overlay if shared is not None else self.overlay)
+        except ChangeError as refused:
+            self.metrics.policy_reloads.labels("failure").inc()
+            log.error("policy %s refused, the running policy stays: it would drop live controls\n  %s",
+                      self.policy_dir, "\n  ".join(refused.problems))
+            raise
+        self.metrics.policy_reloads.labels("success").inc()
         await self.publish_bundle(texts, loaded.policy, actor="policy_dir", from_files=True)
-        return True
 
     async def _read_or_none(self) -> Shared | None:
         try:
@@ -262,19 +280,42 @@ class LiveState:
         )
         return overlays.apply(base, updated)
 
-    async def publish_bundle(self, texts: dict[str, str], policy: Policy, *, actor: str, from_files: bool = False) -> dict[str, Any]:
+    async def publish_bundle(self, texts: dict[str, str], policy: Policy, *, actor: str, from_files: bool = False,
+                             lift: tuple[str, ...] = (), reset: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Put a bundle in force, lifting the live suspensions `lift` and resetting the
+        organization overrides `reset` in the same write."""
         version = policy.version
         bundle = {"files": texts, "version": version, "files_version": version if from_files else self.files_version}
         change = {"actor": actor, "action": "policy.replace", "target": "policy",
                   "before": {"bundle_version": self.base_version}, "after": {"bundle_version": version}}
-        return await self._write(change, overlays.apply(policy, self.overlay), bundle=bundle)
+        if lift or reset:
+            change["before"] |= {"suspensions": {i: self.overlay.suspensions[i] for i in lift},
+                                 "organizations": {o: self.overlay.organizations[o] for o in reset}}
+            change["after"] |= {"lifted": list(lift), "reset": list(reset)}
+        remaining = self._overlay_without(lift, reset)
+        deleted = [f"susp:{i}" for i in lift] + [f"org:{o}:{name}" for o in reset for name in self.overlay.organizations[o]]
+        return await self._write(change, overlays.apply(policy, remaining), bundle=bundle, delete_fields=deleted)
 
-    async def put_policy(self, texts: dict[str, str], actor: str) -> dict[str, Any]:
+    def _overlay_without(self, lift: tuple[str, ...], reset: tuple[str, ...]) -> Overlay:
+        current = self.overlay
+        return Overlay({k: v for k, v in current.suspensions.items() if k not in lift}, current.lifted,
+                       {k: v for k, v in current.organizations.items() if k not in reset}, current.credentials)
+
+    async def put_policy(self, texts: dict[str, str], actor: str, *, lift: tuple[str, ...] = (),
+                         reset: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Replace the bundle; refused whole (nothing changes) when it is invalid, or
+        when it would leave a live control naming what it lacks and `lift`/`reset`
+        do not remove that control with it."""
         unknown = [Issue(name, "", "unknown policy file") for name in texts if name not in FILES]
         if unknown:
             raise PolicyError(unknown)
         loaded = await asyncio.to_thread(load_texts, texts)  # PolicyError: refused whole, nothing changes
-        return await self.publish_bundle(texts, loaded.policy, actor=actor)
+        absent = [f"lift: no live suspension {i!r}" for i in lift if i not in self.overlay.suspensions]
+        absent += [f"reset: organization {o!r} has no live override" for o in reset if o not in self.overlay.organizations]
+        if absent:
+            raise ChangeError(absent)
+        overlays.check_bundle(loaded.policy, self._overlay_without(lift, reset))
+        return await self.publish_bundle(texts, loaded.policy, actor=actor, lift=lift, reset=reset)
 
     async def suspend(self, data: dict[str, Any], actor: str) -> dict[str, Any]:
         base = self._require_base()
@@ -302,7 +343,7 @@ class LiveState:
 
     async def patch_organization(self, org_id: str, data: dict[str, Any], actor: str) -> dict[str, Any]:
         base = self._require_base()
-        fields = overlays.check_org_patch(base, org_id, data)
+        fields = overlays.with_resets(overlays.check_org_patch(base, org_id, data), self.overlay.organizations.get(org_id, {}))
         current = self.state.policy.organizations[org_id] if self.state.policy else base.organizations[org_id]
         before = {name: _plain(getattr(current, name)) for name in fields}
         change = {"actor": actor, "action": "organization.update", "target": org_id, "before": before, "after": fields}
@@ -311,11 +352,12 @@ class LiveState:
         organizations = {k: v for k, v in self.overlay.organizations.items() if k != org_id}
         after = self._with(organizations=organizations | ({org_id: override} if override else {}))
         # null resets a field to the bundle's value.
-        return await self._write(
+        record = await self._write(
             change, after,
             set_fields={f"org:{org_id}:{name}": _json(value) for name, value in fields.items() if value is not None},
             delete_fields=[f"org:{org_id}:{name}" for name, value in fields.items() if value is None],
         )
+        return record | {"remaining": override}  # the overrides still in force, so a reset says what it left
 
     async def suspend_credential(self, credential_id: str, why: dict[str, Any], actor: str) -> dict[str, Any]:
         if credential_id in self.overlay.credentials:

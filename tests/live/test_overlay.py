@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
 import pytest
 
 from conftest import at
 from gateway.decision import Facts, decide
-from gateway.live.overlay import ChangeError, Overlay, apply, check_org_patch, check_suspension
-from gateway.policy.snapshot import Policy
+from gateway.live.overlay import (ChangeError, Overlay, apply, check_bundle, check_org_patch, check_suspension, lost_controls,
+                                  with_resets)
+from gateway.policy.snapshot import Policy, merge
 
 DEC_1 = at("2026-12-01T12:00:00Z")
 
@@ -131,3 +136,99 @@ def test_a_suspension_keeps_its_entries_as_given(reference_policy: Policy) -> No
     [suspension] = [s for s in apply(reference_policy, Overlay(suspensions={"s5": document})).suspensions if s.id == "s5"]
     assert suspension.groups.names == ("UA-43", "countries_of_concern", "JP")
     assert suspension.groups.match("UA", "UA-43") == "UA-43" and suspension.groups.match("JP") == "JP"
+
+
+# A suspension's recorded places against a bundle that changed under it (issue 14)
+
+
+def with_group(policy: Policy, name: str, codes: list[str]) -> Policy:
+    """`policy` with the jurisdiction group `name` holding `codes` (a bundle edit)."""
+    group = merge((name,), [(name, dict.fromkeys(codes, name), {}, False)])
+    return replace(policy, groups=MappingProxyType(dict(policy.groups) | {name: group}))
+
+
+def without_group(policy: Policy, name: str) -> Policy:
+    return replace(policy, groups=MappingProxyType({k: v for k, v in policy.groups.items() if k != name}))
+
+
+def made_on(policy: Policy, scope: str) -> dict[str, Any]:
+    return check_suspension(policy, Overlay(), {"models": ["small-2"], scope: ["partners"], "reason": "order"}, "s-p")
+
+
+# (bundle edit, country -> status of small-2 for org-public under deny_in [partners] made when partners = [JP, KR])
+DENY_IN = [
+    ("unchanged", lambda p: with_group(p, "partners", ["JP", "KR"]), {"JP": 451, "KR": 451, "DE": 200}),
+    ("group shrunk", lambda p: with_group(p, "partners", ["JP"]), {"JP": 451, "KR": 451, "DE": 200}),
+    ("group grown", lambda p: with_group(p, "partners", ["JP", "KR", "DE"]), {"JP": 451, "KR": 451, "DE": 451}),
+    ("group gone", lambda p: without_group(p, "partners"), {"JP": 451, "KR": 451, "DE": 200}),
+]
+
+
+@pytest.mark.parametrize(("edit", "bundle", "expected"), DENY_IN, ids=[d[0] for d in DENY_IN])
+def test_deny_in_denies_what_was_recorded_and_what_the_group_holds_now(reference_policy: Policy, edit: str,
+                                                                       bundle: Any, expected: dict[str, int]) -> None:
+    made = with_group(reference_policy, "partners", ["JP", "KR"])
+    document = made_on(made, "deny_in")
+    assert document["expanded"] == {"partners": {"countries": ["JP", "KR"], "regions": []}}
+    live = apply(bundle(made), Overlay(suspensions={"s-p": document}))
+    assert {c: place(live, "org-public", "small-2", c)[0] for c in expected} == expected
+
+
+# deny_outside [partners] made when partners = [JP, KR]: it admits only what is in both.
+DENY_OUTSIDE = [
+    ("group shrunk", lambda p: with_group(p, "partners", ["JP"]), {"JP": 200, "KR": 451, "DE": 451}),
+    ("group grown", lambda p: with_group(p, "partners", ["JP", "KR", "DE"]), {"JP": 200, "KR": 200, "DE": 451}),
+    ("group gone", lambda p: without_group(p, "partners"), {"JP": 200, "KR": 200, "DE": 451}),
+]
+
+
+@pytest.mark.parametrize(("edit", "bundle", "expected"), DENY_OUTSIDE, ids=[d[0] for d in DENY_OUTSIDE])
+def test_deny_outside_never_admits_more_than_was_recorded(reference_policy: Policy, edit: str, bundle: Any,
+                                                          expected: dict[str, int]) -> None:
+    made = with_group(reference_policy, "partners", ["JP", "KR"])
+    live = apply(bundle(made), Overlay(suspensions={"s-p": made_on(made, "deny_outside")}))
+    assert {c: place(live, "org-public", "small-2", c)[0] for c in expected} == expected
+
+
+def test_a_record_without_places_or_a_malformed_one_follows_the_group(reference_policy: Policy) -> None:
+    made = with_group(reference_policy, "partners", ["JP"])
+    document = made_on(made, "deny_in")
+    for record in ({k: v for k, v in document.items() if k != "expanded"}, document | {"expanded": {"partners": "JP"}}):
+        live = apply(with_group(made, "partners", ["KR"]), Overlay(suspensions={"s-p": record}))
+        assert (place(live, "org-public", "small-2", "KR")[0], place(live, "org-public", "small-2", "JP")[0]) == (451, 200)
+
+
+def test_lost_controls_name_each_suspension_and_override(reference_policy: Policy) -> None:
+    made = with_group(reference_policy, "partners", ["JP"])
+    overlay = Overlay(suspensions={"s-p": made_on(made, "deny_in"),
+                                   "s-iso": check_suspension(made, Overlay(), {"models": ["fable", "small-2"], "deny_in": ["JP"],
+                                                                               "reason": "x"}, "s-iso")},
+                      organizations={"org-acme": {"status": "denied"}})
+    assert lost_controls(made, overlay) == []
+    models = dict(made.names)
+    del models["fable"]
+    lacking = replace(without_group(made, "partners"), names=MappingProxyType(models),
+                      organizations=MappingProxyType({k: v for k, v in made.organizations.items() if k != "org-acme"}))
+    assert lost_controls(lacking, overlay) == [
+        "live suspension 's-iso' names model 'fable', which the bundle does not define: keep them in the bundle, "
+        "or lift the suspension with the change",
+        "live suspension 's-p' names jurisdiction group 'partners', which the bundle does not define: keep them in "
+        "the bundle, or lift the suspension with the change",
+        "live override of organization 'org-acme': the bundle does not define the organization: keep it in the "
+        "bundle, or reset the override with the change"]
+    with pytest.raises(ChangeError) as refused:
+        check_bundle(lacking, overlay)
+    assert refused.value.status == 409 and len(refused.value.problems) == 3
+
+
+@pytest.mark.parametrize(("fields", "override", "expected"), [
+    ({"status": None}, {"status": "denied", "status_reason": "EL"}, {"status": None, "status_reason": None}),
+    ({"status": None}, {"status": "denied", "tier": "verified"}, {"status": None}),
+    ({"status": None, "status_reason": "kept"}, {"status": "denied", "status_reason": "EL"},
+     {"status": None, "status_reason": "kept"}),
+    ({"status": "suspended"}, {"status": "denied", "status_reason": "EL"}, {"status": "suspended"}),
+    ({"tier": None}, {"tier": "verified", "status_reason": "EL"}, {"tier": None}),
+])
+def test_a_status_reset_takes_the_reason_with_it(fields: dict[str, Any], override: dict[str, Any],
+                                                 expected: dict[str, Any]) -> None:
+    assert with_resets(fields, override) == expected
