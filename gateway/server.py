@@ -139,6 +139,9 @@ class Service:
             self.revocations.start()
         admin = create_admin_app(self.state, self.metrics, self.missing, self.live, config.admin.tokens, config.audit.path,
                                  metrics_require_token=config.metrics_require_token)
+        if config.change_control.approvals == 0:
+            log.warning("change_control.approvals is 0: one operator token can loosen the policy at once, "
+                        "with no second person (docs/operators.md, \"Change control\")")
         if not config.metrics_require_token and not is_loopback(config.admin_listen):
             log.warning("admin.metrics_require_token is false: /metrics on %s is open to whoever reaches it",
                         config.admin_listen)
