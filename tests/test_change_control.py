@@ -154,3 +154,47 @@ def test_whoami_names_the_token_and_a_viewer_cannot_propose(fleets: Callable[...
         "name": "ops-carol", "role": "operator", "approvals_needed": 1}
     refused = fleet.a.admin("POST", "/admin/proposals", {"kind": "suspension.lift", "id": "x"}, token=VIEWER_TOKEN)
     assert refused.status == 403
+
+
+# Embedded mode, through `gateway admin` as an operator runs it.
+
+CLI_ALICE, CLI_CAROL = "cli-alice-token", "cli-carol-token"
+
+
+@pytest.fixture(scope="module")
+def two_operators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    import hashlib
+
+    from e2e import Stack
+
+    digest = lambda token: hashlib.sha256(token.encode()).hexdigest()  # noqa: E731
+    stack = Stack(tmp_path_factory.mktemp("change-control"), extra_config=f"""admin:
+  tokens:
+    - {{name: ops-alice, sha256: "{digest(CLI_ALICE)}", role: operator}}
+    - {{name: ops-carol, sha256: "{digest(CLI_CAROL)}", role: operator}}
+""")
+    yield stack
+    stack.close()
+
+
+def test_the_cli_walks_a_suspension_its_lift_proposal_and_the_second_operators_approval(two_operators: Any) -> None:
+    from test_admin_cli import gateway_admin
+
+    stack = two_operators
+    assert "ops-carol (operator)" in gateway_admin(stack, "whoami", token=CLI_CAROL).stdout
+    made = gateway_admin(stack, "suspend", "--model", "small-2", "--deny-in", "SE", "--reason", "order", "--id", "s-cli",
+                         token=CLI_ALICE)
+    assert made.returncode == 0 and "another operator must countersign change chg-" in made.stdout, made
+    lift = gateway_admin(stack, "lift", "s-cli", "--reason", "order rescinded", token=CLI_ALICE)
+    assert lift.returncode == 0 and "not applied" in lift.stdout, lift
+    proposal_id = lift.stdout.split("gateway admin approve ", 1)[1].split(")", 1)[0]
+    shown = gateway_admin(stack, "show", proposal_id, token=CLI_CAROL).stdout
+    assert "Access delta: loosening" in shown and "grants small-2" in shown and "Simulation over" in shown
+    assert len(shown.splitlines()) <= 40  # one screen
+    assert proposal_id in gateway_admin(stack, "proposals", token=CLI_CAROL).stdout
+    own = gateway_admin(stack, "approve", proposal_id, token=CLI_ALICE)
+    assert own.returncode == 1 and "cannot approve" in own.stderr
+    approved = gateway_admin(stack, "approve", proposal_id, "--reason", "seen the order", token=CLI_CAROL)
+    assert approved.returncode == 0 and "is now applied" in approved.stdout, approved
+    log = gateway_admin(stack, "changes", token=CLI_CAROL).stdout
+    assert "suspension.lift s-cli" in log and "approved by ops-carol" in log and "awaiting countersignature" in log
