@@ -393,7 +393,8 @@ def do_changes(client: Client, args: argparse.Namespace) -> int:
             notes = "".join(f" {name} {c[name]};" for name in ("reason", "reference", "proposal") if c.get(name))
             if c.get("approved_by"):
                 notes += f" approved by {', '.join(c['approved_by'])};"
-            lines.append(f"{c.get('time')} {c.get('change_id') or ''} {c.get('actor')} {c.get('action')} {c.get('target')}: "
+            notes += f" id {c['change_id']}" if c.get("change_id") else ""
+            lines.append(f"{c.get('time')} {c.get('actor')} {c.get('action')} {c.get('target')}: "
                          f"{compact(c.get('before'))} -> {compact(c.get('after'))} (policy {versions}){notes}")
         for e in b.get("awaiting_countersign") or []:
             lines.append(f"awaiting countersignature{' (OVERDUE)' if e.get('overdue') else ''}: {e['change_id']} "
