@@ -27,6 +27,7 @@ from starlette.routing import Route
 from gateway import countries, explain
 from gateway.audit import lines_backwards
 from gateway.config import AdminToken
+from gateway.live.control import ChangeControl
 from gateway.decision import Facts, decide
 from gateway.live.overlay import ChangeError, missing_names
 from gateway.live.state import LiveState, PolicyState
@@ -38,6 +39,7 @@ log = logging.getLogger("gateway.admin")
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 MAX_ADMIN_BODY = 64 * 1024 * 1024
 Handler = Callable[[Request], Awaitable[Response]]
+CLOSING = {"reject": "rejected", "withdraw": "withdrawn"}
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -72,8 +74,9 @@ class Tokens:
 
 def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callable[[], list[str]],
                      live: LiveState, tokens: list[AdminToken], audit_path: str | None = None, *,
-                     metrics_require_token: bool = False) -> Starlette:
-    """`ready_checks` returns what is missing for readiness (empty when ready)."""
+                     metrics_require_token: bool = False, control: ChangeControl) -> Starlette:
+    """`ready_checks` returns what is missing for readiness (empty when ready); every change goes
+    through `control` (gateway/live/control.py)."""
     known = Tokens(tokens)
 
     def guarded(role: str, handler: Callable[[Request, str], Awaitable[Response]]) -> Handler:
@@ -124,13 +127,21 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
             "overlay": live.overlay.as_json(),
         })
 
+    async def submit(kind: str, target: str | None, body: dict[str, Any], actor: str, *, applied: int = 200,
+                     reason: Any = None, reference: Any = None) -> Response:
+        """A change through change control: `applied` when it took effect, 202 with the proposal when it loosens."""
+        status, answer = await control.submit(kind, target, body, actor, reason=_text(reason), reference=_text(reference))
+        return JSONResponse(answer, status_code=applied if status == 200 else status)
+
     async def put_policy(request: Request, actor: str) -> Response:
         body = await json_body(request)
         files = body.get("files")
         if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
             raise BodyError('expected {"files": {"<name>.yaml": "<YAML text>", ...}}')
-        lift, reset = _names(body, "lift"), _names(body, "reset_organizations")
-        return JSONResponse(await live.put_policy(files, actor, lift=lift, reset=reset))
+        change = {"files": files, "lift": list(_names(body, "lift")),
+                  "reset_organizations": list(_names(body, "reset_organizations"))}
+        return await submit("policy.replace", None, change, actor,
+                            reason=body.get("reason"), reference=body.get("reference"))
 
     async def list_suspensions(request: Request, actor: str) -> Response:
         policy = state.policy
@@ -138,13 +149,20 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         return JSONResponse({"suspensions": items})
 
     async def create_suspension(request: Request, actor: str) -> Response:
-        return JSONResponse(await live.suspend(await json_body(request), actor), status_code=201)
+        body = await json_body(request)
+        return await submit("suspension.create", None, body, actor, applied=201,
+                            reason=body.get("reason"), reference=body.get("reference"))
 
     async def lift_suspension(request: Request, actor: str) -> Response:
-        return JSONResponse(await live.lift(request.path_params["id"], actor))
+        query = request.query_params
+        return await submit("suspension.lift", request.path_params["id"], {}, actor,
+                            reason=query.get("reason"), reference=query.get("reference"))
 
     async def patch_organization(request: Request, actor: str) -> Response:
-        return JSONResponse(await live.patch_organization(request.path_params["id"], await json_body(request), actor))
+        body = await json_body(request)
+        reason, reference = body.pop("reason", None), body.pop("reference", None)
+        return await submit("organization.update", request.path_params["id"], body, actor, reason=reason,
+                            reference=reference)
 
     async def reload(request: Request, actor: str) -> Response:
         await live.reload(force=True)  # refused: PolicyError (422) or ChangeError (409); the running policy stays
@@ -152,7 +170,36 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         return JSONResponse({"reloaded": True, "policy_version": policy.version if policy else None, "actor": actor})
 
     async def reinstate_credential(request: Request, actor: str) -> Response:
-        return JSONResponse(await live.reinstate_credential(request.path_params["id"], actor))
+        return await submit("credential.reinstate", request.path_params["id"], {}, actor,
+                            reason=request.query_params.get("reason"))
+
+    async def create_proposal(request: Request, actor: str) -> Response:
+        status, proposal = await control.propose(await json_body(request), actor)
+        return JSONResponse(proposal, status_code=status)
+
+    async def list_proposals(request: Request, actor: str) -> Response:
+        return JSONResponse({"proposals": await control.list(request.query_params.get("state"))})
+
+    async def show_proposal(request: Request, actor: str) -> Response:
+        return JSONResponse(await control.get(request.path_params["id"]))
+
+    async def decide_proposal(request: Request, actor: str) -> Response:
+        verb, proposal_id = request.path_params["verb"], request.path_params["id"]
+        reason = _text((await optional_body(request)).get("reason"))
+        if verb == "approve":
+            return JSONResponse(await control.approve(proposal_id, actor, reason))
+        if verb in CLOSING:
+            return JSONResponse(await control.close(proposal_id, CLOSING[verb], actor, reason))
+        return error(404, "not_found", "approve, reject or withdraw")
+
+    async def countersign(request: Request, actor: str) -> Response:
+        reason = _text((await optional_body(request)).get("reason"))
+        return JSONResponse(await control.countersign(request.path_params["id"], actor, reason))
+
+    async def whoami(request: Request, actor: str) -> Response:
+        token = known.identify(request)
+        assert token is not None  # guarded
+        return JSONResponse({"name": token.name, "role": token.role, "approvals_needed": control.config.approvals})
 
     async def explain_endpoint(request: Request, actor: str) -> Response:
         policy = state.policy
@@ -176,7 +223,8 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         return JSONResponse({"decisions": list(itertools.islice(matching, limit))})
 
     async def changes(request: Request, actor: str) -> Response:
-        return JSONResponse({"changes": await live.changes(_limit(request))})
+        return JSONResponse({"changes": await live.changes(_limit(request)),
+                             "awaiting_countersign": await control.awaiting()})
 
     return Starlette(routes=[
         Route("/healthz", healthz),
@@ -193,6 +241,12 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         Route("/admin/explain", guarded("viewer", explain_endpoint), methods=["POST"]),
         Route("/admin/decisions", guarded("viewer", decisions), methods=["GET"]),
         Route("/admin/changes", guarded("viewer", changes), methods=["GET"]),
+        Route("/admin/changes/{id}/countersign", guarded("operator", countersign), methods=["POST"]),
+        Route("/admin/proposals", guarded("operator", create_proposal), methods=["POST"]),
+        Route("/admin/proposals", guarded("viewer", list_proposals), methods=["GET"]),
+        Route("/admin/proposals/{id}", guarded("viewer", show_proposal), methods=["GET"]),
+        Route("/admin/proposals/{id}/{verb}", guarded("operator", decide_proposal), methods=["POST"]),
+        Route("/admin/whoami", guarded("viewer", whoami), methods=["GET"]),
     ])
 
 
@@ -260,6 +314,19 @@ def _facts(body: dict[str, Any]) -> tuple[Facts, datetime]:
     country = country.upper() if country else (region[:2] if region else None)
     facts = Facts(org, model, country, region, bool(body.get("anonymizer", False)))
     return facts, at
+
+
+async def optional_body(request: Request) -> dict[str, Any]:
+    """A JSON object, or {} for an empty body (approve, countersign: the reason is optional)."""
+    if not await request.body():
+        return {}
+    return await json_body(request)
+
+
+def _text(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise BodyError("reason and reference must be strings")
+    return value
 
 
 def _time(text: str | None) -> datetime | None:

@@ -211,6 +211,13 @@ def print_refusal(refused: Refused, as_json: bool) -> None:
         print(f"error: HTTP {refused.status}: {text}", file=sys.stderr)
 
 
+def _or_proposed(readable: Callable[[Any], list[str]]) -> Callable[[Any], list[str]]:
+    """A direct change is applied (and may await a countersignature) or became a proposal."""
+    from gateway.admin_control_cli import applied_or_proposed
+
+    return lambda body: applied_or_proposed(body, readable)
+
+
 # Verbs: each returns (method, path, body, query) via the client and prints the answer.
 
 
@@ -251,13 +258,14 @@ def do_suspend(client: Client, args: argparse.Namespace) -> int:
         verb = "admits only" if doc.get("deny_outside") is not None else "denies"
         return [f"suspension {doc.get('id', b.get('target'))} created: {', '.join(doc.get('models', []))} denied {scope}{window}",
                 f"  {verb}: {places_text(recorded_places(doc.get('expanded') or {}))}", version_line(b)]
-    show(args, answer, readable)
+    show(args, answer, _or_proposed(readable))
     return 0
 
 
 def do_lift(client: Client, args: argparse.Namespace) -> int:
-    answer = client.call("DELETE", f"/admin/suspensions/{segment(args.id)}")
-    show(args, answer, lambda b: [f"suspension {b.get('target', args.id)} lifted", version_line(b)])
+    answer = client.call("DELETE", f"/admin/suspensions/{segment(args.id)}",
+                         query={"reason": args.reason, "reference": args.reference})
+    show(args, answer, _or_proposed(lambda b: [f"suspension {b.get('target', args.id)} lifted", version_line(b)]))
     return 0
 
 
@@ -284,7 +292,7 @@ def do_org(client: Client, args: argparse.Namespace) -> int:
         if any(value is None for value in after.values()):  # a reset: say what it left
             lines.append(remaining_line(remaining))
         return lines
-    show(args, answer, readable)
+    show(args, answer, _or_proposed(readable))
     return 0
 
 
@@ -364,9 +372,9 @@ def do_policy_put(client: Client, args: argparse.Namespace) -> int:
     if args.reset_org:
         body["reset_organizations"] = args.reset_org
     answer = client.call("PUT", "/admin/policy", body)
-    show(args, answer, lambda b: [
+    show(args, answer, _or_proposed(lambda b: [
         f"policy replaced from {args.directory}: bundle {compact((b.get('before') or {}).get('bundle_version'))} -> "
-        f"{compact((b.get('after') or {}).get('bundle_version'))}", version_line(b)])
+        f"{compact((b.get('after') or {}).get('bundle_version'))}", version_line(b)]))
     return 0
 
 
@@ -427,8 +435,15 @@ def do_changes(client: Client, args: argparse.Namespace) -> int:
         lines = []
         for c in items:
             versions = f"{c.get('policy_version_before') or '-'} -> {c.get('policy_version') or '?'}"
+            notes = "".join(f" {name} {c[name]};" for name in ("reason", "reference", "proposal") if c.get(name))
+            if c.get("approved_by"):
+                notes += f" approved by {', '.join(c['approved_by'])};"
+            notes += f" id {c['change_id']}" if c.get("change_id") else ""
             lines.append(f"{c.get('time')} {c.get('actor')} {c.get('action')} {c.get('target')}: "
-                         f"{compact(c.get('before'))} -> {compact(c.get('after'))} (policy {versions})")
+                         f"{compact(c.get('before'))} -> {compact(c.get('after'))} (policy {versions}){notes}")
+        for e in b.get("awaiting_countersign") or []:
+            lines.append(f"awaiting countersignature{' (OVERDUE)' if e.get('overdue') else ''}: {e['change_id']} "
+                         f"{e['action']} {e['target']} by {e['actor']} at {e['time']}, due {e['due']}")
         return lines
     show(args, answer, readable)
     return 0
@@ -519,8 +534,11 @@ def add_arguments(admin: argparse.ArgumentParser) -> None:
     suspend.add_argument("--until", metavar="ISO", help="end, exclusive (ISO 8601; default: until lifted)")
     suspend.add_argument("--id", metavar="ID", help="the suspension's id (default: generated)")
 
-    lift = verb("lift", do_lift, "lift a suspension, live or from the policy files (DELETE /admin/suspensions/ID)")
+    lift = verb("lift", do_lift, "lift a suspension, live or from the policy files (DELETE /admin/suspensions/ID); "
+                                 "a proposal when another operator must approve it")
     lift.add_argument("id", metavar="ID")
+    lift.add_argument("--reason", metavar="TEXT", help="why (recorded in the change log)")
+    lift.add_argument("--reference", metavar="REF", help="e.g. the order or ticket")
 
     org = verb("org", do_org, "override an organization's status, tier or vetting (PATCH /admin/organizations/ORG_ID)",
                "Override fields of an organization's record. A value of 'none' (or 'reset') removes the "
@@ -568,6 +586,10 @@ def add_arguments(admin: argparse.ArgumentParser) -> None:
     decisions.add_argument("--country", help="only this observed country (ISO 3166-1 alpha-2)")
     decisions.add_argument("--decision", choices=["allow", "deny"], help="only allowed or denied requests")
     decisions.add_argument("--limit", type=int, metavar="N", help="at most N decisions (server default 100)")
+
+    from gateway.admin_control_cli import add_verbs
+
+    add_verbs(verb)
 
     explain = verb("explain", do_explain, "decide one request on the running policy and say why (POST /admin/explain)")
     explain.add_argument("--org", required=True, help="organization id")

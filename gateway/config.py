@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.policy.yamlsource import YamlSyntaxError, parse
 from gateway.routing import DEFAULT_ROUTES, checked_prefixes
@@ -174,6 +174,34 @@ class AdminConfig(Section):
     metrics_require_token: bool | None = None
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(value: Any) -> Any:
+    """A duration as seconds: a number, or a number with a unit (`90s`, `30m`, `24h`, `3d`)."""
+    if isinstance(value, str) and value[-1:] in _DURATION_UNITS and value[:-1].replace(".", "", 1).isdigit():
+        return float(value[:-1]) * _DURATION_UNITS[value[-1]]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+
+
+class ChangeControlConfig(Section):
+    """Two people for every loosening (docs/operators.md, "Change control")."""
+
+    # Distinct operators, other than the proposer, who must approve a loosening. 0: one
+    # operator applies anything at once (a lab's choice; the gateway warns at start).
+    approvals: int = Field(1, ge=0, le=10)
+    # A tightening applies at once and must be countersigned by another operator within this.
+    countersign_within: Duration = 24 * 3600.0
+    # An open proposal expires after this.
+    proposal_ttl: Duration = 72 * 3600.0
+    # `apply`: a valid policy_dir is published at once (its git review is the second person);
+    # `propose`: a loosening one becomes a proposal like any other.
+    file_reloads: Literal["apply", "propose"] = "apply"
+
+
 class RequestConfig(Section):
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     # Content-Encodings the gateway decodes (then forwards decoded); others get 415.
@@ -246,6 +274,7 @@ class Config(Section):
     redis: RedisConfig = RedisConfig()
     audit: AuditConfig = AuditConfig()
     admin: AdminConfig = AdminConfig()
+    change_control: ChangeControlConfig = ChangeControlConfig()
     request: RequestConfig = RequestConfig()
     limits: LimitsConfig = LimitsConfig()
     forward: ForwardConfig = ForwardConfig()

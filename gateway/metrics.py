@@ -44,6 +44,13 @@ class Metrics:
         self.policy_info = Gauge("gateway_policy_info", "The policy version in force (value 1).", ["version"], registry=registry)
         self.policy_reloads = Counter("gateway_policy_reloads", "Policy reloads.", ["result"], registry=registry)
         self.suspensions_active = Gauge("gateway_suspensions_active", "Suspensions in force.", registry=registry)
+        self.changes_awaiting_countersign = Gauge(
+            "gateway_changes_awaiting_countersign", "Tightenings applied on one operator's word, not yet countersigned.",
+            registry=registry)
+        self.changes_countersign_overdue = Gauge(
+            "gateway_changes_countersign_overdue", "Of those, the ones past change_control.countersign_within.",
+            registry=registry)
+        self.proposals_open = Gauge("gateway_proposals_open", "Loosening changes waiting for approval.", registry=registry)
         self.redis_up = Gauge("gateway_redis_up", "1 when Redis answers (fleet mode).", registry=registry)
         self.audit_spooled = Gauge("gateway_audit_spooled", "Audit records waiting to be written.", registry=registry)
         self.audit_lost = Counter("gateway_audit_lost", "Audit records that could not be written.", registry=registry)

@@ -35,6 +35,8 @@ from gateway.geofiles import UNENFORCED_ANONYMIZERS, LiveGeo, configured_files, 
 from gateway.identity import Authenticator
 from gateway.identity.redis_keys import RedisApiKeyStore
 from gateway.listener import protocol_for
+from gateway.live.control import ChangeControl
+from gateway.live.proposals import LocalProposals, RedisProposals
 from gateway.live.state import LiveState, PolicyState, watch_sighup
 from gateway.live.store import LocalStore, RedisStore, Store
 from gateway.metrics import Metrics
@@ -92,6 +94,9 @@ class Service:
                             if revocation.enabled else None)
         self.live = LiveState(self.state, self.store, self.metrics, config.policy_dir,
                               on_change=self.revocations.policy_changed if self.revocations else None)
+        proposals = (RedisProposals(self.store.redis, redis.namespace) if isinstance(self.store, RedisStore)
+                     else LocalProposals(config.state_dir))
+        self.control = ChangeControl(self.live, proposals, config.change_control, self.metrics, config.audit.path)
         self.geo: LiveGeo | None = None
         self.upstreams = Upstreams(config.upstreams)
         # Fleet mode: the audit stream goes through the store's Redis client.
@@ -141,8 +146,12 @@ class Service:
                                on_misuse=lambda credential, why: self.live.suspend_credential(credential, why, "misuse-detector"))
         if self.revocations is not None:
             self.revocations.start()
+        self.control.start()
         admin = create_admin_app(self.state, self.metrics, self.missing, self.live, config.admin.tokens, config.audit.path,
-                                 metrics_require_token=config.metrics_require_token)
+                                 metrics_require_token=config.metrics_require_token, control=self.control)
+        if config.change_control.approvals == 0:
+            log.warning("change_control.approvals is 0: one operator token can loosen the policy at once, "
+                        "with no second person (docs/operators.md, \"Change control\")")
         if not config.metrics_require_token and not is_loopback(config.admin_listen):
             log.warning("admin.metrics_require_token is false: /metrics on %s is open to whoever reaches it",
                         config.admin_listen)
@@ -169,6 +178,7 @@ class Service:
         if self.revocations is not None:  # after the listeners: requests still draining stay revocable
             await self.revocations.stop()
         await self.audit.close()  # before live.stop(), which closes the Redis client the audit stream uses
+        await self.control.stop()
         await self.live.stop()
         await self.upstreams.close()
         await self.authenticator.close()

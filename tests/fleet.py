@@ -36,6 +36,10 @@ from gateway.identity import ApiKeyStore
 US_IP, CN_IP, SE_IP = "216.160.83.56", "175.16.199.1", "89.160.20.112"
 ORGS = ["org-public", "org-acme", "org-caisi", "org-new"]  # org-new is in no bundle until a test adds it
 OPERATOR_TOKEN, VIEWER_TOKEN = "operator-" + uuid.uuid4().hex, "viewer-" + uuid.uuid4().hex
+# More operators, for change control's second (and third) person.
+SECOND_OPERATOR, THIRD_OPERATOR = "operator-2-" + uuid.uuid4().hex, "operator-3-" + uuid.uuid4().hex
+# Most fleet tests are about propagation, not who may change what: one operator applies anything.
+SINGLE_OPERATOR = {"approvals": 0}
 READY_TIMEOUT_S = 20.0
 
 
@@ -203,7 +207,8 @@ class Replica:
     """`python -m gateway serve --config FILE` as an operator runs it."""
 
     def __init__(self, name: str, directory: Path, *, upstream: str, redis_url: str, namespace: str,
-                 policy_dir: Path, keys_dir: Path, jwks_file: Path, max_staleness_s: float) -> None:
+                 policy_dir: Path, keys_dir: Path, jwks_file: Path, max_staleness_s: float,
+                 change_control: dict[str, Any] | None = None) -> None:
         self.name = name
         self.directory = directory
         directory.mkdir(parents=True)
@@ -211,7 +216,9 @@ class Replica:
         self.audit_path = directory / "audit.jsonl"
         self.log_path = directory / "gateway.log"
         tokens = [{"name": "ops-alice", "role": "operator", "sha256": hashlib.sha256(OPERATOR_TOKEN.encode()).hexdigest()},
-                  {"name": "viewer-bob", "role": "viewer", "sha256": hashlib.sha256(VIEWER_TOKEN.encode()).hexdigest()}]
+                  {"name": "viewer-bob", "role": "viewer", "sha256": hashlib.sha256(VIEWER_TOKEN.encode()).hexdigest()},
+                  {"name": "ops-carol", "role": "operator", "sha256": hashlib.sha256(SECOND_OPERATOR.encode()).hexdigest()},
+                  {"name": "ops-dave", "role": "operator", "sha256": hashlib.sha256(THIRD_OPERATOR.encode()).hexdigest()}]
         self.config_path = directory / "gateway.yaml"
         # Port 0: the gateway binds free ports and logs them (no race for a port picked here).
         self.config_path.write_text(json.dumps({
@@ -230,6 +237,7 @@ class Replica:
             "redis": {"url": redis_url, "namespace": namespace, "max_staleness_s": max_staleness_s},
             "audit": {"path": str(self.audit_path)},
             "admin": {"tokens": tokens},
+            "change_control": change_control if change_control is not None else SINGLE_OPERATOR,
         }, indent=2))
         environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
         log = self.log_path.open("wb")
@@ -383,7 +391,8 @@ def create_keys(keys_dir: Path, redis_url: str, namespace: str) -> list[dict[str
 
 
 def start_fleet(directory: Path, *, redis_url: str, size: int = 2, policy_dir: Path = REFERENCE_POLICY,
-                max_staleness_s: float = 5.0, upstream: Upstream | None = None) -> Fleet:
+                max_staleness_s: float = 5.0, upstream: Upstream | None = None,
+                change_control: dict[str, Any] | None = None) -> Fleet:
     """`size` replicas on one Redis namespace (unique), one upstream, keys for ORGS made before start.
     The caller must `close()` the fleet (also when this raises: it closes what it started)."""
     namespace = f"fleet-{uuid.uuid4().hex[:12]}"
@@ -402,7 +411,8 @@ def start_fleet(directory: Path, *, redis_url: str, size: int = 2, policy_dir: P
         for index in range(size):
             fleet.replicas.append(Replica(chr(ord("A") + index), directory / f"replica-{index}", upstream=upstream.url,
                                           redis_url=redis_url, namespace=namespace, policy_dir=policy_dir,
-                                          keys_dir=keys_dir, jwks_file=jwks_file, max_staleness_s=max_staleness_s))
+                                          keys_dir=keys_dir, jwks_file=jwks_file, max_staleness_s=max_staleness_s,
+                                          change_control=change_control))
         deadline = time.monotonic() + READY_TIMEOUT_S
         for replica in fleet.replicas:  # they start in parallel
             replica.wait_ready(deadline)

@@ -27,7 +27,10 @@ OPERATOR, VIEWER = "operator-token-for-tests", "viewer-token-for-tests"
 
 def admin_config() -> str:
     digest = lambda token: hashlib.sha256(token.encode()).hexdigest()  # noqa: E731
-    return f"""admin:
+    # One operator applies every change at once: these tests are about the changes themselves;
+    # tests/test_change_control.py is about who may make them.
+    return f"""change_control: {{approvals: 0}}
+admin:
   tokens:
     - {{name: ops-alice, sha256: "{digest(OPERATOR)}", role: operator}}
     - {{name: auditor-bob, sha256: "{digest(VIEWER)}", role: viewer}}

@@ -32,7 +32,10 @@ TIER1_ALLIES = ["AU", "BE", "CA", "DE", "DK", "ES", "FI", "FR", "GB", "IE", "IT"
 
 def admin_config() -> str:
     digest = lambda token: hashlib.sha256(token.encode()).hexdigest()  # noqa: E731
-    return f"""admin:
+    # One operator applies every change at once: these tests are about the changes themselves;
+    # tests/test_change_control.py is about who may make them.
+    return f"""change_control: {{approvals: 0}}
+admin:
   tokens:
     - {{name: ops-carol, sha256: "{digest(OPERATOR)}", role: operator}}
     - {{name: viewer-dan, sha256: "{digest(VIEWER)}", role: viewer}}

@@ -152,3 +152,14 @@ def test_limits_are_validated(tmp_path: Path) -> None:
     assert any("limits: " in p and "max_header_line_bytes cannot exceed max_header_bytes" in p for p in found)
     found = problems(write(tmp_path, "limits: {max_connections: 0}\n"))
     assert any("limits.max_connections" in p and "(got 0)" in p for p in found)
+
+
+def test_change_control_takes_durations_with_units_and_names_a_bad_one(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text("change_control: {approvals: 2, countersign_within: 30m, proposal_ttl: 3d}\n")
+    control = load_config(path, {}).change_control
+    assert (control.approvals, control.countersign_within, control.proposal_ttl, control.file_reloads) == (2, 1800, 259200, "apply")
+    assert load_config(None, {}).change_control.approvals == 1  # two people by default
+    path.write_text("change_control: {countersign_within: soon}\n")
+    with pytest.raises(ConfigError, match="change_control.countersign_within"):
+        load_config(path, {})

@@ -21,7 +21,8 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,6 +52,24 @@ class PolicyState:
         if self.policy is None:
             return False
         return self.max_staleness_s is None or time.monotonic() - self.synced_at <= self.max_staleness_s
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A change checked against the state in force and not yet written: what it
+    records (action, target, before, after), the policy it would put in force,
+    and the store writes that make it so."""
+
+    change: Mapping[str, Any]
+    after: Policy
+    set_fields: Mapping[str, str] = field(default_factory=dict)
+    delete_fields: tuple[str, ...] = ()
+    bundle: dict[str, Any] | None = None
+    answer: Mapping[str, Any] = field(default_factory=dict)  # added to the admin API's answer
+
+
+def new_change_id() -> str:
+    return f"chg-{secrets.token_hex(6)}"
 
 
 def _now() -> str:
@@ -262,11 +281,24 @@ class LiveState:
                      delete_fields: list[str] | None = None, bundle: dict[str, Any] | None = None) -> dict[str, Any]:
         """Record and store one change; `after` is the policy it puts in force."""
         before = self.state.policy.version if self.state.policy else None
-        record = change | {"time": _now(), "policy_version_before": before, "policy_version": after.version}
+        record = {"change_id": new_change_id()} | change | {"time": _now(), "policy_version_before": before, "policy_version": after.version}
         await self.store.write(set_fields=set_fields or {}, delete_fields=delete_fields or [], bundle=bundle,
                                change=record, epoch=self.epoch)
         await self.resync()
         return record
+
+    async def commit(self, prepared: Prepared, actor: str, **details: Any) -> dict[str, Any]:
+        """Write a prepared change as `actor`; `details` go into its record (reason, proposal, ...)."""
+        change = {"actor": actor, **prepared.change, **details}
+        record = await self._write(change, prepared.after, set_fields=dict(prepared.set_fields),
+                                   delete_fields=list(prepared.delete_fields), bundle=prepared.bundle)
+        return record | prepared.answer
+
+    async def record(self, change: dict[str, Any]) -> dict[str, Any]:
+        """Put a record that changes no policy in the change log (an approval, a countersignature)."""
+        if self.state.policy is None:
+            raise ChangeError(["no valid policy is loaded"], status=503)
+        return await self._write(change, self.state.policy)
 
     def _with(self, **changes: Any) -> Policy:
         """The effective policy once the overlay is changed as given."""
@@ -280,32 +312,37 @@ class LiveState:
         )
         return overlays.apply(base, updated)
 
-    async def publish_bundle(self, texts: dict[str, str], policy: Policy, *, actor: str, from_files: bool = False,
-                             lift: tuple[str, ...] = (), reset: tuple[str, ...] = ()) -> dict[str, Any]:
-        """Put a bundle in force, lifting the live suspensions `lift` and resetting the
+    def prepare_bundle(self, texts: dict[str, str], policy: Policy, *, from_files: bool = False,
+                       lift: tuple[str, ...] = (), reset: tuple[str, ...] = ()) -> Prepared:
+        """A bundle to put in force, lifting the live suspensions `lift` and resetting the
         organization overrides `reset` in the same write."""
         version = policy.version
         bundle = {"files": texts, "version": version, "files_version": version if from_files else self.files_version}
-        change = {"actor": actor, "action": "policy.replace", "target": "policy",
+        change = {"action": "policy.replace", "target": "policy",
                   "before": {"bundle_version": self.base_version}, "after": {"bundle_version": version}}
         if lift or reset:
             change["before"] |= {"suspensions": {i: self.overlay.suspensions[i] for i in lift},
                                  "organizations": {o: self.overlay.organizations[o] for o in reset}}
             change["after"] |= {"lifted": list(lift), "reset": list(reset)}
         remaining = self._overlay_without(lift, reset)
-        deleted = [f"susp:{i}" for i in lift] + [f"org:{o}:{name}" for o in reset for name in self.overlay.organizations[o]]
-        return await self._write(change, overlays.apply(policy, remaining), bundle=bundle, delete_fields=deleted)
+        deleted = tuple(f"susp:{i}" for i in lift) + tuple(
+            f"org:{o}:{name}" for o in reset for name in self.overlay.organizations[o])
+        return Prepared(change, overlays.apply(policy, remaining), delete_fields=deleted, bundle=bundle)
+
+    async def publish_bundle(self, texts: dict[str, str], policy: Policy, *, actor: str,
+                             from_files: bool = False) -> dict[str, Any]:
+        return await self.commit(self.prepare_bundle(texts, policy, from_files=from_files), actor)
 
     def _overlay_without(self, lift: tuple[str, ...], reset: tuple[str, ...]) -> Overlay:
         current = self.overlay
         return Overlay({k: v for k, v in current.suspensions.items() if k not in lift}, current.lifted,
                        {k: v for k, v in current.organizations.items() if k not in reset}, current.credentials)
 
-    async def put_policy(self, texts: dict[str, str], actor: str, *, lift: tuple[str, ...] = (),
-                         reset: tuple[str, ...] = ()) -> dict[str, Any]:
-        """Replace the bundle; refused whole (nothing changes) when it is invalid, or
-        when it would leave a live control naming what it lacks and `lift`/`reset`
-        do not remove that control with it."""
+    async def prepare_policy(self, texts: dict[str, str], *, lift: tuple[str, ...] = (),
+                             reset: tuple[str, ...] = ()) -> Prepared:
+        """A bundle replacing the current one; refused whole (nothing changes) when it is
+        invalid, or when it would leave a live control naming what it lacks and
+        `lift`/`reset` do not remove that control with it."""
         unknown = [Issue(name, "", "unknown policy file") for name in texts if name not in FILES]
         if unknown:
             raise PolicyError(unknown)
@@ -315,49 +352,61 @@ class LiveState:
         if absent:
             raise ChangeError(absent)
         overlays.check_bundle(loaded.policy, self._overlay_without(lift, reset))
-        return await self.publish_bundle(texts, loaded.policy, actor=actor, lift=lift, reset=reset)
+        return self.prepare_bundle(texts, loaded.policy, lift=lift, reset=reset)
 
-    async def suspend(self, data: dict[str, Any], actor: str) -> dict[str, Any]:
+    async def put_policy(self, texts: dict[str, str], actor: str, *, lift: tuple[str, ...] = (),
+                         reset: tuple[str, ...] = ()) -> dict[str, Any]:
+        return await self.commit(await self.prepare_policy(texts, lift=lift, reset=reset), actor)
+
+    def prepare_suspension(self, data: dict[str, Any]) -> Prepared:
         base = self._require_base()
         new_id = str(data.get("id") or f"susp-{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(3)}")
         document = overlays.check_suspension(base, self.overlay, {k: v for k, v in data.items() if k != "id"}, new_id)
-        change = {"actor": actor, "action": "suspension.create", "target": new_id, "before": None, "after": document}
+        change = {"action": "suspension.create", "target": new_id, "before": None, "after": document}
         after = self._with(suspensions={**self.overlay.suspensions, new_id: document})
-        record = await self._write(change, after, set_fields={f"susp:{new_id}": _json(document)})
-        return record | {"suspension": document}
+        return Prepared(change, after, set_fields={f"susp:{new_id}": _json(document)}, answer={"suspension": document})
 
-    async def lift(self, suspension_id: str, actor: str) -> dict[str, Any]:
+    async def suspend(self, data: dict[str, Any], actor: str) -> dict[str, Any]:
+        return await self.commit(self.prepare_suspension(data), actor)
+
+    def prepare_lift(self, suspension_id: str) -> Prepared:
         base = self._require_base()
         if suspension_id in self.overlay.suspensions:
             before = self.overlay.suspensions[suspension_id]
-            change = {"actor": actor, "action": "suspension.lift", "target": suspension_id, "before": before, "after": None}
+            change = {"action": "suspension.lift", "target": suspension_id, "before": before, "after": None}
             remaining = {k: v for k, v in self.overlay.suspensions.items() if k != suspension_id}
-            return await self._write(change, self._with(suspensions=remaining), delete_fields=[f"susp:{suspension_id}"])
+            return Prepared(change, self._with(suspensions=remaining), delete_fields=(f"susp:{suspension_id}",))
         in_bundle = next((s for s in base.suspensions if s.id == suspension_id), None)
         if in_bundle is None or suspension_id in self.overlay.lifted:
             raise ChangeError([f"no suspension {suspension_id!r} is in force"], status=404)
-        change = {"actor": actor, "action": "suspension.lift", "target": suspension_id,
+        change = {"action": "suspension.lift", "target": suspension_id,
                   "before": {"id": suspension_id, "source": "policy files", "reason": in_bundle.reason}, "after": None}
         after = self._with(lifted=self.overlay.lifted | {suspension_id})
-        return await self._write(change, after, set_fields={f"lift:{suspension_id}": "1"})
+        return Prepared(change, after, set_fields={f"lift:{suspension_id}": "1"})
 
-    async def patch_organization(self, org_id: str, data: dict[str, Any], actor: str) -> dict[str, Any]:
+    async def lift(self, suspension_id: str, actor: str) -> dict[str, Any]:
+        return await self.commit(self.prepare_lift(suspension_id), actor)
+
+    def prepare_org_patch(self, org_id: str, data: dict[str, Any]) -> Prepared:
         base = self._require_base()
         fields = overlays.with_resets(overlays.check_org_patch(base, org_id, data), self.overlay.organizations.get(org_id, {}))
         current = self.state.policy.organizations[org_id] if self.state.policy else base.organizations[org_id]
         before = {name: _plain(getattr(current, name)) for name in fields}
-        change = {"actor": actor, "action": "organization.update", "target": org_id, "before": before, "after": fields}
+        change = {"action": "organization.update", "target": org_id, "before": before, "after": fields}
         override = {**self.overlay.organizations.get(org_id, {}), **fields}
         override = {name: value for name, value in override.items() if value is not None}
         organizations = {k: v for k, v in self.overlay.organizations.items() if k != org_id}
         after = self._with(organizations=organizations | ({org_id: override} if override else {}))
         # null resets a field to the bundle's value.
-        record = await self._write(
+        return Prepared(
             change, after,
             set_fields={f"org:{org_id}:{name}": _json(value) for name, value in fields.items() if value is not None},
-            delete_fields=[f"org:{org_id}:{name}" for name, value in fields.items() if value is None],
+            delete_fields=tuple(f"org:{org_id}:{name}" for name, value in fields.items() if value is None),
+            answer={"remaining": override},  # the overrides still in force, so a reset says what it left
         )
-        return record | {"remaining": override}  # the overrides still in force, so a reset says what it left
+
+    async def patch_organization(self, org_id: str, data: dict[str, Any], actor: str) -> dict[str, Any]:
+        return await self.commit(self.prepare_org_patch(org_id, data), actor)
 
     async def suspend_credential(self, credential_id: str, why: dict[str, Any], actor: str) -> dict[str, Any]:
         if credential_id in self.overlay.credentials:
@@ -366,13 +415,16 @@ class LiveState:
         after = self._with(credentials={**self.overlay.credentials, credential_id: why})
         return await self._write(change, after, set_fields={f"cred:{credential_id}": _json(why)})
 
-    async def reinstate_credential(self, credential_id: str, actor: str) -> dict[str, Any]:
+    def prepare_reinstate_credential(self, credential_id: str) -> Prepared:
         if credential_id not in self.overlay.credentials:
             raise ChangeError([f"credential {credential_id!r} is not suspended"], status=404)
         before = self.overlay.credentials[credential_id]
-        change = {"actor": actor, "action": "credential.reinstate", "target": credential_id, "before": before, "after": None}
+        change = {"action": "credential.reinstate", "target": credential_id, "before": before, "after": None}
         remaining = {k: v for k, v in self.overlay.credentials.items() if k != credential_id}
-        return await self._write(change, self._with(credentials=remaining), delete_fields=[f"cred:{credential_id}"])
+        return Prepared(change, self._with(credentials=remaining), delete_fields=(f"cred:{credential_id}",))
+
+    async def reinstate_credential(self, credential_id: str, actor: str) -> dict[str, Any]:
+        return await self.commit(self.prepare_reinstate_credential(credential_id), actor)
 
     async def changes(self, limit: int = 100) -> list[dict[str, Any]]:
         return await self.store.changes(limit)

@@ -1,0 +1,200 @@
+"""Change control in fleet mode (issue 14): two real replicas, one real Redis.
+
+Tightening takes effect at once and waits for a countersignature; loosening is a
+proposal that applies, on every replica, once another operator approves it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet import SE_IP, SECOND_OPERATOR, THIRD_OPERATOR, VIEWER_TOKEN, Fleet, Reply, start_fleet, wait_for
+
+TWO_PEOPLE = {"approvals": 1}
+
+
+@pytest.fixture
+def fleets(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Fleet]]:
+    started: list[Fleet] = []
+    failures = request.session.testsfailed
+
+    def start(**options: Any) -> Fleet:
+        fleet = start_fleet(tmp_path / f"fleet-{len(started)}", **options)
+        started.append(fleet)
+        return fleet
+
+    yield start
+    for fleet in started:
+        codes = fleet.close()
+        if request.session.testsfailed > failures:
+            print(fleet.logs())
+        assert all(code == 0 for code in codes.values()), codes
+
+
+def suspend_small_2_in_se(fleet: Fleet, **extra: Any) -> Reply:
+    assert se_allowed(fleet.a, fleet) or extra.get("id") != "s-se"  # allowed until it is suspended
+    body = {"models": ["small-2"], "deny_in": ["SE"], "reason": "export order", "reference": "ORDER-1"} | extra
+    return fleet.a.admin("POST", "/admin/suspensions", body)
+
+
+def se_allowed(replica: Any, fleet: Fleet) -> bool:
+    return replica.chat(fleet.key("org-public"), ip=SE_IP).status == 200
+
+
+def test_a_tightening_applies_at_once_and_awaits_a_countersignature_by_another_operator(
+        fleets: Callable[..., Fleet], redis_url: str) -> None:
+    fleet = fleets(redis_url=redis_url, change_control=TWO_PEOPLE)
+    made = suspend_small_2_in_se(fleet, id="s-se")
+    assert made.status == 201, made
+    assert made.json["access"] == "tightening" and made.json["countersign"]["state"] == "awaiting"
+    change_id = made.json["change_id"]
+    wait_for(lambda: not se_allowed(fleet.b, fleet), timeout=1.0)
+    awaiting = fleet.b.admin("GET", "/admin/changes", token=VIEWER_TOKEN).json["awaiting_countersign"]
+    assert [(e["change_id"], e["actor"], e["overdue"]) for e in awaiting] == [(change_id, "ops-alice", False)]
+    assert "gateway_changes_awaiting_countersign 1.0" in fleet.a.admin("GET", "/metrics", token=VIEWER_TOKEN).raw.decode()
+    # The operator who made it cannot countersign it; another can, once.
+    own = fleet.b.admin("POST", f"/admin/changes/{change_id}/countersign", {"reason": "mine"})
+    assert own.status == 403 and "another operator" in own.raw.decode()
+    signed = fleet.b.admin("POST", f"/admin/changes/{change_id}/countersign", {"reason": "order checked"},
+                           token=SECOND_OPERATOR)
+    assert signed.status == 200 and signed.json["actor"] == "ops-carol"
+    assert fleet.a.admin("POST", f"/admin/changes/{change_id}/countersign", token=THIRD_OPERATOR).status == 404
+    changes = fleet.a.admin("GET", "/admin/changes", token=VIEWER_TOKEN).json
+    assert changes["awaiting_countersign"] == []
+    assert changes["changes"][0]["action"] == "change.countersign" and changes["changes"][0]["target"] == change_id
+    fleet.check_nothing_denied_was_forwarded()
+
+
+def test_a_loosening_made_on_a_is_a_proposal_that_applies_on_both_once_b_approves_it(
+        fleets: Callable[..., Fleet], redis_url: str) -> None:
+    fleet = fleets(redis_url=redis_url, change_control=TWO_PEOPLE)
+    assert suspend_small_2_in_se(fleet, id="s-se").status == 201
+    wait_for(lambda: not se_allowed(fleet.b, fleet), timeout=1.0)
+
+    lift = fleet.a.admin("DELETE", "/admin/suspensions/s-se?reason=order+rescinded")
+    assert lift.status == 202, lift
+    proposal = lift.json
+    assert proposal["state"] == "open" and proposal["proposer"] == "ops-alice" and proposal["kind"] == "suspension.lift"
+    assert proposal["access_delta"]["kind"] == "loosening"
+    assert {g["model"] for g in proposal["access_delta"]["granted"]} == {"small-2"}
+    assert all(g["places"] == ["SE"] for g in proposal["access_delta"]["granted"])
+    # Not applied: SE is still refused, on both replicas.
+    assert not se_allowed(fleet.a, fleet) and not se_allowed(fleet.b, fleet)
+    # The simulation replays this replica's recorded requests: the SE ones would flip.
+    assert proposal["simulation"]["would_flip"]["deny_to_allow"] >= 1
+    assert any(row["country"] == "SE" for row in proposal["simulation"]["by_country"])
+
+    # The proposer cannot approve their own proposal.
+    own = fleet.b.admin("POST", f"/admin/proposals/{proposal['id']}/approve", {"reason": "fine"})
+    assert own.status == 403 and "cannot approve" in own.raw.decode()
+    listed = fleet.b.admin("GET", "/admin/proposals?state=open", token=VIEWER_TOKEN).json["proposals"]
+    assert [p["id"] for p in listed] == [proposal["id"]]
+
+    approved = fleet.b.admin("POST", f"/admin/proposals/{proposal['id']}/approve", {"reason": "checked the order"},
+                             token=SECOND_OPERATOR)
+    assert approved.status == 200 and approved.json["state"] == "applied", approved
+    _, elapsed = wait_for(lambda: se_allowed(fleet.a, fleet) and se_allowed(fleet.b, fleet), timeout=1.0)
+    assert elapsed < 1.0
+    again = fleet.a.admin("POST", f"/admin/proposals/{proposal['id']}/approve", token=THIRD_OPERATOR)
+    assert again.status == 409  # applied: nothing to approve
+    applied = next(c for c in fleet.a.admin("GET", "/admin/changes", token=VIEWER_TOKEN).json["changes"]
+                   if c["action"] == "suspension.lift")
+    assert applied["actor"] == "ops-alice" and applied["approved_by"] == ["ops-carol"]
+    assert applied["proposal"] == proposal["id"] and applied["reason"] == "order rescinded"
+    fleet.check_nothing_denied_was_forwarded()
+
+
+def test_concurrent_approvals_apply_a_proposal_once(fleets: Callable[..., Fleet], redis_url: str) -> None:
+    fleet = fleets(redis_url=redis_url, change_control=TWO_PEOPLE)
+    made = fleet.a.admin("PATCH", "/admin/organizations/org-public", {"tier": "government", "reason": "upgrade"})
+    assert made.status == 202, made
+    proposal_id = made.json["id"]
+    replies: list[Reply] = []
+
+    def approve(replica: Any, token: str) -> None:
+        replies.append(replica.admin("POST", f"/admin/proposals/{proposal_id}/approve", token=token))
+
+    threads = [threading.Thread(target=approve, args=(r, t)) for r, t in ((fleet.a, SECOND_OPERATOR), (fleet.b, THIRD_OPERATOR))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(r.status for r in replies) == [200, 409], replies
+    changes = fleet.a.admin("GET", "/admin/changes", token=VIEWER_TOKEN).json["changes"]
+    assert [c["action"] for c in changes].count("organization.update") == 1
+    assert [c["action"] for c in changes].count("proposal.approve") == 1
+
+
+def test_a_stale_proposal_is_recomputed_and_its_approvals_cleared(fleets: Callable[..., Fleet], redis_url: str) -> None:
+    fleet = fleets(redis_url=redis_url, change_control={"approvals": 2})
+    assert suspend_small_2_in_se(fleet, id="s-se").status == 201
+    lift = fleet.a.admin("DELETE", "/admin/suspensions/s-se")
+    assert lift.status == 202
+    proposal_id = lift.json["id"]
+    first = fleet.b.admin("POST", f"/admin/proposals/{proposal_id}/approve", token=SECOND_OPERATOR)
+    assert first.status == 200 and first.json["state"] == "open" and len(first.json["approvals"]) == 1
+    # Meanwhile another suspension also denies small-2 in SE: lifting s-se would now grant nothing.
+    assert suspend_small_2_in_se(fleet, id="s-se-gb", deny_in=["SE", "GB"]).status == 201
+    wait_for(lambda: fleet.b.policy_version() == fleet.a.policy_version(), timeout=1.0)
+    second = fleet.b.admin("POST", f"/admin/proposals/{proposal_id}/approve", token=THIRD_OPERATOR)
+    assert second.status == 409 and "recomputed" in second.raw.decode()
+    shown = fleet.a.admin("GET", f"/admin/proposals/{proposal_id}", token=VIEWER_TOKEN).json
+    assert shown["approvals"] == [] and shown["recomputed"]["approvals_cleared"] is True
+    assert shown["access_delta"]["granted"] == [] and shown["state"] == "open"
+    assert se_allowed(fleet.a, fleet) is False
+
+
+def test_whoami_names_the_token_and_a_viewer_cannot_propose(fleets: Callable[..., Fleet], redis_url: str) -> None:
+    fleet = fleets(redis_url=redis_url, change_control=TWO_PEOPLE)
+    assert fleet.a.admin("GET", "/admin/whoami", token=SECOND_OPERATOR).json == {
+        "name": "ops-carol", "role": "operator", "approvals_needed": 1}
+    refused = fleet.a.admin("POST", "/admin/proposals", {"kind": "suspension.lift", "id": "x"}, token=VIEWER_TOKEN)
+    assert refused.status == 403
+
+
+# Embedded mode, through `gateway admin` as an operator runs it.
+
+CLI_ALICE, CLI_CAROL = "cli-alice-token", "cli-carol-token"
+
+
+@pytest.fixture(scope="module")
+def two_operators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    import hashlib
+
+    from e2e import Stack
+
+    digest = lambda token: hashlib.sha256(token.encode()).hexdigest()  # noqa: E731
+    stack = Stack(tmp_path_factory.mktemp("change-control"), extra_config=f"""admin:
+  tokens:
+    - {{name: ops-alice, sha256: "{digest(CLI_ALICE)}", role: operator}}
+    - {{name: ops-carol, sha256: "{digest(CLI_CAROL)}", role: operator}}
+""")
+    yield stack
+    stack.close()
+
+
+def test_the_cli_walks_a_suspension_its_lift_proposal_and_the_second_operators_approval(two_operators: Any) -> None:
+    from test_admin_cli import gateway_admin
+
+    stack = two_operators
+    assert "ops-carol (operator)" in gateway_admin(stack, "whoami", token=CLI_CAROL).stdout
+    made = gateway_admin(stack, "suspend", "--model", "small-2", "--deny-in", "SE", "--reason", "order", "--id", "s-cli",
+                         token=CLI_ALICE)
+    assert made.returncode == 0 and "another operator must countersign change chg-" in made.stdout, made
+    lift = gateway_admin(stack, "lift", "s-cli", "--reason", "order rescinded", token=CLI_ALICE)
+    assert lift.returncode == 0 and "not applied" in lift.stdout, lift
+    proposal_id = lift.stdout.split("gateway admin approve ", 1)[1].split(")", 1)[0]
+    shown = gateway_admin(stack, "show", proposal_id, token=CLI_CAROL).stdout
+    assert "Access delta: loosening" in shown and "grants small-2" in shown and "Simulation over" in shown
+    assert len(shown.splitlines()) <= 40  # one screen
+    assert proposal_id in gateway_admin(stack, "proposals", token=CLI_CAROL).stdout
+    own = gateway_admin(stack, "approve", proposal_id, token=CLI_ALICE)
+    assert own.returncode == 1 and "cannot approve" in own.stderr
+    approved = gateway_admin(stack, "approve", proposal_id, "--reason", "seen the order", token=CLI_CAROL)
+    assert approved.returncode == 0 and "is now applied" in approved.stdout, approved
+    log = gateway_admin(stack, "changes", token=CLI_CAROL).stdout
+    assert "suspension.lift s-cli" in log and "approved by ops-carol" in log and "awaiting countersignature" in log
