@@ -158,6 +158,23 @@ def cmd_policy_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_policy_prove(args: argparse.Namespace) -> int:
+    from gateway.policy import prove
+
+    if args.horizon <= 0:
+        raise UsageError("--horizon: must be a positive number of days")
+    policy = load_bundle(args.directory).policy
+    at = parse_time(args.at) if args.at else datetime.now(UTC)
+    outcomes = prove.prove(policy, at, horizon_days=args.horizon, regions=_overlay_regions())
+    print(json.dumps(prove.as_json(outcomes), indent=2) if args.json else prove.render(outcomes))
+    return 0 if all(o.proved for o in outcomes) else 1
+
+
+def _overlay_regions() -> frozenset[str]:
+    """The embedded overlay's regions: places a caller may be put in without a City database."""
+    return _placeable_regions(None) or frozenset()
+
+
 def cmd_policy_simulate(args: argparse.Namespace) -> int:
     from itertools import chain
 
@@ -336,6 +353,20 @@ def build_parser() -> argparse.ArgumentParser:
     pdiff.add_argument("--anonymizer", action="store_true", help="decide the grid as if through a VPN/Tor/hosting network")
     pdiff.add_argument("--json", action="store_true", help="machine-readable output")
     pdiff.set_defaults(run=cmd_policy_diff)
+
+    pprove = policy_verbs.add_parser(
+        "prove", help="prove the bundle's assertions (assertions.yaml) over every fact; exit 1 on a violation",
+        description="For each assertion of DIR/assertions.yaml: PROVED, or VIOLATED with a counterexample (the "
+                    "organization or class of organizations, model, place, anonymizer and time, and the decision "
+                    "and explanation there). Exact, not sampled: every instant from --at over --horizon days, "
+                    "every country and region, every listed organization and every tier/status an unlisted one "
+                    "could have (see docs/assertions.md).")
+    pprove.add_argument("directory", metavar="DIR")
+    pprove.add_argument("--horizon", type=float, default=365, metavar="DAYS",
+                        help="prove over this many days from --at (default: 365)")
+    pprove.add_argument("--at", metavar="ISO8601", help="start of the horizon (default: now)")
+    pprove.add_argument("--json", action="store_true", help="machine-readable output")
+    pprove.set_defaults(run=cmd_policy_prove)
 
     sim = policy_verbs.add_parser(
         "simulate", help="replay recorded requests under a proposed bundle: which decisions would flip",

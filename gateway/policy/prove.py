@@ -388,6 +388,8 @@ def describe(example: Counterexample) -> str:
         where = countries.label(facts.observed_country)
     elif facts.observed_region.endswith(f"-{_UNNAMED}"):
         where = f"a region of {facts.observed_region[:2]} no group names, reported under {facts.observed_country}"
+    elif facts.observed_region[:2] == facts.observed_country:
+        where = countries.label(facts.observed_region)
     else:
         where = f"{countries.label(facts.observed_region)} reported under {facts.observed_country}"
     through = " through an anonymizer" if facts.anonymizer else ""
