@@ -106,6 +106,7 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
                          placeable_regions=_placeable_regions(config))
     policy = loaded.policy
     warnings = [*loaded.warnings, *(_config_issues(policy, config) if config else [])]
+    _refuse_violations(policy, parse_time(args.at) if args.at else datetime.now(UTC), warnings)
     if args.json:
         print(json.dumps({"valid": True, "version": policy.version, "issues": [w.as_dict() for w in warnings]}, indent=2))
         return 0
@@ -117,6 +118,18 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
         f"{len(policy.suspensions)} suspensions"
     )
     return 0
+
+
+def _refuse_violations(policy: Policy, at: datetime, warnings: list[Issue]) -> None:
+    """A violated assertion makes the bundle invalid, as any other error does."""
+    from gateway.policy import prove
+    from gateway.policy.load import ASSERTIONS
+
+    errors = [Issue(ASSERTIONS, f"assertions.{o.assertion.name}",
+                    f"violated: {prove.describe(o.counterexample).splitlines()[0]} (see gateway policy prove)")
+              for o in prove.prove(policy, at, regions=_overlay_regions()) if o.counterexample is not None]
+    if errors:
+        raise PolicyError([*errors, *warnings])
 
 
 def _placeable_regions(config: Config | None) -> frozenset[str] | None:
@@ -142,7 +155,7 @@ def _config_issues(policy: Policy, config: Config) -> list[Issue]:
 
 
 def cmd_policy_diff(args: argparse.Namespace) -> int:
-    from gateway.policy import diff
+    from gateway.policy import diff, prove
 
     old = load_bundle(args.old).policy
     new = load_bundle(args.new).policy
@@ -151,10 +164,13 @@ def cmd_policy_diff(args: argparse.Namespace) -> int:
         result = diff.diff(old, new, at, models=args.model, anonymizer=args.anonymizer)
     except KeyError as exc:
         raise UsageError(f"--model: {exc.args[0]!r} is in neither bundle") from None
+    regions = _overlay_regions()
+    changes = prove.state_changes(prove.prove(old, at, regions=regions), prove.prove(new, at, regions=regions))
     if args.json:
-        print(json.dumps(diff.as_json(result), indent=2))
+        print(json.dumps(diff.as_json(result) | {"assertions": changes}, indent=2))
     else:
         print(diff.render(result, args.old, args.new))
+        print(prove.render_changes(changes))
     return 0
 
 

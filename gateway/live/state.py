@@ -233,11 +233,12 @@ class LiveState:
             self.metrics.policy_reloads.labels("success").inc()
             return
         try:
-            overlays.check_bundle(loaded.policy, shared.overlay if shared is not None else self.overlay)
+            await asyncio.to_thread(overlays.check_bundle, loaded.policy,
+                                    shared.overlay if shared is not None else self.overlay, datetime.now(UTC))
         except ChangeError as refused:
             self.metrics.policy_reloads.labels("failure").inc()
-            log.error("policy %s refused, the running policy stays: it would drop live controls\n  %s",
-                      self.policy_dir, "\n  ".join(refused.problems))
+            log.error("policy %s refused, the running policy stays: it would drop live controls or break an "
+                      "assertion\n  %s", self.policy_dir, "\n  ".join(refused.problems))
             raise
         self.metrics.policy_reloads.labels("success").inc()
         await self.publish_bundle(texts, loaded.policy, actor="policy_dir", from_files=True)
@@ -260,7 +261,10 @@ class LiveState:
 
     async def _write(self, change: dict[str, Any], after: Policy, *, set_fields: dict[str, str] | None = None,
                      delete_fields: list[str] | None = None, bundle: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Record and store one change; `after` is the policy it puts in force."""
+        """Record and store one change; `after` is the policy it puts in force. A live
+        change that would break an assertion is refused here (a bundle already was)."""
+        if bundle is None and not str(change.get("action", "")).startswith("credential."):
+            await asyncio.to_thread(overlays.check_assertions, after, datetime.now(UTC))
         before = self.state.policy.version if self.state.policy else None
         record = change | {"time": _now(), "policy_version_before": before, "policy_version": after.version}
         await self.store.write(set_fields=set_fields or {}, delete_fields=delete_fields or [], bundle=bundle,
@@ -314,7 +318,8 @@ class LiveState:
         absent += [f"reset: organization {o!r} has no live override" for o in reset if o not in self.overlay.organizations]
         if absent:
             raise ChangeError(absent)
-        overlays.check_bundle(loaded.policy, self._overlay_without(lift, reset))
+        await asyncio.to_thread(overlays.check_bundle, loaded.policy, self._overlay_without(lift, reset),
+                                datetime.now(UTC))
         return await self.publish_bundle(texts, loaded.policy, actor=actor, lift=lift, reset=reset)
 
     async def suspend(self, data: dict[str, Any], actor: str) -> dict[str, Any]:

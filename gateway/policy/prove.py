@@ -398,3 +398,19 @@ def describe(example: Counterexample) -> str:
     head = (f"counterexample: {who} calling {model} from {where}{through} at {explain.iso(example.at)}: "
             f"{decision.verdict} {decision.status}{reasons}")
     return "\n".join([head, *("  " + line for line in explain.render(example.account).splitlines())])
+
+
+def state_changes(old: list[Outcome], new: list[Outcome]) -> list[dict[str, str | None]]:
+    """Assertions whose state differs between two bundles (`policy diff`): None is
+    an assertion the bundle does not have."""
+    before = {o.assertion.name: o.state for o in old}
+    after = {o.assertion.name: o.state for o in new}
+    return [{"name": name, "old": before.get(name), "new": after.get(name)}
+            for name in sorted(before.keys() | after.keys()) if before.get(name) != after.get(name)]
+
+
+def render_changes(changes: list[dict[str, str | None]]) -> str:
+    if not changes:
+        return "Assertions: no assertion changes state."
+    return "\n".join(["Assertions that change state:",
+                      *(f"  {c['name']}: {c['old'] or 'absent'} -> {c['new'] or 'absent'}" for c in changes)])

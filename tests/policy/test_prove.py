@@ -288,3 +288,17 @@ def test_random_bundles_the_prover_agrees_with_decide(texts: dict[str, str], see
             assertion = outcome.assertion
             if outcome.proved and prove.in_scope(assertion, tried, facts, moment.timestamp()):
                 assert not prove.violates(assertion, decision), (assertion.name, facts, moment, decision)
+
+
+def test_validate_refuses_a_bundle_that_breaks_an_assertion(shipped: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "validate", str(SHIPPED), "--at", "2026-12-03T00:00:00Z"]) == 0
+    capsys.readouterr()
+    edit(shipped, "framework.yaml", "deny_jurisdictions: [embargoed]", "deny_jurisdictions: []")
+    assert main(["policy", "validate", str(shipped), "--at", "2026-12-03T00:00:00Z"]) == 1
+    assert "assertions.yaml: assertions.embargo-holds: violated: counterexample:" in capsys.readouterr().err
+
+
+def test_diff_names_the_assertions_that_change_state(shipped: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    edit(shipped, "framework.yaml", "deny_jurisdictions: [embargoed]", "deny_jurisdictions: []")
+    assert main(["policy", "diff", str(SHIPPED), str(shipped), "--at", "2026-12-03T00:00:00Z"]) == 0
+    assert "Assertions that change state:\n  embargo-holds: PROVED -> VIOLATED" in capsys.readouterr().out
