@@ -83,6 +83,14 @@ class ChangeControl:
         return 201, await self._propose(kind, target, change, actor, prepared, delta, reason, reference)
 
     async def prepare(self, kind: str, target: str | None, body: dict[str, Any]) -> Prepared:
+        """The change checked as the live policy stands, assertions included: a change
+        that breaks one is refused before it is applied or proposed."""
+        prepared = await self._prepare(kind, target, body)
+        if prepared.bundle is None and kind != "credential.reinstate":  # a bundle was proved as it was read
+            await self.live.prove(prepared.after)
+        return prepared
+
+    async def _prepare(self, kind: str, target: str | None, body: dict[str, Any]) -> Prepared:
         live = self.live
         if kind == "suspension.create":
             return live.prepare_suspension(body)
