@@ -93,7 +93,9 @@ class Clock:
 CLOCK = Clock()
 
 
+# Revocation follows changes whoever makes them: one operator's word suffices here.
 ADMIN_CONFIG = f"""
+change_control: {{approvals: 0}}
 admin: {{tokens: [{{name: ops-alice, sha256: "{hashlib.sha256(OPERATOR.encode()).hexdigest()}", role: operator}}]}}
 """
 

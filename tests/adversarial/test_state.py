@@ -30,7 +30,7 @@ OPERATOR = "operator-adversarial"
 def admin_config() -> str:
     import hashlib
 
-    return f'admin:\n  tokens:\n    - {{name: ops, sha256: "{hashlib.sha256(OPERATOR.encode()).hexdigest()}", role: operator}}\n'
+    return f'change_control: {{approvals: 0}}\nadmin:\n  tokens:\n    - {{name: ops, sha256: "{hashlib.sha256(OPERATOR.encode()).hexdigest()}", role: operator}}\n'
 
 
 def admin_call(stack: Stack, method: str, path: str, body: Any = None) -> dict[str, Any]:
