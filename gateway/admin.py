@@ -226,6 +226,9 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         return JSONResponse({"changes": await live.changes(_limit(request)),
                              "awaiting_countersign": await control.awaiting()})
 
+    async def verify_changes(request: Request, actor: str) -> Response:
+        return JSONResponse((await live.verify_changes()).as_json())
+
     return Starlette(routes=[
         Route("/healthz", healthz),
         Route("/readyz", readyz),
@@ -241,6 +244,7 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         Route("/admin/explain", guarded("viewer", explain_endpoint), methods=["POST"]),
         Route("/admin/decisions", guarded("viewer", decisions), methods=["GET"]),
         Route("/admin/changes", guarded("viewer", changes), methods=["GET"]),
+        Route("/admin/changes/verify", guarded("viewer", verify_changes), methods=["GET"]),
         Route("/admin/changes/{id}/countersign", guarded("operator", countersign), methods=["POST"]),
         Route("/admin/proposals", guarded("operator", create_proposal), methods=["POST"]),
         Route("/admin/proposals", guarded("viewer", list_proposals), methods=["GET"]),

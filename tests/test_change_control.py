@@ -5,6 +5,7 @@ proposal that applies, on every replica, once another operator approves it."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -127,6 +128,9 @@ def test_concurrent_approvals_apply_a_proposal_once(fleets: Callable[..., Fleet]
     changes = fleet.a.admin("GET", "/admin/changes", token=VIEWER_TOKEN).json["changes"]
     assert [c["action"] for c in changes].count("organization.update") == 1
     assert [c["action"] for c in changes].count("proposal.approve") == 1
+    # Two replicas wrote at once, and the change log is still one chain.
+    verified = fleet.b.admin("GET", "/admin/changes/verify", token=VIEWER_TOKEN).json
+    assert verified["ok"] and verified["records"] == len(changes), verified
 
 
 def test_a_stale_proposal_is_recomputed_and_its_approvals_cleared(fleets: Callable[..., Fleet], redis_url: str) -> None:
@@ -198,3 +202,38 @@ def test_the_cli_walks_a_suspension_its_lift_proposal_and_the_second_operators_a
     assert approved.returncode == 0 and "is now applied" in approved.stdout, approved
     log = gateway_admin(stack, "changes", token=CLI_CAROL).stdout
     assert "suspension.lift s-cli" in log and "approved by ops-carol" in log and "awaiting countersignature" in log
+
+
+def test_every_step_is_in_the_change_log_and_its_hash_chain_is_checked(two_operators: Any) -> None:
+    from test_admin_cli import gateway_admin
+
+    stack = two_operators
+    made = gateway_admin(stack, "--json", "suspend", "--model", "small-2", "--deny-in", "GB", "--reason", "order",
+                         token=CLI_ALICE)
+    assert made.returncode == 0, made
+    change_id = json.loads(made.stdout)["change_id"]
+    assert gateway_admin(stack, "countersign", change_id, "--reason", "seen", token=CLI_CAROL).returncode == 0
+    for closing, token in (("reject", CLI_CAROL), ("withdraw", CLI_ALICE)):
+        proposed = gateway_admin(stack, "--json", "org", "org-public", "--tier", "government", token=CLI_ALICE)
+        proposal_id = json.loads(proposed.stdout)["id"]
+        closed = gateway_admin(stack, closing, proposal_id, "--reason", f"{closing} it", token=token)
+        assert closed.returncode == 0, closed
+    log = json.loads(gateway_admin(stack, "--json", "changes", token=CLI_CAROL).stdout)["changes"]
+    actions = [(c["action"], c["actor"]) for c in log[:6]][::-1]
+    assert actions == [("suspension.create", "ops-alice"), ("change.countersign", "ops-carol"),
+                       ("proposal.create", "ops-alice"), ("proposal.reject", "ops-carol"),
+                       ("proposal.create", "ops-alice"), ("proposal.withdraw", "ops-alice")]
+    assert log[0]["reason"] == "withdraw it" and log[0]["prev"] == log[1]["hash"]
+
+    verified = gateway_admin(stack, "changes", "--verify", token=CLI_CAROL)
+    assert verified.returncode == 0 and "hash chain intact" in verified.stdout, verified
+    # An edited record is named by its seq; the log is put back for the tests after this one.
+    path = Path(stack.config.state_dir) / "live" / "changes.jsonl"
+    original = path.read_text()
+    try:
+        path.write_text(original.replace('"reason":"reject it"', '"reason":"looks fine"'))
+        tampered = gateway_admin(stack, "changes", "--verify", token=CLI_CAROL)
+        seq = next(c["seq"] for c in log if c["action"] == "proposal.reject")
+        assert tampered.returncode == 1 and f"seq {seq}: edited" in tampered.stdout, tampered
+    finally:
+        path.write_text(original)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.audit.verification import Verification, verify_change_log
 from gateway.live import overlay as overlays
 from gateway.live.overlay import ChangeError, Overlay
 from gateway.live.store import Shared, Store
@@ -428,6 +429,12 @@ class LiveState:
 
     async def changes(self, limit: int = 100) -> list[dict[str, Any]]:
         return await self.store.changes(limit)
+
+    async def verify_changes(self) -> Verification:
+        """The change log's hash chain checked whole, against the store's head."""
+        found = await self.store.change_log()
+        return await asyncio.to_thread(verify_change_log, found.lines, found.source, head=found.head,
+                                       complete=found.complete)
 
 
 def _json(value: Any) -> str:
