@@ -9,6 +9,8 @@ records who, when, what, before and after.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import hmac
 import itertools
@@ -173,6 +175,23 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         return await submit("credential.reinstate", request.path_params["id"], {}, actor,
                             reason=request.query_params.get("reason"))
 
+    async def create_key(request: Request, actor: str) -> Response:
+        """A new API key from the SHA-256 of a secret the requester keeps (gateway/live/key_changes.py)."""
+        body = await json_body(request)
+        return await submit("apikey.create", None, body, actor, applied=201,
+                            reason=body.get("reason"), reference=body.get("reference"))
+
+    async def revoke_key(request: Request, actor: str) -> Response:
+        query = request.query_params
+        return await submit("apikey.revoke", request.path_params["id"], {}, actor,
+                            reason=query.get("reason"), reference=query.get("reference"))
+
+    async def list_keys(request: Request, actor: str) -> Response:
+        if control.keys is None:
+            return error(404, "not_found", "API keys are disabled here (identity.api_keys: false).")
+        keys = await asyncio.to_thread(control.keys.list)
+        return JSONResponse({"keys": [dataclasses.asdict(key) for key in keys]})
+
     async def create_proposal(request: Request, actor: str) -> Response:
         status, proposal = await control.propose(await json_body(request), actor)
         return JSONResponse(proposal, status_code=status)
@@ -251,6 +270,9 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         Route("/admin/proposals/{id}", guarded("viewer", show_proposal), methods=["GET"]),
         Route("/admin/proposals/{id}/{verb}", guarded("operator", decide_proposal), methods=["POST"]),
         Route("/admin/whoami", guarded("viewer", whoami), methods=["GET"]),
+        Route("/admin/keys", guarded("viewer", list_keys), methods=["GET"]),
+        Route("/admin/keys", guarded("operator", create_key), methods=["POST"]),
+        Route("/admin/keys/{id}", guarded("operator", revoke_key), methods=["DELETE"]),
     ])
 
 

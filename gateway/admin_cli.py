@@ -614,9 +614,10 @@ def add_arguments(admin: argparse.ArgumentParser) -> None:
     decisions.add_argument("--decision", choices=["allow", "deny"], help="only allowed or denied requests")
     decisions.add_argument("--limit", type=int, metavar="N", help="at most N decisions (server default 100)")
 
-    from gateway.admin_control_cli import add_verbs
+    from gateway import admin_control_cli, admin_keys_cli
 
-    add_verbs(verb)
+    admin_control_cli.add_verbs(verb)
+    admin_keys_cli.add_verbs(verb)
 
     explain = verb("explain", do_explain, "decide one request on the running policy and say why (POST /admin/explain)")
     explain.add_argument("--org", required=True, help="organization id")

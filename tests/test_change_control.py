@@ -5,8 +5,10 @@ proposal that applies, on every replica, once another operator approves it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -152,6 +154,28 @@ def test_a_stale_proposal_is_recomputed_and_its_approvals_cleared(fleets: Callab
     assert se_allowed(fleet.a, fleet) is False
 
 
+def test_an_api_key_proposed_on_a_and_approved_on_b_works_on_both_and_its_revocation_applies_at_once(
+        fleets: Callable[..., Fleet], redis_url: str) -> None:
+    fleet = fleets(redis_url=redis_url, change_control=TWO_PEOPLE)
+    secret = "fgw_" + uuid.uuid4().hex + uuid.uuid4().hex  # drawn by the requester, who sends its hash only
+    proposed = fleet.a.admin("POST", "/admin/keys", {"org_id": "org-public", "sha256": hashlib.sha256(secret.encode()).hexdigest(),
+                                                     "label": "batch", "reason": "onboarding"})
+    assert proposed.status == 202 and proposed.json["access_delta"]["kind"] == "loosening", proposed
+    key_id = proposed.json["target"]
+    assert fleet.a.chat(secret).status == 401
+    approved = fleet.b.admin("POST", f"/admin/proposals/{proposed.json['id']}/approve", token=SECOND_OPERATOR)
+    assert approved.json["state"] == "applied", approved
+    wait_for(lambda: fleet.a.chat(secret).status == 200 and fleet.b.chat(secret).status == 200, timeout=2.0)
+    revoked = fleet.b.admin("DELETE", f"/admin/keys/{key_id}?reason=leaked")
+    assert revoked.status == 200 and revoked.json["countersign"]["state"] == "awaiting", revoked
+    wait_for(lambda: fleet.a.chat(secret).status == 401 and fleet.b.chat(secret).status == 401, timeout=2.0)
+    assert fleet.a.admin("DELETE", f"/admin/keys/{key_id}").status == 404  # revoked already
+    bad = fleet.a.admin("POST", "/admin/keys", {"org_id": "org-public", "sha256": secret})
+    assert bad.status == 422 and "sha256" in bad.raw.decode()  # a secret sent by mistake is refused
+    actions = [c["action"] for c in fleet.a.admin("GET", "/admin/changes", token=VIEWER_TOKEN).json["changes"]]
+    assert actions[:4] == ["apikey.revoke", "apikey.create", "proposal.approve", "proposal.create"]
+
+
 def test_whoami_names_the_token_and_a_viewer_cannot_propose(fleets: Callable[..., Fleet], redis_url: str) -> None:
     fleet = fleets(redis_url=redis_url, change_control=TWO_PEOPLE)
     assert fleet.a.admin("GET", "/admin/whoami", token=SECOND_OPERATOR).json == {
@@ -167,7 +191,6 @@ CLI_ALICE, CLI_CAROL = "cli-alice-token", "cli-carol-token"
 
 @pytest.fixture(scope="module")
 def two_operators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    import hashlib
 
     from e2e import Stack
 
@@ -237,3 +260,69 @@ def test_every_step_is_in_the_change_log_and_its_hash_chain_is_checked(two_opera
         assert tampered.returncode == 1 and f"seq {seq}: edited" in tampered.stdout, tampered
     finally:
         path.write_text(original)
+
+
+def chat_status(stack: Any, secret: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"model": "fable", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    request = urllib.request.Request(stack.url + "/v1/chat/completions", data=body, method="POST", headers={
+        "Authorization": f"Bearer {secret}", "Content-Type": "application/json", "X-Forwarded-For": SE_IP})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as refused:
+        return int(refused.code)
+
+
+def test_an_api_key_is_proposed_by_its_hash_works_once_approved_and_is_revoked_at_once(two_operators: Any) -> None:
+    from test_admin_cli import gateway_admin
+
+    stack = two_operators
+    made = gateway_admin(stack, "key-create", "--org", "org-public", "--label", "batch jobs", "--reason", "onboarding",
+                         token=CLI_ALICE)
+    assert made.returncode == 0 and "not applied" in made.stdout, made
+    secret = made.stdout.split("Secret: ", 1)[1].split()[0]
+    proposal_id = made.stdout.split("gateway admin approve ", 1)[1].split(")", 1)[0]
+    assert "grants: API key key_" in made.stdout and "works once the proposal is approved" in made.stdout
+    assert chat_status(stack, secret) == 401  # proposed, not created
+    shown = gateway_admin(stack, "--json", "show", proposal_id, token=CLI_CAROL).stdout
+    assert secret not in shown and hashlib.sha256(secret.encode()).hexdigest() in shown  # the reviewer sees the hash
+    assert gateway_admin(stack, "approve", proposal_id, token=CLI_CAROL).returncode == 0
+    assert wait_for(lambda: chat_status(stack, secret) == 200, timeout=3.0)[0]  # replicas read new keys within a second
+    key_id = json.loads(shown)["target"]
+    assert key_id in gateway_admin(stack, "keys", "--org", "org-public", token=CLI_CAROL).stdout
+
+    revoked = gateway_admin(stack, "key-revoke", key_id, "--reason", "laptop stolen", token=CLI_CAROL)
+    assert revoked.returncode == 0 and "another operator must countersign" in revoked.stdout, revoked
+    assert wait_for(lambda: chat_status(stack, secret) == 401, timeout=3.0)[0]
+    log = json.loads(gateway_admin(stack, "--json", "changes", token=CLI_CAROL).stdout)
+    created = next(c for c in log["changes"] if c["action"] == "apikey.create" and c["target"] == key_id)
+    assert created["actor"] == "ops-alice" and created["approved_by"] == ["ops-carol"]
+    assert created["after"]["org_id"] == "org-public" and created["reason"] == "onboarding"
+    assert log["changes"][0]["action"] == "apikey.revoke" and log["changes"][0]["reason"] == "laptop stolen"
+    assert key_id in [e["target"] for e in log["awaiting_countersign"]]
+    assert secret not in json.dumps(log)
+
+
+def test_gateway_keys_records_its_changes_as_the_local_user(two_operators: Any) -> None:
+    import getpass
+    import subprocess
+    import sys
+
+    from test_admin_cli import ROOT, gateway_admin
+
+    stack = two_operators
+    config = stack.directory / "gateway.yaml"
+    made = subprocess.run([sys.executable, "-m", "gateway", "keys", "create", "--org", "org-acme", "--json",
+                           "--config", str(config)], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert made.returncode == 0, made
+    key_id = json.loads(made.stdout)["key_id"]
+    revoked = subprocess.run([sys.executable, "-m", "gateway", "keys", "revoke", key_id, "--config", str(config)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert revoked.returncode == 0, revoked
+    log = json.loads(gateway_admin(stack, "--json", "changes", token=CLI_CAROL).stdout)["changes"]
+    assert [(c["action"], c["target"], c["actor"]) for c in log[:2]] == [
+        ("apikey.revoke", key_id, f"local:{getpass.getuser()}"), ("apikey.create", key_id, f"local:{getpass.getuser()}")]
+    assert gateway_admin(stack, "changes", "--verify", token=CLI_CAROL).returncode == 0

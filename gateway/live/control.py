@@ -23,6 +23,7 @@ import json
 import logging
 import secrets
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
@@ -30,6 +31,8 @@ from typing import Any
 
 from gateway.audit import lines_backwards
 from gateway.config import ChangeControlConfig
+from gateway.identity.apikeys import ApiKeyAdmin
+from gateway.live import key_changes
 from gateway.live import proposals as rules
 from gateway.live.access_delta import AccessDelta, as_json, classify
 from gateway.live.overlay import ChangeError
@@ -37,12 +40,14 @@ from gateway.live.proposals import ProposalStore, StaleProposal
 from gateway.live.state import LiveState, Prepared, new_change_id
 from gateway.metrics import Metrics
 from gateway.policy import diff, simulate
+from gateway.policy.snapshot import Policy
 
 log = logging.getLogger("gateway.live")
 
-KINDS = ("suspension.create", "suspension.lift", "organization.update", "policy.replace", "credential.reinstate")
+KINDS = ("suspension.create", "suspension.lift", "organization.update", "policy.replace", "credential.reinstate",
+         key_changes.CREATE, key_changes.REVOKE)
 # Kinds whose body names the change's target by "id" (a suspension's new id is part of its document).
-_TARGETED = frozenset({"suspension.lift", "organization.update", "credential.reinstate"})
+_TARGETED = frozenset({"suspension.lift", "organization.update", "credential.reinstate", key_changes.REVOKE})
 SIMULATION_RECORDS = 10_000
 METRICS_EVERY_S = 5.0
 
@@ -53,8 +58,10 @@ def _iso(moment: datetime) -> str:
 
 class ChangeControl:
     def __init__(self, live: LiveState, store: ProposalStore, config: ChangeControlConfig, metrics: Metrics,
-                 audit_path: str | None = None) -> None:
+                 audit_path: str | None = None, *, keys: ApiKeyAdmin | None = None) -> None:
+        """`keys`: where API keys created and revoked through the admin API go (None: API keys are off)."""
         self.live = live
+        self.keys = keys
         self.store = store
         self.config = config
         self.metrics = metrics
@@ -86,6 +93,8 @@ class ChangeControl:
         live = self.live
         if kind == "suspension.create":
             return live.prepare_suspension(body)
+        if kind == key_changes.CREATE:
+            return await key_changes.prepare_create(self.keys, self._in_force(), body)
         if kind == "policy.replace":
             return await live.prepare_policy(body["files"], lift=tuple(body.get("lift", ())),
                                              reset=tuple(body.get("reset_organizations", ())))
@@ -97,14 +106,25 @@ class ChangeControl:
             return live.prepare_org_patch(target, body)
         if kind == "credential.reinstate":
             return live.prepare_reinstate_credential(target)
+        if kind == key_changes.REVOKE:
+            return await key_changes.prepare_revoke(self.keys, self._in_force(), target)
         raise ChangeError([f"kind: one of {', '.join(KINDS)}"])
+
+    def _in_force(self) -> Policy:
+        if self.live.state.policy is None:
+            raise ChangeError(["no valid policy is loaded"], status=503)
+        return self.live.state.policy
 
     async def _classify(self, prepared: Prepared) -> AccessDelta:
         current = self.live.state.policy
         if current is None:
             raise ChangeError(["no valid policy is loaded"], status=503)
         # Off the event loop: a bundle's grid takes a while, and requests share this loop.
-        return await asyncio.to_thread(classify, current, prepared.after, datetime.now(UTC))
+        delta = await asyncio.to_thread(classify, current, prepared.after, datetime.now(UTC))
+        action, target = prepared.change["action"], prepared.change["target"]
+        if action == key_changes.CREATE:
+            return replace(delta, keys_created=(target,))
+        return replace(delta, keys_revoked=(target,)) if action == key_changes.REVOKE else delta
 
     async def _apply_tightening(self, prepared: Prepared, actor: str, notes: dict[str, Any]) -> dict[str, Any]:
         due = _iso(datetime.now(UTC) + timedelta(seconds=self.config.countersign_within))
@@ -121,6 +141,8 @@ class ChangeControl:
         now = datetime.now(UTC)
         if kind == "suspension.create":  # the id it was reviewed under is the id it gets
             body = body | {"id": prepared.change["target"]}
+        if kind == key_changes.CREATE:
+            body = body | {"key_id": prepared.change["target"]}
         proposal_id = f"prop-{now:%Y%m%d}-{secrets.token_hex(4)}"
         proposal = {
             "id": proposal_id, "kind": kind, "target": target or prepared.change.get("target"), "body": body,
@@ -331,6 +353,8 @@ def split_proposal(body: dict[str, Any]) -> tuple[str, str | None, dict[str, Any
     if kind == "suspension.create":  # its reason and reference are the suspension's own
         return kind, None, body, _text(body.get("reason")), _text(body.get("reference"))
     reason, reference = _text(body.pop("reason", None)), _text(body.pop("reference", None))
+    if kind == key_changes.CREATE:
+        body = key_changes.request_of(body)
     if kind == "policy.replace":
         files = body.get("files")
         if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):

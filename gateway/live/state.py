@@ -21,7 +21,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +29,7 @@ from typing import Any
 from gateway.audit.verification import Verification, verify_change_log
 from gateway.live import overlay as overlays
 from gateway.live.overlay import ChangeError, Overlay
+from gateway.config import Config
 from gateway.live.store import Shared, Store
 from gateway.metrics import Metrics
 from gateway.policy.issues import Issue, PolicyError
@@ -67,6 +68,8 @@ class Prepared:
     delete_fields: tuple[str, ...] = ()
     bundle: dict[str, Any] | None = None
     answer: Mapping[str, Any] = field(default_factory=dict)  # added to the admin API's answer
+    # A write outside the live state (an API key), made just before the record.
+    effect: Callable[[], Awaitable[Mapping[str, Any]]] | None = None
 
 
 def new_change_id() -> str:
@@ -291,6 +294,8 @@ class LiveState:
     async def commit(self, prepared: Prepared, actor: str, **details: Any) -> dict[str, Any]:
         """Write a prepared change as `actor`; `details` go into its record (reason, proposal, ...)."""
         change = {"actor": actor, **prepared.change, **details}
+        if prepared.effect is not None:
+            await prepared.effect()
         record = await self._write(change, prepared.after, set_fields=dict(prepared.set_fields),
                                    delete_fields=list(prepared.delete_fields), bundle=prepared.bundle)
         return record | prepared.answer
@@ -435,6 +440,21 @@ class LiveState:
         found = await self.store.change_log()
         return await asyncio.to_thread(verify_change_log, found.lines, found.source, head=found.head,
                                        complete=found.complete)
+
+
+async def record_local(config: Config, change: dict[str, Any]) -> None:
+    """Record a change made outside a running gateway (`gateway keys`) in the change log of
+    the store `config` names, as a running gateway records its own."""
+    from gateway.live.store import LocalStore, RedisStore, record_only
+
+    redis = config.redis
+    store: Store = (RedisStore(redis.url, namespace=redis.namespace, timeout_s=redis.timeout_s, cluster=redis.cluster)
+                    if redis.url else LocalStore(config.state_dir))
+    try:
+        await record_only(store, {"change_id": new_change_id()} | change | {
+            "time": _now(), "policy_version_before": None, "policy_version": None})
+    finally:
+        await store.close()
 
 
 def _json(value: Any) -> str:

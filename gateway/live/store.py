@@ -23,6 +23,7 @@ mistake for the one they hold; replicas restore a lost state from their mirror.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -140,6 +141,17 @@ class LocalStore:
 
     async def write(self, *, set_fields: dict[str, str], delete_fields: list[str], bundle: dict[str, Any] | None,
                     change: dict[str, Any], epoch: str | None = None) -> int:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # `gateway keys` records its changes from another process: one writer at a time.
+        lock = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._write(set_fields, delete_fields, bundle, change)
+        finally:
+            os.close(lock)
+
+    def _write(self, set_fields: dict[str, str], delete_fields: list[str], bundle: dict[str, Any] | None,
+               change: dict[str, Any]) -> int:
         state = self._state()
         state["fields"].update(set_fields)
         for name in delete_fields:
@@ -147,7 +159,6 @@ class LocalStore:
         if bundle is not None:
             state["bundle"] = bundle
         state["revision"] += 1
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         # The record first: a crash in between leaves a record of a change not made, never
         # a change without its record.
         sealed = seal_linear(change | {"revision": state["revision"]}, *self._next_link(state))
@@ -322,6 +333,20 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+async def record_only(store: Store, change: dict[str, Any]) -> None:
+    """Put a record that changes no live state into the change log, from outside a running
+    gateway (`gateway keys`, which writes the key store itself). Written in the epoch the
+    store is in, so running replicas take it as one of theirs."""
+    for _ in range(WRITE_ATTEMPTS):
+        epoch, _ = await store.stamp()
+        try:
+            await store.write(set_fields={}, delete_fields=[], bundle=None, change=change, epoch=epoch)
+            return
+        except StoreConflict:
+            continue  # the state was restored or reset meanwhile: write in its new epoch
+    raise StoreConflict("the shared state kept changing; the record was not written")
 
 
 def _chain_end(line: str | bytes | None) -> tuple[int, str] | None:
