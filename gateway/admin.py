@@ -167,7 +167,9 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
                             reference=reference)
 
     async def reload(request: Request, actor: str) -> Response:
-        await live.reload(force=True)  # refused: PolicyError (422) or ChangeError (409); the running policy stays
+        made = await live.reload(force=True)  # refused: PolicyError (422) or ChangeError (409); the running policy stays
+        if made is not None and "proposer" in made:  # file_reloads: propose, and the files grant access
+            return JSONResponse(made, status_code=202)
         policy = state.policy
         return JSONResponse({"reloaded": True, "policy_version": policy.version if policy else None, "actor": actor})
 

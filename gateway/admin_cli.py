@@ -305,7 +305,7 @@ def remaining_line(remaining: dict[str, Any]) -> str:
 
 def do_reload(client: Client, args: argparse.Namespace) -> int:
     answer = client.call("POST", "/admin/reload")
-    show(args, answer, lambda b: [f"policy files reloaded; policy version {b.get('policy_version') or '-'}"])
+    show(args, answer, _or_proposed(lambda b: [f"policy files reloaded; policy version {b.get('policy_version') or '-'}"]))
     return 0
 
 

@@ -48,6 +48,7 @@ KINDS = ("suspension.create", "suspension.lift", "organization.update", "policy.
          key_changes.CREATE, key_changes.REVOKE)
 # Kinds whose body names the change's target by "id" (a suspension's new id is part of its document).
 _TARGETED = frozenset({"suspension.lift", "organization.update", "credential.reinstate", key_changes.REVOKE})
+FILES_ACTOR, FILES_REASON = "policy_dir", "the policy files changed"
 SIMULATION_RECORDS = 10_000
 METRICS_EVERY_S = 5.0
 
@@ -62,6 +63,8 @@ class ChangeControl:
         """`keys`: where API keys created and revoked through the admin API go (None: API keys are off)."""
         self.live = live
         self.keys = keys
+        if config.file_reloads == "propose":  # changed policy files are reviewed like any change
+            live.files_gate = self.files_changed
         self.store = store
         self.config = config
         self.metrics = metrics
@@ -82,6 +85,27 @@ class ChangeControl:
             return 202, await self._propose(kind, target, body, actor, prepared, delta, reason, reference)
         return 200, await self._apply_tightening(prepared, actor, notes)
 
+    async def files_changed(self, texts: dict[str, str], policy: Policy) -> dict[str, Any]:
+        """`file_reloads: propose`: new files in policy_dir, checked whole, from `policy_dir` as
+        the actor. A tightening applies at once and awaits a countersignature; a loosening
+        becomes one proposal (every replica sees the same files: the first one proposes)."""
+        prepared = self.live.prepare_bundle(texts, policy, from_files=True)
+        if self.config.approvals == 0:
+            return await self.live.commit(prepared, FILES_ACTOR)
+        delta = await self._classify(prepared)
+        if not delta.loosens:
+            return await self._apply_tightening(prepared, FILES_ACTOR, {"reason": FILES_REASON, "access": delta.kind})
+        now = datetime.now(UTC)
+        for proposal in await self.store.all():
+            if rules.state_of(proposal, now) == rules.OPEN and proposal["proposer"] == FILES_ACTOR \
+                    and proposal["resulting_policy_version"] == prepared.after.version:
+                return self.public(proposal)
+        body = {"files": texts, "from_files": True}
+        proposal = await self._propose("policy.replace", None, body, FILES_ACTOR, prepared, delta, FILES_REASON, None)
+        log.warning("policy files in %s grant access: not applied, proposed as %s for approval",
+                    self.live.policy_dir, proposal["id"])
+        return proposal
+
     async def propose(self, body: dict[str, Any], actor: str) -> tuple[int, dict[str, Any]]:
         """POST /admin/proposals: a change in the direct endpoints' JSON plus its `kind`."""
         kind, target, change, reason, reference = split_proposal(body)
@@ -97,7 +121,8 @@ class ChangeControl:
             return await key_changes.prepare_create(self.keys, self._in_force(), body)
         if kind == "policy.replace":
             return await live.prepare_policy(body["files"], lift=tuple(body.get("lift", ())),
-                                             reset=tuple(body.get("reset_organizations", ())))
+                                             reset=tuple(body.get("reset_organizations", ())),
+                                             from_files=bool(body.get("from_files")))
         if target is None:
             raise ChangeError([f"id: a {kind} names what it changes"])
         if kind == "suspension.lift":
@@ -356,6 +381,7 @@ def split_proposal(body: dict[str, Any]) -> tuple[str, str | None, dict[str, Any
     if kind == key_changes.CREATE:
         body = key_changes.request_of(body)
     if kind == "policy.replace":
+        body.pop("from_files", None)  # only a reload of policy_dir makes the files the policy's source
         files = body.get("files")
         if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
             raise ChangeError(['files: expected {"<name>.yaml": "<YAML text>", ...}'])

@@ -100,6 +100,9 @@ class LiveState:
         self._tasks: list[asyncio.Task[None]] = []
         self._sync_lock = asyncio.Lock()
         self.reload_requested = asyncio.Event()
+        # Set by change control for `file_reloads: propose`: new policy files are handed to it
+        # instead of being published (it applies a tightening, proposes a loosening).
+        self.files_gate: Callable[[dict[str, str], Policy], Awaitable[dict[str, Any]]] | None = None
 
     @property
     def bundle_files(self) -> dict[str, str]:
@@ -231,11 +234,12 @@ class LiveState:
             return False
         return True
 
-    async def reload(self, *, initial: bool = False, force: bool = False) -> None:
+    async def reload(self, *, initial: bool = False, force: bool = False) -> dict[str, Any] | None:
         """Validate policy_dir; publish it if it is new (or `force`d: an operator's
-        reload makes the files the policy again, even after a PUT). Refused whole,
-        the running policy staying: PolicyError for invalid files, ChangeError (409)
-        for files that would leave a live control naming what they no longer define."""
+        reload makes the files the policy again, even after a PUT), or hand it to
+        `files_gate`. Refused whole, the running policy staying: PolicyError for invalid
+        files, ChangeError (409) for files that would leave a live control naming what
+        they no longer define. Returns the change or proposal made, if any."""
         self._files_stamp = self._stamp()
         try:
             texts, problems = await asyncio.to_thread(read_bundle, self.policy_dir)
@@ -251,10 +255,14 @@ class LiveState:
             # unless these files are new since they were last published.
             if shared is not None and shared.bundle is not None and shared.files_version == version:
                 self.metrics.policy_reloads.labels("success").inc()
-                return
+                return None
+            if self.files_gate is not None and shared is not None and shared.bundle is not None:
+                # Reviewed like any change, once this replica runs: the watcher's next look does it.
+                self._files_stamp = ()
+                return None
         elif version == self.files_version and not (force and version != self.base_version):
             self.metrics.policy_reloads.labels("success").inc()
-            return
+            return None
         try:
             overlays.check_bundle(loaded.policy, shared.overlay if shared is not None else self.overlay)
         except ChangeError as refused:
@@ -263,7 +271,9 @@ class LiveState:
                       self.policy_dir, "\n  ".join(refused.problems))
             raise
         self.metrics.policy_reloads.labels("success").inc()
-        await self.publish_bundle(texts, loaded.policy, actor="policy_dir", from_files=True)
+        if self.files_gate is not None and not initial:
+            return await self.files_gate(texts, loaded.policy)
+        return await self.publish_bundle(texts, loaded.policy, actor="policy_dir", from_files=True)
 
     async def _read_or_none(self) -> Shared | None:
         try:
@@ -345,7 +355,7 @@ class LiveState:
                        {k: v for k, v in current.organizations.items() if k not in reset}, current.credentials)
 
     async def prepare_policy(self, texts: dict[str, str], *, lift: tuple[str, ...] = (),
-                             reset: tuple[str, ...] = ()) -> Prepared:
+                             reset: tuple[str, ...] = (), from_files: bool = False) -> Prepared:
         """A bundle replacing the current one; refused whole (nothing changes) when it is
         invalid, or when it would leave a live control naming what it lacks and
         `lift`/`reset` do not remove that control with it."""
@@ -358,7 +368,7 @@ class LiveState:
         if absent:
             raise ChangeError(absent)
         overlays.check_bundle(loaded.policy, self._overlay_without(lift, reset))
-        return self.prepare_bundle(texts, loaded.policy, lift=lift, reset=reset)
+        return self.prepare_bundle(texts, loaded.policy, from_files=from_files, lift=lift, reset=reset)
 
     async def put_policy(self, texts: dict[str, str], actor: str, *, lift: tuple[str, ...] = (),
                          reset: tuple[str, ...] = ()) -> dict[str, Any]:
