@@ -176,6 +176,45 @@ def test_an_api_key_proposed_on_a_and_approved_on_b_works_on_both_and_its_revoca
     assert actions[:4] == ["apikey.revoke", "apikey.create", "proposal.approve", "proposal.create"]
 
 
+SE_GROUP = '  se_partners:\n    countries: [SE]\n    source: "Partner programme, Sweden"\n'
+LOST_SE_GROUP = ("live suspension 's-se' names jurisdiction group 'se_partners', which the bundle does not define: "
+                 "keep them in the bundle, or lift the suspension with the change")
+
+
+def test_a_put_on_one_replica_that_renames_the_group_of_a_live_suspension_is_refused_naming_it(
+        fleets: Callable[..., Fleet], redis_url: str, tmp_path: Path) -> None:
+    from conftest import REFERENCE_POLICY
+
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    for source in REFERENCE_POLICY.glob("*.yaml"):
+        (policy / source.name).write_text(source.read_text() + (SE_GROUP if source.name == "jurisdictions.yaml" else ""))
+    fleet = fleets(redis_url=redis_url, change_control=TWO_PEOPLE, policy_dir=policy)
+    made = fleet.a.admin("POST", "/admin/suspensions", {"id": "s-se", "models": ["small-2"], "deny_in": ["se_partners"],
+                                                        "reason": "export order"})
+    assert made.status == 201, made
+    wait_for(lambda: not se_allowed(fleet.a, fleet) and not se_allowed(fleet.b, fleet), timeout=1.0)
+    files = fleet.b.admin("GET", "/admin/policy", token=VIEWER_TOKEN).json["files"]
+    version = fleet.b.policy_version()
+    renamed = files | {"jurisdictions.yaml": files["jurisdictions.yaml"].replace("  se_partners:", "  sweden_partners:")}
+
+    refused = fleet.b.admin("PUT", "/admin/policy", {"files": renamed, "reason": "routine rename"})
+    assert refused.status == 409 and refused.json["error"]["problems"] == [LOST_SE_GROUP], refused
+    assert fleet.a.policy_version() == fleet.b.policy_version() == version  # nothing changed anywhere
+    assert not se_allowed(fleet.a, fleet) and not se_allowed(fleet.b, fleet)
+    assert fleet.a.admin("GET", "/admin/proposals", token=VIEWER_TOKEN).json["proposals"] == []
+
+    # With the lift, it is a loosening: a proposal, applied on both once another operator approves.
+    proposed = fleet.b.admin("PUT", "/admin/policy", {"files": renamed, "lift": ["s-se"], "reason": "rename, lift"})
+    assert proposed.status == 202, proposed
+    assert not se_allowed(fleet.a, fleet)
+    approved = fleet.a.admin("POST", f"/admin/proposals/{proposed.json['id']}/approve", token=SECOND_OPERATOR)
+    assert approved.json["state"] == "applied", approved
+    wait_for(lambda: se_allowed(fleet.a, fleet) and se_allowed(fleet.b, fleet), timeout=1.0)
+    assert fleet.a.admin("GET", "/admin/policy", token=VIEWER_TOKEN).json["files"] == renamed
+    fleet.check_nothing_denied_was_forwarded()
+
+
 def test_whoami_names_the_token_and_a_viewer_cannot_propose(fleets: Callable[..., Fleet], redis_url: str) -> None:
     fleet = fleets(redis_url=redis_url, change_control=TWO_PEOPLE)
     assert fleet.a.admin("GET", "/admin/whoami", token=SECOND_OPERATOR).json == {
