@@ -107,6 +107,7 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
                          placeable_regions=_placeable_regions(config))
     policy = loaded.policy
     warnings = [*loaded.warnings, *(_config_issues(policy, config) if config else [])]
+    _refuse_violations(policy, parse_time(args.at) if args.at else datetime.now(UTC), warnings)
     if args.json:
         print(json.dumps({"valid": True, "version": policy.version, "issues": [w.as_dict() for w in warnings]}, indent=2))
         return 0
@@ -118,6 +119,18 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
         f"{len(policy.suspensions)} suspensions"
     )
     return 0
+
+
+def _refuse_violations(policy: Policy, at: datetime, warnings: list[Issue]) -> None:
+    """A violated assertion makes the bundle invalid, as any other error does."""
+    from gateway.policy import prove
+    from gateway.policy.load import ASSERTIONS
+
+    errors = [Issue(ASSERTIONS, f"assertions.{o.assertion.name}",
+                    f"violated: {prove.describe(o.counterexample).splitlines()[0]} (see gateway policy prove)")
+              for o in prove.prove(policy, at, regions=_overlay_regions()) if o.counterexample is not None]
+    if errors:
+        raise PolicyError([*errors, *warnings])
 
 
 def _placeable_regions(config: Config | None) -> frozenset[str] | None:
@@ -143,7 +156,7 @@ def _config_issues(policy: Policy, config: Config) -> list[Issue]:
 
 
 def cmd_policy_diff(args: argparse.Namespace) -> int:
-    from gateway.policy import diff
+    from gateway.policy import diff, prove
 
     old = load_bundle(args.old).policy
     new = load_bundle(args.new).policy
@@ -152,11 +165,31 @@ def cmd_policy_diff(args: argparse.Namespace) -> int:
         result = diff.diff(old, new, at, models=args.model, anonymizer=args.anonymizer)
     except KeyError as exc:
         raise UsageError(f"--model: {exc.args[0]!r} is in neither bundle") from None
+    regions = _overlay_regions()
+    changes = prove.state_changes(prove.prove(old, at, regions=regions), prove.prove(new, at, regions=regions))
     if args.json:
-        print(json.dumps(diff.as_json(result), indent=2))
+        print(json.dumps(diff.as_json(result) | {"assertions": changes}, indent=2))
     else:
         print(diff.render(result, args.old, args.new))
+        print(prove.render_changes(changes))
     return 0
+
+
+def cmd_policy_prove(args: argparse.Namespace) -> int:
+    from gateway.policy import prove
+
+    if args.horizon <= 0:
+        raise UsageError("--horizon: must be a positive number of days")
+    policy = load_bundle(args.directory).policy
+    at = parse_time(args.at) if args.at else datetime.now(UTC)
+    outcomes = prove.prove(policy, at, horizon_days=args.horizon, regions=_overlay_regions())
+    print(json.dumps(prove.as_json(outcomes), indent=2) if args.json else prove.render(outcomes))
+    return 0 if all(o.proved for o in outcomes) else 1
+
+
+def _overlay_regions() -> frozenset[str]:
+    """The embedded overlay's regions: places a caller may be put in without a City database."""
+    return _placeable_regions(None) or frozenset()
 
 
 def cmd_policy_simulate(args: argparse.Namespace) -> int:
@@ -363,6 +396,20 @@ def build_parser() -> argparse.ArgumentParser:
     pdiff.add_argument("--anonymizer", action="store_true", help="decide the grid as if through a VPN/Tor/hosting network")
     pdiff.add_argument("--json", action="store_true", help="machine-readable output")
     pdiff.set_defaults(run=cmd_policy_diff)
+
+    pprove = policy_verbs.add_parser(
+        "prove", help="prove the bundle's assertions (assertions.yaml) over every fact; exit 1 on a violation",
+        description="For each assertion of DIR/assertions.yaml: PROVED, or VIOLATED with a counterexample (the "
+                    "organization or class of organizations, model, place, anonymizer and time, and the decision "
+                    "and explanation there). Exact, not sampled: every instant from --at over --horizon days, "
+                    "every country and region, every listed organization and every tier/status an unlisted one "
+                    "could have (see docs/assertions.md).")
+    pprove.add_argument("directory", metavar="DIR")
+    pprove.add_argument("--horizon", type=float, default=365, metavar="DAYS",
+                        help="prove over this many days from --at (default: 365)")
+    pprove.add_argument("--at", metavar="ISO8601", help="start of the horizon (default: now)")
+    pprove.add_argument("--json", action="store_true", help="machine-readable output")
+    pprove.set_defaults(run=cmd_policy_prove)
 
     sim = policy_verbs.add_parser(
         "simulate", help="replay recorded requests under a proposed bundle: which decisions would flip",

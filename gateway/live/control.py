@@ -114,6 +114,15 @@ class ChangeControl:
         return 201, await self._propose(kind, target, change, actor, prepared, delta, reason, reference)
 
     async def prepare(self, kind: str, target: str | None, body: dict[str, Any]) -> Prepared:
+        """The change checked as the live policy stands, assertions included: a change
+        that breaks one is refused before it is applied or proposed."""
+        prepared = await self._prepare(kind, target, body)
+        # A bundle was proved as it was read; a credential or key change leaves the policy as it is.
+        if prepared.bundle is None and kind not in ("credential.reinstate", key_changes.CREATE, key_changes.REVOKE):
+            await self.live.prove(prepared.after)
+        return prepared
+
+    async def _prepare(self, kind: str, target: str | None, body: dict[str, Any]) -> Prepared:
         live = self.live
         if kind == "suspension.create":
             return live.prepare_suspension(body)

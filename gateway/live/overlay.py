@@ -16,13 +16,13 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import date, datetime
 from types import MappingProxyType
 from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.policy import schema
+from gateway.policy import prove, schema
 from gateway import countries
 from gateway.policy.load import lapse_time, unknown_place
 from gateway.policy.snapshot import Member, Organization, Policy, Suspension, merge, place_member
@@ -177,9 +177,22 @@ def lost_controls(base: Policy, overlay: Overlay) -> list[str]:
                        for org_id in sorted(overlay.organizations) if org_id not in base.organizations]
 
 
-def check_bundle(base: Policy, overlay: Overlay) -> None:
-    """Refuse (409) a bundle that would leave a live control naming what it lacks."""
+def check_bundle(base: Policy, overlay: Overlay, now: datetime | None = None) -> None:
+    """Refuse (409) a bundle that would leave a live control naming what it lacks;
+    with `now`, also one that, with the live changes in force, breaks an assertion."""
     problems = lost_controls(base, overlay)
+    if problems:
+        raise ChangeError(problems, status=409)
+    if now is not None:
+        check_assertions(apply(base, overlay), now)
+
+
+def check_assertions(policy: Policy, now: datetime) -> None:
+    """Refuse (409) a policy that breaks an assertion of its assertions.yaml anywhere
+    in the prover's horizon from `now`, naming the counterexample (issue 15)."""
+    problems = [f"assertion {o.assertion.name!r} would be violated: "
+                f"{prove.describe(o.counterexample).splitlines()[0]}"
+                for o in prove.prove(policy, now) if o.counterexample is not None]
     if problems:
         raise ChangeError(problems, status=409)
 

@@ -92,6 +92,7 @@ class LiveState:
         self.base_version: str | None = None
         self.files_version: str | None = None
         self.overlay = Overlay()
+        self._proved: str | None = None  # the version of the last policy found to keep every assertion
         self.epoch: str | None = None
         self.revision = -1
         self._base_texts: dict[str, str] = {}
@@ -264,11 +265,12 @@ class LiveState:
             self.metrics.policy_reloads.labels("success").inc()
             return None
         try:
-            overlays.check_bundle(loaded.policy, shared.overlay if shared is not None else self.overlay)
+            await asyncio.to_thread(overlays.check_bundle, loaded.policy,
+                                    shared.overlay if shared is not None else self.overlay, datetime.now(UTC))
         except ChangeError as refused:
             self.metrics.policy_reloads.labels("failure").inc()
-            log.error("policy %s refused, the running policy stays: it would drop live controls\n  %s",
-                      self.policy_dir, "\n  ".join(refused.problems))
+            log.error("policy %s refused, the running policy stays: it would drop live controls or break an "
+                      "assertion\n  %s", self.policy_dir, "\n  ".join(refused.problems))
             raise
         self.metrics.policy_reloads.labels("success").inc()
         if self.files_gate is not None and not initial:
@@ -293,13 +295,25 @@ class LiveState:
 
     async def _write(self, change: dict[str, Any], after: Policy, *, set_fields: dict[str, str] | None = None,
                      delete_fields: list[str] | None = None, bundle: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Record and store one change; `after` is the policy it puts in force."""
+        """Record and store one change; `after` is the policy it puts in force. A live
+        change that would break an assertion is refused here (a bundle already was)."""
         before = self.state.policy.version if self.state.policy else None
+        if bundle is None and after.version != before and not str(change.get("action", "")).startswith("credential."):
+            await self.prove(after)
         record = {"change_id": new_change_id()} | change | {"time": _now(), "policy_version_before": before, "policy_version": after.version}
         await self.store.write(set_fields=set_fields or {}, delete_fields=delete_fields or [], bundle=bundle,
                                change=record, epoch=self.epoch)
         await self.resync()
         return record
+
+    async def prove(self, policy: Policy) -> None:
+        """Refuse (ChangeError, with a counterexample) a policy that breaks an assertion.
+        A change is proved when proposed and again when applied: the last policy proved
+        is remembered, so that an unchanged one is not proved twice."""
+        if policy.version == self._proved:
+            return
+        await asyncio.to_thread(overlays.check_assertions, policy, datetime.now(UTC))
+        self._proved = policy.version
 
     async def commit(self, prepared: Prepared, actor: str, **details: Any) -> dict[str, Any]:
         """Write a prepared change as `actor`; `details` go into its record (reason, proposal, ...)."""
@@ -367,7 +381,8 @@ class LiveState:
         absent += [f"reset: organization {o!r} has no live override" for o in reset if o not in self.overlay.organizations]
         if absent:
             raise ChangeError(absent)
-        overlays.check_bundle(loaded.policy, self._overlay_without(lift, reset))
+        await asyncio.to_thread(overlays.check_bundle, loaded.policy, self._overlay_without(lift, reset),
+                                datetime.now(UTC))
         return self.prepare_bundle(texts, loaded.policy, from_files=from_files, lift=lift, reset=reset)
 
     async def put_policy(self, texts: dict[str, str], actor: str, *, lift: tuple[str, ...] = (),

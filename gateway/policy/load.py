@@ -29,8 +29,9 @@ FRAMEWORK = "framework.yaml"
 ORGANIZATIONS = "organizations.yaml"
 MODELS = "models.yaml"
 SUSPENSIONS = "suspensions.yaml"
-FILES = (JURISDICTIONS, FRAMEWORK, ORGANIZATIONS, MODELS, SUSPENSIONS)
-OPTIONAL = frozenset({SUSPENSIONS})
+ASSERTIONS = "assertions.yaml"
+FILES = (JURISDICTIONS, FRAMEWORK, ORGANIZATIONS, MODELS, SUSPENSIONS, ASSERTIONS)
+OPTIONAL = frozenset({SUSPENSIONS, ASSERTIONS})
 MAX_FILE_BYTES = 64 * 1024 * 1024
 
 E = TypeVar("E", bound=BaseModel)
@@ -113,6 +114,7 @@ class _Parts:
     organizations: dict[str, schema.Organization] = field(default_factory=dict)
     models: dict[str, schema.Model] = field(default_factory=dict)
     suspensions: list[schema.Suspension] = field(default_factory=list)
+    assertions: dict[str, schema.Assertion] = field(default_factory=dict)
     # Names of entries that failed validation: references to them are not
     # reported again as unknown.
     broken: set[tuple[str, str]] = field(default_factory=set)
@@ -225,11 +227,15 @@ class _Checker:
             entry = self.entry(SUSPENSIONS, ("suspensions", index), data, schema.Suspension)
             if entry is not None:
                 parts.suspensions.append(entry)
+        parts.assertions = self.named_entries(
+            ASSERTIONS, docs[ASSERTIONS], "assertions", schema.Assertion, "assertion", parts
+        )
         self.check_groups(parts)
         self.check_framework(parts)
         self.check_organizations(parts)
         self.check_models(parts)
         self.check_suspensions(parts)
+        self.check_assertions(parts)
         self.check_group_usage(parts)
         return parts
 
@@ -338,6 +344,10 @@ class _Checker:
         for suspension in parts.suspensions:
             used.update(suspension.deny_outside or ())
             used.update(suspension.deny_in or ())
+        for assertion in parts.assertions.values():
+            for scope in (assertion.never_allow, assertion.always_allow):
+                if scope is not None:
+                    used.update((*(scope.jurisdictions or ()), *(scope.outside or ()), *(scope.declared or ())))
         pending = [name for name in used if name in parts.groups]
         while pending:
             for included in parts.groups[pending.pop()].include:
@@ -523,6 +533,48 @@ class _Checker:
                           f"already expired at {_iso(suspension.until)}: the suspension no longer applies; remove it")
 
 
+    def check_assertions(self, parts: _Parts) -> None:
+        names = {snapshot.canonical_name(n) for n in parts.models}
+        names |= {snapshot.canonical_name(a) for m in parts.models.values() for a in m.aliases}
+        for name, assertion in parts.assertions.items():
+            base: Path = ("assertions", name)
+            kinds = [k for k in ("never_allow", "always_allow") if getattr(assertion, k) is not None]
+            if len(kinds) != 1:
+                self.report(ASSERTIONS, base, "give exactly one of never_allow or always_allow")
+            for kind in kinds:
+                self.check_scope(base + (kind,), getattr(assertion, kind), names, parts)
+
+    def check_scope(self, path: Path, scope: schema.Scope, model_names: set[str], parts: _Parts) -> None:
+        """References resolve, and no two keys contradict each other (a scope that
+        could hold no fact would make its assertion hold for nothing)."""
+        def known_model(key: Path, model: str) -> None:
+            if snapshot.canonical_name(model) not in model_names and ("model", model) not in parts.broken:
+                self.report(ASSERTIONS, key, f"unknown model {model!r}")
+        for index, model in enumerate(scope.models or ()):
+            known_model(path + ("models", index), model)
+        for index, org in enumerate(scope.organizations or ()):
+            if org not in parts.organizations and ("org", org) not in parts.broken:
+                self.report(ASSERTIONS, path + ("organizations", index), f"unknown organization {org!r}")
+        for key in ("jurisdictions", "outside", "declared"):
+            self.place_refs(ASSERTIONS, path + (key,), getattr(scope, key) or [], parts)
+        for index, entry in enumerate(scope.declared or ()):
+            if countries.is_region(entry):
+                self.report(ASSERTIONS, path + ("declared", index), "a declared country is a country, not a region")
+        if scope.tiers is not None and scope.below_tier is not None:
+            self.report(ASSERTIONS, path + ("below_tier",), "give tiers or below_tier, not both")
+        if scope.below_tier == schema.TIERS[-1]:
+            self.report(ASSERTIONS, path + ("below_tier",), f"no tier is below {scope.below_tier!r}")
+        if scope.unknown_place and (scope.jurisdictions is not None or scope.anonymizer is not None):
+            self.report(ASSERTIONS, path + ("unknown_place",),
+                        "an unknown place is in no jurisdiction and has no anonymizer verdict: drop jurisdictions/anonymizer")
+        if scope.before is not None:
+            known_model(path + ("before", "model"), scope.before.model)
+            if scope.until is not None:
+                self.report(ASSERTIONS, path + ("before",), "give until or before, not both")
+        if scope.from_ and scope.until and scope.until <= scope.from_:
+            self.report(ASSERTIONS, path + ("until",), "must be later than 'from'")
+
+
 def unknown_place(name: str, groups: Mapping[str, Any]) -> str | None:
     """Why a suspension's entry names nothing (neither one of `groups` nor an ISO
     3166 code), or None. `jp` is not Japan: a hint points to the code."""
@@ -619,6 +671,35 @@ def _stamp(moment: datetime | None) -> float | None:
     return None if moment is None else moment.timestamp()
 
 
+def _window_end(scope: schema.Scope, models: Mapping[str, schema.Model], names: Mapping[str, str]) -> float | None:
+    """`until`, or the start of `before`'s stage of its model (None if never scheduled)."""
+    if scope.before is None:
+        return _stamp(scope.until)
+    model = models[names[snapshot.canonical_name(scope.before.model)]]
+    return next((s.from_.timestamp() for s in model.release if s.stage == scope.before.stage), None)
+
+
+def _assertion(name: str, entry: schema.Assertion, parts: _Parts, names: Mapping[str, str]) -> snapshot.Assertion:
+    kind = "never_allow" if entry.never_allow is not None else "always_allow"
+    scope: schema.Scope = getattr(entry, kind)
+    tiers = scope.tiers
+    if scope.below_tier is not None:
+        tiers = list(schema.TIERS[schema.TIERS.index(scope.below_tier) + 1:])
+    def places(entries: list[str] | None) -> snapshot.GroupSet | None:
+        return None if entries is None else _group_set(entries, parts)
+    def some(values: list[str] | None) -> frozenset[str] | None:
+        return None if values is None else frozenset(values)
+    return snapshot.Assertion(
+        name=name, kind=kind, description=entry.description, source=entry.source,
+        models=None if scope.models is None else frozenset(names[snapshot.canonical_name(m)] for m in scope.models),
+        covered=scope.covered, stages=some(scope.stages), tiers=some(tiers),  # type: ignore[arg-type]
+        organizations=some(scope.organizations), statuses=some(scope.statuses), vetting=scope.vetting,
+        places=places(scope.jurisdictions), outside=places(scope.outside), declared=places(scope.declared),
+        anonymizer=scope.anonymizer, unknown_place=scope.unknown_place,
+        starts=_stamp(scope.from_), ends=_window_end(scope, parts.models, names),
+    )
+
+
 def _compile(parts: _Parts, framework: schema.Framework) -> snapshot.Policy:
     names = {snapshot.canonical_name(n): n for n in parts.models}
     names |= {snapshot.canonical_name(a): n for n, m in parts.models.items() for a in m.aliases}
@@ -684,6 +765,11 @@ def _compile(parts: _Parts, framework: schema.Framework) -> snapshot.Policy:
             "suspensions": [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in parts.suspensions]
         },
     }
+    if parts.assertions:  # only then: a bundle without assertions keeps its version
+        documents[ASSERTIONS] = {
+            "assertions": {n: a.model_dump(mode="json", by_alias=True, exclude_none=True)
+                           for n, a in parts.assertions.items()}
+        }
     return snapshot.Policy(
         version=content_version(documents),
         review_window_max_days=framework.review_window_max_days,
@@ -700,6 +786,7 @@ def _compile(parts: _Parts, framework: schema.Framework) -> snapshot.Policy:
         quotas=MappingProxyType({tier: q for tier, q in ((t, _quota(v)) for t, v in framework.quotas.items()) if q}),
         documents=MappingProxyType(documents),
         names=MappingProxyType({key: models[name] for key, name in names.items()}),
+        assertions=tuple(_assertion(name, entry, parts, names) for name, entry in parts.assertions.items()),
     )
 
 

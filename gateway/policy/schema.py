@@ -160,3 +160,44 @@ class Suspension(Entry):
     reason: Text
     reference: Text | None = None
     mode: Mode = "enforce"
+
+
+# assertions.yaml
+
+Status = Literal["active", "suspended", "denied"]
+
+
+class Before(Entry):
+    """The instant a model's stage starts: the end of a time window."""
+
+    stage: StageName
+    model: Name
+
+
+class Scope(Entry):
+    """The facts an assertion speaks about. Every key narrows it; an absent key
+    takes every value (every model, tier, place, time in the horizon...)."""
+
+    models: list[Name] | None = Field(default=None, min_length=1)  # ids or aliases
+    covered: bool | None = None
+    stages: list[StageName] | None = Field(default=None, min_length=1)  # the stage in force at the time
+    tiers: list[Tier] | None = Field(default=None, min_length=1)  # the tier the registry lists
+    below_tier: Tier | None = None  # tiers less trusted than this one
+    organizations: list[Name] | None = Field(default=None, min_length=1)
+    statuses: list[Status] | None = Field(default=None, min_length=1)
+    vetting: Literal["current", "lapsed"] | None = None
+    jurisdictions: list[Name] | None = Field(default=None, min_length=1)  # groups or ISO codes
+    outside: list[Name] | None = Field(default=None, min_length=1)
+    declared: list[Name] | None = Field(default=None, min_length=1)  # the org's declared country
+    anonymizer: bool | None = None
+    unknown_place: bool | None = None
+    from_: AwareDatetime | None = Field(default=None, alias="from")
+    until: AwareDatetime | None = None
+    before: Before | None = None
+
+
+class Assertion(Entry):
+    description: Text
+    source: Text | None = None
+    never_allow: Scope | None = None
+    always_allow: Scope | None = None

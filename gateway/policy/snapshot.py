@@ -197,6 +197,35 @@ class Model:
 
 
 @dataclass(frozen=True, slots=True)
+class Assertion:
+    """A compiled assertion of assertions.yaml: what must never (or always) be
+    allowed over a scope of facts. A None field takes every value."""
+
+    name: str
+    kind: str  # "never_allow" or "always_allow"
+    description: str
+    source: str | None
+    models: frozenset[str] | None  # model ids, aliases resolved
+    covered: bool | None
+    stages: frozenset[str] | None
+    tiers: frozenset[Tier] | None  # the listed tier; `below_tier` is folded in
+    organizations: frozenset[str] | None
+    statuses: frozenset[str] | None
+    vetting: str | None  # "current" or "lapsed" at the time
+    places: GroupSet | None  # the observed place is in one of these (on any reading)
+    outside: GroupSet | None  # the observed place is not admitted by these
+    declared: GroupSet | None  # the org's declared country is in one of these
+    anonymizer: bool | None
+    unknown_place: bool | None
+    starts: float | None  # inclusive
+    ends: float | None  # exclusive; None: no end (also "before" a stage never scheduled)
+
+    @property
+    def never(self) -> bool:
+        return self.kind == "never_allow"
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     version: str
     review_window_max_days: int
@@ -219,6 +248,8 @@ class Policy:
     names: Mapping[str, Model] = field(repr=False)
     # Credentials suspended live (e.g. by credential-misuse detection): refused as invalid.
     suspended_credentials: frozenset[str] = frozenset()
+    # assertions.yaml: checked by `gateway policy prove` (gateway/policy/prove.py), never by decide().
+    assertions: tuple[Assertion, ...] = ()
 
     def model_named(self, requested: str) -> Model | None:
         return self.names.get(canonical_name(requested))

@@ -36,8 +36,9 @@ from .conftest import fuzz
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = {
-    "shipped": {name: (ROOT / "policies" / name).read_text() for name in FILES},
-    "reference": {name: (ROOT / "tests" / "fixtures" / "reference" / "policy" / name).read_text() for name in FILES},
+    "shipped": {name: path.read_text() for name in FILES if (path := ROOT / "policies" / name).exists()},
+    "reference": {name: path.read_text() for name in FILES
+                  if (path := ROOT / "tests" / "fixtures" / "reference" / "policy" / name).exists()},
 }
 
 
@@ -238,7 +239,7 @@ def mutated_bundle(draw: st.DrawFn) -> dict[str, str]:
     texts = dict(BUNDLES[draw(st.sampled_from(sorted(BUNDLES)))])
     for _ in range(draw(st.integers(1, 3))):
         name = draw(st.sampled_from(FILES))
-        texts[name] = draw(_mutation(texts[name]))
+        texts[name] = draw(_mutation(texts.get(name, "")))
     return texts
 
 
