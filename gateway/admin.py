@@ -9,6 +9,8 @@ records who, when, what, before and after.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import hmac
 import itertools
@@ -165,13 +167,32 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
                             reference=reference)
 
     async def reload(request: Request, actor: str) -> Response:
-        await live.reload(force=True)  # refused: PolicyError (422) or ChangeError (409); the running policy stays
+        made = await live.reload(force=True)  # refused: PolicyError (422) or ChangeError (409); the running policy stays
+        if made is not None and "proposer" in made:  # file_reloads: propose, and the files grant access
+            return JSONResponse(made, status_code=202)
         policy = state.policy
         return JSONResponse({"reloaded": True, "policy_version": policy.version if policy else None, "actor": actor})
 
     async def reinstate_credential(request: Request, actor: str) -> Response:
         return await submit("credential.reinstate", request.path_params["id"], {}, actor,
                             reason=request.query_params.get("reason"))
+
+    async def create_key(request: Request, actor: str) -> Response:
+        """A new API key from the SHA-256 of a secret the requester keeps (gateway/live/key_changes.py)."""
+        body = await json_body(request)
+        return await submit("apikey.create", None, body, actor, applied=201,
+                            reason=body.get("reason"), reference=body.get("reference"))
+
+    async def revoke_key(request: Request, actor: str) -> Response:
+        query = request.query_params
+        return await submit("apikey.revoke", request.path_params["id"], {}, actor,
+                            reason=query.get("reason"), reference=query.get("reference"))
+
+    async def list_keys(request: Request, actor: str) -> Response:
+        if control.keys is None:
+            return error(404, "not_found", "API keys are disabled here (identity.api_keys: false).")
+        keys = await asyncio.to_thread(control.keys.list)
+        return JSONResponse({"keys": [dataclasses.asdict(key) for key in keys]})
 
     async def create_proposal(request: Request, actor: str) -> Response:
         status, proposal = await control.propose(await json_body(request), actor)
@@ -226,6 +247,9 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         return JSONResponse({"changes": await live.changes(_limit(request)),
                              "awaiting_countersign": await control.awaiting()})
 
+    async def verify_changes(request: Request, actor: str) -> Response:
+        return JSONResponse((await live.verify_changes()).as_json())
+
     return Starlette(routes=[
         Route("/healthz", healthz),
         Route("/readyz", readyz),
@@ -241,12 +265,16 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         Route("/admin/explain", guarded("viewer", explain_endpoint), methods=["POST"]),
         Route("/admin/decisions", guarded("viewer", decisions), methods=["GET"]),
         Route("/admin/changes", guarded("viewer", changes), methods=["GET"]),
+        Route("/admin/changes/verify", guarded("viewer", verify_changes), methods=["GET"]),
         Route("/admin/changes/{id}/countersign", guarded("operator", countersign), methods=["POST"]),
         Route("/admin/proposals", guarded("operator", create_proposal), methods=["POST"]),
         Route("/admin/proposals", guarded("viewer", list_proposals), methods=["GET"]),
         Route("/admin/proposals/{id}", guarded("viewer", show_proposal), methods=["GET"]),
         Route("/admin/proposals/{id}/{verb}", guarded("operator", decide_proposal), methods=["POST"]),
         Route("/admin/whoami", guarded("viewer", whoami), methods=["GET"]),
+        Route("/admin/keys", guarded("viewer", list_keys), methods=["GET"]),
+        Route("/admin/keys", guarded("operator", create_key), methods=["POST"]),
+        Route("/admin/keys/{id}", guarded("operator", revoke_key), methods=["DELETE"]),
     ])
 
 

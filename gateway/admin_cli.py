@@ -305,7 +305,7 @@ def remaining_line(remaining: dict[str, Any]) -> str:
 
 def do_reload(client: Client, args: argparse.Namespace) -> int:
     answer = client.call("POST", "/admin/reload")
-    show(args, answer, lambda b: [f"policy files reloaded; policy version {b.get('policy_version') or '-'}"])
+    show(args, answer, _or_proposed(lambda b: [f"policy files reloaded; policy version {b.get('policy_version') or '-'}"]))
     return 0
 
 
@@ -426,6 +426,8 @@ def suspension_places(item: dict[str, Any]) -> list[str]:
 
 
 def do_changes(client: Client, args: argparse.Namespace) -> int:
+    if args.verify:
+        return do_verify_changes(client, args)
     answer = client.call("GET", "/admin/changes", query={"limit": args.limit})
 
     def readable(b: dict[str, Any]) -> list[str]:
@@ -447,6 +449,28 @@ def do_changes(client: Client, args: argparse.Namespace) -> int:
         return lines
     show(args, answer, readable)
     return 0
+
+
+def do_verify_changes(client: Client, args: argparse.Namespace) -> int:
+    """The change log's hash chain, checked by the gateway over the whole log (GET /admin/changes/verify)."""
+    answer = client.call("GET", "/admin/changes/verify")
+
+    def readable(b: dict[str, Any]) -> list[str]:
+        source = ", ".join(b.get("files") or [])
+        problem = b.get("error")
+        if problem:
+            which = f"seq {problem['seq']}: " if problem.get("seq") is not None else ""
+            where = f" (line {problem['line']})" if problem.get("line") else ""
+            return [f"FAILED {source}{where}: {which}{problem.get('kind')}: {problem.get('message')}",
+                    f"{b.get('records', 0)} records verified before it"]
+        ends = list((b.get("replicas") or {}).values())
+        span = f", seq {ends[0]['first_seq']}..{ends[0]['last_seq']}" if ends else ""
+        lines = [f"OK: {b.get('records', 0)} change records in {source}{span}, hash chain intact"]
+        if b.get("unchained"):
+            lines.append(f"  {b['unchained']} records before them predate the chained change log")
+        return lines
+    show(args, answer, readable)
+    return 0 if isinstance(answer, dict) and answer.get("ok") else 1
 
 
 def do_decisions(client: Client, args: argparse.Namespace) -> int:
@@ -579,6 +603,9 @@ def add_arguments(admin: argparse.ArgumentParser) -> None:
 
     changes = verb("changes", do_changes, "the change log, newest first: who, when, what, before/after (GET /admin/changes)")
     changes.add_argument("--limit", type=int, metavar="N", help="at most N changes (server default 100)")
+    changes.add_argument("--verify", action="store_true",
+                         help="check the whole log's hash chain instead: an edited, removed or reordered record "
+                              "is named by its seq (exit status 1)")
 
     decisions = verb("decisions", do_decisions, "recent decisions from the audit log, newest first (GET /admin/decisions)")
     decisions.add_argument("--org", help="only this organization")
@@ -587,9 +614,10 @@ def add_arguments(admin: argparse.ArgumentParser) -> None:
     decisions.add_argument("--decision", choices=["allow", "deny"], help="only allowed or denied requests")
     decisions.add_argument("--limit", type=int, metavar="N", help="at most N decisions (server default 100)")
 
-    from gateway.admin_control_cli import add_verbs
+    from gateway import admin_control_cli, admin_keys_cli
 
-    add_verbs(verb)
+    admin_control_cli.add_verbs(verb)
+    admin_keys_cli.add_verbs(verb)
 
     explain = verb("explain", do_explain, "decide one request on the running policy and say why (POST /admin/explain)")
     explain.add_argument("--org", required=True, help="organization id")

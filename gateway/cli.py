@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from gateway import countries, explain
 from gateway.config import Config, ConfigError, GeoIPConfig, load_config
@@ -246,8 +247,34 @@ def cmd_keys(args: argparse.Namespace) -> int:
             orgs = None
         if orgs is not None and args.org not in orgs:
             print(f"warning: organization {args.org!r} is not in the policy at {config.policy_dir}", file=sys.stderr)
-        return keys_cli.keys_create(args)
-    return {"revoke": keys_cli.keys_revoke, "list": keys_cli.keys_list}[args.keys_verb](args)
+        return _recorded(config, keys_cli.keys_create, args)
+    if args.keys_verb == "revoke":
+        return _recorded(config, keys_cli.keys_revoke, args)
+    return keys_cli.keys_list(args)
+
+
+def _recorded(config: Config, verb: Callable[..., int], args: argparse.Namespace) -> int:
+    """Run a `gateway keys` verb that changes keys, its change in the change log as `local:<user>`:
+    the bootstrap path, outside change control but not outside the record."""
+    import asyncio
+    import getpass
+
+    from gateway.live.state import record_local
+
+    failures: list[str] = []
+
+    def record(action: str, key_id: str, before: Any, after: Any) -> None:
+        change = {"actor": f"local:{getpass.getuser()}", "action": action, "target": key_id,
+                  "before": before, "after": after, "reason": getattr(args, "reason", None)}
+        try:
+            asyncio.run(record_local(config, change))
+        except Exception as failure:  # the key store was written; say the record was not
+            failures.append(f"{action} {key_id} done, but not recorded in the change log: {failure!r}")
+
+    status = verb(args, record)
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return 1 if failures else status
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -5,6 +5,10 @@ of it with the shipped policies, the embedded country database, a demo JWT
 signing key and API keys for several organizations, all state in a temporary
 directory. It prints ready-to-paste commands; `--check` runs them itself.
 
+It also prints two operator tokens and a change-control walk-through: a suspension
+applies at once on one operator's word; lifting it is a proposal; the second
+operator's approval applies it (docs/operators.md, "Change control").
+
 Decisions are made as of DEMO_TIME so that the demo reads the same whatever day
 it runs (the shipped example timelines are written around it). 127.0.0.1 is a
 trusted proxy, so `X-Forwarded-For` plays the client's public address.
@@ -13,7 +17,9 @@ trusted proxy, so `X-Forwarded-For` plays the client's public address.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import secrets
 import shlex
 import signal
 import socket
@@ -43,6 +49,8 @@ ISSUER, AUDIENCE = "https://demo-idp.invalid/", "frontier-gateway"
 DEMO_ORGS = ("org-gov-evaluator", "org-partner-us", "org-partner-jp", "org-developer-us", "org-entity-listed")
 # Public addresses and where the embedded DB-IP database places them.
 US, JP, CN, IR = "8.8.8.8", "133.11.0.1", "114.114.114.114", "217.218.0.1"
+OPERATORS = ("ops-alice", "ops-bob")  # two people: a loosening needs the other one's approval
+WALK_SUSPENSION = "demo-jp"
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,7 @@ class DemoRuntime:
     url: str = ""
     admin_url: str = ""
     examples: list[Example] = field(default_factory=list)
+    operators: dict[str, str] = field(default_factory=dict)  # name -> admin token
 
     async def stop(self) -> None:
         await self.service.stop()
@@ -121,8 +130,11 @@ def _port_or_free(port: int) -> int:
     return port
 
 
-def _config(workdir: Path, upstream_url: str, public: int, admin: int, policy_dir: Path) -> Config:
+def _config(workdir: Path, upstream_url: str, public: int, admin: int, policy_dir: Path,
+            operators: dict[str, str]) -> Config:
     path = workdir / "gateway.yaml"
+    tokens = [{"name": name, "sha256": hashlib.sha256(token.encode()).hexdigest(), "role": "operator"}
+              for name, token in operators.items()]
     path.write_text(json.dumps({
         "listen": f"127.0.0.1:{public}",
         "admin_listen": f"127.0.0.1:{admin}",
@@ -136,6 +148,8 @@ def _config(workdir: Path, upstream_url: str, public: int, admin: int, policy_di
         "geoip": {"max_age_days": 3650},
         "identity": {"jwt": {"jwks_file": "jwks.json", "issuer": ISSUER, "audience": AUDIENCE, "algorithms": ["RS256"]}},
         "audit": {"path": str(workdir / "audit.jsonl")},
+        "admin": {"tokens": tokens},
+        "change_control": {"approvals": 1},
     }))
     return load_config(path, {})
 
@@ -150,7 +164,8 @@ def _signing_key(workdir: Path) -> Any:
 async def start_demo(workdir: Path, *, public_port: int = 8080, admin_port: int = 9090,
                      policy_dir: Path = SHIPPED_POLICIES) -> DemoRuntime:
     upstream = await serve_upstream("127.0.0.1", 0, models=sorted(load_bundle(policy_dir).policy.models))
-    config = _config(workdir, upstream.url, _port_or_free(public_port), _port_or_free(admin_port), policy_dir)
+    operators = {name: f"demo-{name}-{secrets.token_urlsafe(12)}" for name in OPERATORS}
+    config = _config(workdir, upstream.url, _port_or_free(public_port), _port_or_free(admin_port), policy_dir, operators)
     signing = _signing_key(workdir)
     store = ApiKeyStore(config.state_dir)
     keys = {org: store.create(org, "demo")[1] for org in DEMO_ORGS}
@@ -165,6 +180,7 @@ async def start_demo(workdir: Path, *, public_port: int = 8080, admin_port: int 
     runtime = DemoRuntime(service, upstream, workdir, keys, token, f"http://127.0.0.1:{public}",
                           f"http://127.0.0.1:{admin}")
     runtime.examples = examples(keys, token)
+    runtime.operators = operators
     return runtime
 
 
@@ -208,8 +224,71 @@ def describe(runtime: DemoRuntime) -> str:
     for number, example in enumerate(runtime.examples, 1):
         lines += [f"{number}. {example.title} — expect {example.expect}", f"   {example.curl(runtime.url)}", ""]
     lines += ["With the official OpenAI SDK (pip install openai):", "", _sdk_snippet(runtime), "",
-              "Press Ctrl-C to stop."]
+              *walkthrough(runtime), "", "Press Ctrl-C to stop."]
     return "\n".join(lines)
+
+
+def walkthrough(runtime: DemoRuntime) -> list[str]:
+    """Change control in three steps, with the demo's two operator tokens."""
+    alice, bob = (runtime.operators[name] for name in OPERATORS)
+    jp = Example("", 0, "/v1/messages", {"x-api-key": runtime.keys["org-partner-jp"], "anthropic-version": "2023-06-01",
+                                         "X-Forwarded-For": JP},
+                 {"model": "example-frontier-2", "max_tokens": 64, "messages": [{"role": "user", "content": "Konnichiwa"}]})
+    return [
+        "Change control: two operators, so no one person can grant access alone. In another shell",
+        "(the gateway command is .venv/bin/gateway after `make demo`):",
+        "",
+        f"   export GATEWAY_ADMIN_URL={runtime.admin_url}",
+        f"   ALICE={alice}   # {OPERATORS[0]}, operator",
+        f"   BOB={bob}   # {OPERATORS[1]}, operator",
+        "",
+        "a. Suspend at once — a tightening applies on one operator's word (and awaits a countersignature):",
+        f"   GATEWAY_ADMIN_TOKEN=$ALICE gateway admin suspend --id {WALK_SUSPENSION} --model example-frontier-2 "
+        "--deny-in JP --reason 'demo export order'",
+        "   The Japanese partner from Japan (example 4) now gets 451:",
+        f"   {jp.curl(runtime.url)}",
+        "",
+        "b. Lift it — a loosening is a proposal, not applied (the partner still gets 451):",
+        f"   GATEWAY_ADMIN_TOKEN=$ALICE gateway admin lift {WALK_SUSPENSION} --reason 'order rescinded'",
+        "   GATEWAY_ADMIN_TOKEN=$ALICE gateway admin approve PROPOSAL_ID   # refused: not your own proposal",
+        "",
+        "c. Approve it with the second token — it applies, and the partner gets 200 again:",
+        "   GATEWAY_ADMIN_TOKEN=$BOB gateway admin show PROPOSAL_ID       # diff, access delta, simulation",
+        "   GATEWAY_ADMIN_TOKEN=$BOB gateway admin approve PROPOSAL_ID --reason 'order checked'",
+        "   GATEWAY_ADMIN_TOKEN=$BOB gateway admin countersign CHANGE_ID  # the suspension of step a",
+        "   GATEWAY_ADMIN_TOKEN=$BOB gateway admin changes --verify       # every step, hash-chained",
+        "",
+        "(PROPOSAL_ID is printed by step b, CHANGE_ID by step a.)",
+    ]
+
+
+async def check_walkthrough(runtime: DemoRuntime) -> list[tuple[str, bool]]:
+    """Do what the walk-through says, through the admin API; (step, as printed?) for each."""
+    alice, bob = ({"Authorization": f"Bearer {runtime.operators[name]}"} for name in OPERATORS)
+    partner = runtime.examples[3]  # the Japanese partner from Japan
+    async with aiohttp.ClientSession() as session:
+        async def call(method: str, path: str, headers: dict[str, str], body: Any = None) -> tuple[int, Any]:
+            async with session.request(method, runtime.admin_url + path, headers=headers, json=body) as response:
+                return response.status, await response.json()
+
+        async def partner_status() -> int:
+            async with session.post(runtime.url + partner.path, headers=partner.headers, json=partner.body) as response:
+                await response.read()
+                return response.status
+
+        results = []
+        suspension = {"id": WALK_SUSPENSION, "models": ["example-frontier-2"], "deny_in": ["JP"], "reason": "demo"}
+        status, made = await call("POST", "/admin/suspensions", alice, suspension)
+        results.append(("a. suspend at once", status == 201 and await partner_status() == 451))
+        status, proposal = await call("DELETE", f"/admin/suspensions/{WALK_SUSPENSION}", alice)
+        own, _ = await call("POST", f"/admin/proposals/{proposal.get('id')}/approve", alice)
+        results.append(("b. lift is a proposal", status == 202 and own == 403 and await partner_status() == 451))
+        status, approved = await call("POST", f"/admin/proposals/{proposal.get('id')}/approve", bob)
+        signed, _ = await call("POST", f"/admin/changes/{made.get('change_id')}/countersign", bob)
+        _, verified = await call("GET", "/admin/changes/verify", bob)
+        results.append(("c. approved by the second operator", status == 200 and approved.get("state") == "applied"
+                        and signed == 200 and verified.get("ok") is True and await partner_status() == 200))
+    return results
 
 
 async def _run(check_only: bool, public_port: int, admin_port: int) -> int:
@@ -222,7 +301,12 @@ async def _run(check_only: bool, public_port: int, admin_port: int) -> int:
                 print("\nChecking every example:")
                 for example, status in results:
                     print(f"  {'ok ' if status == example.expect else 'BAD'} {status}  {example.title}")
-                return 0 if all(status == example.expect for example, status in results) else 1
+                steps = await check_walkthrough(runtime)
+                print("\nChecking the change-control walk-through:")
+                for step, ok in steps:
+                    print(f"  {'ok ' if ok else 'BAD'} {step}")
+                return 0 if all(status == example.expect for example, status in results) \
+                    and all(ok for _, ok in steps) else 1
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):

@@ -33,6 +33,7 @@ from gateway.audit.chain import default_replica
 from gateway.config import Config, is_loopback
 from gateway.geofiles import UNENFORCED_ANONYMIZERS, LiveGeo, configured_files, unenforced_anonymizer_rules
 from gateway.identity import Authenticator
+from gateway.identity.apikeys import ApiKeyAdmin, ApiKeyStore
 from gateway.identity.redis_keys import RedisApiKeyStore
 from gateway.listener import protocol_for
 from gateway.live.control import ChangeControl
@@ -96,7 +97,6 @@ class Service:
                               on_change=self.revocations.policy_changed if self.revocations else None)
         proposals = (RedisProposals(self.store.redis, redis.namespace) if isinstance(self.store, RedisStore)
                      else LocalProposals(config.state_dir))
-        self.control = ChangeControl(self.live, proposals, config.change_control, self.metrics, config.audit.path)
         self.geo: LiveGeo | None = None
         self.upstreams = Upstreams(config.upstreams)
         # Fleet mode: the audit stream goes through the store's Redis client.
@@ -108,6 +108,12 @@ class Service:
         self.api_keys = (RedisApiKeyStore(redis.url, namespace=redis.namespace, timeout_s=redis.timeout_s, cluster=redis.cluster)
                          if redis.url and config.identity.api_keys else None)
         self.authenticator = Authenticator.from_config(config.identity, config.state_dir, api_keys=self.api_keys)
+        # Keys created and revoked through the admin API go where the request path reads them.
+        key_admin: ApiKeyAdmin | None = None
+        if config.identity.api_keys:
+            key_admin = self.api_keys if self.api_keys is not None else ApiKeyStore(config.state_dir)
+        self.control = ChangeControl(self.live, proposals, config.change_control, self.metrics, config.audit.path,
+                                     keys=key_admin)
 
     def sightings(self) -> Sightings:
         window = self.config.credential_misuse.window_s

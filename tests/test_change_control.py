@@ -5,7 +5,10 @@ proposal that applies, on every replica, once another operator approves it."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -127,6 +130,9 @@ def test_concurrent_approvals_apply_a_proposal_once(fleets: Callable[..., Fleet]
     changes = fleet.a.admin("GET", "/admin/changes", token=VIEWER_TOKEN).json["changes"]
     assert [c["action"] for c in changes].count("organization.update") == 1
     assert [c["action"] for c in changes].count("proposal.approve") == 1
+    # Two replicas wrote at once, and the change log is still one chain.
+    verified = fleet.b.admin("GET", "/admin/changes/verify", token=VIEWER_TOKEN).json
+    assert verified["ok"] and verified["records"] == len(changes), verified
 
 
 def test_a_stale_proposal_is_recomputed_and_its_approvals_cleared(fleets: Callable[..., Fleet], redis_url: str) -> None:
@@ -148,6 +154,67 @@ def test_a_stale_proposal_is_recomputed_and_its_approvals_cleared(fleets: Callab
     assert se_allowed(fleet.a, fleet) is False
 
 
+def test_an_api_key_proposed_on_a_and_approved_on_b_works_on_both_and_its_revocation_applies_at_once(
+        fleets: Callable[..., Fleet], redis_url: str) -> None:
+    fleet = fleets(redis_url=redis_url, change_control=TWO_PEOPLE)
+    secret = "fgw_" + uuid.uuid4().hex + uuid.uuid4().hex  # drawn by the requester, who sends its hash only
+    proposed = fleet.a.admin("POST", "/admin/keys", {"org_id": "org-public", "sha256": hashlib.sha256(secret.encode()).hexdigest(),
+                                                     "label": "batch", "reason": "onboarding"})
+    assert proposed.status == 202 and proposed.json["access_delta"]["kind"] == "loosening", proposed
+    key_id = proposed.json["target"]
+    assert fleet.a.chat(secret).status == 401
+    approved = fleet.b.admin("POST", f"/admin/proposals/{proposed.json['id']}/approve", token=SECOND_OPERATOR)
+    assert approved.json["state"] == "applied", approved
+    wait_for(lambda: fleet.a.chat(secret).status == 200 and fleet.b.chat(secret).status == 200, timeout=2.0)
+    revoked = fleet.b.admin("DELETE", f"/admin/keys/{key_id}?reason=leaked")
+    assert revoked.status == 200 and revoked.json["countersign"]["state"] == "awaiting", revoked
+    wait_for(lambda: fleet.a.chat(secret).status == 401 and fleet.b.chat(secret).status == 401, timeout=2.0)
+    assert fleet.a.admin("DELETE", f"/admin/keys/{key_id}").status == 404  # revoked already
+    bad = fleet.a.admin("POST", "/admin/keys", {"org_id": "org-public", "sha256": secret})
+    assert bad.status == 422 and "sha256" in bad.raw.decode()  # a secret sent by mistake is refused
+    actions = [c["action"] for c in fleet.a.admin("GET", "/admin/changes", token=VIEWER_TOKEN).json["changes"]]
+    assert actions[:4] == ["apikey.revoke", "apikey.create", "proposal.approve", "proposal.create"]
+
+
+SE_GROUP = '  se_partners:\n    countries: [SE]\n    source: "Partner programme, Sweden"\n'
+LOST_SE_GROUP = ("live suspension 's-se' names jurisdiction group 'se_partners', which the bundle does not define: "
+                 "keep them in the bundle, or lift the suspension with the change")
+
+
+def test_a_put_on_one_replica_that_renames_the_group_of_a_live_suspension_is_refused_naming_it(
+        fleets: Callable[..., Fleet], redis_url: str, tmp_path: Path) -> None:
+    from conftest import REFERENCE_POLICY
+
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    for source in REFERENCE_POLICY.glob("*.yaml"):
+        (policy / source.name).write_text(source.read_text() + (SE_GROUP if source.name == "jurisdictions.yaml" else ""))
+    fleet = fleets(redis_url=redis_url, change_control=TWO_PEOPLE, policy_dir=policy)
+    made = fleet.a.admin("POST", "/admin/suspensions", {"id": "s-se", "models": ["small-2"], "deny_in": ["se_partners"],
+                                                        "reason": "export order"})
+    assert made.status == 201, made
+    wait_for(lambda: not se_allowed(fleet.a, fleet) and not se_allowed(fleet.b, fleet), timeout=1.0)
+    files = fleet.b.admin("GET", "/admin/policy", token=VIEWER_TOKEN).json["files"]
+    version = fleet.b.policy_version()
+    renamed = files | {"jurisdictions.yaml": files["jurisdictions.yaml"].replace("  se_partners:", "  sweden_partners:")}
+
+    refused = fleet.b.admin("PUT", "/admin/policy", {"files": renamed, "reason": "routine rename"})
+    assert refused.status == 409 and refused.json["error"]["problems"] == [LOST_SE_GROUP], refused
+    assert fleet.a.policy_version() == fleet.b.policy_version() == version  # nothing changed anywhere
+    assert not se_allowed(fleet.a, fleet) and not se_allowed(fleet.b, fleet)
+    assert fleet.a.admin("GET", "/admin/proposals", token=VIEWER_TOKEN).json["proposals"] == []
+
+    # With the lift, it is a loosening: a proposal, applied on both once another operator approves.
+    proposed = fleet.b.admin("PUT", "/admin/policy", {"files": renamed, "lift": ["s-se"], "reason": "rename, lift"})
+    assert proposed.status == 202, proposed
+    assert not se_allowed(fleet.a, fleet)
+    approved = fleet.a.admin("POST", f"/admin/proposals/{proposed.json['id']}/approve", token=SECOND_OPERATOR)
+    assert approved.json["state"] == "applied", approved
+    wait_for(lambda: se_allowed(fleet.a, fleet) and se_allowed(fleet.b, fleet), timeout=1.0)
+    assert fleet.a.admin("GET", "/admin/policy", token=VIEWER_TOKEN).json["files"] == renamed
+    fleet.check_nothing_denied_was_forwarded()
+
+
 def test_whoami_names_the_token_and_a_viewer_cannot_propose(fleets: Callable[..., Fleet], redis_url: str) -> None:
     fleet = fleets(redis_url=redis_url, change_control=TWO_PEOPLE)
     assert fleet.a.admin("GET", "/admin/whoami", token=SECOND_OPERATOR).json == {
@@ -163,7 +230,6 @@ CLI_ALICE, CLI_CAROL = "cli-alice-token", "cli-carol-token"
 
 @pytest.fixture(scope="module")
 def two_operators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    import hashlib
 
     from e2e import Stack
 
@@ -198,3 +264,104 @@ def test_the_cli_walks_a_suspension_its_lift_proposal_and_the_second_operators_a
     assert approved.returncode == 0 and "is now applied" in approved.stdout, approved
     log = gateway_admin(stack, "changes", token=CLI_CAROL).stdout
     assert "suspension.lift s-cli" in log and "approved by ops-carol" in log and "awaiting countersignature" in log
+
+
+def test_every_step_is_in_the_change_log_and_its_hash_chain_is_checked(two_operators: Any) -> None:
+    from test_admin_cli import gateway_admin
+
+    stack = two_operators
+    made = gateway_admin(stack, "--json", "suspend", "--model", "small-2", "--deny-in", "GB", "--reason", "order",
+                         token=CLI_ALICE)
+    assert made.returncode == 0, made
+    change_id = json.loads(made.stdout)["change_id"]
+    assert gateway_admin(stack, "countersign", change_id, "--reason", "seen", token=CLI_CAROL).returncode == 0
+    for closing, token in (("reject", CLI_CAROL), ("withdraw", CLI_ALICE)):
+        proposed = gateway_admin(stack, "--json", "org", "org-public", "--tier", "government", token=CLI_ALICE)
+        proposal_id = json.loads(proposed.stdout)["id"]
+        closed = gateway_admin(stack, closing, proposal_id, "--reason", f"{closing} it", token=token)
+        assert closed.returncode == 0, closed
+    log = json.loads(gateway_admin(stack, "--json", "changes", token=CLI_CAROL).stdout)["changes"]
+    actions = [(c["action"], c["actor"]) for c in log[:6]][::-1]
+    assert actions == [("suspension.create", "ops-alice"), ("change.countersign", "ops-carol"),
+                       ("proposal.create", "ops-alice"), ("proposal.reject", "ops-carol"),
+                       ("proposal.create", "ops-alice"), ("proposal.withdraw", "ops-alice")]
+    assert log[0]["reason"] == "withdraw it" and log[0]["prev"] == log[1]["hash"]
+
+    verified = gateway_admin(stack, "changes", "--verify", token=CLI_CAROL)
+    assert verified.returncode == 0 and "hash chain intact" in verified.stdout, verified
+    # An edited record is named by its seq; the log is put back for the tests after this one.
+    path = Path(stack.config.state_dir) / "live" / "changes.jsonl"
+    original = path.read_text()
+    try:
+        path.write_text(original.replace('"reason":"reject it"', '"reason":"looks fine"'))
+        tampered = gateway_admin(stack, "changes", "--verify", token=CLI_CAROL)
+        seq = next(c["seq"] for c in log if c["action"] == "proposal.reject")
+        assert tampered.returncode == 1 and f"seq {seq}: edited" in tampered.stdout, tampered
+    finally:
+        path.write_text(original)
+
+
+def chat_status(stack: Any, secret: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"model": "fable", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    request = urllib.request.Request(stack.url + "/v1/chat/completions", data=body, method="POST", headers={
+        "Authorization": f"Bearer {secret}", "Content-Type": "application/json", "X-Forwarded-For": SE_IP})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as refused:
+        return int(refused.code)
+
+
+def test_an_api_key_is_proposed_by_its_hash_works_once_approved_and_is_revoked_at_once(two_operators: Any) -> None:
+    from test_admin_cli import gateway_admin
+
+    stack = two_operators
+    made = gateway_admin(stack, "key-create", "--org", "org-public", "--label", "batch jobs", "--reason", "onboarding",
+                         token=CLI_ALICE)
+    assert made.returncode == 0 and "not applied" in made.stdout, made
+    secret = made.stdout.split("Secret: ", 1)[1].split()[0]
+    proposal_id = made.stdout.split("gateway admin approve ", 1)[1].split(")", 1)[0]
+    assert "grants: API key key_" in made.stdout and "works once the proposal is approved" in made.stdout
+    assert chat_status(stack, secret) == 401  # proposed, not created
+    shown = gateway_admin(stack, "--json", "show", proposal_id, token=CLI_CAROL).stdout
+    assert secret not in shown and hashlib.sha256(secret.encode()).hexdigest() in shown  # the reviewer sees the hash
+    assert gateway_admin(stack, "approve", proposal_id, token=CLI_CAROL).returncode == 0
+    assert wait_for(lambda: chat_status(stack, secret) == 200, timeout=3.0)[0]  # replicas read new keys within a second
+    key_id = json.loads(shown)["target"]
+    assert key_id in gateway_admin(stack, "keys", "--org", "org-public", token=CLI_CAROL).stdout
+
+    revoked = gateway_admin(stack, "key-revoke", key_id, "--reason", "laptop stolen", token=CLI_CAROL)
+    assert revoked.returncode == 0 and "another operator must countersign" in revoked.stdout, revoked
+    assert wait_for(lambda: chat_status(stack, secret) == 401, timeout=3.0)[0]
+    log = json.loads(gateway_admin(stack, "--json", "changes", token=CLI_CAROL).stdout)
+    created = next(c for c in log["changes"] if c["action"] == "apikey.create" and c["target"] == key_id)
+    assert created["actor"] == "ops-alice" and created["approved_by"] == ["ops-carol"]
+    assert created["after"]["org_id"] == "org-public" and created["reason"] == "onboarding"
+    assert log["changes"][0]["action"] == "apikey.revoke" and log["changes"][0]["reason"] == "laptop stolen"
+    assert key_id in [e["target"] for e in log["awaiting_countersign"]]
+    assert secret not in json.dumps(log)
+
+
+def test_gateway_keys_records_its_changes_as_the_local_user(two_operators: Any) -> None:
+    import getpass
+    import subprocess
+    import sys
+
+    from test_admin_cli import ROOT, gateway_admin
+
+    stack = two_operators
+    config = stack.directory / "gateway.yaml"
+    made = subprocess.run([sys.executable, "-m", "gateway", "keys", "create", "--org", "org-acme", "--json",
+                           "--config", str(config)], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert made.returncode == 0, made
+    key_id = json.loads(made.stdout)["key_id"]
+    revoked = subprocess.run([sys.executable, "-m", "gateway", "keys", "revoke", key_id, "--config", str(config)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert revoked.returncode == 0, revoked
+    log = json.loads(gateway_admin(stack, "--json", "changes", token=CLI_CAROL).stdout)["changes"]
+    assert [(c["action"], c["target"], c["actor"]) for c in log[:2]] == [
+        ("apikey.revoke", key_id, f"local:{getpass.getuser()}"), ("apikey.create", key_id, f"local:{getpass.getuser()}")]
+    assert gateway_admin(stack, "changes", "--verify", token=CLI_CAROL).returncode == 0

@@ -45,3 +45,29 @@ def test_demo_examples_answer_as_printed(tmp_path) -> None:
     assert len(results) == 8 and all(expect == status for expect, status in results), results
     assert {expect for expect, _ in results} == {200, 403, 404, 451}
     assert "curl" in text and "IP Geolocation by DB-IP" in text and "from openai import OpenAI" in text
+
+
+def test_demo_walks_through_change_control_with_two_operator_tokens(tmp_path) -> None:
+    import asyncio
+
+    from gateway.demo import check_walkthrough, describe, start_demo
+
+    async def run() -> tuple[str, dict[str, str], list[tuple[str, bool]]]:
+        runtime = await start_demo(tmp_path, public_port=0, admin_port=0)
+        try:
+            text = describe(runtime)
+            return text, runtime.operators, await check_walkthrough(runtime)
+        finally:
+            await runtime.stop()
+
+    text, operators, steps = asyncio.run(run())
+    alice, bob = operators["ops-alice"], operators["ops-bob"]
+    assert f"ALICE={alice}" in text and f"BOB={bob}" in text and alice != bob
+    suspend, lift, approve = (text.index(f"{step}. ") for step in "abc")
+    assert suspend < lift < approve
+    assert "GATEWAY_ADMIN_TOKEN=$ALICE gateway admin suspend --id demo-jp" in text[suspend:lift]
+    assert "GATEWAY_ADMIN_TOKEN=$ALICE gateway admin lift demo-jp" in text[lift:approve]
+    assert "GATEWAY_ADMIN_TOKEN=$BOB gateway admin approve PROPOSAL_ID" in text[approve:]
+    # And it is true: done through the admin API, each step answers as printed.
+    assert steps == [("a. suspend at once", True), ("b. lift is a proposal", True),
+                     ("c. approved by the second operator", True)]

@@ -12,7 +12,7 @@ requests never authenticated in a file and stream of their own (`AuditLogs`).
 
 from gateway.audit.chain import ZERO_HASH, AuditFile, lines_backwards, canonical, seal
 from gateway.audit.log import AuditLog, AuditLogs, unauthenticated_path
-from gateway.audit.verification import render, verify, verify_lines
+from gateway.audit.verification import render, verify, verify_change_log, verify_lines
 
 __all__ = [
     "ZERO_HASH",
@@ -25,5 +25,6 @@ __all__ = [
     "seal",
     "unauthenticated_path",
     "verify",
+    "verify_change_log",
     "verify_lines",
 ]

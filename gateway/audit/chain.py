@@ -103,6 +103,18 @@ def seal(entry: dict[str, Any], replica: str, seq: int, prev: str) -> Sealed:
 def _sealed(entry: dict[str, Any], replica: str, seq: int, prev: str) -> Sealed:
     record = {**entry, "replica": replica, "seq": seq, "prev": prev}
     record.pop("hash", None)
+    return _hashed(record, seq)
+
+
+def seal_linear(entry: dict[str, Any], seq: int, prev: str) -> Sealed:
+    """`entry` in a chain that has no replica id: the change log, one chain for the whole
+    fleet, its head kept with the shared state and extended atomically. Never cut: a
+    change record is kept whole, before and after."""
+    record = {k: v for k, v in entry.items() if k not in ("hash", "replica")} | {"seq": seq, "prev": prev}
+    return _hashed(record, seq)
+
+
+def _hashed(record: dict[str, Any], seq: int) -> Sealed:
     try:
         body = canonical(record)
     except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError

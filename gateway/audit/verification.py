@@ -1,5 +1,10 @@
 """Verification (`gateway audit verify`): recompute every hash, and per replica
 every seq and prev link, of records read from files or from the Redis stream.
+
+The change log (`gateway admin changes`) is chained the same way, as one chain for
+the whole fleet: its records have a `change_id` and no `replica`, and are checked
+as the chain `CHANGE_LOG`. Change records written before the log was chained (no
+`hash`) are counted as unchained when they come before the first chained one.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.audit.chain import ZERO_HASH, _chain_fields, canonical, legacy_canonical
+from gateway.audit.chain import ZERO_HASH, canonical, legacy_canonical
 
 
 @dataclass
@@ -39,6 +44,7 @@ class ChainEnd:
 class Verification:
     files: list[str]
     records: int = 0
+    unchained: int = 0  # change records from before the change log was chained
     last_hash: str | None = None
     replicas: dict[str, ChainEnd] = field(default_factory=dict)
     problem: Problem | None = None
@@ -49,7 +55,8 @@ class Verification:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "ok": self.ok, "files": self.files, "records": self.records, "last_hash": self.last_hash,
+            "ok": self.ok, "files": self.files, "records": self.records, "unchained": self.unchained,
+            "last_hash": self.last_hash,
             "replicas": {name: {"first_seq": end.first_seq, "last_seq": end.last_seq, "last_hash": end.last_hash,
                                 "records": end.records} for name, end in self.replicas.items()},
             "error": None if self.problem is None else vars(self.problem),
@@ -63,6 +70,7 @@ class _Unreadable(Exception):
 
 
 Numbered = tuple[str, int, bytes]  # file, line number (from 1), the line with its newline if it had one
+CHANGE_LOG = "change-log"  # the chain name change records are verified under
 LOOKAHEAD = 10_000  # lines read past a seq gap, looking for the missing record (reordered, or removed?)
 
 
@@ -103,6 +111,28 @@ def verify_lines(lines: Iterable[bytes], source: str = "stream") -> Verification
     return result
 
 
+def verify_change_log(lines: Iterable[bytes], source: str, *, head: tuple[int, str] | None,
+                      complete: bool) -> Verification:
+    """The change log's records, oldest first, checked as `verify_lines` does, and against
+    the store's `head` (seq, hash of the newest record), which catches records removed at
+    the end. `complete`: the log was never trimmed, so its chain must start at seq 1."""
+    result = verify_lines(lines, source)
+    end = result.replicas.get(CHANGE_LOG)
+    if result.problem is not None:
+        return result
+    if complete and end is not None and end.first_seq != 1:
+        result.problem = Problem(source, 1, end.first_seq, None, "removed",
+                                 f"the log starts at seq {end.first_seq}: seq 1..{end.first_seq - 1} missing (removed)")
+    elif head is not None and (end is None or end.last_seq < head[0]
+                               or (end.last_seq == head[0] and end.last_hash != head[1])):
+        last = "no chained record" if end is None else f"seq {end.last_seq} ({end.where})"
+        kind = "removed" if end is None or end.last_seq < head[0] else "edited"
+        result.problem = Problem(source, 0, head[0], None, kind,
+                                 f"the store's newest record is seq {head[0]}, the log ends at {last}: "
+                                 "records at the end were removed or replaced")
+    return result
+
+
 def _check(result: Verification, file: str, number: int, raw: bytes, rest: Iterator[Numbered]) -> Problem | None:
     def problem(kind: str, message: str) -> Problem:
         return Problem(file, number, record.get("seq") if isinstance(record, dict) else None,
@@ -120,6 +150,9 @@ def _check(result: Verification, file: str, number: int, raw: bytes, rest: Itera
         return problem("garbage", f"not JSON{cut}")
     if not isinstance(record, dict):
         return problem("garbage", "not a JSON object")
+    if "change_id" in record and "hash" not in record and CHANGE_LOG not in result.replicas:
+        result.unchained += 1  # written before the change log was chained
+        return None
     record_or_problem = _chain_of(record)
     if isinstance(record_or_problem, str):
         return problem("malformed", record_or_problem)
@@ -158,6 +191,8 @@ def _check(result: Verification, file: str, number: int, raw: bytes, rest: Itera
 def _chain_of(record: dict[str, Any]) -> tuple[str, int, str, str] | str:
     """(replica, seq, prev, hash) of a record, or what is wrong with them."""
     replica, seq, prev, digest = (record.get(k) for k in ("replica", "seq", "prev", "hash"))
+    if replica is None and "change_id" in record:
+        replica = CHANGE_LOG
     for name, value in (("replica", replica), ("seq", seq), ("prev", prev), ("hash", digest)):
         if value is None:
             return f"not an audit record: no {name!r}"
@@ -174,8 +209,12 @@ def _chain_of(record: dict[str, Any]) -> tuple[str, int, str, str] | str:
 def _look_ahead(rest: Iterator[Numbered], replica: str, seq: int) -> str | None:
     """file:line of this replica's record `seq` among the next lines, if there."""
     for file, number, raw in itertools.islice(rest, LOOKAHEAD):
-        record = _chain_fields(raw)
-        if record is not None and record["replica"] == replica and record["seq"] == seq:
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            continue
+        chain = _chain_of(record) if isinstance(record, dict) else None
+        if isinstance(chain, tuple) and chain[:2] == (replica, seq):
             return f"{file}:{number}"
     return None
 
@@ -189,9 +228,12 @@ def render(result: Verification) -> str:
         return (f"FAILED {at}: {which + ': ' if which else ''}{problem.kind}: {problem.message}\n"
                 f"{result.records} records verified before it")
     lines = [f"OK: {result.records} records in {len(result.files)} file(s), hash chain intact"]
+    if result.unchained:
+        lines.append(f"  {result.unchained} change records before them predate the chained change log")
     for name, end in result.replicas.items():
+        name = "the change log" if name == CHANGE_LOG else f"replica {name}"
         start = "" if end.first_seq == 1 else " (starts past seq 1: earlier records are in files not given)"
-        lines.append(f"  replica {name}: seq {end.first_seq}..{end.last_seq}{start}")
+        lines.append(f"  {name}: seq {end.first_seq}..{end.last_seq}{start}")
     lines.append(f"last hash {result.last_hash or '-'}")
     return "\n".join(lines)
 

@@ -87,6 +87,8 @@ class ApiKeyAdmin(Protocol):
 
     def create(self, org_id: str, label: str | None = None) -> tuple[str, str]: ...
 
+    def register(self, org_id: str, sha256: str, label: str | None = None, key_id: str | None = None) -> str: ...
+
     def revoke(self, key_id: str) -> bool: ...
 
     def list(self) -> list[ApiKeyInfo]: ...
@@ -143,17 +145,23 @@ class ApiKeyStore:
 
     def create(self, org_id: str, label: str | None = None) -> tuple[str, str]:
         """A new key for `org_id`: (key id, secret). The secret exists only in this return value."""
-        _check_text("org_id", org_id, 200)
-        if label is not None:
-            _check_text("label", label, MAX_LABEL)
-        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        check_new_key(org_id, label)
+        secret = new_secret()
+        return self.register(org_id, hash_secret(secret), label), secret
+
+    def register(self, org_id: str, sha256: str, label: str | None = None, key_id: str | None = None) -> str:
+        """A key known only by the SHA-256 of its secret (the admin API's keys: the requester
+        keeps the secret); its id, `key_id` if given. ValueError when the id or hash is taken."""
+        check_new_key(org_id, label, sha256, key_id)
         with self._locked():
             records = _read(self.path)
             taken = {record.key_id for record in records}
-            key_id = _new_key_id(taken)
-            records.append(ApiKeyRecord(key_id, org_id, hash_secret(secret), self._now(), None, label))
+            if key_id in taken or any(record.sha256 == sha256 for record in records):
+                raise ValueError("a key with this id or secret exists")
+            key_id = key_id or _new_key_id(taken)
+            records.append(ApiKeyRecord(key_id, org_id, sha256, self._now(), None, label))
             self._write(records)
-        return key_id, secret
+        return key_id
 
     def revoke(self, key_id: str) -> bool:
         """Revoke a key; False if there is no such key. Revoking twice keeps the first time."""
@@ -201,6 +209,21 @@ class ApiKeyStore:
 
     def list(self) -> list[ApiKeyInfo]:  # last: the name would shadow `list` in annotations below it
         return [record.info() for record in _read(self.path)]
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def check_new_key(org_id: str, label: str | None, sha256: str | None = None, key_id: str | None = None) -> None:
+    """ValueError naming the first field a new key cannot have."""
+    _check_text("org_id", org_id, 200)
+    if label is not None:
+        _check_text("label", label, MAX_LABEL)
+    if sha256 is not None and (not isinstance(sha256, str) or not SHA256_HEX.fullmatch(sha256)):
+        raise ValueError("sha256: the SHA-256 of the secret, 64 lowercase hex digits")
+    if key_id is not None and (not isinstance(key_id, str) or not KEY_ID.fullmatch(key_id)):
+        raise ValueError("key_id: key_ followed by 12 lowercase hex digits")
 
 
 def _new_key_id(taken: set[str]) -> str:

@@ -6,6 +6,9 @@ section: with a `url`, the keys live in Redis, shared by the fleet), `json`
 (bool), and `org`/`label` for create, `key_id` for revoke, optionally `org` for
 list. Each returns an exit status.
 The secret is printed once, by `create`; nothing can show it again.
+
+`create` and `revoke` report what they did to `record(action, key_id, before, after)`,
+which the main CLI points at the change log (actor `local:<user>`).
 """
 
 from __future__ import annotations
@@ -13,11 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 
 from gateway.identity.apikeys import ApiKeyAdmin, ApiKeyStoreError, ApiKeyStore
 
 SHOWN_ONCE = "This secret is shown only once and cannot be shown again: store it now."
+Record = Callable[[str, str, dict[str, Any] | None, dict[str, Any] | None], None]
+
+
+def _unrecorded(action: str, key_id: str, before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+    return None
 
 
 def _store(args: argparse.Namespace) -> ApiKeyAdmin:
@@ -31,13 +41,15 @@ def _store(args: argparse.Namespace) -> ApiKeyAdmin:
     return ApiKeyStore(args.state_dir)
 
 
-def keys_create(args: argparse.Namespace) -> int:
+def keys_create(args: argparse.Namespace, record: Record = _unrecorded) -> int:
     store = _store(args)
+    label = getattr(args, "label", None)
     try:
-        key_id, secret = store.create(args.org, getattr(args, "label", None))
+        key_id, secret = store.create(args.org, label)
     except (ApiKeyStoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    record("apikey.create", key_id, None, {"org_id": args.org, "label": label})
     if args.json:
         print(json.dumps({"key_id": key_id, "org_id": args.org, "secret": secret, "warning": SHOWN_ONCE}))
     else:
@@ -47,13 +59,17 @@ def keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def keys_revoke(args: argparse.Namespace) -> int:
+def keys_revoke(args: argparse.Namespace, record: Record = _unrecorded) -> int:
     store = _store(args)
     try:
+        known = {key.key_id: key for key in store.list()}
         found = store.revoke(args.key_id)
     except ApiKeyStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    key = known.get(args.key_id)
+    if found and key is not None and key.revoked_at is None:
+        record("apikey.revoke", args.key_id, {"org_id": key.org_id, "label": key.label}, None)
     if args.json:
         print(json.dumps({"key_id": args.key_id, "revoked": found}))
     elif found:

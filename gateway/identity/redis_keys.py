@@ -53,15 +53,14 @@ import redis.asyncio as aioredis
 
 from gateway.identity.apikeys import (
     KEY_ID,
-    MAX_LABEL,
-    SECRET_PREFIX,
     SHA256_HEX,
     ApiKeyInfo,
     ApiKeyRecord,
     ApiKeyStoreError,
-    _check_text,
     _new_key_id,
+    check_new_key,
     hash_secret,
+    new_secret,
 )
 from gateway.identity.principal import Principal
 from gateway.redis_connect import before_pubsub, connect_url, describe
@@ -277,17 +276,24 @@ class RedisApiKeyStore:
 
     def create(self, org_id: str, label: str | None = None) -> tuple[str, str]:
         """A new key for `org_id`: (key id, secret). The secret exists only in this return value."""
-        _check_text("org_id", org_id, 200)
-        if label is not None:
-            _check_text("label", label, MAX_LABEL)
-        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-        digest = hash_secret(secret)
+        check_new_key(org_id, label)
+        secret = new_secret()
+        return self.register(org_id, hash_secret(secret), label), secret
+
+    def register(self, org_id: str, digest: str, label: str | None = None, key_id: str | None = None) -> str:
+        """A key known only by the SHA-256 of its secret; its id, `key_id` if given.
+        ValueError when the id or hash is taken."""
+        check_new_key(org_id, label, digest, key_id)
         created_at = self._now()
+        chosen = key_id
 
         def attempt(pipe: redis.client.Pipeline) -> tuple[str, int]:
             version = _version(pipe.get(self.keys["version"]))
-            key_id = _new_key_id(set())
-            while pipe.hexists(self.keys["ids"], key_id):
+            if pipe.hexists(self.keys["keys"], digest) or (chosen and pipe.hexists(self.keys["ids"], chosen)):
+                pipe.reset()
+                raise ValueError("a key with this id or secret exists")
+            key_id = chosen or _new_key_id(set())
+            while not chosen and pipe.hexists(self.keys["ids"], key_id):
                 key_id = _new_key_id(set())
             record = ApiKeyRecord(key_id, org_id, digest, created_at, None, label)
             pipe.multi()
@@ -299,7 +305,7 @@ class RedisApiKeyStore:
 
         key_id, version = self._transaction(attempt)
         self._announce(version, digest)
-        return key_id, secret
+        return key_id
 
     def revoke(self, key_id: str) -> bool:
         """Revoke a key; False if there is no such key. Revoking twice keeps the first time."""

@@ -46,11 +46,13 @@ class AccessDelta:
     credentials_reinstated: tuple[str, ...]
     credentials_suspended: tuple[str, ...]
     models_compared: tuple[str, ...]
+    keys_created: tuple[str, ...] = ()  # API keys: access in themselves, whatever the policy says
+    keys_revoked: tuple[str, ...] = ()
 
     @property
     def loosens(self) -> bool:
         granted = any(f.direction == "deny_to_allow" for _, f in (*self.flips, *self.org_flips))
-        return granted or bool(self.credentials_reinstated)
+        return granted or bool(self.credentials_reinstated) or bool(self.keys_created)
 
     @property
     def kind(self) -> Kind:
@@ -145,6 +147,8 @@ def as_json(delta: AccessDelta) -> dict[str, Any]:
                    + [flip(t, f, "org") for t, f in delta.org_flips if f.direction == "allow_to_deny"],
         "credentials_reinstated": list(delta.credentials_reinstated),
         "credentials_suspended": list(delta.credentials_suspended),
+        "keys_created": list(delta.keys_created),
+        "keys_revoked": list(delta.keys_revoked),
     }
 
 
@@ -161,7 +165,9 @@ def render(delta: dict[str, Any], limit: int = 12) -> list[str]:
             lines.append(f"  ... and {len(entries) - limit} more")
     lines += [f"  grants: credential {c} reinstated" for c in delta["credentials_reinstated"]]
     lines += [f"  removes: credential {c} suspended" for c in delta["credentials_suspended"]]
-    if not delta["granted"] and not delta["removed"] and not delta["credentials_reinstated"] \
-            and not delta["credentials_suspended"]:
+    lines += [f"  grants: API key {k} created" for k in delta.get("keys_created", ())]
+    lines += [f"  removes: API key {k} revoked" for k in delta.get("keys_revoked", ())]
+    if not any(delta.get(name) for name in ("granted", "removed", "credentials_reinstated", "credentials_suspended",
+                                              "keys_created", "keys_revoked")):
         lines.append("  no decision changes")
     return lines

@@ -23,6 +23,7 @@ import json
 import logging
 import secrets
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
@@ -30,6 +31,8 @@ from typing import Any
 
 from gateway.audit import lines_backwards
 from gateway.config import ChangeControlConfig
+from gateway.identity.apikeys import ApiKeyAdmin
+from gateway.live import key_changes
 from gateway.live import proposals as rules
 from gateway.live.access_delta import AccessDelta, as_json, classify
 from gateway.live.overlay import ChangeError
@@ -37,12 +40,15 @@ from gateway.live.proposals import ProposalStore, StaleProposal
 from gateway.live.state import LiveState, Prepared, new_change_id
 from gateway.metrics import Metrics
 from gateway.policy import diff, simulate
+from gateway.policy.snapshot import Policy
 
 log = logging.getLogger("gateway.live")
 
-KINDS = ("suspension.create", "suspension.lift", "organization.update", "policy.replace", "credential.reinstate")
+KINDS = ("suspension.create", "suspension.lift", "organization.update", "policy.replace", "credential.reinstate",
+         key_changes.CREATE, key_changes.REVOKE)
 # Kinds whose body names the change's target by "id" (a suspension's new id is part of its document).
-_TARGETED = frozenset({"suspension.lift", "organization.update", "credential.reinstate"})
+_TARGETED = frozenset({"suspension.lift", "organization.update", "credential.reinstate", key_changes.REVOKE})
+FILES_ACTOR, FILES_REASON = "policy_dir", "the policy files changed"
 SIMULATION_RECORDS = 10_000
 METRICS_EVERY_S = 5.0
 
@@ -53,8 +59,12 @@ def _iso(moment: datetime) -> str:
 
 class ChangeControl:
     def __init__(self, live: LiveState, store: ProposalStore, config: ChangeControlConfig, metrics: Metrics,
-                 audit_path: str | None = None) -> None:
+                 audit_path: str | None = None, *, keys: ApiKeyAdmin | None = None) -> None:
+        """`keys`: where API keys created and revoked through the admin API go (None: API keys are off)."""
         self.live = live
+        self.keys = keys
+        if config.file_reloads == "propose":  # changed policy files are reviewed like any change
+            live.files_gate = self.files_changed
         self.store = store
         self.config = config
         self.metrics = metrics
@@ -75,6 +85,27 @@ class ChangeControl:
             return 202, await self._propose(kind, target, body, actor, prepared, delta, reason, reference)
         return 200, await self._apply_tightening(prepared, actor, notes)
 
+    async def files_changed(self, texts: dict[str, str], policy: Policy) -> dict[str, Any]:
+        """`file_reloads: propose`: new files in policy_dir, checked whole, from `policy_dir` as
+        the actor. A tightening applies at once and awaits a countersignature; a loosening
+        becomes one proposal (every replica sees the same files: the first one proposes)."""
+        prepared = self.live.prepare_bundle(texts, policy, from_files=True)
+        if self.config.approvals == 0:
+            return await self.live.commit(prepared, FILES_ACTOR)
+        delta = await self._classify(prepared)
+        if not delta.loosens:
+            return await self._apply_tightening(prepared, FILES_ACTOR, {"reason": FILES_REASON, "access": delta.kind})
+        now = datetime.now(UTC)
+        for proposal in await self.store.all():
+            if rules.state_of(proposal, now) == rules.OPEN and proposal["proposer"] == FILES_ACTOR \
+                    and proposal["resulting_policy_version"] == prepared.after.version:
+                return self.public(proposal)
+        body = {"files": texts, "from_files": True}
+        proposal = await self._propose("policy.replace", None, body, FILES_ACTOR, prepared, delta, FILES_REASON, None)
+        log.warning("policy files in %s grant access: not applied, proposed as %s for approval",
+                    self.live.policy_dir, proposal["id"])
+        return proposal
+
     async def propose(self, body: dict[str, Any], actor: str) -> tuple[int, dict[str, Any]]:
         """POST /admin/proposals: a change in the direct endpoints' JSON plus its `kind`."""
         kind, target, change, reason, reference = split_proposal(body)
@@ -86,7 +117,8 @@ class ChangeControl:
         """The change checked as the live policy stands, assertions included: a change
         that breaks one is refused before it is applied or proposed."""
         prepared = await self._prepare(kind, target, body)
-        if prepared.bundle is None and kind != "credential.reinstate":  # a bundle was proved as it was read
+        # A bundle was proved as it was read; a credential or key change leaves the policy as it is.
+        if prepared.bundle is None and kind not in ("credential.reinstate", key_changes.CREATE, key_changes.REVOKE):
             await self.live.prove(prepared.after)
         return prepared
 
@@ -94,9 +126,12 @@ class ChangeControl:
         live = self.live
         if kind == "suspension.create":
             return live.prepare_suspension(body)
+        if kind == key_changes.CREATE:
+            return await key_changes.prepare_create(self.keys, self._in_force(), body)
         if kind == "policy.replace":
             return await live.prepare_policy(body["files"], lift=tuple(body.get("lift", ())),
-                                             reset=tuple(body.get("reset_organizations", ())))
+                                             reset=tuple(body.get("reset_organizations", ())),
+                                             from_files=bool(body.get("from_files")))
         if target is None:
             raise ChangeError([f"id: a {kind} names what it changes"])
         if kind == "suspension.lift":
@@ -105,14 +140,25 @@ class ChangeControl:
             return live.prepare_org_patch(target, body)
         if kind == "credential.reinstate":
             return live.prepare_reinstate_credential(target)
+        if kind == key_changes.REVOKE:
+            return await key_changes.prepare_revoke(self.keys, self._in_force(), target)
         raise ChangeError([f"kind: one of {', '.join(KINDS)}"])
+
+    def _in_force(self) -> Policy:
+        if self.live.state.policy is None:
+            raise ChangeError(["no valid policy is loaded"], status=503)
+        return self.live.state.policy
 
     async def _classify(self, prepared: Prepared) -> AccessDelta:
         current = self.live.state.policy
         if current is None:
             raise ChangeError(["no valid policy is loaded"], status=503)
         # Off the event loop: a bundle's grid takes a while, and requests share this loop.
-        return await asyncio.to_thread(classify, current, prepared.after, datetime.now(UTC))
+        delta = await asyncio.to_thread(classify, current, prepared.after, datetime.now(UTC))
+        action, target = prepared.change["action"], prepared.change["target"]
+        if action == key_changes.CREATE:
+            return replace(delta, keys_created=(target,))
+        return replace(delta, keys_revoked=(target,)) if action == key_changes.REVOKE else delta
 
     async def _apply_tightening(self, prepared: Prepared, actor: str, notes: dict[str, Any]) -> dict[str, Any]:
         due = _iso(datetime.now(UTC) + timedelta(seconds=self.config.countersign_within))
@@ -129,6 +175,8 @@ class ChangeControl:
         now = datetime.now(UTC)
         if kind == "suspension.create":  # the id it was reviewed under is the id it gets
             body = body | {"id": prepared.change["target"]}
+        if kind == key_changes.CREATE:
+            body = body | {"key_id": prepared.change["target"]}
         proposal_id = f"prop-{now:%Y%m%d}-{secrets.token_hex(4)}"
         proposal = {
             "id": proposal_id, "kind": kind, "target": target or prepared.change.get("target"), "body": body,
@@ -339,7 +387,10 @@ def split_proposal(body: dict[str, Any]) -> tuple[str, str | None, dict[str, Any
     if kind == "suspension.create":  # its reason and reference are the suspension's own
         return kind, None, body, _text(body.get("reason")), _text(body.get("reference"))
     reason, reference = _text(body.pop("reason", None)), _text(body.pop("reference", None))
+    if kind == key_changes.CREATE:
+        body = key_changes.request_of(body)
     if kind == "policy.replace":
+        body.pop("from_files", None)  # only a reload of policy_dir makes the files the policy's source
         files = body.get("files")
         if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
             raise ChangeError(['files: expected {"<name>.yaml": "<YAML text>", ...}'])

@@ -21,13 +21,15 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.audit.verification import Verification, verify_change_log
 from gateway.live import overlay as overlays
 from gateway.live.overlay import ChangeError, Overlay
+from gateway.config import Config
 from gateway.live.store import Shared, Store
 from gateway.metrics import Metrics
 from gateway.policy.issues import Issue, PolicyError
@@ -66,6 +68,8 @@ class Prepared:
     delete_fields: tuple[str, ...] = ()
     bundle: dict[str, Any] | None = None
     answer: Mapping[str, Any] = field(default_factory=dict)  # added to the admin API's answer
+    # A write outside the live state (an API key), made just before the record.
+    effect: Callable[[], Awaitable[Mapping[str, Any]]] | None = None
 
 
 def new_change_id() -> str:
@@ -97,6 +101,9 @@ class LiveState:
         self._tasks: list[asyncio.Task[None]] = []
         self._sync_lock = asyncio.Lock()
         self.reload_requested = asyncio.Event()
+        # Set by change control for `file_reloads: propose`: new policy files are handed to it
+        # instead of being published (it applies a tightening, proposes a loosening).
+        self.files_gate: Callable[[dict[str, str], Policy], Awaitable[dict[str, Any]]] | None = None
 
     @property
     def bundle_files(self) -> dict[str, str]:
@@ -228,11 +235,12 @@ class LiveState:
             return False
         return True
 
-    async def reload(self, *, initial: bool = False, force: bool = False) -> None:
+    async def reload(self, *, initial: bool = False, force: bool = False) -> dict[str, Any] | None:
         """Validate policy_dir; publish it if it is new (or `force`d: an operator's
-        reload makes the files the policy again, even after a PUT). Refused whole,
-        the running policy staying: PolicyError for invalid files, ChangeError (409)
-        for files that would leave a live control naming what they no longer define."""
+        reload makes the files the policy again, even after a PUT), or hand it to
+        `files_gate`. Refused whole, the running policy staying: PolicyError for invalid
+        files, ChangeError (409) for files that would leave a live control naming what
+        they no longer define. Returns the change or proposal made, if any."""
         self._files_stamp = self._stamp()
         try:
             texts, problems = await asyncio.to_thread(read_bundle, self.policy_dir)
@@ -248,10 +256,14 @@ class LiveState:
             # unless these files are new since they were last published.
             if shared is not None and shared.bundle is not None and shared.files_version == version:
                 self.metrics.policy_reloads.labels("success").inc()
-                return
+                return None
+            if self.files_gate is not None and shared is not None and shared.bundle is not None:
+                # Reviewed like any change, once this replica runs: the watcher's next look does it.
+                self._files_stamp = ()
+                return None
         elif version == self.files_version and not (force and version != self.base_version):
             self.metrics.policy_reloads.labels("success").inc()
-            return
+            return None
         try:
             await asyncio.to_thread(overlays.check_bundle, loaded.policy,
                                     shared.overlay if shared is not None else self.overlay, datetime.now(UTC))
@@ -261,7 +273,9 @@ class LiveState:
                       "assertion\n  %s", self.policy_dir, "\n  ".join(refused.problems))
             raise
         self.metrics.policy_reloads.labels("success").inc()
-        await self.publish_bundle(texts, loaded.policy, actor="policy_dir", from_files=True)
+        if self.files_gate is not None and not initial:
+            return await self.files_gate(texts, loaded.policy)
+        return await self.publish_bundle(texts, loaded.policy, actor="policy_dir", from_files=True)
 
     async def _read_or_none(self) -> Shared | None:
         try:
@@ -304,6 +318,8 @@ class LiveState:
     async def commit(self, prepared: Prepared, actor: str, **details: Any) -> dict[str, Any]:
         """Write a prepared change as `actor`; `details` go into its record (reason, proposal, ...)."""
         change = {"actor": actor, **prepared.change, **details}
+        if prepared.effect is not None:
+            await prepared.effect()
         record = await self._write(change, prepared.after, set_fields=dict(prepared.set_fields),
                                    delete_fields=list(prepared.delete_fields), bundle=prepared.bundle)
         return record | prepared.answer
@@ -353,7 +369,7 @@ class LiveState:
                        {k: v for k, v in current.organizations.items() if k not in reset}, current.credentials)
 
     async def prepare_policy(self, texts: dict[str, str], *, lift: tuple[str, ...] = (),
-                             reset: tuple[str, ...] = ()) -> Prepared:
+                             reset: tuple[str, ...] = (), from_files: bool = False) -> Prepared:
         """A bundle replacing the current one; refused whole (nothing changes) when it is
         invalid, or when it would leave a live control naming what it lacks and
         `lift`/`reset` do not remove that control with it."""
@@ -367,7 +383,7 @@ class LiveState:
             raise ChangeError(absent)
         await asyncio.to_thread(overlays.check_bundle, loaded.policy, self._overlay_without(lift, reset),
                                 datetime.now(UTC))
-        return self.prepare_bundle(texts, loaded.policy, lift=lift, reset=reset)
+        return self.prepare_bundle(texts, loaded.policy, from_files=from_files, lift=lift, reset=reset)
 
     async def put_policy(self, texts: dict[str, str], actor: str, *, lift: tuple[str, ...] = (),
                          reset: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -443,6 +459,27 @@ class LiveState:
 
     async def changes(self, limit: int = 100) -> list[dict[str, Any]]:
         return await self.store.changes(limit)
+
+    async def verify_changes(self) -> Verification:
+        """The change log's hash chain checked whole, against the store's head."""
+        found = await self.store.change_log()
+        return await asyncio.to_thread(verify_change_log, found.lines, found.source, head=found.head,
+                                       complete=found.complete)
+
+
+async def record_local(config: Config, change: dict[str, Any]) -> None:
+    """Record a change made outside a running gateway (`gateway keys`) in the change log of
+    the store `config` names, as a running gateway records its own."""
+    from gateway.live.store import LocalStore, RedisStore, record_only
+
+    redis = config.redis
+    store: Store = (RedisStore(redis.url, namespace=redis.namespace, timeout_s=redis.timeout_s, cluster=redis.cluster)
+                    if redis.url else LocalStore(config.state_dir))
+    try:
+        await record_only(store, {"change_id": new_change_id()} | change | {
+            "time": _now(), "policy_version_before": None, "policy_version": None})
+    finally:
+        await store.close()
 
 
 def _json(value: Any) -> str:
