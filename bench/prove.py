@@ -103,7 +103,8 @@ def time_shipped(runs: int) -> bool:
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         walls.append(time.perf_counter() - started)
         if done.returncode != 0:
-            print(f"shipped bundle: `gateway policy prove policies` exited {done.returncode}:\n{done.stdout}{done.stderr}")
+            print(f"shipped bundle: `gateway policy prove policies` exited {done.returncode}:\n"
+                  f"{done.stdout}{done.stderr}")
             return False
     report = json.loads(done.stdout)
     decisions = sum(a["decisions"] for a in report["assertions"])
