@@ -196,7 +196,11 @@ def time_large(args: argparse.Namespace, directory: Path) -> bool:
                    "--horizon", str(HORIZON_DAYS)]
         done, wall = timed(lambda: subprocess.run(command, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                                   capture_output=True, text=True, check=False))
-        print(f"  `gateway policy prove` on it: exit {done.returncode}, wall time {wall:.2f} s")
+        expected = 1 if any(state == "VIOLATED" for state, _ in ASSERTIONS.values()) else 0
+        print(f"  `gateway policy prove` on it: wall time {wall:.2f} s, exit {done.returncode} "
+              f"(expected {expected}: it exits 1 on any violation)")
+        if done.returncode != expected:
+            surprises.append(f"gateway policy prove exited {done.returncode}:\n{done.stdout}{done.stderr}")
     met = total < GOAL_LARGE_S and not surprises
     print(f"  goal: under {GOAL_LARGE_S:g} s ({total:.2f} s): {'PASS' if total < GOAL_LARGE_S else 'FAIL'}"
           + "".join(f"\n  !! {s}" for s in surprises))
