@@ -1,6 +1,6 @@
 """Benchmark `gateway policy prove`: the shipped bundle, and a large generated one.
 
-    python bench/prove.py               # 10^4 orgs, 10^3 models, 50 breakpoints; about a minute
+    python bench/prove.py               # 10^4 orgs, 10^3 models, 50 breakpoints; a few seconds
     python bench/prove.py --profile     # also cProfile the proof of the large bundle
     python bench/prove.py --cli         # also time `gateway policy prove` on the large bundle
 
