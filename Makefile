@@ -1,5 +1,5 @@
 # Developer and CI entry points. Everything runs from .venv, never the system Python.
-#   make venv | test | demo | fleet | bench | bench-decide | bench-proxy | bench-profile | soak | fuzz | clean
+#   make venv | test | demo | fleet | bench | bench-decide | bench-proxy | bench-prove | bench-profile | soak | fuzz | clean
 #   make test PYTEST_ARGS='-k decision -x'     make venv PYTHON=python3.12
 #   make fleet REPLICAS=3 FLEET_ARGS='--check'  make soak SOAK_MINUTES=30  make soak SOAK_ARGS='--floods off'
 #   make bench QUICK=1        make bench-proxy BENCH_ARGS='--targets direct,gateway --concurrency 16'
@@ -14,11 +14,12 @@ SOAK_MINUTES ?= 10
 SOAK_ARGS   ?=
 SOAK_OUT    ?= soak.json
 BENCH_ARGS  ?=
+BENCH_PROVE_ARGS ?=
 QUICK       ?=
 
 FUZZ_SECONDS ?= 300
 
-.PHONY: venv test demo fleet bench bench-decide bench-proxy bench-profile soak fuzz clean
+.PHONY: venv test demo fleet bench bench-decide bench-proxy bench-prove bench-profile soak fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -51,13 +52,18 @@ fleet: venv
 # Benchmarks (bench/README.md). QUICK=1: about a minute each. bench-proxy runs under scripts/with-redis
 # (the fleet targets need Redis) and, as root, installs Debian's wrk and nginx when missing; without
 # them it falls back to the aiohttp load generator and skips the nginx target, saying so.
-bench: bench-decide bench-proxy
+bench: bench-decide bench-proxy bench-prove
 
 bench-decide: venv
 	$(BIN)/python bench/decide.py $(if $(QUICK),--quick)
 
 bench-proxy: venv
 	VENV=$(CURDIR)/$(VENV) scripts/with-redis $(BIN)/python bench/proxy.py $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+# `gateway policy prove` on the shipped bundle (goal 2 s) and on a generated 10^4-org, 10^3-model,
+# 50-breakpoint one (goal 60 s): bench/prove.py, a few seconds.
+bench-prove: venv
+	$(BIN)/python bench/prove.py $(BENCH_PROVE_ARGS)
 
 # Where the gateway's time goes under load (py-spy, installed into the venv on first use).
 bench-profile: venv

@@ -18,7 +18,13 @@ The YAML is written as text, not through PyYAML: dumping 10^5 entries is slow,
 and the shapes are simple. Every country code is quoted, so that `NO` stays
 Norway. The same seed always gives the same bundle.
 
-Run it to write a bundle: `python bench/bundlegen.py DIR [--orgs N] [--models N]`.
+With `breakpoints=N` every instant in the bundle (stage starts, vetting lapses,
+suspension starts and ends) is one of N midnights, evenly spaced within a year
+from `origin`: the bundle then has N breakpoints as the prover counts them
+(gateway/policy/prove.py), all inside a 365-day horizon from `origin`, instead
+of one for nearly every stage, date and suspension (`bench/prove.py`).
+
+Run it to write a bundle: `python bench/bundlegen.py DIR [--orgs N] [--models N] [--breakpoints N]`.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ import argparse
 import random
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 import yaml
 
@@ -47,6 +54,8 @@ DENY_GROUPS = ("countries_of_concern", "ear_d5", "embargoed")
 
 EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 SPAN = timedelta(days=4 * 365)  # timelines start within 2025-2028
+GRID_ORIGIN = datetime(2027, 1, 1, tzinfo=UTC)  # `breakpoints=N`: the year from here
+GRID_SPAN_DAYS = 365
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,7 @@ class Generated:
     models: int
     suspensions: int
     covered: int
+    grid: tuple[datetime, ...] = field(default=())  # with `breakpoints=N`: the only instants used
 
 
 @dataclass(frozen=True)
@@ -72,24 +82,29 @@ def generate(
     seed: int = 20260801,
     *,
     suspensions: int | None = None,
+    breakpoints: int | None = None,
+    origin: datetime = GRID_ORIGIN,
     reference: str | Path = REFERENCE,
 ) -> Generated:
     """Write a bundle to `directory` (created if needed) and say what is in it.
 
-    `suspensions` defaults to one per 200 models (at least one)."""
+    `suspensions` defaults to one per 200 models (at least one). `breakpoints`:
+    take every instant from that many midnights after `origin` (module docstring)."""
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     source = Path(reference)
     ref = _read_reference(source)
     rng = random.Random(seed)
+    clock: _Clock = _FreeClock() if breakpoints is None else _GridClock(origin, breakpoints, ref.review_days)
     for name in COPIED:
         (target / name).write_text((source / name).read_text(encoding="utf-8"), encoding="utf-8")
-    (target / "organizations.yaml").write_text(_organizations(rng, orgs, ref), encoding="utf-8")
-    model_text, names, covered = _models(rng, models, ref)
+    (target / "organizations.yaml").write_text(_organizations(rng, orgs, ref, clock), encoding="utf-8")
+    model_text, names, covered = _models(rng, models, ref, clock)
     (target / "models.yaml").write_text(model_text, encoding="utf-8")
     count = max(1, models // 200) if suspensions is None else suspensions
-    (target / "suspensions.yaml").write_text(_suspensions(rng, count, names), encoding="utf-8")
-    return Generated(target, orgs, models, count, covered)
+    (target / "suspensions.yaml").write_text(_suspensions(rng, count, names, clock), encoding="utf-8")
+    grid = clock.instants if isinstance(clock, _GridClock) else ()
+    return Generated(target, orgs, models, count, covered, grid)
 
 
 def _read_reference(source: Path) -> _Reference:
@@ -117,13 +132,82 @@ def _read_reference(source: Path) -> _Reference:
     )
 
 
+# When things happen: anywhere in 2025-2028, or only on a grid of instants.
+
+
+class _Clock(Protocol):
+    def start(self, rng: random.Random) -> datetime:
+        """A release timeline's first stage."""
+
+    def later(self, rng: random.Random, moment: datetime, days: tuple[int, int], hours: bool = True) -> datetime:
+        """Some `days` (a range) after `moment`, stages' starts strictly increasing."""
+
+    def vetted_until(self, rng: random.Random) -> date: ...
+
+    def suspension_start(self, rng: random.Random) -> datetime: ...
+
+
+class _FreeClock:
+    def start(self, rng: random.Random) -> datetime:
+        start = EPOCH + timedelta(seconds=rng.randrange(int(SPAN.total_seconds())))
+        return start.replace(second=0)
+
+    def later(self, rng: random.Random, moment: datetime, days: tuple[int, int], hours: bool = True) -> datetime:
+        return moment + timedelta(days=rng.randint(*days), hours=rng.randint(0, 23) if hours else 0)
+
+    def vetted_until(self, rng: random.Random) -> date:
+        return _day(rng, date(2025, 6, 1), date(2028, 12, 31))
+
+    def suspension_start(self, rng: random.Random) -> datetime:
+        return EPOCH + timedelta(days=rng.randrange(4 * 365), hours=rng.randrange(24))
+
+
+class _GridClock:
+    """`count` midnights a whole number of days apart, the first one step after
+    `origin`, the last before `origin` + GRID_SPAN_DAYS. A span of days becomes a
+    number of steps (at least one); a timeline starts early enough that its
+    longest possible run stays on the grid, and a review stays within the window."""
+
+    def __init__(self, origin: datetime, count: int, review_days: int) -> None:
+        self.step = GRID_SPAN_DAYS // (count + 1)
+        if count < 2 or self.step < 1:
+            raise ValueError(f"breakpoints: between 2 and {GRID_SPAN_DAYS - 1}, not {count}")
+        if self.step > review_days - 1:
+            raise ValueError(f"breakpoints: {count} are {self.step} days apart, more than a "
+                             f"{review_days}-day review window allows; ask for more")
+        first = origin.replace(hour=0, minute=0, second=0, microsecond=0)
+        self.instants = tuple(first + timedelta(days=self.step * (i + 1)) for i in range(count))
+        self.index = {moment: i for i, moment in enumerate(self.instants)}
+        # The longest timeline: internal, review, limited partner (see _timeline), in steps.
+        self.reserve = sum(self._steps((1, high)) for high in (60, review_days - 1, 120))
+        if self.reserve >= count:
+            raise ValueError(f"breakpoints: {count} are too few for a whole release timeline")
+
+    def _steps(self, days: tuple[int, int]) -> int:
+        return max(1, days[1] // self.step)
+
+    def start(self, rng: random.Random) -> datetime:
+        return self.instants[rng.randrange(len(self.instants) - self.reserve)]
+
+    def later(self, rng: random.Random, moment: datetime, days: tuple[int, int], hours: bool = True) -> datetime:
+        index = self.index[moment] + rng.randint(1, self._steps(days))
+        return self.instants[min(index, len(self.instants) - 1)]
+
+    def vetted_until(self, rng: random.Random) -> date:
+        # Valid through its end: vetting lapses at the next midnight, a grid instant.
+        return rng.choice(self.instants).date() - timedelta(days=1)
+
+    def suspension_start(self, rng: random.Random) -> datetime:
+        return self.instants[rng.randrange(len(self.instants) - 1)]  # room for an end after it
+
+
 # organizations.yaml
 
 TIERS = ("government", "vetted_partner", "verified", "standard")
 TIER_WEIGHTS = (2, 25, 28, 45)
 
 
-def _organizations(rng: random.Random, count: int, ref: _Reference) -> str:
+def _organizations(rng: random.Random, count: int, ref: _Reference, clock: _Clock) -> str:
     us = ref.groups["us"]
     allies = ref.groups["tier1_allies"]
     concern = ref.groups["countries_of_concern"]
@@ -142,7 +226,7 @@ def _organizations(rng: random.Random, count: int, ref: _Reference) -> str:
             f"    tier: {tier}",
         ]
         if tier == "vetted_partner" or (tier == "verified" and rng.random() < 0.2):
-            lines.append(f"    vetted_until: {_day(rng, date(2025, 6, 1), date(2028, 12, 31)).isoformat()}")
+            lines.append(f"    vetted_until: {clock.vetted_until(rng).isoformat()}")
         roll = rng.random()
         if roll < 0.01:
             lines += ["    status: denied", "    status_reason: Entity List match (synthetic)"]
@@ -154,7 +238,7 @@ def _organizations(rng: random.Random, count: int, ref: _Reference) -> str:
 # models.yaml
 
 
-def _models(rng: random.Random, count: int, ref: _Reference) -> tuple[str, list[str], int]:
+def _models(rng: random.Random, count: int, ref: _Reference, clock: _Clock) -> tuple[str, list[str], int]:
     """The models' text, every requestable name (ids and aliases), and how many are covered."""
     lines = ["# Generated by bench/bundlegen.py: synthetic models and release timelines.", "models:"]
     names: list[str] = []
@@ -177,7 +261,7 @@ def _models(rng: random.Random, count: int, ref: _Reference) -> tuple[str, list[
         if waived:
             lines += ["    review_waiver:", "      reason: Evaluated under a prior agreement (synthetic)"]
         lines.append("    release:")
-        for stage, start, tiers, groups in _timeline(rng, covered and not waived, ref.review_days):
+        for stage, start, tiers, groups in _timeline(rng, covered and not waived, ref.review_days, clock):
             lines.append(f"      - stage: {stage}")
             lines.append(f"        from: {_stamp(start)}")
             if tiers is not None:
@@ -199,19 +283,18 @@ def _evaluations(rng: random.Random) -> dict[str, str]:
 Stage = tuple[str, datetime, Sequence[str] | None, Sequence[str] | None]
 
 
-def _timeline(rng: random.Random, needs_review: bool, review_days: int) -> list[Stage]:
-    start = EPOCH + timedelta(seconds=rng.randrange(int(SPAN.total_seconds())))
-    start = start.replace(second=0)
+def _timeline(rng: random.Random, needs_review: bool, review_days: int, clock: _Clock) -> list[Stage]:
+    start = clock.start(rng)
     stages: list[Stage] = []
     if rng.random() < 0.3:
         stages.append(("internal", start, None, None))
-        start += timedelta(days=rng.randint(1, 60), hours=rng.randint(0, 23))
+        start = clock.later(rng, start, (1, 60))
     review = needs_review or rng.random() < 0.1
     if review:
         groups = rng.choice((["us"], ["us"], None))
         stages.append(("government_review", start, ["government"], groups))
         # Reviews end within the window; a later stage always follows.
-        start += timedelta(days=rng.randint(1, review_days - 1), hours=rng.randint(0, 23))
+        start = clock.later(rng, start, (1, review_days - 1))
     limited = rng.random() < (0.7 if review else 0.4)
     general = rng.random() < 0.85 or not (limited or review)
     if review and not (limited or general):
@@ -220,7 +303,7 @@ def _timeline(rng: random.Random, needs_review: bool, review_days: int) -> list[
         tiers = rng.choice((["government", "vetted_partner"], ["government", "vetted_partner", "verified"], None))
         groups = rng.choice((["us"], ["us", "tier1_allies"], None))
         stages.append(("limited_partner", start, tiers, groups))
-        start += timedelta(days=rng.randint(7, 120), hours=rng.randint(0, 23))
+        start = clock.later(rng, start, (7, 120))
     if general:
         stages.append(("general", start, None, None))
     return stages
@@ -236,11 +319,11 @@ SCOPES = (
 )
 
 
-def _suspensions(rng: random.Random, count: int, names: list[str]) -> str:
+def _suspensions(rng: random.Random, count: int, names: list[str], clock: _Clock) -> str:
     lines = ["# Generated by bench/bundlegen.py: synthetic export suspensions.", "suspensions:"]
     for index in range(count):
         scope, groups = rng.choice(SCOPES)
-        start = EPOCH + timedelta(days=rng.randrange(4 * 365), hours=rng.randrange(24))
+        start = clock.suspension_start(rng)
         lines += [
             f"  - id: gen-suspension-{index:04d}",
             f"    models: [{', '.join(rng.sample(names, rng.randint(1, 5)))}]",
@@ -248,7 +331,7 @@ def _suspensions(rng: random.Random, count: int, names: list[str]) -> str:
             f"    from: {_stamp(start)}",
         ]
         if rng.random() < 0.8:
-            lines.append(f"    until: {_stamp(start + timedelta(days=rng.randint(3, 60)))}")
+            lines.append(f"    until: {_stamp(clock.later(rng, start, (3, 60), hours=False))}")
         lines += [
             "    reason: Synthetic suspension for benchmarks",
             f'    reference: "BENCH-{index:04d}"',
@@ -266,6 +349,11 @@ def _day(rng: random.Random, first: date, last: date) -> date:
     return first + timedelta(days=rng.randint(0, (last - first).days))
 
 
+def _utc(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write a large synthetic policy bundle.")
     parser.add_argument("directory", type=Path)
@@ -273,11 +361,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", type=int, default=10_000)
     parser.add_argument("--suspensions", type=int, default=None)
     parser.add_argument("--seed", type=int, default=20260801)
+    parser.add_argument("--breakpoints", type=int, default=None,
+                        help="take every instant from this many midnights in the year after --origin")
+    parser.add_argument("--origin", type=_utc, default=GRID_ORIGIN,
+                        help=f"with --breakpoints (default {GRID_ORIGIN.date()})")
     args = parser.parse_args(argv)
-    made = generate(args.directory, args.orgs, args.models, args.seed, suspensions=args.suspensions)
+    made = generate(args.directory, args.orgs, args.models, args.seed, suspensions=args.suspensions,
+                    breakpoints=args.breakpoints, origin=args.origin)
+    grid = f", instants on {len(made.grid)} midnights from {made.grid[0].date()}" if made.grid else ""
     print(
         f"wrote {made.directory}: {made.orgs} orgs, {made.models} models "
-        f"({made.covered} covered), {made.suspensions} suspensions"
+        f"({made.covered} covered), {made.suspensions} suspensions{grid}"
     )
     return 0
 

@@ -30,7 +30,10 @@ derived here, in `Partition`, from the bundle:
 Within a scope, two facts that agree on all of that get the same decision, so
 checking one representative of each class at each instant is complete: PROVED
 means no fact in the horizon violates; VIOLATED comes with a real fact that
-does, and `decide()`'s decision and explanation there.
+does, and `decide()`'s decision and explanation there. Time enters a decision
+only through the classes (the stage and suspensions in force, the effective
+tier), so a pair of org and model classes already checked at an earlier instant
+decides as it did there, and is not decided again.
 
 A credential is assumed valid and the GeoIP database current: both only ever
 deny, so they cannot break a `never_allow`, and an `always_allow` is a promise
@@ -54,6 +57,7 @@ from gateway.policy.schema import TIERS
 from gateway.policy.snapshot import Assertion, GroupSet, Model, Organization, Policy
 
 Place = tuple[str | None, str | None]  # (country, region); (None, None) is an unknown place
+OrgClass = tuple[str, str, int]  # status, effective tier, class of the declared country
 UNKNOWN_PLACE: Place = (None, None)
 DEFAULT_HORIZON_DAYS = 365
 # Ids no bundle can use (names start with a letter or digit).
@@ -118,6 +122,9 @@ class Partition:
     country_class: Mapping[str, int]
     class_members: tuple[tuple[str, ...], ...]
     orgs: tuple[Organization, ...]  # listed first, so that a counterexample names a real one
+    # The first of `orgs` with each tier, status, lapse and country class: the others
+    # are in the same scopes and classes at every instant, unless an assertion names ids.
+    kinds: tuple[Organization, ...]
 
     @classmethod
     def of(cls, policy: Policy, regions: Iterable[str] = ()) -> Partition:
@@ -143,22 +150,26 @@ class Partition:
             _abstract_org(tier, status, vetting, code)
             for tier in TIERS for status in STATUSES for vetting in VETTING for code in representatives)}
         extended = replace(policy, organizations=MappingProxyType({**policy.organizations, **abstract}))
+        orgs = (*policy.organizations.values(), *abstract.values())
+        kinds: dict[tuple[str, str, float | None, int], Organization] = {}
+        for org in orgs:
+            kinds.setdefault((org.tier, org.status, org.lapses_at, country_class[org.country]), org)
         return cls(extended, tuple(sorted(breakpoints(policy))), tuple(places.values()), country_class, members,
-                   (*policy.organizations.values(), *abstract.values()))
+                   orgs, tuple(kinds.values()))
 
     def instants(self, start: float, end: float) -> list[float]:
         """One instant per interval on which decisions are constant, over [start, end)."""
         return [start, *(point for point in self.breakpoints if start < point < end)]
 
-    def orgs_at(self, assertion: Assertion, now: float) -> list[Organization]:
+    def orgs_at(self, assertion: Assertion, now: float) -> dict[OrgClass, Organization]:
         """One in-scope organization per decision-relevant class at `now`."""
-        found: dict[tuple[str, str, int], Organization] = {}
-        for org in self.orgs:
+        found: dict[OrgClass, Organization] = {}
+        for org in self.orgs if assertion.organizations is not None else self.kinds:
             if org_in_scope(assertion, org, now):
                 found.setdefault((org.status, org.effective_tier(now), self.country_class[org.country]), org)
-        return list(found.values())
+        return found
 
-    def models_at(self, assertion: Assertion, now: float) -> list[str]:
+    def models_at(self, assertion: Assertion, now: float) -> dict[Any, str]:
         """One in-scope model name per decision-relevant class at `now`."""
         found: dict[Any, str] = {}
         for model in self.policy.models.values():
@@ -169,9 +180,9 @@ class Partition:
                 suspended = frozenset((s.scope, _group_key(s.groups), s.mode)
                                       for s in model.suspensions if s.in_force(now))
                 found.setdefault((model.covered, rules, suspended), model.id)
-        if unknown_model_in_scope(assertion) and UNKNOWN_MODEL not in found.values():
-            found[UNKNOWN_MODEL] = UNKNOWN_MODEL
-        return list(found.values())
+        if unknown_model_in_scope(assertion):
+            found[UNKNOWN_MODEL] = UNKNOWN_MODEL  # a class of its own: no id, in no stage
+        return found
 
     def places_for(self, assertion: Assertion) -> list[tuple[Place, bool]]:
         return [(place, anonymizer) for place in self.places for anonymizer in (False, True)
@@ -325,10 +336,11 @@ def prove_one(partition: Partition, assertion: Assertion, start: float, end: flo
         return Outcome(assertion, None, 0, None)
     window = (_moment(start), _moment(end))
     places = partition.places_for(assertion)
+    checked: set[tuple[OrgClass, Any]] = set()  # (org class, model class) pairs decided at earlier instants
     count = 0
     for instant in partition.instants(start, end):
         moment = _moment(instant)
-        for model, org, facts in _facts(partition, assertion, instant, places):
+        for model, org, facts in _facts(partition, assertion, instant, places, checked):
             count += 1
             decision = decide(partition.policy, facts, moment)
             if violates(assertion, decision):
@@ -337,13 +349,17 @@ def prove_one(partition: Partition, assertion: Assertion, start: float, end: flo
     return Outcome(assertion, None, count, window)
 
 
-def _facts(partition: Partition, assertion: Assertion, instant: float,
-           places: list[tuple[Place, bool]]) -> Iterator[tuple[str, Organization, Facts]]:
+def _facts(partition: Partition, assertion: Assertion, instant: float, places: list[tuple[Place, bool]],
+           checked: set[tuple[OrgClass, Any]]) -> Iterator[tuple[str, Organization, Facts]]:
+    """The facts to decide at `instant`: each in-scope class, less the pairs in `checked` (added to it)."""
     models = partition.models_at(assertion, instant)
     if not models or not places:
         return
-    for org in partition.orgs_at(assertion, instant):
-        for model in models:
+    for org_class, org in partition.orgs_at(assertion, instant).items():
+        for model_class, model in models.items():
+            if (org_class, model_class) in checked:
+                continue
+            checked.add((org_class, model_class))
             for (country, region), anonymizer in places:
                 yield model, org, Facts(org.id, model, country, region, anonymizer)
 
