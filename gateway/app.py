@@ -141,7 +141,7 @@ class Gateway:
             # Malformed or ambiguous: refused before (or instead of) a decision.
             await self.reply(exchange, send, responses.for_status(error.status, error.message, error.param))
         except Exception:
-            log.exception("request %s failed", exchange.decision_id)
+            log.exception("request %s failed", exchange.decision_id, extra={"decision_id": exchange.decision_id})
             if not exchange.response_started:
                 await self.reply(exchange, send, responses.for_status(503))
         finally:
@@ -561,7 +561,7 @@ class Gateway:
         kind = "timeout" if isinstance(error, asyncio.TimeoutError) else "connect" if isinstance(error, aiohttp.ClientConnectionError) else "protocol"
         self.metrics.upstream_errors.labels(kind).inc()
         exchange.error = f"upstream_{kind}"
-        log.warning("upstream failed for %s: %r", exchange.decision_id, error)
+        log.warning("upstream failed for %s: %r", exchange.decision_id, error, extra={"decision_id": exchange.decision_id})
         denial = responses.for_status(504 if kind == "timeout" else 502)
         if exchange.response_started:
             await self.end_started(exchange, send, denial)
@@ -573,7 +573,8 @@ class Gateway:
         the client from somewhere the decision did not cover. The API's own 502 instead."""
         self.metrics.upstream_errors.labels("redirect").inc()
         exchange.error = "upstream_redirect"
-        log.warning("upstream answered %s for %s with a redirect", exchange.upstream_status, exchange.decision_id)
+        log.warning("upstream answered %s for %s with a redirect", exchange.upstream_status, exchange.decision_id,
+                    extra={"decision_id": exchange.decision_id})
         await self.reply(exchange, send, responses.for_status(502))
 
     async def end_started(self, exchange: Exchange, send: Send, denial: responses.Denial) -> None:
@@ -642,7 +643,8 @@ class Gateway:
             try:
                 await asyncio.wait_for(asyncio.shield(written), SETTLE_S)
             except TimeoutError:
-                log.warning("audit record of %s not yet written; answering anyway", exchange.decision_id)
+                log.warning("audit record of %s not yet written; answering anyway", exchange.decision_id,
+                            extra={"decision_id": exchange.decision_id})
 
     def finish(self, exchange: Exchange, *, wait: bool = False) -> asyncio.Future[None] | None:
         decision = exchange.decision
