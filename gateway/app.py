@@ -700,6 +700,7 @@ class Gateway:
             metrics.requests, "allow" if allowed else "deny", first, model,
             (decision.stage if decision else None) or "none", (decision.tier if decision else None) or "none",
         ).inc()
+        metrics.count_country(exchange.place.country, "allow" if allowed else "deny")
         if not allowed:
             metrics.child(metrics.denials, first, exchange.place.country or "unknown", model).inc()
         self.metrics.request_seconds.observe(time.perf_counter() - exchange.started)

@@ -86,8 +86,8 @@ class Service:
         self.config = config
         self.clock = clock
         self.public_socket = public_socket  # pre-bound (a worker of `serve --workers N`), else bind config.listen
-        self.metrics = Metrics()
         fleet = config.redis.url is not None
+        self.metrics = Metrics(fleet=fleet)
         self.state = PolicyState(max_staleness_s=config.redis.max_staleness_s if fleet else None)
         redis = config.redis
         self.store: Store = (RedisStore(client=connect(redis), namespace=redis.namespace) if redis.url
@@ -110,7 +110,8 @@ class Service:
         # Fleet mode: API keys from Redis, so every replica accepts a key the CLI created anywhere.
         self.api_keys = (RedisApiKeyStore(redis.url, namespace=redis.namespace, timeout_s=redis.timeout_s, cluster=redis.cluster)
                          if redis.url and config.identity.api_keys else None)
-        self.authenticator = Authenticator.from_config(config.identity, config.state_dir, api_keys=self.api_keys)
+        self.authenticator = Authenticator.from_config(config.identity, config.state_dir, api_keys=self.api_keys,
+                                                       on_jwks_failure=self.metrics.jwks_failures.inc)
         # Keys created and revoked through the admin API go where the request path reads them.
         key_admin: ApiKeyAdmin | None = None
         if config.identity.api_keys:

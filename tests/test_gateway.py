@@ -366,18 +366,19 @@ class TestRefusedCredentials:
         assert (record["client_ip"], record["observed_country"]) == (None, None)
         assert record["forwarded_for"] == "unreadable"
 
-    def test_the_401_denial_metrics_carry_the_country(self, stack: Stack) -> None:
+    def test_the_401_metrics_carry_the_country(self, stack: Stack) -> None:
         import urllib.request
 
-        def count() -> float:
+        def count() -> tuple[float, float]:
             with urllib.request.urlopen(stack.admin_url + "/metrics") as metrics:
-                wanted = 'gateway_denials_total{country="CN",model="none",reason="credential_invalid"}'
-                return sum(float(line.split()[-1]) for line in metrics.read().decode().splitlines()
-                           if line.startswith(wanted))
+                lines = metrics.read().decode().splitlines()
+            return tuple(sum(float(line.split()[-1]) for line in lines if line.startswith(wanted)) for wanted in (
+                'gateway_denials_total{country="CN",model="none",reason="credential_invalid"}',
+                'gateway_requests_by_country_total{country="CN",decision="deny"}'))
 
         before = count()
         assert self.refused(stack, new_secret(), CN_IP)[0] == 401
-        assert count() == before + 1
+        assert count() == (before[0] + 1, before[1] + 1)
 
 
 class TestUpstreamFaults:
