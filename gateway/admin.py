@@ -81,26 +81,55 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
     through `control` (gateway/live/control.py)."""
     known = Tokens(tokens)
 
-    def guarded(role: str, handler: Callable[[Request, str], Awaitable[Response]]) -> Handler:
+    def guarded(role: str, action: str, handler: Callable[[Request, str], Awaitable[Response]]) -> Handler:
         async def endpoint(request: Request) -> Response:
             token = known.identify(request)
             if token is None:
-                return error(401, "unauthorized", "A valid admin bearer token is required.")
+                return refuse_token(request)
             if role == "operator" and token.role != "operator":
-                return error(403, "forbidden", f"The {token.role} role cannot make changes.")
-            try:
-                return await handler(request, token.name)
-            except ChangeError as refused:
-                return error(refused.status, "change_refused", "The change was refused.", problems=refused.problems)
-            except PolicyError as refused:
-                return error(422, "invalid_policy", str(refused), issues=[i.as_dict() for i in refused.issues])
-            except BodyError as refused:
-                return error(400, "invalid_request", str(refused))
-            except Exception as failure:  # the store could not be reached: fail closed, never a bare 500
-                log.warning("admin %s %s failed: %r", request.method, request.url.path, failure)
-                return error(503, "state_unavailable", "The shared state could not be reached; the change was not "
-                             "confirmed. Check GET /admin/changes before retrying.")
+                answer = error(403, "forbidden", f"The {token.role} role cannot make changes.")
+            else:
+                answer = await answered(request, handler, token.name)
+            report(request, _action(action, request), token.name, answer, change=role == "operator")
+            return answer
         return endpoint
+
+    async def answered(request: Request, handler: Callable[[Request, str], Awaitable[Response]], actor: str) -> Response:
+        try:
+            return await handler(request, actor)
+        except ChangeError as refused:
+            return error(refused.status, "change_refused", "The change was refused.", problems=refused.problems)
+        except PolicyError as refused:
+            return error(422, "invalid_policy", str(refused), issues=[i.as_dict() for i in refused.issues])
+        except BodyError as refused:
+            return error(400, "invalid_request", str(refused))
+        except Exception as failure:  # the store could not be reached: fail closed, never a bare 500
+            log.warning("admin %s %s failed: %r", request.method, request.url.path, failure)
+            return error(503, "state_unavailable", "The shared state could not be reached; the change was not "
+                         "confirmed. Check GET /admin/changes before retrying.")
+
+    def report(request: Request, action: str, actor: str, answer: Response, *, change: bool) -> None:
+        """Log every admin action (actor, action, target, result); count the changes."""
+        status = answer.status_code
+        result = _result(status)
+        target = request.path_params.get("id") or target_of(answer)
+        if change:
+            metrics.child(metrics.admin_changes, action, result).inc()
+        level = logging.INFO if status < 400 else logging.WARNING
+        log.log(level, "admin %s%s by %s: %s", action, f" {target}" if target else "", actor, result,
+                extra={"actor": actor, "action": action, "target": target, "result": result, "status": status})
+
+    def refuse_token(request: Request) -> Response:
+        """No valid admin token: logged with the caller's address and counted, since repeated
+        failures are someone guessing or a client (Prometheus) with a stale token."""
+        reason = "missing" if not request.headers.get("authorization") else "invalid"
+        metrics.child(metrics.admin_auth_failures, reason).inc()
+        client = request.client.host if request.client else None
+        log.warning("admin authentication failed (%s token) from %s for %s %s", reason, client, request.method,
+                    request.url.path, extra={"client_ip": client, "reason": reason, "path": request.url.path})
+        refused = error(401, "unauthorized", "A valid admin bearer token is required.")
+        refused.headers["www-authenticate"] = 'Bearer realm="frontier-gateway-admin"'
+        return refused
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -113,9 +142,7 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
 
     async def metrics_endpoint(request: Request) -> Response:
         if metrics_require_token and known.identify(request) is None:
-            refused = error(401, "unauthorized", "A valid admin bearer token is required.")
-            refused.headers["www-authenticate"] = 'Bearer realm="frontier-gateway-admin"'
-            return refused
+            return refuse_token(request)
         return Response(metrics.exposition(), media_type=PROMETHEUS_TEXT)
 
     async def get_policy(request: Request, actor: str) -> Response:
@@ -254,32 +281,61 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
-        Route("/admin/policy", guarded("viewer", get_policy), methods=["GET"]),
-        Route("/admin/policy", guarded("operator", put_policy), methods=["PUT"]),
-        Route("/admin/suspensions", guarded("viewer", list_suspensions), methods=["GET"]),
-        Route("/admin/suspensions", guarded("operator", create_suspension), methods=["POST"]),
-        Route("/admin/suspensions/{id}", guarded("operator", lift_suspension), methods=["DELETE"]),
-        Route("/admin/organizations/{id}", guarded("operator", patch_organization), methods=["PATCH"]),
-        Route("/admin/reload", guarded("operator", reload), methods=["POST"]),
-        Route("/admin/credentials/{id:path}", guarded("operator", reinstate_credential), methods=["DELETE"]),
-        Route("/admin/explain", guarded("viewer", explain_endpoint), methods=["POST"]),
-        Route("/admin/decisions", guarded("viewer", decisions), methods=["GET"]),
-        Route("/admin/changes", guarded("viewer", changes), methods=["GET"]),
-        Route("/admin/changes/verify", guarded("viewer", verify_changes), methods=["GET"]),
-        Route("/admin/changes/{id}/countersign", guarded("operator", countersign), methods=["POST"]),
-        Route("/admin/proposals", guarded("operator", create_proposal), methods=["POST"]),
-        Route("/admin/proposals", guarded("viewer", list_proposals), methods=["GET"]),
-        Route("/admin/proposals/{id}", guarded("viewer", show_proposal), methods=["GET"]),
-        Route("/admin/proposals/{id}/{verb}", guarded("operator", decide_proposal), methods=["POST"]),
-        Route("/admin/whoami", guarded("viewer", whoami), methods=["GET"]),
-        Route("/admin/keys", guarded("viewer", list_keys), methods=["GET"]),
-        Route("/admin/keys", guarded("operator", create_key), methods=["POST"]),
-        Route("/admin/keys/{id}", guarded("operator", revoke_key), methods=["DELETE"]),
+        Route("/admin/policy", guarded("viewer", "policy.get", get_policy), methods=["GET"]),
+        Route("/admin/policy", guarded("operator", "policy.replace", put_policy), methods=["PUT"]),
+        Route("/admin/suspensions", guarded("viewer", "suspensions.list", list_suspensions), methods=["GET"]),
+        Route("/admin/suspensions", guarded("operator", "suspension.create", create_suspension), methods=["POST"]),
+        Route("/admin/suspensions/{id}", guarded("operator", "suspension.lift", lift_suspension), methods=["DELETE"]),
+        Route("/admin/organizations/{id}", guarded("operator", "organization.update", patch_organization), methods=["PATCH"]),
+        Route("/admin/reload", guarded("operator", "policy.reload", reload), methods=["POST"]),
+        Route("/admin/credentials/{id:path}", guarded("operator", "credential.reinstate", reinstate_credential), methods=["DELETE"]),
+        Route("/admin/explain", guarded("viewer", "explain", explain_endpoint), methods=["POST"]),
+        Route("/admin/decisions", guarded("viewer", "decisions.list", decisions), methods=["GET"]),
+        Route("/admin/changes", guarded("viewer", "changes.list", changes), methods=["GET"]),
+        Route("/admin/changes/verify", guarded("viewer", "changes.verify", verify_changes), methods=["GET"]),
+        Route("/admin/changes/{id}/countersign", guarded("operator", "change.countersign", countersign), methods=["POST"]),
+        Route("/admin/proposals", guarded("operator", "proposal.create", create_proposal), methods=["POST"]),
+        Route("/admin/proposals", guarded("viewer", "proposals.list", list_proposals), methods=["GET"]),
+        Route("/admin/proposals/{id}", guarded("viewer", "proposal.get", show_proposal), methods=["GET"]),
+        Route("/admin/proposals/{id}/{verb}", guarded("operator", "proposal.{verb}", decide_proposal), methods=["POST"]),
+        Route("/admin/whoami", guarded("viewer", "whoami", whoami), methods=["GET"]),
+        Route("/admin/keys", guarded("viewer", "keys.list", list_keys), methods=["GET"]),
+        Route("/admin/keys", guarded("operator", "apikey.create", create_key), methods=["POST"]),
+        Route("/admin/keys/{id}", guarded("operator", "apikey.revoke", revoke_key), methods=["DELETE"]),
     ])
 
 
 class BodyError(ValueError):
     pass
+
+
+def _action(action: str, request: Request) -> str:
+    """The action's name: a bounded label value, whatever the path says."""
+    if action == "proposal.{verb}":
+        verb = request.path_params.get("verb")
+        return f"proposal.{verb}" if verb == "approve" or verb in CLOSING else "proposal.unknown"
+    return action
+
+
+def target_of(answer: Response) -> str | None:
+    """What a change made names, when the path does not (a new suspension's id)."""
+    if answer.status_code >= 400 or not isinstance(answer, JSONResponse):
+        return None
+    try:
+        target = json.loads(answer.body).get("target")
+    except (ValueError, AttributeError):
+        return None
+    return target if isinstance(target, str) else None
+
+
+def _result(status: int) -> str:
+    if status == 202:
+        return "proposed"  # a loosening change, waiting for approval
+    if status < 400:
+        return "ok"
+    if status == 403:
+        return "forbidden"
+    return "refused" if status < 500 else "failed"
 
 
 def _suspension_item(suspension: Suspension, live: LiveState) -> dict[str, Any]:

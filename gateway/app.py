@@ -30,6 +30,7 @@ from gateway.decision import Decision, Facts, decide, decide_caller, decide_list
 from gateway.geo import UNKNOWN, Place
 from gateway.geofiles import LiveGeo
 from gateway.identity import Authenticator, CredentialError, Principal
+from gateway.identity.fingerprint import fingerprint, presented
 from gateway.listener import REFUSAL
 from gateway.metrics import Metrics, model_label
 from gateway.misuse import LocalSightings, Sightings
@@ -140,7 +141,7 @@ class Gateway:
             # Malformed or ambiguous: refused before (or instead of) a decision.
             await self.reply(exchange, send, responses.for_status(error.status, error.message, error.param))
         except Exception:
-            log.exception("request %s failed", exchange.decision_id)
+            log.exception("request %s failed", exchange.decision_id, extra={"decision_id": exchange.decision_id})
             if not exchange.response_started:
                 await self.reply(exchange, send, responses.for_status(503))
         finally:
@@ -170,6 +171,7 @@ class Gateway:
 
         principal, credential = await self.authenticate(exchange, headers, policy)
         if principal is None:
+            self.locate_refused(exchange, scope, headers)
             facts = Facts(org_id=None, model=None, credential=credential)
             return await self.deny(exchange, send, self.decide(exchange, policy, facts))
 
@@ -219,13 +221,30 @@ class Gateway:
         try:
             principal = await self.identity.authenticate(authorization, api_key)
         except CredentialError as error:
-            exchange.extra["credential_error"] = error.detail
+            self.refused_credential(exchange, error.detail, authorization, api_key)
             return None, "missing" if error.reason == Reason.CREDENTIAL_MISSING else "invalid"
         if principal.credential_id in policy.suspended_credentials:
-            exchange.extra["credential_error"] = "credential suspended"
+            self.refused_credential(exchange, "credential suspended", authorization, api_key)
             return None, "invalid"
         exchange.principal = principal
         return principal, "valid"
+
+    @staticmethod
+    def refused_credential(exchange: Exchange, why: str, authorization: str | None, api_key: str | None) -> None:
+        """What the record of a refused credential says of it: why, and its fingerprint
+        (gateway/identity/fingerprint.py), never the credential."""
+        kind, digest = fingerprint(presented(authorization, api_key))
+        exchange.extra["refused"] = {"credential_error": why, "credential_kind": kind,
+                                     "credential_fingerprint": digest}
+
+    def locate_refused(self, exchange: Exchange, scope: Scope, headers: Headers) -> None:
+        """Where a caller without a valid credential is, for its record and the denial
+        metrics only. An X-Forwarded-For that cannot be read leaves it unknown: the answer
+        stays the 401, which tells such a caller no more than that it needs a credential."""
+        try:
+            exchange.client_ip, exchange.place = self.locator.locate(_peer(scope), headers.get(b"x-forwarded-for", []))
+        except ForwardedForError:
+            exchange.extra.setdefault("refused", {})["forwarded_for"] = "unreadable"
 
     def locate(self, exchange: Exchange, scope: Scope, headers: Headers) -> Place:
         """Where the caller is; an X-Forwarded-For that cannot be read is a 400, never unknown."""
@@ -542,7 +561,7 @@ class Gateway:
         kind = "timeout" if isinstance(error, asyncio.TimeoutError) else "connect" if isinstance(error, aiohttp.ClientConnectionError) else "protocol"
         self.metrics.upstream_errors.labels(kind).inc()
         exchange.error = f"upstream_{kind}"
-        log.warning("upstream failed for %s: %r", exchange.decision_id, error)
+        log.warning("upstream failed for %s: %r", exchange.decision_id, error, extra={"decision_id": exchange.decision_id})
         denial = responses.for_status(504 if kind == "timeout" else 502)
         if exchange.response_started:
             await self.end_started(exchange, send, denial)
@@ -554,7 +573,8 @@ class Gateway:
         the client from somewhere the decision did not cover. The API's own 502 instead."""
         self.metrics.upstream_errors.labels("redirect").inc()
         exchange.error = "upstream_redirect"
-        log.warning("upstream answered %s for %s with a redirect", exchange.upstream_status, exchange.decision_id)
+        log.warning("upstream answered %s for %s with a redirect", exchange.upstream_status, exchange.decision_id,
+                    extra={"decision_id": exchange.decision_id})
         await self.reply(exchange, send, responses.for_status(502))
 
     async def end_started(self, exchange: Exchange, send: Send, denial: responses.Denial) -> None:
@@ -623,7 +643,8 @@ class Gateway:
             try:
                 await asyncio.wait_for(asyncio.shield(written), SETTLE_S)
             except TimeoutError:
-                log.warning("audit record of %s not yet written; answering anyway", exchange.decision_id)
+                log.warning("audit record of %s not yet written; answering anyway", exchange.decision_id,
+                            extra={"decision_id": exchange.decision_id})
 
     def finish(self, exchange: Exchange, *, wait: bool = False) -> asyncio.Future[None] | None:
         decision = exchange.decision
@@ -668,6 +689,7 @@ class Gateway:
             "credential_misuse": exchange.misuse,
             "would_deny": [str(r) for r in decision.shadow] if decision and decision.shadow else None,
             "revoked": exchange.extra.get(revocation.REVOKED),
+            **exchange.extra.get("refused", {}),  # a refused credential: what it was, never the credential
         })
         metrics = self.metrics
         if decision is not None:
@@ -678,6 +700,7 @@ class Gateway:
             metrics.requests, "allow" if allowed else "deny", first, model,
             (decision.stage if decision else None) or "none", (decision.tier if decision else None) or "none",
         ).inc()
+        metrics.count_country(exchange.place.country, "allow" if allowed else "deny")
         if not allowed:
             metrics.child(metrics.denials, first, exchange.place.country or "unknown", model).inc()
         self.metrics.request_seconds.observe(time.perf_counter() - exchange.started)

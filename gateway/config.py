@@ -261,6 +261,13 @@ class QuotaConfig(Section):
     default_max_tokens: int = Field(4096, gt=0, le=10**9)
 
 
+class LoggingConfig(Section):
+    # One line per event on stderr: `json` (level, logger, message and the event's fields;
+    # a traceback is one field of its event) for log collectors, `text` for people.
+    format: Literal["json", "text"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
 class Config(Section):
     listen: HostPort = "127.0.0.1:8080"
     admin_listen: HostPort = "127.0.0.1:9090"
@@ -282,6 +289,7 @@ class Config(Section):
     credential_misuse: MisuseConfig = MisuseConfig()
     revocation: RevocationConfig = RevocationConfig()
     quota: QuotaConfig = QuotaConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @field_validator("upstreams")
     @classmethod

@@ -11,15 +11,21 @@ real id for those who may read them."""
 
 from __future__ import annotations
 
+import platform
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector,
+                               disable_created_metrics, generate_latest)
+
+from gateway import countries
 
 if TYPE_CHECKING:
     from gateway.decision import Decision
 
 UNRELEASED = "unreleased"  # the model label of every concealed model
 NO_MODEL = "none"          # no model was established (or the policy does not know it)
+UNKNOWN_COUNTRY = "unknown"  # no country was established, or not an ISO 3166-1 code
 
 # The *_created series double the exposition for no use in dashboards or alerts.
 disable_created_metrics()
@@ -30,8 +36,15 @@ REQUEST_BUCKETS = (5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *, fleet: bool = False) -> None:
+        """`fleet`: the gateway shares state through Redis, so gateway_redis_up means something."""
         self.registry = registry = CollectorRegistry()
+        # The standard process_* (CPU, memory, file descriptors) and python_info series.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        self.build_info = Gauge("gateway_build_info", "The gateway's version and Python's (value 1).",
+                                ["version", "python"], registry=registry)
+        self.build_info.labels(build_version(), platform.python_version()).set(1)
         self.requests = Counter("gateway_requests", "Requests by decision.",
                                 ["decision", "reason", "model", "stage", "tier"], registry=registry)
         self.denials = Counter("gateway_denials", "Denied requests.", ["reason", "country", "model"], registry=registry)
@@ -51,7 +64,9 @@ class Metrics:
             "gateway_changes_countersign_overdue", "Of those, the ones past change_control.countersign_within.",
             registry=registry)
         self.proposals_open = Gauge("gateway_proposals_open", "Loosening changes waiting for approval.", registry=registry)
-        self.redis_up = Gauge("gateway_redis_up", "1 when Redis answers (fleet mode).", registry=registry)
+        # Embedded mode has no Redis: the series would say 0, and GatewayRedisDown would fire.
+        self.redis_up = Gauge("gateway_redis_up", "1 when Redis answers (fleet mode).",
+                              registry=registry if fleet else None)
         self.audit_spooled = Gauge("gateway_audit_spooled", "Audit records waiting to be written.", registry=registry)
         self.audit_lost = Counter("gateway_audit_lost", "Audit records that could not be written.", registry=registry)
         self.credential_misuse = Counter("gateway_credential_misuse", "Requests whose credential was seen from one more "
@@ -70,6 +85,17 @@ class Metrics:
         self.geoip_anonymizer_loaded = Gauge("gateway_geoip_anonymizer_database_loaded", "1 when an anonymous-IP "
                                              "database is loaded (else no request is known to be an anonymizer).",
                                              registry=registry)
+        self.admin_changes = Counter("gateway_admin_changes", "Changes asked of the admin API, by action and result "
+                                     "(ok, proposed, refused, forbidden, failed).", ["action", "result"],
+                                     registry=registry)
+        self.admin_auth_failures = Counter("gateway_admin_auth_failures", "Admin requests without a valid admin token "
+                                           "(reason: missing, invalid).", ["reason"], registry=registry)
+        self.requests_by_country = Counter("gateway_requests_by_country", "Requests by the caller's observed country "
+                                           "(ISO 3166-1 alpha-2, or unknown) and decision.", ["country", "decision"],
+                                           registry=registry)
+        self.jwks_failures = Counter("gateway_jwks_fetch_failures", "JWKS fetches (jwks_url) or re-reads (jwks_file) "
+                                     "that failed; the last good key set stays in use.", registry=registry)
+        self._by_country: dict[tuple[str | None, str], Any] = {}
         self._policy_version: str | None = None
         self._children: dict[tuple[Counter, tuple[str, ...]], Any] = {}
 
@@ -81,6 +107,17 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+    def count_country(self, country: str | None, decision: str) -> None:
+        """One request in gateway_requests_by_country_total. The label child is kept per
+        (country, decision) as given, so a request costs a dict lookup; the countries a
+        GeoIP database returns are few, and anything not ISO 3166-1 is `unknown`."""
+        key = (country, decision)
+        child = self._by_country.get(key)
+        if child is None:
+            label = country if country is not None and countries.is_country(country) else UNKNOWN_COUNTRY
+            child = self._by_country[key] = self.requests_by_country.labels(label, decision)
+        child.inc()
 
     def policy_loaded(self, version: str) -> None:
         if self._policy_version is not None:
@@ -101,3 +138,10 @@ def model_label(decision: Decision | None, conceal_unreleased: bool) -> str:
     if stage is None or stage == "internal" or (conceal_unreleased and stage != "general"):
         return UNRELEASED
     return decision.model
+
+
+def build_version() -> str:
+    try:
+        return metadata.version("frontier-gateway")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"

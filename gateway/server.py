@@ -26,6 +26,7 @@ from pathlib import Path
 
 import uvicorn
 
+from gateway import logs
 from gateway.admin import AdminRefusals, create_admin_app
 from gateway.app import Gateway
 from gateway.audit import AuditLogs
@@ -73,6 +74,8 @@ def _uvicorn_config(app: object, listen: str, http: type) -> uvicorn.Config:
         # The gateway reads X-Forwarded-For itself, from trusted peers only:
         # uvicorn must not rewrite the client address.
         proxy_headers=False, server_header=False, access_log=False, log_level="warning",
+        # uvicorn's events go through the gateway's handler, in its format (gateway/logs.py).
+        log_config=None,
     )
 
 
@@ -83,8 +86,8 @@ class Service:
         self.config = config
         self.clock = clock
         self.public_socket = public_socket  # pre-bound (a worker of `serve --workers N`), else bind config.listen
-        self.metrics = Metrics()
         fleet = config.redis.url is not None
+        self.metrics = Metrics(fleet=fleet)
         self.state = PolicyState(max_staleness_s=config.redis.max_staleness_s if fleet else None)
         redis = config.redis
         self.store: Store = (RedisStore(client=connect(redis), namespace=redis.namespace) if redis.url
@@ -107,7 +110,8 @@ class Service:
         # Fleet mode: API keys from Redis, so every replica accepts a key the CLI created anywhere.
         self.api_keys = (RedisApiKeyStore(redis.url, namespace=redis.namespace, timeout_s=redis.timeout_s, cluster=redis.cluster)
                          if redis.url and config.identity.api_keys else None)
-        self.authenticator = Authenticator.from_config(config.identity, config.state_dir, api_keys=self.api_keys)
+        self.authenticator = Authenticator.from_config(config.identity, config.state_dir, api_keys=self.api_keys,
+                                                       on_jwks_failure=self.metrics.jwks_failures.inc)
         # Keys created and revoked through the admin API go where the request path reads them.
         key_admin: ApiKeyAdmin | None = None
         if config.identity.api_keys:
@@ -203,14 +207,14 @@ class Service:
             loop.add_signal_handler(signum, stop.set)
         await self.start()
         public, admin = self.bound_ports()
-        log.warning("gateway listening on %s (admin on %s), policy %s", public, admin,
-                    self.state.policy.version if self.state.policy else "NOT LOADED")
+        version = self.state.policy.version if self.state.policy else None
+        log.warning("gateway listening on %s (admin on %s), policy %s", public, admin, version or "NOT LOADED",
+                    extra={"policy_version": version})
         watch_sighup(self.live)
         await stop.wait()
         await self.stop()
 
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -218,9 +222,14 @@ def serve(config: Config, workers: int = 1) -> int:
     """Run the gateway until SIGINT/SIGTERM; the exit status."""
     import uvloop
 
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logs.configure(config.logging)
     if workers == 1:
-        uvloop.run(Service(config).run_forever())
+        try:
+            uvloop.run(Service(config).run_forever())
+        except Exception:
+            # One event in the configured format, traceback included, not lines of its own.
+            log.exception("gateway stopped by an error")
+            return 1
         return 0
     check_workers(config, workers)
     return _supervise(config, workers)
@@ -310,8 +319,7 @@ def _supervise(config: Config, workers: int) -> int:
                 for other in sockets:
                     if other is not own:
                         other.close()  # a dead worker's queue must not stay open in the others
-                for handler in logging.getLogger().handlers:
-                    handler.setFormatter(logging.Formatter(LOG_FORMAT.replace("%(name)s", f"%(name)s[w{index}]")))
+                logs.configure(config.logging, worker=index)
                 uvloop.run(Service(worker_config(config, index), public_socket=own).run_forever())
                 status = 0
             except BaseException:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import time
 import urllib.error
@@ -179,6 +180,70 @@ class TestAuthentication:
     def test_the_viewer_role_can_read(self, stack: Stack, method: str, path: str, body: Any) -> None:
         assert admin(stack, method, path, body, token=VIEWER)[0] == 200
         assert admin(stack, method, path, body, token=OPERATOR)[0] == 200
+
+
+def sample(stack: Stack, series: str) -> float:
+    """One series' value on /metrics (0 before its first increment)."""
+    with urllib.request.urlopen(stack.admin_url + "/metrics", timeout=5) as exposition:
+        lines = exposition.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(series + " "))
+
+
+def admin_events(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "gateway.admin"]
+
+
+class TestAdminTelemetry:
+    """Every admin action is logged with actor, action, target and result; changes and
+    failed authentication are counted."""
+
+    def test_a_change_is_logged_and_counted(self, stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+        created = 'gateway_admin_changes_total{action="suspension.create",result="ok"}'
+        lifted = 'gateway_admin_changes_total{action="suspension.lift",result="ok"}'
+        before = sample(stack, created), sample(stack, lifted)
+        with caplog.at_level(logging.INFO, logger="gateway.admin"):
+            assert admin(stack, "POST", "/admin/suspensions", SUSPENSION | {"id": "susp-logged"})[0] == 201
+            assert admin(stack, "DELETE", "/admin/suspensions/susp-logged")[0] == 200
+        events = [(r.actor, r.action, r.target, r.result) for r in admin_events(caplog)]  # type: ignore[attr-defined]
+        assert events == [("ops-alice", "suspension.create", "susp-logged", "ok"),
+                          ("ops-alice", "suspension.lift", "susp-logged", "ok")]
+        assert (sample(stack, created), sample(stack, lifted)) == (before[0] + 1, before[1] + 1)
+
+    def test_refused_and_forbidden_changes_are_logged_and_counted(self, stack: Stack,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+        forbidden = 'gateway_admin_changes_total{action="suspension.create",result="forbidden"}'
+        refused = 'gateway_admin_changes_total{action="suspension.lift",result="refused"}'
+        before = sample(stack, forbidden), sample(stack, refused)
+        with caplog.at_level(logging.INFO, logger="gateway.admin"):
+            assert admin(stack, "POST", "/admin/suspensions", SUSPENSION, token=VIEWER)[0] == 403
+            assert admin(stack, "DELETE", "/admin/suspensions/no-such-suspension")[0] == 404
+        events = [(r.actor, r.action, r.result, r.levelname) for r in admin_events(caplog)]  # type: ignore[attr-defined]
+        assert events == [("auditor-bob", "suspension.create", "forbidden", "WARNING"),
+                          ("ops-alice", "suspension.lift", "refused", "WARNING")]
+        assert (sample(stack, forbidden), sample(stack, refused)) == (before[0] + 1, before[1] + 1)
+
+    def test_reads_are_logged_not_counted_as_changes(self, stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+        with caplog.at_level(logging.INFO, logger="gateway.admin"):
+            assert admin(stack, "GET", "/admin/changes", token=VIEWER)[0] == 200
+        [event] = admin_events(caplog)
+        assert (event.actor, event.action, event.result) == ("auditor-bob", "changes.list", "ok")  # type: ignore[attr-defined]
+        assert sample(stack, 'gateway_admin_changes_total{action="changes.list",result="ok"}') == 0
+
+    def test_an_unknown_verb_is_one_bounded_label(self, stack: Stack) -> None:
+        assert admin(stack, "POST", "/admin/proposals/prop-x/anything-at-all")[0] == 404
+        assert sample(stack, 'gateway_admin_changes_total{action="proposal.unknown",result="refused"}') >= 1
+
+    def test_failed_authentication_is_logged_and_counted(self, stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+        invalid = 'gateway_admin_auth_failures_total{reason="invalid"}'
+        missing = 'gateway_admin_auth_failures_total{reason="missing"}'
+        before = sample(stack, invalid), sample(stack, missing)
+        with caplog.at_level(logging.INFO, logger="gateway.admin"):
+            assert admin(stack, "PUT", "/admin/policy", {}, token="guessed-token")[0] == 401
+            assert admin(stack, "GET", "/admin/changes", token=None)[0] == 401
+        events = [(r.reason, r.client_ip, r.path) for r in admin_events(caplog)]  # type: ignore[attr-defined]
+        assert events == [("invalid", "127.0.0.1", "/admin/policy"), ("missing", "127.0.0.1", "/admin/changes")]
+        assert all("guessed-token" not in r.getMessage() for r in caplog.records)
+        assert (sample(stack, invalid), sample(stack, missing)) == (before[0] + 1, before[1] + 1)
 
 
 class TestBadRequests:
@@ -606,7 +671,8 @@ def test_put_policy_refuses_unknown_file_names(tmp_path: Path) -> None:
         stack.close()
 
 
-def test_reload_reads_the_files_and_refuses_a_broken_bundle(tmp_path: Path, bundle_dir: Path) -> None:
+def test_reload_reads_the_files_and_refuses_a_broken_bundle(tmp_path: Path, bundle_dir: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
     stack = make_stack(tmp_path, policy_dir=bundle_dir)
     try:
         version = version_now(stack)
@@ -615,8 +681,12 @@ def test_reload_reads_the_files_and_refuses_a_broken_bundle(tmp_path: Path, bund
 
         organizations = bundle_dir / "organizations.yaml"
         organizations.write_text(organizations.read_text() + "  org-not-in-policy:\n    name: New\n    country: US\n")
-        status, answer = admin(stack, "POST", "/admin/reload")
+        with caplog.at_level(logging.INFO, logger="gateway.live"):
+            status, answer = admin(stack, "POST", "/admin/reload")
         assert status == 200 and answer["policy_version"] != version
+        [reloaded_event] = [r for r in caplog.records if r.name == "gateway.live" and getattr(r, "action", None) == "policy.reload"]
+        assert reloaded_event.result == "applied"  # type: ignore[attr-defined]
+        assert reloaded_event.policy_version == answer["policy_version"]  # type: ignore[attr-defined]
         assert chat(stack, "org-not-in-policy", model="small-2", ip=US_IP)[0] == 200
         assert changes(stack, 1)[0]["actor"] == "policy_dir" and changes(stack, 1)[0]["action"] == "policy.replace"
         reloaded = answer["policy_version"]

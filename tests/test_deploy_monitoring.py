@@ -33,6 +33,9 @@ ALERT_TESTS = PROMETHEUS / "alerts.test.yml"
 TARGET_LABELS = frozenset({"job", "instance"})
 # Series of Prometheus's own that rules may use besides the gateway's.
 SCRAPE_SERIES = {"up": TARGET_LABELS}
+# Alerted on ahead of the code that exports it (issue 16 part A, signed checkpoints):
+# take an entry out once gateway/metrics.py exports the series.
+AHEAD_OF_THE_CODE = {"gateway_audit_checkpoint_age_seconds": TARGET_LABELS}
 SEVERITIES = {"critical", "warning", "info"}
 # Grafana's built-in variables, replaced by plausible values for promtool's parser.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "6h", "$__interval": "15s"}
@@ -51,7 +54,7 @@ _LEGEND = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
 def exported() -> dict[str, frozenset[str]]:
     """Every series name a gateway's /metrics can carry, with its label names
     (histograms: _bucket with le, _sum, _count; counters: _total)."""
-    metrics = Metrics()
+    metrics = Metrics(fleet=True)
     for collector in vars(metrics).values():
         # A labelled metric shows no samples until a child exists; make one of each.
         if isinstance(collector, MetricWrapperBase) and collector._labelnames:
@@ -154,7 +157,8 @@ def load_alerts() -> list[dict[str, Any]]:
 
 
 def test_alerts_name_only_exported_metrics_and_labels(exported: dict[str, frozenset[str]]) -> None:
-    known = {**exported, **SCRAPE_SERIES}
+    assert AHEAD_OF_THE_CODE.keys().isdisjoint(exported), "exported now: take it out of AHEAD_OF_THE_CODE"
+    known = {**exported, **SCRAPE_SERIES, **AHEAD_OF_THE_CODE}
     problems = {rule["alert"]: errors for rule in load_alerts()
                 if (errors := label_errors(rule["expr"], known))}
     assert problems == {}
@@ -268,7 +272,8 @@ def test_dashboard_shows_every_exported_metric(exported: dict[str, frozenset[str
 
     shown = {family(name) for panel in panels(load_dashboard()) for target in panel.get("targets", [])
              for name in metric_names(target["expr"])}
-    assert {family(name) for name in exported} - shown == set()
+    # The gateway's own; the standard process_* and python_info series have dashboards of their own.
+    assert {family(name) for name in exported if name.startswith("gateway_")} - shown == set()
 
 
 def test_grafana_provisioning_points_at_the_dashboard() -> None:

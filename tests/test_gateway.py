@@ -16,6 +16,8 @@ import openai
 import pytest
 
 from e2e import CN_IP, GB_ANONYMIZER_IP, SE_IP, US_IP, Stack
+from gateway.audit import unauthenticated_path
+from gateway.identity.apikeys import hash_secret, new_secret
 
 
 @pytest.fixture(scope="module")
@@ -327,6 +329,56 @@ class TestRecordsAndAdmin:
         assert request(stack, "POST", "/v1/chat/completions", body, headers)[0] == 200
         assert request(stack, "POST", "/v1/chat/completions", b"{}", {"Content-Type": "application/json"})[0] == 401
         assert decisions_timed() == before + 2
+
+
+class TestRefusedCredentials:
+    """A 401's record answers "a revoked key is still being used, and from where": the
+    client address, its country and a fingerprint of the credential, never the credential."""
+
+    def refused(self, stack: Stack, credential: str | None, forwarded_for: str) -> tuple[int, dict[str, Any], str]:
+        before = stack.audit_records()[-1]["time"] if stack.audit_records() else ""
+        headers = {"Content-Type": "application/json", "X-Forwarded-For": forwarded_for}
+        if credential is not None:
+            headers["Authorization"] = f"Bearer {credential}"
+        status, _, _ = request(stack, "POST", "/v1/chat/completions", json.dumps(CHAT).encode(), headers)
+        [record] = [r for r in stack.audit_records() if r["time"] > before]
+        line = unauthenticated_path(stack.config.audit.path).read_text().splitlines()[-1]
+        return status, record, line
+
+    def test_an_unknown_key_is_recorded_by_fingerprint_with_address_and_country(self, stack: Stack) -> None:
+        secret = new_secret()  # never created: as a revoked key, "unknown or revoked API key"
+        status, record, line = self.refused(stack, secret, CN_IP)
+        assert status == 401
+        assert (record["client_ip"], record["observed_country"]) == (CN_IP, "CN")
+        assert record["credential_fingerprint"] == hash_secret(secret)[:12]
+        assert (record["credential_kind"], record["credential_error"]) == ("opaque", "unknown or revoked API key")
+        assert secret not in line and secret.removeprefix("fgw_") not in line
+
+    def test_a_guessable_credential_gets_no_fingerprint(self, stack: Stack) -> None:
+        status, record, line = self.refused(stack, "hunter2", SE_IP)
+        assert status == 401 and record["observed_country"] == "SE"
+        assert (record["credential_kind"], record["credential_fingerprint"]) == ("short", None)
+        assert "hunter2" not in line
+
+    def test_an_unreadable_forwarded_for_leaves_the_401_and_the_place_unknown(self, stack: Stack) -> None:
+        status, record, _ = self.refused(stack, new_secret(), "not-an-address")
+        assert status == 401  # not the 400 an authenticated caller gets: nothing more to learn
+        assert (record["client_ip"], record["observed_country"]) == (None, None)
+        assert record["forwarded_for"] == "unreadable"
+
+    def test_the_401_metrics_carry_the_country(self, stack: Stack) -> None:
+        import urllib.request
+
+        def count() -> tuple[float, float]:
+            with urllib.request.urlopen(stack.admin_url + "/metrics") as metrics:
+                lines = metrics.read().decode().splitlines()
+            return tuple(sum(float(line.split()[-1]) for line in lines if line.startswith(wanted)) for wanted in (
+                'gateway_denials_total{country="CN",model="none",reason="credential_invalid"}',
+                'gateway_requests_by_country_total{country="CN",decision="deny"}'))
+
+        before = count()
+        assert self.refused(stack, new_secret(), CN_IP)[0] == 401
+        assert count() == (before[0] + 1, before[1] + 1)
 
 
 class TestUpstreamFaults:

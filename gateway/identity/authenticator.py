@@ -14,6 +14,7 @@ the reverse, so the two cannot be played against each other.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -44,10 +45,12 @@ class Authenticator:
 
     @classmethod
     def from_config(cls, identity: IdentitySettings, state_dir: str | Path, *,
-                    api_keys: ApiKeyLookup | None = None) -> Authenticator:
+                    api_keys: ApiKeyLookup | None = None,
+                    on_jwks_failure: Callable[[], object] = lambda: None) -> Authenticator:
         """A JWT verifier if configured; if API keys are enabled, `api_keys` (fleet mode: the
-        Redis store) or else the state directory's key file (embedded mode)."""
-        jwt = JwtVerifier(identity.jwt) if identity.jwt is not None else None
+        Redis store) or else the state directory's key file (embedded mode). `on_jwks_failure`
+        is called for each failed fetch or re-read of the JWKS."""
+        jwt = JwtVerifier(identity.jwt, on_jwks_failure=on_jwks_failure) if identity.jwt is not None else None
         keys = (api_keys if api_keys is not None else ApiKeyStore(state_dir)) if identity.api_keys else None
         return cls(jwt, keys)
 

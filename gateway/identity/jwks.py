@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -165,9 +165,11 @@ class JwksFile:
     """
 
     def __init__(
-        self, path: str | Path, algorithms: Collection[str], clock: Clock, check_interval_s: float = 1.0
+        self, path: str | Path, algorithms: Collection[str], clock: Clock, check_interval_s: float = 1.0,
+        *, on_failure: Callable[[], object] = lambda: None,
     ) -> None:
         self.path = Path(path)
+        self.on_failure = on_failure  # counted: gateway_jwks_fetch_failures_total
         self._algorithms = tuple(algorithms)
         self._throttle = Throttle(check_interval_s, clock)
         self._stamp: FileStamp | None = None
@@ -186,6 +188,7 @@ class JwksFile:
                 try:
                     self._jwks = self._read()
                 except JwksError as exc:
+                    self.on_failure()
                     log.error("JWKS file %s: %s; keeping the previous keys", self.path, exc)
         return self._jwks
 
@@ -227,8 +230,10 @@ class JwksUrl:
         refetch_interval_s: float = 60.0,
         retry_interval_s: float = 5.0,
         max_age_s: float = 300.0,
+        on_failure: Callable[[], object] = lambda: None,
     ) -> None:
         self.url = url
+        self.on_failure = on_failure  # counted: gateway_jwks_fetch_failures_total
         self._algorithms = tuple(algorithms)
         self._clock = clock
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -276,6 +281,7 @@ class JwksUrl:
                 jwks, notes = parse_jwks(await self._download(), self._algorithms)
             except Exception as exc:  # network, HTTP, JSON or key errors alike keep the last good set
                 kept = len(self._jwks.keys)
+                self.on_failure()
                 log.error("JWKS %s: fetch failed (%s: %s); keeping %d key(s)", self.url, type(exc).__name__, exc, kept)
                 return
             for note in notes:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from gateway.identity._jose import JsonWebSignature
@@ -74,6 +74,7 @@ class JwtVerifier:
         clock: Clock = time.time,
         source: KeySource | None = None,
         cache_size: int = 10_000,
+        on_jwks_failure: Callable[[], object] = lambda: None,
     ) -> None:
         self._algorithms = _allowed(config.algorithms)
         _require_text(config, "issuer", "audience", "org_claim")
@@ -84,7 +85,7 @@ class JwtVerifier:
         self._org_claim = config.org_claim
         self._leeway = float(config.leeway_s)
         self._clock = clock
-        self._source = source or _key_source(config, self._algorithms, clock)
+        self._source = source or _key_source(config, self._algorithms, clock, on_jwks_failure)
         self._jws = JsonWebSignature(algorithms=list(self._algorithms))
         self.cache = VerifiedTokens(cache_size)
 
@@ -172,12 +173,13 @@ def _require_text(config: JwtSettings, *names: str) -> None:
             raise JwtConfigError(f"identity.jwt.{name}: {value!r} is not a non-empty string")
 
 
-def _key_source(config: JwtSettings, algorithms: tuple[str, ...], clock: Clock) -> KeySource:
+def _key_source(config: JwtSettings, algorithms: tuple[str, ...], clock: Clock,
+                on_failure: Callable[[], object]) -> KeySource:
     if (config.jwks_file is None) == (config.jwks_url is None):
         raise JwtConfigError("identity.jwt: give exactly one of jwks_file or jwks_url")
     if config.jwks_file is not None:
-        return JwksFile(config.jwks_file, algorithms, clock)
-    return JwksUrl(str(config.jwks_url), algorithms, clock)
+        return JwksFile(config.jwks_file, algorithms, clock, on_failure=on_failure)
+    return JwksUrl(str(config.jwks_url), algorithms, clock, on_failure=on_failure)
 
 
 def _decode(token: str, algorithms: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -174,6 +174,9 @@ class LiveState:
         if self.base is not None:
             policy = overlays.apply(self.base, self.overlay)  # skips, and logs, entries that do not fit
             if self.state.policy is None or policy.version != self.state.policy.version:
+                previous = self.state.policy.version if self.state.policy is not None else None
+                log.info("policy %s in force (was %s)", policy.version, previous,
+                         extra={"policy_version": policy.version, "previous_version": previous})
                 self.state.policy = policy
                 self.metrics.policy_loaded(policy.version)
                 self.metrics.suspensions_active.set(len(policy.suspensions))
@@ -274,8 +277,13 @@ class LiveState:
             raise
         self.metrics.policy_reloads.labels("success").inc()
         if self.files_gate is not None and not initial:
-            return await self.files_gate(texts, loaded.policy)
-        return await self.publish_bundle(texts, loaded.policy, actor="policy_dir", from_files=True)
+            made = await self.files_gate(texts, loaded.policy)
+        else:
+            made = await self.publish_bundle(texts, loaded.policy, actor="policy_dir", from_files=True)
+        result = "proposed" if made is not None and "proposer" in made else "applied"
+        log.info("policy files in %s reloaded (bundle %s): %s", self.policy_dir, version, result,
+                 extra={"policy_version": version, "action": "policy.reload", "result": result})
+        return made
 
     async def _read_or_none(self) -> Shared | None:
         try:

@@ -158,3 +158,22 @@ async def test_a_burst_of_new_kids_causes_one_fetch(jwks_server: JwksServer, key
     assert {principal.subject for principal in results} == {"user-1"}
     assert jwks_server.hits == 2
     await verifier.close()
+
+
+async def test_each_failed_fetch_is_counted(jwks_server: JwksServer, keys: Keys, clock: Clock) -> None:
+    from gateway.metrics import Metrics
+
+    metrics = Metrics()
+    failures = lambda: metrics.registry.get_sample_value("gateway_jwks_fetch_failures_total")  # noqa: E731
+    jwks_server.document = public_jwks(keys.rsa)
+    verifier = JwtVerifier(Settings(jwks_url=jwks_server.url), clock=clock, on_jwks_failure=metrics.jwks_failures.inc)
+    await verifier.start()
+    assert failures() == 0
+    jwks_server.status = 500
+    clock.advance(61)
+    await refused(verifier, keys.token(keys.rsa2))
+    jwks_server.status, jwks_server.document = 200, '{"keys": "garbage"}'
+    clock.advance(61)
+    await refused(verifier, keys.token(keys.rsa2))
+    assert failures() == 2
+    await verifier.close()
