@@ -70,6 +70,9 @@ class Metrics:
         self.geoip_anonymizer_loaded = Gauge("gateway_geoip_anonymizer_database_loaded", "1 when an anonymous-IP "
                                              "database is loaded (else no request is known to be an anonymizer).",
                                              registry=registry)
+        self.export_dropped = Counter("gateway_export_dropped", "Audit records not delivered to the OTLP collector "
+                                      "(export.otlp): queue_full, export_failed, shutdown.", ["reason"],
+                                      registry=registry)
         self._policy_version: str | None = None
         self._children: dict[tuple[Counter, tuple[str, ...]], Any] = {}
 
