@@ -181,6 +181,46 @@ class TestCollectorTrouble:
             stack.close()
 
 
+class TestTracing:
+    @pytest.fixture
+    def stack(self, tmp_path: Path, receiver: Receiver) -> Iterator[Stack]:
+        stack = Stack(tmp_path, extra_config=export_config(receiver.endpoint, traces=True))
+        yield stack
+        stack.close()
+
+    def spans_of(self, receiver: Receiver, decision_id: str, count: int) -> dict[str, dict[str, Any]]:
+        spans = receiver.wait_for(lambda: len(found := [span for span in receiver.spans
+                                                        if span["attributes"].get("gateway.decision_id") == decision_id])
+                                  >= count and found)
+        return {span["name"]: span for span in spans}
+
+    def test_a_forwarded_request_has_its_steps_as_spans_of_one_trace(self, stack: Stack, receiver: Receiver) -> None:
+        status, decision_id = post(stack, stack.api_key("org-acme"))
+        assert status == 200
+        spans = self.spans_of(receiver, decision_id, 5)
+        assert set(spans) == {"request", "identity", "geo", "decide", "upstream"}
+        root = spans["request"]
+        assert root["kind"] == 2  # SPAN_KIND_SERVER
+        assert root["attributes"]["http.response.status_code"] == 200
+        assert root["attributes"]["gateway.decision"] == "allow"
+        assert root["resource"]["service.name"] == "frontier-gateway"
+        for name in ("identity", "geo", "decide", "upstream"):
+            assert spans[name]["trace_id"] == root["trace_id"]
+            assert spans[name]["parent_span_id"] == root["span_id"]
+        assert spans["geo"]["attributes"]["gateway.observed_country"] == "US"
+        assert spans["decide"]["attributes"]["gateway.allowed"] is True
+        assert spans["upstream"]["attributes"]["http.response.status_code"] == 200
+
+    def test_a_denied_org_is_decided_in_a_span_before_its_body_is_read(self, stack: Stack, receiver: Receiver) -> None:
+        body = json.dumps({"model": "small-2", "messages": []}).encode()
+        status, decision_id = post(stack, stack.api_key("org-listed"), body=body)
+        assert status == 403
+        spans = self.spans_of(receiver, decision_id, 4)
+        assert set(spans) == {"request", "identity", "geo", "decide"}
+        assert spans["decide"]["attributes"]["gateway.allowed"] is False
+        assert spans["request"]["attributes"]["gateway.decision"] == "deny"
+
+
 def test_without_export_no_opentelemetry_code_is_loaded(tmp_path: Path) -> None:
     """Zero cost when off: a gateway that exports nothing runs the plain request path
     and never loads the tracing or export code, nor the SDK's."""
