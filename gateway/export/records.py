@@ -56,8 +56,15 @@ def attributes(record: dict[str, Any]) -> dict[str, Attribute]:
         if len(found) == MAX_ATTRIBUTES:
             found[PREFIX + "truncated_attributes"] = True
             break
-        found[PREFIX + key] = _attribute(value)
+        kind = value.__class__
+        if kind in _SCALARS or (kind is str and len(value) <= MAX_ATTRIBUTE_CHARS):
+            found[PREFIX + key] = value  # nearly every field: no copy, no conversion
+        else:
+            found[PREFIX + key] = _attribute(value)
     return found
+
+
+_SCALARS = frozenset({bool, int, float})
 
 
 def _attribute(value: Any) -> Attribute:
