@@ -24,19 +24,22 @@ Attribute = str | bool | int | float | list[str]
 
 class LogFields(NamedTuple):
     time_ns: int | None
-    severity: str  # INFO for an allowed request, WARN for a denied one
+    severity: str  # WARN for a denied request, else INFO
     body: str
     attributes: dict[str, Attribute]
 
 
 def log_fields(record: dict[str, Any]) -> LogFields:
     """What one audit record says, as the parts of an OpenTelemetry log record."""
-    return LogFields(_time_ns(record.get("time")), "INFO" if record.get("decision") == "allow" else "WARN",
+    return LogFields(_time_ns(record.get("time")), "WARN" if record.get("decision") == "deny" else "INFO",
                      summary(record), attributes(record))
 
 
 def summary(record: dict[str, Any]) -> str:
-    """E.g. `deny 451 country_embargoed POST /v1/chat/completions model=fable org=org-acme country=CN`."""
+    """E.g. `deny 451 country_embargoed POST /v1/chat/completions model=fable org=org-acme country=CN`;
+    for a record of another kind (a checkpoint), its type and sequence number."""
+    if "decision" not in record:
+        return f"{_short(str(record.get('type') or record.get('kind') or 'record'))} seq={record.get('seq', '?')}"
     reasons = record.get("reasons") or []
     why = reasons[0] if reasons else record.get("error") or "-"
     parts = [str(record.get("decision", "?")), str(record.get("status", "?")), str(why),
