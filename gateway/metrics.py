@@ -71,7 +71,7 @@ class Metrics:
                                              "database is loaded (else no request is known to be an anonymizer).",
                                              registry=registry)
         self.export_dropped = Counter("gateway_export_dropped", "Audit records not delivered to the OTLP collector "
-                                      "(export.otlp): queue_full, export_failed, shutdown.", ["reason"],
+                                      "(export.otlp): queue_full, export_failed, shutdown, unreadable.", ["reason"],
                                       registry=registry)
         self._policy_version: str | None = None
         self._children: dict[tuple[Counter, tuple[str, ...]], Any] = {}

@@ -14,7 +14,8 @@ Bounded, and every loss counted in gateway_export_dropped_total{reason}:
   record is dropped at once (a collector that is down or slow never slows requests);
 - `export_failed`: a batch the collector refused, or did not take within `timeout_s`
   (retries included);
-- `shutdown`: records still waiting when the gateway stopped and could not be sent.
+- `shutdown`: records still waiting when the gateway stopped and could not be sent;
+- `unreadable`: a line that is not a JSON object (never written by this gateway).
 The SDK's own queue never overflows (it would drop silently): our thread emits into it
 only while it has room, counted by what its exporter has taken.
 """
@@ -65,6 +66,13 @@ def resource(config: OtlpConfig, replica: str, version: str) -> Resource:
                             "service.instance.id": replica, "replica": replica})
 
 
+def _url(config: OtlpConfig, signal: str) -> str:
+    """Where a signal goes: `/v1/logs` or `/v1/traces` under the endpoint."""
+    if config.endpoint is None:
+        raise ValueError("export.otlp.endpoint is not set")
+    return f"{config.endpoint.rstrip('/')}/v1/{signal}"
+
+
 def _compression(config: OtlpConfig) -> Compression:
     return Compression.Gzip if config.compression == "gzip" else Compression.NoCompression
 
@@ -99,8 +107,8 @@ class RecordExport:
     `offer` runs on the event loop; everything else on threads."""
 
     def __init__(self, config: OtlpConfig, metrics: Metrics, replica: str, version: str) -> None:
-        assert config.endpoint is not None
         self.config = config
+        self.url = _url(config, "logs")
         self.resource = resource(config, replica, version)
         self.capacity = config.max_queue_size
         self.dropped = metrics.export_dropped
@@ -116,8 +124,7 @@ class RecordExport:
     def start(self) -> None:
         """Start the SDK's pipeline and our thread (construction opens nothing)."""
         config = self.config
-        assert config.endpoint is not None
-        self.exporter = OTLPLogExporter(endpoint=config.endpoint.rstrip("/") + "/v1/logs", headers=dict(config.headers),
+        self.exporter = OTLPLogExporter(endpoint=self.url, headers=dict(config.headers),
                                         timeout=config.timeout_s, compression=_compression(config))
         self.provider = LoggerProvider(resource=self.resource, shutdown_on_exit=False)
         self.processor = BatchLogRecordProcessor(
@@ -180,7 +187,7 @@ class RecordExport:
     def _emit(self, sealed: Sealed) -> None:
         try:
             fields = log_fields(orjson.loads(sealed.line))
-        except Exception as error:  # a line this module cannot read must not stop the others
+        except (ValueError, AttributeError) as error:  # a line this module cannot read must not stop the others
             log.warning("audit record %s not exported: %r", sealed.seq, error)
             self.lost(1, "unreadable")
             return
@@ -213,10 +220,9 @@ class RecordExport:
 
 def tracer_provider(config: OtlpConfig, replica: str, version: str) -> TracerProvider:
     """Spans of the request path, batched and sent like the records (never waited for)."""
-    assert config.endpoint is not None
     provider = TracerProvider(resource=resource(config, replica, version), shutdown_on_exit=False,
                               span_limits=SpanLimits(max_attribute_length=MAX_ATTRIBUTE_CHARS))
-    exporter = OTLPSpanExporter(endpoint=config.endpoint.rstrip("/") + "/v1/traces", headers=dict(config.headers),
+    exporter = OTLPSpanExporter(endpoint=_url(config, "traces"), headers=dict(config.headers),
                                 timeout=config.timeout_s, compression=_compression(config))
     provider.add_span_processor(BatchSpanProcessor(
         exporter, max_queue_size=config.max_queue_size, max_export_batch_size=config.max_export_batch_size,
