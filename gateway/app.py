@@ -180,7 +180,7 @@ class Gateway:
         # body is read, so that such a caller's bodies cost no parse.
         caller = Facts(principal.org_id, None, place.country, place.region, place.anonymizer)
         now = datetime.fromtimestamp(self.clock(), UTC)
-        refusal = decide_caller(policy, caller, now)
+        refusal = self.screen_caller(exchange, policy, caller, now)
         if refusal is not None:
             return await self.deny(exchange, send, refusal)
 
@@ -322,6 +322,10 @@ class Gateway:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+    def screen_caller(self, exchange: Exchange, policy: Policy, caller: Facts, now: datetime) -> Decision | None:
+        """The denial that who is calling settles alone, if any (a step of its own to trace)."""
+        return decide_caller(policy, caller, now)
 
     def decide(self, exchange: Exchange, policy: Policy, facts: Facts, now: datetime | None = None, *,
                listing: bool = False) -> Decision:

@@ -268,6 +268,38 @@ class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class OtlpConfig(Section):
+    """The decision records as an OpenTelemetry log stream, and optionally traces of the
+    request path, sent over OTLP/HTTP (gateway/export/, docs/operators.md "SIEM export")."""
+
+    # The collector's base URL (e.g. http://collector:4318): records go to <endpoint>/v1/logs,
+    # spans to <endpoint>/v1/traces. None: nothing is exported.
+    endpoint: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")] | None = None
+    headers: dict[HeaderName, HeaderValue] = {}          # sent with every export, e.g. the collector's token
+    timeout_s: float = Field(10.0, gt=0, le=300)         # one export, its retries included
+    compression: Literal["gzip", "none"] = "gzip"
+    # Records waiting to be sent, at most; beyond that they are dropped and counted
+    # (gateway_export_dropped_total), never waited for.
+    max_queue_size: int = Field(10_000, ge=16, le=1_000_000)
+    max_export_batch_size: int = Field(512, ge=1, le=10_000)
+    schedule_delay_s: float = Field(1.0, gt=0, le=60)    # the longest a record waits for its batch
+    # Spans for identity, geo, decide and upstream under one span per request; off: no tracing code runs.
+    traces: bool = False
+    service_name: str = Field("frontier-gateway", pattern=r"^[A-Za-z0-9._-]{1,128}$")
+
+    @model_validator(mode="after")
+    def _batch_within_queue(self) -> OtlpConfig:
+        if self.max_export_batch_size > self.max_queue_size:
+            raise ValueError("max_export_batch_size cannot exceed max_queue_size")
+        if self.traces and self.endpoint is None:
+            raise ValueError("traces needs an endpoint")
+        return self
+
+
+class ExportConfig(Section):
+    otlp: OtlpConfig = OtlpConfig()
+
+
 class Config(Section):
     listen: HostPort = "127.0.0.1:8080"
     admin_listen: HostPort = "127.0.0.1:9090"
@@ -290,6 +322,7 @@ class Config(Section):
     revocation: RevocationConfig = RevocationConfig()
     quota: QuotaConfig = QuotaConfig()
     logging: LoggingConfig = LoggingConfig()
+    export: ExportConfig = ExportConfig()
 
     @field_validator("upstreams")
     @classmethod

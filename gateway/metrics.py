@@ -96,6 +96,9 @@ class Metrics:
         self.jwks_failures = Counter("gateway_jwks_fetch_failures", "JWKS fetches (jwks_url) or re-reads (jwks_file) "
                                      "that failed; the last good key set stays in use.", registry=registry)
         self._by_country: dict[tuple[str | None, str], Any] = {}
+        self.export_dropped = Counter("gateway_export_dropped", "Audit records not delivered to the OTLP collector "
+                                      "(export.otlp): queue_full, export_failed, shutdown, unreadable.", ["reason"],
+                                      registry=registry)
         self._policy_version: str | None = None
         self._children: dict[tuple[Counter, tuple[str, ...]], Any] = {}
 

@@ -23,6 +23,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -32,6 +33,7 @@ from gateway.app import Gateway
 from gateway.audit import AuditLogs
 from gateway.audit.chain import default_replica
 from gateway.config import Config, is_loopback
+from gateway.export import record_export, tracing
 from gateway.geofiles import UNENFORCED_ANONYMIZERS, LiveGeo, configured_files, unenforced_anonymizer_rules
 from gateway.identity import Authenticator
 from gateway.identity.apikeys import ApiKeyAdmin, ApiKeyStore
@@ -102,9 +104,14 @@ class Service:
                      else LocalProposals(config.state_dir))
         self.geo: LiveGeo | None = None
         self.upstreams = Upstreams(config.upstreams)
+        # The audit records, also as an OTLP log stream; the request path's spans (export.otlp).
+        replica = config.audit.replica or default_replica(config.audit.path)
+        self.export = record_export(config.export.otlp, self.metrics, replica)
+        self.tracing = tracing(config.export.otlp, replica)
         # Fleet mode: the audit stream goes through the store's Redis client.
         self.audit = AuditLogs.from_config(config.audit, self.metrics, state_dir=config.state_dir, namespace=redis.namespace,
-                                           redis=self.store.redis if isinstance(self.store, RedisStore) else None)
+                                           redis=self.store.redis if isinstance(self.store, RedisStore) else None,
+                                           export=self.export)
         self.servers: list[_Server] = []
         self.gateway: Gateway | None = None
         # Fleet mode: API keys from Redis, so every replica accepts a key the CLI created anywhere.
@@ -150,10 +157,13 @@ class Service:
             await self.api_keys.start()
         await self.authenticator.start()
         await self.upstreams.start()
+        if self.export is not None:
+            self.export.start()
         await self.audit.start()
-        self.gateway = Gateway(config, self.state, self.authenticator, self.geo, self.upstreams, self.audit, self.metrics,
-                               quota=self.quota, sightings=self.sightings(), clock=self.clock, revocations=self.revocations,
-                               on_misuse=lambda credential, why: self.live.suspend_credential(credential, why, "misuse-detector"))
+        self.gateway = self.request_path(
+            config, self.state, self.authenticator, self.geo, self.upstreams, self.audit, self.metrics,
+            quota=self.quota, sightings=self.sightings(), clock=self.clock, revocations=self.revocations,
+            on_misuse=lambda credential, why: self.live.suspend_credential(credential, why, "misuse-detector"))
         if self.revocations is not None:
             self.revocations.start()
         self.control.start()
@@ -177,6 +187,15 @@ class Service:
                 raise RuntimeError("a listener failed to start (is the port in use?)")
             await asyncio.sleep(0.01)
 
+    def request_path(self, *args: Any, **kwargs: Any) -> Gateway:
+        """The Gateway; with tracing on, the one with spans (gateway/traced.py), imported
+        only then: with it off, the request path has no tracing code at all."""
+        if self.tracing is None:
+            return Gateway(*args, **kwargs)
+        from gateway.traced import TracedGateway
+
+        return TracedGateway(*args, tracer=self.tracing.get_tracer("frontier-gateway"), **kwargs)
+
     def bound_ports(self) -> tuple[int, int]:
         """The public and admin ports actually bound (useful with port 0)."""
         return tuple(s.servers[0].sockets[0].getsockname()[1] for s in self.servers)  # type: ignore[return-value]
@@ -188,6 +207,7 @@ class Service:
         if self.revocations is not None:  # after the listeners: requests still draining stay revocable
             await self.revocations.stop()
         await self.audit.close()  # before live.stop(), which closes the Redis client the audit stream uses
+        await self.stop_export()
         await self.control.stop()
         await self.live.stop()
         await self.upstreams.close()
@@ -197,6 +217,15 @@ class Service:
         if self.geo is not None:
             self._geo_watch.cancel()
             self.geo.close()
+
+    async def stop_export(self) -> None:
+        """Send the last records and spans, for a bounded time (off the event loop)."""
+        if self.export is not None:
+            await asyncio.to_thread(self.export.close)
+        if self.tracing is not None:
+            from gateway.export.otlp import close_tracing
+
+            await asyncio.to_thread(close_tracing, self.tracing)
 
     async def run_forever(self) -> None:
         # Handlers first: the listeners answer (and so look ready) before start() returns,

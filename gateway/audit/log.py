@@ -12,6 +12,8 @@ Who does what:
   the same way; opening, reopening after a failure and rotating (the operations
   that may block on the disk) run on a single worker thread. A record leaves
   the queue only once it is in the file: a failed write is retried, never dropped.
+- Written records are also offered to the `export` sink, if any (an OTLP collector,
+  gateway/export/): it takes them over and sends them from threads of its own.
 - In fleet mode the written lines then go to `AuditStream`, which XADDs them to
   the stream `{ns}:audit`. What Redis cannot take is spooled to a file under
   state_dir and replayed, in order, once Redis answers again.
@@ -35,9 +37,10 @@ import re
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from gateway.audit.chain import AuditFile, default_replica
+from gateway.audit.chain import AuditFile, Sealed, default_replica
 from gateway.audit.stream import BATCH, RETRY_S, AuditStream
 from gateway.metrics import Metrics
 
@@ -50,12 +53,22 @@ T = TypeVar("T")
 CAPACITY = 10_000           # records queued in memory, at most
 
 
+class RecordSink(Protocol):
+    """Where written records go besides the file, e.g. an OTLP collector (gateway/export/):
+    called on the event loop with each batch once it is in the file, so it must only
+    take them over, never wait."""
+
+    def offer(self, records: Sequence[Sealed]) -> None: ...
+
+
 class AuditLog:
     def __init__(self, path: str | Path, metrics: Metrics, *, replica: str | None = None,
                  max_bytes: int = 100 * 1024 * 1024, keep: int = 10, capacity: int = CAPACITY,
                  redis: Any = None, namespace: str = "fgw", state_dir: str | Path = ".gateway-state",
-                 stream_maxlen: int = 1_000_000, stream_max_bytes: int = 1 << 30, stream: str = "audit") -> None:
+                 stream_maxlen: int = 1_000_000, stream_max_bytes: int = 1 << 30, stream: str = "audit",
+                 export: RecordSink | None = None) -> None:
         self.file = AuditFile(path, replica=replica, max_bytes=max_bytes, keep=keep)
+        self.export = export
         self.path = self.file.path
         self.metrics = metrics
         self.capacity = capacity
@@ -121,6 +134,8 @@ class AuditLog:
         sealed = self.file.append(batch)
         if self.stream is not None:
             self.stream.push(sealed, self.file.seq)
+        if self.export is not None:
+            self.export.offer(sealed)
         if self.file.rotation_due:
             self._wake.set()  # the writer rotates, on its thread
 
@@ -216,16 +231,18 @@ class AuditLogs:
 
     @classmethod
     def from_config(cls, config: AuditConfig, metrics: Metrics, *, state_dir: str | Path, redis: Any = None,
-                    namespace: str = "fgw") -> AuditLogs:
+                    namespace: str = "fgw", export: RecordSink | None = None) -> AuditLogs:
         authenticated = AuditLog(config.path, metrics, replica=config.replica, max_bytes=config.max_bytes,
                                  keep=config.keep, redis=redis, namespace=namespace, state_dir=state_dir,
-                                 stream_maxlen=config.stream_maxlen, stream_max_bytes=config.stream_max_bytes)
+                                 stream_maxlen=config.stream_maxlen, stream_max_bytes=config.stream_max_bytes,
+                                 export=export)
         other = config.unauthenticated
         path = other.path or unauthenticated_path(config.path)
         unauthenticated = AuditLog(path, metrics, replica=f"{config.replica or default_replica(config.path)}-unauthenticated",
                                    max_bytes=other.max_bytes, keep=other.keep, redis=redis, namespace=namespace,
                                    state_dir=state_dir, stream_maxlen=other.stream_maxlen,
-                                   stream_max_bytes=other.stream_max_bytes, stream="audit-unauthenticated")
+                                   stream_max_bytes=other.stream_max_bytes, stream="audit-unauthenticated",
+                                   export=export)
         return cls(authenticated, unauthenticated)
 
     @property
