@@ -124,6 +124,7 @@ class Gateway:
         self._background: set[asyncio.Future[Any]] = set()
         self.decode = frozenset(config.request.decode_encodings)
         self.blocked_by = f"<{config.denials.blocked_by}>; rel=\"blocked-by\"".encode()
+        self.jurisdiction_status = config.denials.jurisdiction_status
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -597,6 +598,8 @@ class Gateway:
         reason = decision.reasons[0]
         denial = responses.for_reason(reason, decision.status, token=exchange.extra.get("token", False))
         extra = self.denial_headers(denial)
+        if denial.status == 451 and self.jurisdiction_status != 451:
+            denial = responses.with_status(denial, self.jurisdiction_status)
         if retry_after is not None:
             extra.append((b"retry-after", str(int(retry_after)).encode()))
         await self.reply(exchange, send, denial, extra)
@@ -614,8 +617,9 @@ class Gateway:
         if exchange.decision is None:
             exchange.error = denial.code
         body = responses.body(denial, exchange.api)
-        headers = [JSON, (b"content-length", str(len(body)).encode()),
-                   (b"x-gateway-decision-id", exchange.decision_id.encode()), *(extra or [])]
+        decision_id = exchange.decision_id.encode()
+        headers = [JSON, (b"content-length", str(len(body)).encode()), (b"x-gateway-decision-id", decision_id),
+                   (responses.REQUEST_ID[exchange.api], decision_id), *(extra or [])]
         await self.start_response(exchange, send, denial.status, headers)
         await self.settle(exchange)
         await send({"type": "http.response.body", "body": body})
@@ -633,7 +637,8 @@ class Gateway:
         exchange = Exchange(os.urandom(16).hex(), time.perf_counter(), status=status, error=error, client_ip=peer)
         self.finish(exchange)
         body = responses.body(responses.for_status(status, message), "openai")
-        return [(b"x-gateway-decision-id", exchange.decision_id.encode())], body
+        decision_id = exchange.decision_id.encode()
+        return [(b"x-gateway-decision-id", decision_id), (responses.REQUEST_ID["openai"], decision_id)], body
 
     # Record
 

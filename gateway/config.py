@@ -244,6 +244,10 @@ class MisuseConfig(Section):
 class DenialConfig(Section):
     # RFC 7725: the 451 response's Link rel="blocked-by" names who implements the block.
     blocked_by: str = "urn:frontier-gateway:export-controls"
+    # The status of a denial for where the caller is: 451 (RFC 7725, "Unavailable For Legal
+    # Reasons"), or 403 for clients that only know that one: the official OpenAI and
+    # Anthropic SDKs raise PermissionDeniedError for a 403 and a generic APIStatusError for a 451.
+    jurisdiction_status: Literal[451, 403] = 451
 
 
 class RevocationConfig(Section):

@@ -9,7 +9,7 @@ orgs, and nothing that tells a concealed caller a pre-release model exists.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.reasons import Reason
 
@@ -23,6 +23,10 @@ class Denial:
     anthropic_type: str
     param: str | None = None
 
+
+# The header each API's official SDK reads into `error.request_id`: the gateway's own answers
+# carry the decision id there, so a caller's bug report names the audit record.
+REQUEST_ID = {"openai": b"x-request-id", "anthropic": b"request-id"}
 
 _AUTH = Denial(401, "invalid_api_key", "Invalid or missing credentials.", "invalid_request_error", "authentication_error")
 # A JWT-shaped credential gets SPEC's `invalid_token`; the body is otherwise the
@@ -74,6 +78,11 @@ def for_reason(reason: Reason, status: int, *, token: bool = False) -> Denial:
     if status == 404:
         return _CONCEALED if reason is Reason.TIER_NOT_PERMITTED else _BY_REASON[reason]
     return _BY_REASON[reason]
+
+
+def with_status(denial: Denial, status: int) -> Denial:
+    """The same denial under another status (`denials.jurisdiction_status`)."""
+    return replace(denial, status=status)
 
 
 def for_status(status: int, message: str | None = None, param: str | None = None) -> Denial:
