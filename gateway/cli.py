@@ -223,12 +223,15 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.server import check_admin, check_workers, serve
+    from gateway.server import check_admin, check_listen, check_policy_dir, check_workers, serve
 
     config = _config(args)
     try:
         check_admin(config)
         check_workers(config, args.workers)
+        if not args.serve_stored_policy:
+            check_policy_dir(config)
+        check_listen(config)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return serve(config, workers=args.workers)
@@ -241,16 +244,24 @@ def cmd_keys(args: argparse.Namespace) -> int:
     args.state_dir = config.state_dir
     args.redis = config.redis  # redis.url set: the keys live in Redis (fleet mode)
     if args.keys_verb == "create":
-        try:
-            orgs = load_bundle(config.policy_dir).policy.organizations
-        except PolicyError:
-            orgs = None
-        if orgs is not None and args.org not in orgs:
-            print(f"warning: organization {args.org!r} is not in the policy at {config.policy_dir}", file=sys.stderr)
+        if not args.force:
+            _check_org_known(args.org, config.policy_dir)
         return _recorded(config, keys_cli.keys_create, args)
     if args.keys_verb == "revoke":
         return _recorded(config, keys_cli.keys_revoke, args)
     return keys_cli.keys_list(args)
+
+
+def _check_org_known(org: str, policy_dir: str) -> None:
+    """A key for an org the policy does not know would only ever be denied: most likely a typo."""
+    try:
+        orgs = load_bundle(policy_dir).policy.organizations
+    except PolicyError as exc:
+        raise UsageError(f"cannot check organization {org!r}: the policy at {policy_dir} is refused ({exc}); "
+                         "pass --force to create the key anyway") from None
+    if org not in orgs:
+        raise UsageError(f"organization {org!r} is not in the policy at {policy_dir}; "
+                         "pass --force to create the key anyway") from None
 
 
 def _recorded(config: Config, verb: Callable[..., int], args: argparse.Namespace) -> int:
@@ -340,6 +351,7 @@ def cmd_audit_explain(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Frontier Gateway: export-control access gateway.")
+    parser.add_argument("--version", action="version", version=f"gateway {_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     ex = verbs.add_parser("explain", help="decide one request from given facts and say why; without --org, "
@@ -434,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="worker processes sharing the public port (default 1); N > 1 needs fleet mode "
                             "(redis.url). Worker k writes its own audit file (audit-wk.jsonl, replica <id>-wk) and "
                             "has its own admin listener on the admin port + k")
+    serve.add_argument("--serve-stored-policy", action="store_true",
+                       help="start even when policy_dir is missing, serving the policy last published to the state "
+                            "(state_dir, or Redis in fleet mode); without it a missing policy_dir is an error")
     serve.set_defaults(run=cmd_serve)
 
     keys = verbs.add_parser("keys", help="manage API keys (embedded mode: under state_dir)")
@@ -441,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     create = key_verbs.add_parser("create", help="create a key for an organization; the secret is shown once")
     create.add_argument("--org", required=True)
     create.add_argument("--label")
+    create.add_argument("--force", action="store_true",
+                        help="create the key even if the policy does not know the organization (yet)")
     revoke = key_verbs.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id", metavar="KEY_ID")
     listing = key_verbs.add_parser("list", help="list keys (never their secrets)")
@@ -507,6 +524,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        status = _run(argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then ours to handle
+    except BrokenPipeError:
+        # The reader went away (`gateway ... | head`): what it wanted, it has. Python would
+        # report the pipe again when flushing at exit, so stdout goes to /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a process ended by SIGPIPE (128 + 13)
+    return status
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("frontier-gateway")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run

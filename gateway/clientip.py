@@ -53,6 +53,16 @@ class ForwardedForError(ValueError):
     The message is for the caller and never repeats the header."""
 
 
+def parse_network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A network in CIDR notation with no host bits set; ValueError naming `cidr` otherwise."""
+    try:
+        if "%" in cidr:
+            raise ValueError("zone ids are not addresses")  # as parse_ip refuses them
+        return ipaddress.ip_network(cidr.strip(), strict=True)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{cidr!r} is not a network in CIDR notation ({exc})") from None
+
+
 class TrustedProxies:
     """A set of networks, tested by prefix length: one set lookup per distinct
     length, however many networks share it. Addresses are compared unmapped, so
@@ -63,11 +73,9 @@ class TrustedProxies:
         networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for cidr in cidrs:
             try:
-                if "%" in cidr:
-                    raise ValueError("zone ids are not addresses")  # as parse_ip refuses them
-                networks.extend(_unmapped(ipaddress.ip_network(cidr.strip(), strict=True)))
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"trusted_proxies: {cidr!r} is not a network in CIDR notation ({exc})") from None
+                networks.extend(_unmapped(parse_network(cidr)))
+            except ValueError as exc:
+                raise ValueError(f"trusted_proxies: {exc}") from None
         self.networks = tuple(networks)
         self._v4 = _by_prefix_length(n for n in networks if n.version == 4)
         self._v6 = _by_prefix_length(n for n in networks if n.version == 6)

@@ -10,14 +10,17 @@ config file's directory, so a config works from any working directory.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError,
+                      field_validator, model_validator)
 
-from gateway.policy.yamlsource import YamlSyntaxError, parse
+from gateway.policy.issues import format_path, validation_message
+from gateway.policy.yamlsource import YamlDocument, YamlSyntaxError, parse
 from gateway.routing import DEFAULT_ROUTES, checked_prefixes
 
 ENV_PREFIX = "GATEWAY_"
@@ -27,7 +30,19 @@ _FRAMING = frozenset({b"accept-encoding", b"content-length", b"content-type", b"
 # must not make `gateway serve` or `gateway keys` refuse to start.
 CLIENT_VARIABLES = frozenset({"GATEWAY_ADMIN_URL", "GATEWAY_ADMIN_TOKEN"})
 
-HostPort = Annotated[str, Field(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")]
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
+
+
+def _host_port(value: Any) -> str:
+    """`listen: 8080` is a number to YAML, so this runs before the type check."""
+    if not isinstance(value, str) or not _HOST_PORT.match(value) or not 0 <= int(value.rsplit(":", 1)[1]) <= 65535:
+        raise ValueError(f"expected HOST:PORT with a port 0-65535, e.g. 127.0.0.1:8080 or [::1]:8080 (got {value!r})")
+    return value
+
+
+HostPort = Annotated[str, BeforeValidator(_host_port)]
+# `true` or `false` only: a quoted "yes" or "on" is text, not a boolean (YAML 1.2).
+Bool = StrictBool
 
 
 class Section(BaseModel):
@@ -86,7 +101,7 @@ class GeoIPConfig(Section):
     max_age_days: int = Field(45, gt=0, le=3650)
     # The embedded region overlay (gateway/region_overlay.py) adds Crimea, Sevastopol,
     # Donetsk, Luhansk, Zaporizhzhia and Kherson on top of whichever country database.
-    region_overlay: bool = True
+    region_overlay: Bool = True
 
 
 class JwtConfig(Section):
@@ -107,7 +122,7 @@ class JwtConfig(Section):
 
 class IdentityConfig(Section):
     jwt: JwtConfig | None = None
-    api_keys: bool = True
+    api_keys: Bool = True
 
 
 class RedisConfig(Section):
@@ -115,7 +130,7 @@ class RedisConfig(Section):
     # (gateway/redis_connect.py); None: embedded mode, one process.
     url: str | None = None
     # A Redis Cluster, reached through the node(s) in `url` (redis://host:port[,host:port...]).
-    cluster: bool = False
+    cluster: Bool = False
     # Decide from the in-memory mirror for at most this long while Redis is unreachable.
     max_staleness_s: float = Field(5.0, gt=0)
     # Prefix (and Cluster hash tag) of every key, so gateways can share one Redis.
@@ -171,7 +186,7 @@ class AdminConfig(Section):
     # /metrics only for a bearer token of admin.tokens (any role); /healthz and /readyz
     # stay open for probes. None: required unless admin_listen is a loopback address,
     # since model, stage and country labels are for the operators, not the network.
-    metrics_require_token: bool | None = None
+    metrics_require_token: Bool | None = None
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -230,7 +245,7 @@ class LimitsConfig(Section):
 
 
 class ForwardConfig(Section):
-    pass_credentials: bool = False
+    pass_credentials: Bool = False
 
 
 class MisuseConfig(Section):
@@ -238,7 +253,7 @@ class MisuseConfig(Section):
     window_s: float = Field(3600, gt=0)
     countries: int = Field(2, ge=2)
     # Also suspend it (fleet-wide in fleet mode); reinstated through the admin API.
-    suspend: bool = False
+    suspend: Bool = False
 
 
 class DenialConfig(Section):
@@ -254,7 +269,7 @@ class RevocationConfig(Section):
     # Requests being answered are decided again when the policy changes, and every
     # check_interval_s for times the policy names (a suspension's `from`); one now
     # denied is ended with the denial it would now get (gateway/revocation.py).
-    enabled: bool = True
+    enabled: Bool = True
     check_interval_s: float = Field(0.25, gt=0, le=10)
 
 
@@ -288,7 +303,7 @@ class OtlpConfig(Section):
     max_export_batch_size: int = Field(512, ge=1, le=10_000)
     schedule_delay_s: float = Field(1.0, gt=0, le=60)    # the longest a record waits for its batch
     # Spans for identity, geo, decide and upstream under one span per request; off: no tracing code runs.
-    traces: bool = False
+    traces: Bool = False
     service_name: str = Field("frontier-gateway", pattern=r"^[A-Za-z0-9._-]{1,128}$")
 
     @model_validator(mode="after")
@@ -342,11 +357,13 @@ class Config(Section):
         checked_prefixes(value)
         return value
 
-    @field_validator("listen", "admin_listen")
+    @field_validator("trusted_proxies")
     @classmethod
-    def _port_in_range(cls, value: str) -> str:
-        if not 0 <= int(value.rsplit(":", 1)[1]) <= 65535:
-            raise ValueError("port must be 0-65535")
+    def _networks(cls, value: list[str]) -> list[str]:
+        from gateway.clientip import parse_network
+
+        for cidr in value:
+            parse_network(cidr)
         return value
 
     @property
@@ -370,37 +387,43 @@ def is_loopback(listen: str) -> bool:
 class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+        if len(problems) == 1:  # one line, for the one thing to fix
+            super().__init__(f"invalid configuration: {problems[0]}")
+        else:
+            super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def load_config(path: str | Path | None, environ: Mapping[str, str]) -> Config:
     """Read the file (if any), apply environment overrides, validate, resolve paths."""
     data: dict[str, Any] = {}
     base = Path.cwd()
-    source = "defaults"
+    document = YamlDocument(data=None)
     if path is not None:
-        source = str(path)
         base = Path(path).resolve().parent
         try:
-            document = parse(Path(path).read_text(encoding="utf-8")).data
+            document = parse(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError([f"{path}: cannot be read: {exc.strerror}"]) from None
         except YamlSyntaxError as exc:
             raise ConfigError([f"{path}:{exc.line or '?'}: {exc}"]) from None
-        if document is not None and not isinstance(document, dict):
+        if document.data is not None and not isinstance(document.data, dict):
             raise ConfigError([f"{path}: must be a mapping of keys"])
-        data = document or {}
-    problems = _apply_environment(data, environ)
+        data = document.data or {}
+    variables: dict[tuple[str, ...], str] = {}
+    problems = _apply_environment(data, environ, variables)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems += [_describe(err, source) for err in exc.errors()]
+        problems += [_describe(err, _where(tuple(str(part) for part in err["loc"]), path, document, variables))
+                     for err in exc.errors()]
     if problems:
         raise ConfigError(problems)
     return _resolve_paths(config, base)
 
 
-def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+def _apply_environment(data: dict[str, Any], environ: Mapping[str, str],
+                       variables: dict[tuple[str, ...], str]) -> list[str]:
+    """Set each GATEWAY_* variable's key in `data`; `variables` remembers which set what."""
     problems = []
     for name, text in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or name in CLIENT_VARIABLES:
@@ -422,15 +445,28 @@ def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> list
             target = child
         else:
             target[keys[-1]] = value
+            variables[tuple(keys)] = name
     return problems
 
 
-def _describe(err: Any, source: str) -> str:
-    key = ".".join(str(part) for part in err["loc"]) or "(top level)"
-    message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+def _where(loc: tuple[str, ...], path: str | Path | None, document: YamlDocument,
+           variables: Mapping[tuple[str, ...], str]) -> str:
+    """Where a bad value was given: the variable that set it, else the file and line."""
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in variables:
+            return variables[loc[:end]]
+    if path is None:
+        return "defaults"
+    line = document.line_of(loc)
+    return f"{path}:{line}" if line else str(path)
+
+
+def _describe(err: Any, where: str) -> str:
+    key = format_path(tuple(err["loc"])) or "(top level)"
+    message = validation_message(err)
     bad = err.get("input")
-    shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(bad, dict) else f" (got {bad!r})"
-    return f"{source}: {key}: {message}{shown}"
+    named = err["type"] in ("missing", "extra_forbidden", "literal_error", "enum", "value_error") or isinstance(bad, dict)
+    return f"{where}: {key}: {message}{'' if named else f' (got {bad!r})'}"
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:

@@ -207,7 +207,7 @@ def _sdk_snippet(runtime: DemoRuntime) -> str:
     )
 
 
-def describe(runtime: DemoRuntime) -> str:
+def describe(runtime: DemoRuntime, *, interactive: bool = True) -> str:
     lines = [
         "Frontier Gateway demo — everything runs in this process, offline.",
         f"  gateway   {runtime.url}   (admin, metrics: {runtime.admin_url}/metrics, {runtime.admin_url}/readyz)",
@@ -224,7 +224,7 @@ def describe(runtime: DemoRuntime) -> str:
     for number, example in enumerate(runtime.examples, 1):
         lines += [f"{number}. {example.title} — expect {example.expect}", f"   {example.curl(runtime.url)}", ""]
     lines += ["With the official OpenAI SDK (pip install openai):", "", _sdk_snippet(runtime), "",
-              *walkthrough(runtime), "", "Press Ctrl-C to stop."]
+              *walkthrough(runtime), *(["", "Press Ctrl-C to stop."] if interactive else [])]
     return "\n".join(lines)
 
 
@@ -292,29 +292,39 @@ async def check_walkthrough(runtime: DemoRuntime) -> list[tuple[str, bool]]:
 
 
 async def _run(check_only: bool, public_port: int, admin_port: int) -> int:
-    with tempfile.TemporaryDirectory(prefix="gateway-demo-") as directory:
-        runtime = await start_demo(Path(directory), public_port=public_port, admin_port=admin_port)
-        try:
-            print(describe(runtime), flush=True)
-            if check_only:
-                results = await check(runtime)
-                print("\nChecking every example:")
-                for example, status in results:
-                    print(f"  {'ok ' if status == example.expect else 'BAD'} {status}  {example.title}")
-                steps = await check_walkthrough(runtime)
-                print("\nChecking the change-control walk-through:")
-                for step, ok in steps:
-                    print(f"  {'ok ' if ok else 'BAD'} {step}")
-                return 0 if all(status == example.expect for example, status in results) \
-                    and all(ok for _, ok in steps) else 1
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, stop.set)
-            await stop.wait()
-            return 0
-        finally:
-            await runtime.stop()
+    # Kept after the demo stops, so that its audit log can be verified and explained afterwards.
+    directory = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
+    try:
+        return await _serve(directory, check_only, public_port, admin_port)
+    finally:
+        print(f"\nThe demo's audit log stays in {directory}: check its hash chain with\n"
+              f"  gateway audit verify {directory / 'audit.jsonl'}\n"
+              f"and remove the directory when done (rm -r {directory}).", flush=True)
+
+
+async def _serve(directory: Path, check_only: bool, public_port: int, admin_port: int) -> int:
+    runtime = await start_demo(directory, public_port=public_port, admin_port=admin_port)
+    try:
+        print(describe(runtime, interactive=not check_only), flush=True)
+        if check_only:
+            results = await check(runtime)
+            print("\nChecking every example:")
+            for example, status in results:
+                print(f"  {'ok ' if status == example.expect else 'BAD'} {status}  {example.title}")
+            steps = await check_walkthrough(runtime)
+            print("\nChecking the change-control walk-through:")
+            for step, ok in steps:
+                print(f"  {'ok ' if ok else 'BAD'} {step}")
+            return 0 if all(status == example.expect for example, status in results) \
+                and all(ok for _, ok in steps) else 1
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        return 0
+    finally:
+        await runtime.stop()
 
 
 def run_demo(*, check_only: bool = False, public_port: int = 8080, admin_port: int = 9090) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -272,6 +273,40 @@ def check_workers(config: Config, workers: int) -> None:
         raise ValueError(f"--workers {workers} needs fleet mode (redis.url): in embedded mode each worker would keep "
                          "its own quotas, suspensions and credential sightings, so limits would multiply by the "
                          "number of workers. Configure redis.url, or run one worker per gateway.")
+
+
+def check_policy_dir(config: Config) -> None:
+    """Raise ValueError when the configured policy directory is missing: the bundle an
+    earlier run left in state_dir (or Redis) is not the policy this config names."""
+    if not Path(config.policy_dir).is_dir():
+        raise ValueError(f"policy_dir {config.policy_dir} is not a directory (to serve the policy last published "
+                         "to the state instead, pass --serve-stored-policy)")
+
+
+def check_listen(config: Config) -> None:
+    """Raise ValueError naming the address when a listener could not bind it: before
+    anything starts, so the cause is one line rather than a listener's traceback."""
+    for key, listen in (("listen", config.listen), ("admin_listen", config.admin_listen)):
+        host, port = split_host_port(listen)
+        try:
+            for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+                with socket.socket(family, kind, proto) as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+                    probe.bind(address)
+        except socket.gaierror as exc:
+            raise ValueError(f"{key} {listen}: cannot resolve {host!r} ({exc.strerror})") from None
+        except OSError as exc:
+            raise ValueError(f"{key} {listen}: {_bind_failure(exc, host, port)}") from None
+
+
+def _bind_failure(exc: OSError, host: str, port: int) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} is already in use on {host}"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this machine"
+    if exc.errno == errno.EACCES:
+        return f"no permission to bind port {port}"
+    return exc.strerror or str(exc)
 
 
 def check_admin(config: Config) -> None:

@@ -87,7 +87,7 @@ admin:
     assert "listen: " in text and "'localhost'" in text
     assert "upstreams.default.url" in text and "'ftp://x'" in text
     assert "upstreams.default.connect_timeout_s" in text and "-1" in text
-    assert "admin.tokens.0.sha256" in text and "admin.tokens.0.role" in text and "'root'" in text
+    assert "admin.tokens[0].sha256" in text and "admin.tokens[0].role" in text and "'root'" in text
 
 
 def test_jwt_needs_exactly_one_key_source(tmp_path: Path) -> None:

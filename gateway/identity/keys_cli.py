@@ -68,10 +68,13 @@ def keys_revoke(args: argparse.Namespace, record: Record = _unrecorded) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     key = known.get(args.key_id)
-    if found and key is not None and key.revoked_at is None:
+    already = key.revoked_at if key is not None else None
+    if found and key is not None and already is None:
         record("apikey.revoke", args.key_id, {"org_id": key.org_id, "label": key.label}, None)
     if args.json:
-        print(json.dumps({"key_id": args.key_id, "revoked": found}))
+        print(json.dumps({"key_id": args.key_id, "revoked": found, "already_revoked_at": already}))
+    elif found and already is not None:
+        print(f"gateway: key {args.key_id} was already revoked at {already}; nothing changed", file=sys.stderr)
     elif found:
         print(f"Revoked {args.key_id}; running gateways refuse it within about a second.")
     if not found:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.policy.yamlsource import Path
 
@@ -14,6 +14,19 @@ def format_path(path: Path) -> str:
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
+
+
+def validation_message(err: Any) -> str:
+    """One pydantic error as a person reads it: a value outside its allowed set is
+    named with every allowed value, a check's own message is given without pydantic's prefix."""
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind in ("literal_error", "enum"):
+        return f"{err.get('input')!r} is not allowed; allowed: {err['ctx']['expected']}"
+    if kind == "value_error":
+        return str(err["ctx"]["error"])
+    return str(err["msg"])
 
 
 @dataclass(frozen=True, slots=True)

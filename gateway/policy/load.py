@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway import countries
 from gateway.policy import schema, snapshot
-from gateway.policy.issues import Issue, PolicyError, format_path
+from gateway.policy.issues import Issue, PolicyError, format_path, validation_message
 from gateway.policy.yamlsource import Path, YamlDocument, YamlSyntaxError, parse
 
 JURISDICTIONS = "jurisdictions.yaml"
@@ -172,7 +172,7 @@ class _Checker:
         except ValidationError as exc:
             for err in exc.errors():
                 loc = path + tuple(err["loc"])
-                self.report(file, loc, _explain_error(err))
+                self.report(file, loc, validation_message(err))
             return None
 
     def section(self, file: str, doc: YamlDocument | None, key: str, kind: type) -> Any:
@@ -594,11 +594,6 @@ def _valid_name(name: str) -> bool:
     return schema.NAME_PATTERN.fullmatch(name) is not None
 
 
-def _explain_error(err: Any) -> str:
-    message = str(err["msg"])
-    if err["type"] == "extra_forbidden":
-        message = "unknown key"
-    return message
 
 
 def _iso(moment: datetime) -> str:

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio as aioredis
 
+from conftest import REFERENCE_POLICY
 from gateway.identity.apikeys import hash_secret
 from gateway.identity.principal import Principal
 from gateway.identity.redis_keys import RedisApiKeyStore, key_names
@@ -328,14 +329,15 @@ def gateway(*argv: str, config: Path) -> subprocess.CompletedProcess[str]:
 
 def fleet_config(tmp_path: Path, url: str, namespace: str) -> Path:
     config = tmp_path / "gateway.yaml"
-    config.write_text(f"state_dir: state\nredis: {{url: '{url}', namespace: '{namespace}'}}\n")
+    config.write_text(f"state_dir: state\npolicy_dir: {REFERENCE_POLICY}\nredis: {{url: '{url}', namespace: '{namespace}'}}\n")
     return config
 
 
 async def test_gateway_keys_create_with_redis_url_writes_to_redis(tmp_path: Path, stores: Stores, namespace: str) -> None:
     config = fleet_config(tmp_path, REDIS_URL, namespace)  # type: ignore[arg-type]
     replica = await stores()
-    created = await asyncio.to_thread(gateway, "create", "--org", "acme", "--label", "ci", "--json", config=config)
+    created = await asyncio.to_thread(gateway, "create", "--org", "acme", "--force", "--label", "ci", "--json",
+                                      config=config)
     assert created.returncode == 0, created.stderr
     output = json.loads(created.stdout)
     key_id, secret = output["key_id"], output["secret"]
@@ -354,7 +356,7 @@ async def test_gateway_keys_create_with_redis_url_writes_to_redis(tmp_path: Path
 
 async def test_gateway_keys_with_redis_down_fails_without_showing_the_password(tmp_path: Path) -> None:
     config = fleet_config(tmp_path, "redis://:hunter2@127.0.0.1:1/0", "x")
-    result = await asyncio.to_thread(gateway, "create", "--org", "acme", config=config)
+    result = await asyncio.to_thread(gateway, "create", "--org", "acme", "--force", config=config)
     assert result.returncode == 1
     assert "cannot write API keys to Redis at 127.0.0.1:1" in result.stderr
     assert "hunter2" not in result.stderr + result.stdout and "Secret" not in result.stdout
