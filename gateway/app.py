@@ -39,7 +39,7 @@ from gateway.live.state import PolicyState
 from gateway.quota import LocalQuota, Quota, Reservation
 from gateway.reasons import Reason
 from gateway.usage import Tap, reservation
-from gateway.request_body import RequestError, extract_model, query_names_model
+from gateway.request_body import RequestError, extract_model, query_names_model, with_model
 from gateway.revocation import Revocations
 from gateway.routing import Route, Router, api_of
 
@@ -195,6 +195,8 @@ class Gateway:
             decision = self.decide_others(exchange, policy, facts, now, decision)
         if not decision.allowed:
             return await self.deny(exchange, send, decision)
+        if decision.upstream_model is not None and decision.upstream_model != model and exchange.document is not None:
+            body = with_model(exchange.document, decision.upstream_model)  # only then re-serialized
 
         try:
             retry_after = await self.admit(exchange, policy, principal, decision, len(body))

@@ -85,6 +85,8 @@ class Decision:
     covered: bool | None = None
     tier: str | None = None
     upstream: str | None = None
+    # The model name to forward in place of the requested one (`models.M.upstream_model`).
+    upstream_model: str | None = None
     matches: tuple[Match, ...] = ()
     # Reasons that shadow-mode rules would add if they were enforced.
     shadow: tuple[Reason, ...] = ()
@@ -193,6 +195,7 @@ class _Evaluation:
             covered=covered,
             tier=tier,
             upstream=model.upstream if model else None,
+            upstream_model=model.upstream_model if model else None,
             matches=matches,
             shadow=shadow,
         )

@@ -262,6 +262,18 @@ def _finite(text: str) -> float:
 _DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant, parse_float=_finite)
 
 
+def with_model(document: dict[str, Any], model: str) -> bytes:
+    """The body to forward, re-serialized with `model` as its model (`models.M.upstream_model`).
+    The document was parsed strictly (no duplicate keys, no NaN), so it serializes to the
+    same JSON with one value changed. A lone surrogate (valid in a JSON string escape, not
+    in UTF-8) is kept as the escape the client sent."""
+    renamed = {**document, "model": model}
+    try:
+        return json.dumps(renamed, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        return json.dumps(renamed, separators=(",", ":")).encode()
+
+
 def _model(document: dict[str, Any], keys: frozenset[str]) -> str:
     for key in document:
         if key not in keys and (name := folded(key)) in keys:

@@ -717,6 +717,7 @@ def _compile(parts: _Parts, framework: schema.Framework) -> snapshot.Policy:
             id=name,
             aliases=tuple(m.aliases),
             upstream=m.upstream,
+            upstream_model=m.upstream_model,
             evaluations=MappingProxyType(dict(m.evaluations)),
             coverage=_coverage(framework.covered_model, m.evaluations),
             stages=tuple(

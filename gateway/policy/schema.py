@@ -133,6 +133,10 @@ class Waiver(Entry):
 class Model(Entry):
     aliases: list[Name] = []
     upstream: Name = "default"
+    # The name the upstream knows this model by, written into the forwarded body's `model`
+    # in place of what the caller sent (an alias, or another spelling): the upstream then
+    # serves what the policy decided on, whatever its own alias table says.
+    upstream_model: Name | None = None
     evaluations: dict[Name, float] = {}
     release: list[Stage]
     review_waiver: Waiver | None = None

@@ -182,6 +182,7 @@ class Model:
     stages: tuple[Stage, ...]
     stage_starts: tuple[float, ...]
     suspensions: tuple[Suspension, ...]
+    upstream_model: str | None = None  # the model's name at its upstream, if not the caller's
 
     @property
     def covered(self) -> bool:
