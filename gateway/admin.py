@@ -395,11 +395,13 @@ def _limit(request: Request) -> int:
 
 
 def read_backwards(path: str | None) -> Iterator[dict[str, Any]]:
-    """The records of a JSONL audit file, newest first."""
+    """The request records of a JSONL audit file, newest first (signed checkpoints skipped)."""
     if path is None:
         return
     for line in lines_backwards(Path(path)):
         try:
-            yield json.loads(line)
+            record = json.loads(line)
         except ValueError:
             continue
+        if isinstance(record, dict) and record.get("type") != "checkpoint":
+            yield record
