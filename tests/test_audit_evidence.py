@@ -17,6 +17,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -123,6 +124,11 @@ class TestCheckpoints:
         marks = [r for r in lines(tmp_path / "audit.jsonl") if r.get("type") == "checkpoint"]
         assert marks[1]["previous_checkpoint"] == {"seq": first["seq"], "hash": first["hash"]}
         assert marks[1]["records"] == 5
+
+    def test_checkpoints_are_not_replayed_as_requests(self, tmp_path: Path, key: SigningKey) -> None:
+        from gateway.policy.simulate import read_audit
+        path = write(tmp_path, key, 12)
+        assert [r["seq"] for r in read_audit(path)] == [*range(1, 11), 12, 13]  # not 11 and 14, the checkpoints
 
     def test_without_a_key_no_checkpoints_and_a_warning(self, tmp_path: Path,
                                                         caplog: pytest.LogCaptureFixture) -> None:
@@ -339,7 +345,13 @@ audit: {{path: audit.jsonl, fsync: always, signing_key_file: signing.pem, checkp
             call = urllib.request.Request(f"http://127.0.0.1:{public}/v1/chat/completions", body, {
                 "Authorization": f"Bearer {key}", "Content-Type": "application/json", "X-Forwarded-For": US_IP})
             with urllib.request.urlopen(call, timeout=5) as reply:
+                assert json.load(reply)["model"] == "small-2"  # the whole answer: acknowledged
                 answered.append(reply.headers["X-Gateway-Decision-Id"])
+        # The outside copy follows each checkpoint on the audit thread: let it land.
+        copies = tmp_path / "checkpoints.jsonl"
+        deadline = time.monotonic() + 5
+        while (not copies.exists() or copies.read_text().count("\n") < 2) and time.monotonic() < deadline:
+            time.sleep(0.02)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(10)
