@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from gateway import countries, explain
 from gateway.audit import lines_backwards
+from gateway.audit.signing import PublicKey
 from gateway.config import AdminToken
 from gateway.live.control import ChangeControl
 from gateway.decision import Facts, decide
@@ -76,7 +77,8 @@ class Tokens:
 
 def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callable[[], list[str]],
                      live: LiveState, tokens: list[AdminToken], audit_path: str | None = None, *,
-                     metrics_require_token: bool = False, control: ChangeControl) -> Starlette:
+                     metrics_require_token: bool = False, control: ChangeControl,
+                     audit_public_key: PublicKey | None = None) -> Starlette:
     """`ready_checks` returns what is missing for readiness (empty when ready); every change goes
     through `control` (gateway/live/control.py)."""
     known = Tokens(tokens)
@@ -277,6 +279,12 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
     async def verify_changes(request: Request, actor: str) -> Response:
         return JSONResponse((await live.verify_changes()).as_json())
 
+    async def public_key(request: Request, actor: str) -> Response:
+        if audit_public_key is None:
+            return error(404, "no_signing_key", "audit.signing_key_file is not set: checkpoints are not signed.")
+        return JSONResponse({"algorithm": "ed25519", "public_key": audit_public_key.text,
+                             "key_id": audit_public_key.id})
+
     return Starlette(routes=[
         Route("/healthz", healthz),
         Route("/readyz", readyz),
@@ -293,6 +301,7 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         Route("/admin/decisions", guarded("viewer", "decisions.list", decisions), methods=["GET"]),
         Route("/admin/changes", guarded("viewer", "changes.list", changes), methods=["GET"]),
         Route("/admin/changes/verify", guarded("viewer", "changes.verify", verify_changes), methods=["GET"]),
+        Route("/admin/audit/public-key", guarded("viewer", "audit.public_key", public_key), methods=["GET"]),
         Route("/admin/changes/{id}/countersign", guarded("operator", "change.countersign", countersign), methods=["POST"]),
         Route("/admin/proposals", guarded("operator", "proposal.create", create_proposal), methods=["POST"]),
         Route("/admin/proposals", guarded("viewer", "proposals.list", list_proposals), methods=["GET"]),
@@ -442,11 +451,13 @@ def _limit(request: Request) -> int:
 
 
 def read_backwards(path: str | None) -> Iterator[dict[str, Any]]:
-    """The records of a JSONL audit file, newest first."""
+    """The request records of a JSONL audit file, newest first (signed checkpoints skipped)."""
     if path is None:
         return
     for line in lines_backwards(Path(path)):
         try:
-            yield json.loads(line)
+            record = json.loads(line)
         except ValueError:
             continue
+        if isinstance(record, dict) and record.get("type") != "checkpoint":
+            yield record

@@ -158,6 +158,15 @@ class AuditConfig(Section):
     stream_maxlen: int = Field(1_000_000, ge=1000)      # fleet mode: entries kept in {ns}:audit
     stream_max_bytes: int = Field(1024 * 1024 * 1024, ge=64 * 1024)  # fleet mode: bytes of records kept in {ns}:audit
     unauthenticated: UnauthenticatedAuditConfig = UnauthenticatedAuditConfig()
+    # Signed checkpoints (gateway/audit/checkpoints.py): none without a key (a warning at start).
+    signing_key_file: str | None = None  # an Ed25519 PEM key, made by `gateway audit keygen`
+    checkpoint_every: int = Field(1000, ge=1)            # records between two checkpoints, at most (about)
+    checkpoint_interval_s: float = Field(60.0, gt=0)     # seconds between two, at most, while records flow
+    checkpoints_path: str | None = None  # the outside copy; default: checkpoints.jsonl beside audit.path
+    # always: an answer waits for its record's fsync; batch: records are fsynced in groups at
+    # most 10 ms after their write (the answer waits for the write); never: the OS decides.
+    fsync: Literal["always", "batch", "never"] = "batch"
+    group: str | None = None  # audit files 0640 with this group (a log shipper's), else 0600
 
 
 class AdminToken(Section):
@@ -442,6 +451,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         "geoip": geoip,
         "audit": config.audit.model_copy(update={
             "path": resolve(config.audit.path),
+            "signing_key_file": resolve(config.audit.signing_key_file),
+            "checkpoints_path": resolve(config.audit.checkpoints_path),
             "unauthenticated": config.audit.unauthenticated.model_copy(update={"path": resolve(config.audit.unauthenticated.path)}),
         }),
     }

@@ -31,6 +31,7 @@ from gateway import logs
 from gateway.admin import AdminRefusals, create_admin_app
 from gateway.app import Gateway
 from gateway.audit import AuditLogs
+from gateway.audit.files import FileMode
 from gateway.audit.chain import default_replica
 from gateway.config import Config, is_loopback
 from gateway.export import record_export, tracing
@@ -93,7 +94,7 @@ class Service:
         self.state = PolicyState(max_staleness_s=config.redis.max_staleness_s if fleet else None)
         redis = config.redis
         self.store: Store = (RedisStore(client=connect(redis), namespace=redis.namespace) if redis.url
-                             else LocalStore(config.state_dir))
+                             else LocalStore(config.state_dir, FileMode.for_group(config.audit.group)))
         self.quota: Quota = RedisQuota(self.store.redis, redis.namespace) if isinstance(self.store, RedisStore) else LocalQuota()
         revocation = config.revocation
         self.revocations = (Revocations(self.state, self.metrics, clock=clock, check_interval_s=revocation.check_interval_s)
@@ -167,8 +168,10 @@ class Service:
         if self.revocations is not None:
             self.revocations.start()
         self.control.start()
+        signing_key = self.audit.signing_key
         admin = create_admin_app(self.state, self.metrics, self.missing, self.live, config.admin.tokens, config.audit.path,
-                                 metrics_require_token=config.metrics_require_token, control=self.control)
+                                 metrics_require_token=config.metrics_require_token, control=self.control,
+                                 audit_public_key=signing_key.public if signing_key is not None else None)
         if config.change_control.approvals == 0:
             log.warning("change_control.approvals is 0: one operator token can loosen the policy at once, "
                         "with no second person (docs/operators.md, \"Change control\")")
@@ -272,6 +275,15 @@ def check_workers(config: Config, workers: int) -> None:
         raise ValueError(f"--workers {workers} needs fleet mode (redis.url): in embedded mode each worker would keep "
                          "its own quotas, suspensions and credential sightings, so limits would multiply by the "
                          "number of workers. Configure redis.url, or run one worker per gateway.")
+
+
+def check_audit(config: Config) -> None:
+    """Raise ValueError when the audit signing key or group cannot be used (before any listener starts)."""
+    from gateway.audit.signing import SigningKey
+
+    FileMode.for_group(config.audit.group)
+    if config.audit.signing_key_file is not None:
+        SigningKey.load(config.audit.signing_key_file)
 
 
 def check_admin(config: Config) -> None:
