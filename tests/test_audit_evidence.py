@@ -323,6 +323,7 @@ admin: {{tokens: [{{name: ops, role: viewer, sha256: {hashlib.sha256(token.encod
         scrape = request("GET", stack.admin_url + "/metrics").raw.decode()
         age = float(re.search(r"^gateway_audit_checkpoint_age_seconds (\S+)$", scrape, re.M).group(1))
         assert 0 <= age < 60  # the checkpoint alert's series, exported with a signing key
+        assert re.search(r"^gateway_audit_writable 1\.0$", scrape, re.M)
     finally:
         stack.close()
 

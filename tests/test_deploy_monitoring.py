@@ -33,9 +33,10 @@ ALERT_TESTS = PROMETHEUS / "alerts.test.yml"
 TARGET_LABELS = frozenset({"job", "instance"})
 # Series of Prometheus's own that rules may use besides the gateway's.
 SCRAPE_SERIES = {"up": TARGET_LABELS}
-# Exported only where configured, so a bare Metrics() has none: the checkpoint age only with
-# audit.signing_key_file (gateway/audit/log.py).
-CONDITIONAL: dict[str, frozenset[str]] = {"gateway_audit_checkpoint_age_seconds": TARGET_LABELS}
+# Registered by the audit logs (gateway/audit/log.py), so a bare Metrics() has none; the
+# checkpoint age only with audit.signing_key_file.
+CONDITIONAL: dict[str, frozenset[str]] = {"gateway_audit_checkpoint_age_seconds": TARGET_LABELS,
+                                          "gateway_audit_writable": TARGET_LABELS}
 SEVERITIES = {"critical", "warning", "info"}
 # Grafana's built-in variables, replaced by plausible values for promtool's parser.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "6h", "$__interval": "15s"}
