@@ -1,0 +1,86 @@
+"""The reference docs in docs/ name everything they describe, so they cannot drift from
+the code: every config key (walked from the pydantic models) and every admin route
+(walked from the Starlette app)."""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from gateway.config import ENV_PREFIX, Config, load_config
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def nested_model(annotation: object) -> tuple[str, type[BaseModel]] | None:
+    """The model a field holds, with how its keys are written: a section (X or X | None),
+    a mapping of them (`.NAME`) or a list of them (`[]`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "", annotation
+    args = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    if not args:
+        return None
+    origin = typing.get_origin(annotation)
+    shape = ".NAME" if origin is dict else "[]" if origin is list else ""
+    return shape, args[0]
+
+
+def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> Iterator[str]:
+    """Every key a config file can set, dotted: `redis.url`, `upstreams.NAME.url`."""
+    for name, field in model.model_fields.items():
+        key = prefix + name
+        nested = nested_model(field.annotation)
+        if nested is None or nested[0] or field.default is None:
+            yield key  # a value; or sections that may be absent or many, documented as a whole too
+        if nested is not None:
+            yield from config_keys(nested[1], f"{key}{nested[0]}.")
+
+
+def variable(key: str) -> str | None:
+    """The environment variable of a key; None inside a mapping or list of sections."""
+    return None if "NAME" in key or "[]" in key else ENV_PREFIX + key.upper().replace(".", "__")
+
+
+CONFIG_REFERENCE = (DOCS / "configuration.md").read_text(encoding="utf-8")
+KEYS = list(config_keys())
+
+
+def test_the_walk_sees_the_whole_config() -> None:
+    # Guards the walk itself: a nesting it failed to follow would pass every test below.
+    assert {"listen", "upstreams.NAME.url", "identity.jwt.issuer", "admin.tokens[].role",
+            "audit.unauthenticated.path", "export.otlp.endpoint"} <= set(KEYS)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_every_config_key_is_in_the_reference(key: str) -> None:
+    rows = [line for line in CONFIG_REFERENCE.splitlines() if line.startswith(f"| `{key}` |")]
+    assert rows, f"docs/configuration.md has no row for `{key}`"
+    cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    assert cells[4], f"`{key}` is in docs/configuration.md without a meaning"
+    expected = variable(key)
+    assert cells[3] == (f"`{expected}`" if expected else "-"), f"`{key}`: wrong environment variable"
+
+
+def test_the_reference_names_no_key_the_config_lacks() -> None:
+    documented = re.findall(r"^\| `([^`]+)` \|", CONFIG_REFERENCE, flags=re.M)
+    assert sorted(set(documented) - set(KEYS)) == []
+
+
+@pytest.mark.parametrize("example", re.findall(r"```yaml\n(.*?)```", CONFIG_REFERENCE, flags=re.S))
+def test_the_reference_examples_are_valid_configs(example: str, tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(example)
+    load_config(path, {})
+
+
+def test_an_environment_variable_from_the_reference_sets_its_key() -> None:
+    config = load_config(None, {"GATEWAY_EXPORT__OTLP__ENDPOINT": "http://collector:4318",
+                                "GATEWAY_TRUSTED_PROXIES": "[10.0.0.0/8]"})
+    assert config.export.otlp.endpoint == "http://collector:4318"
+    assert config.trusted_proxies == ["10.0.0.0/8"]
