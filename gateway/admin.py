@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import countries, explain
+from gateway import admin_openapi, countries, explain
 from gateway.audit import lines_backwards
 from gateway.config import AdminToken
 from gateway.live.control import ChangeControl
@@ -277,6 +277,9 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
     async def verify_changes(request: Request, actor: str) -> Response:
         return JSONResponse((await live.verify_changes()).as_json())
 
+    async def openapi(request: Request, actor: str) -> Response:
+        return JSONResponse(admin_openapi.document())
+
     return Starlette(routes=[
         Route("/healthz", healthz),
         Route("/readyz", readyz),
@@ -299,6 +302,7 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         Route("/admin/proposals/{id}", guarded("viewer", "proposal.get", show_proposal), methods=["GET"]),
         Route("/admin/proposals/{id}/{verb}", guarded("operator", "proposal.{verb}", decide_proposal), methods=["POST"]),
         Route("/admin/whoami", guarded("viewer", "whoami", whoami), methods=["GET"]),
+        Route("/admin/openapi.json", guarded("viewer", "openapi.get", openapi), methods=["GET"]),
         Route("/admin/keys", guarded("viewer", "keys.list", list_keys), methods=["GET"]),
         Route("/admin/keys", guarded("operator", "apikey.create", create_key), methods=["POST"]),
         Route("/admin/keys/{id}", guarded("operator", "apikey.revoke", revoke_key), methods=["DELETE"]),

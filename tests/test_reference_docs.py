@@ -1,6 +1,6 @@
 """The reference docs in docs/ name everything they describe, so they cannot drift from
 the code: every config key (walked from the pydantic models) and every admin route
-(walked from the Starlette app)."""
+(walked from the Starlette app), in the prose and in GET /admin/openapi.json."""
 
 from __future__ import annotations
 
@@ -9,11 +9,19 @@ import types
 import typing
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
 from pydantic import BaseModel
+from starlette.routing import Route
 
+from e2e import Stack
+from gateway import admin_openapi
+from gateway.admin import create_admin_app
 from gateway.config import ENV_PREFIX, Config, load_config
+from gateway.metrics import Metrics
+from test_admin import VIEWER, admin, admin_config
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -84,3 +92,75 @@ def test_an_environment_variable_from_the_reference_sets_its_key() -> None:
                                 "GATEWAY_TRUSTED_PROXIES": "[10.0.0.0/8]"})
     assert config.export.otlp.endpoint == "http://collector:4318"
     assert config.trusted_proxies == ["10.0.0.0/8"]
+
+
+# The admin API: every route of the admin app, in docs/admin-api.md and /admin/openapi.json.
+
+
+def admin_routes() -> list[tuple[str, str]]:
+    """(method, OpenAPI path) of every route `create_admin_app` serves. The collaborators are
+    never called while the app is built, so none is needed to read its routes."""
+    app = create_admin_app(None, Metrics(), list, None, [], control=None)  # type: ignore[arg-type]
+    found = []
+    for route in app.routes:
+        assert isinstance(route, Route)
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # {id:path} is {id} to a client
+        found += [(method, path) for method in sorted(route.methods or ()) if method != "HEAD"]
+    return found
+
+
+ROUTES = admin_routes()
+ADMIN_REFERENCE = (DOCS / "admin-api.md").read_text(encoding="utf-8")
+
+
+def test_the_walk_sees_every_admin_route() -> None:
+    assert {("GET", "/healthz"), ("GET", "/admin/openapi.json"), ("DELETE", "/admin/credentials/{id}"),
+            ("POST", "/admin/proposals/{id}/{verb}")} <= set(ROUTES)
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_every_admin_route_is_in_the_reference(method: str, path: str) -> None:
+    assert f"\n### {method} {path}\n" in ADMIN_REFERENCE, f"docs/admin-api.md has no section for {method} {path}"
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_every_admin_route_is_in_the_openapi_document(method: str, path: str) -> None:
+    assert method.lower() in admin_openapi.document()["paths"].get(path, {}), f"{method} {path} is not in the OpenAPI"
+
+
+def test_the_openapi_document_names_no_route_the_app_lacks() -> None:
+    described = {(method.upper(), path) for path, item in admin_openapi.document()["paths"].items() for method in item}
+    assert sorted(described - set(ROUTES)) == []
+
+
+def test_the_openapi_document_is_openapi_3_1_with_valid_schemas() -> None:
+    document = admin_openapi.document()
+    assert document["openapi"] == "3.1.0"
+    resolver = {"components": document["components"]}
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            assert operation["responses"], f"{method} {path} has no responses"
+            named = {p["name"] for p in operation["parameters"] if p["in"] == "path"}
+            assert named == set(re.findall(r"\{(\w+)\}", path)), f"{method} {path}: path parameters"
+            for schema in schemas_of(operation):
+                jsonschema.Draft202012Validator.check_schema(schema | resolver)
+
+
+def schemas_of(operation: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for content in [operation.get("requestBody", {}).get("content", {})] + [
+            answer.get("content", {}) for answer in operation["responses"].values()]:
+        for media in content.values():
+            yield media["schema"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(tmp_path_factory.mktemp("openapi"), extra_config=admin_config())
+    yield stack
+    stack.close()
+
+
+def test_a_viewer_reads_the_openapi_document_from_a_running_gateway(stack: Stack) -> None:
+    status, served = admin(stack, "GET", "/admin/openapi.json", token=VIEWER)
+    assert status == 200 and served == admin_openapi.document()
+    assert admin(stack, "GET", "/admin/openapi.json", token=None)[0] == 401
