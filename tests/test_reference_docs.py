@@ -17,11 +17,12 @@ from pydantic import BaseModel
 from starlette.routing import Route
 
 from e2e import Stack
-from gateway import admin_openapi
+from gateway import admin_openapi, responses
 from gateway.admin import create_admin_app
 from gateway.config import ENV_PREFIX, Config, load_config
 from gateway.metrics import Metrics
-from test_admin import VIEWER, admin, admin_config
+from gateway.reasons import PRECEDENCE, Reason, status_of
+from test_admin import VIEWER, admin, admin_config, audit_record, chat
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -164,3 +165,44 @@ def test_a_viewer_reads_the_openapi_document_from_a_running_gateway(stack: Stack
     status, served = admin(stack, "GET", "/admin/openapi.json", token=VIEWER)
     assert status == 200 and served == admin_openapi.document()
     assert admin(stack, "GET", "/admin/openapi.json", token=None)[0] == 401
+
+
+# Errors, metrics and audit records.
+
+ERRORS_REFERENCE = (DOCS / "errors.md").read_text(encoding="utf-8")
+POLICY_REFERENCE = (DOCS / "policy.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+def test_every_reason_is_in_the_errors_and_its_precedence_in_the_policy_reference(reason: Reason) -> None:
+    assert f"\n| `{reason}` | {status_of(reason)}" in ERRORS_REFERENCE
+    assert re.search(rf"\n\| \d+ \| `{reason}` \| {status_of(reason)} \|", POLICY_REFERENCE)
+
+
+def test_the_policy_reference_lists_reasons_in_precedence_order() -> None:
+    listed = re.findall(r"\n\| \d+ \| `(\w+)`", POLICY_REFERENCE)
+    assert listed == [str(name).split("/")[0] for name, _ in PRECEDENCE]
+
+
+@pytest.mark.parametrize("status", sorted(responses._BY_STATUS))
+def test_every_request_error_is_in_the_errors_reference(status: int) -> None:
+    assert f"\n| {status} | `{responses.for_status(status).code}` |" in ERRORS_REFERENCE
+
+
+def exposed_metrics() -> list[str]:
+    """The gateway's own series, as /metrics names them (counters with _total)."""
+    families = Metrics(fleet=True).registry.collect()
+    return [f.name + ("_total" if f.type == "counter" else "") for f in families if f.name.startswith("gateway_")]
+
+
+@pytest.mark.parametrize("name", exposed_metrics())
+def test_every_metric_is_in_the_metrics_reference(name: str) -> None:
+    assert f"\n| `{name}` |" in (DOCS / "metrics.md").read_text(encoding="utf-8")
+
+
+def test_every_field_of_an_audit_record_is_in_the_audit_reference(stack: Stack) -> None:
+    status, _, decision_id = chat(stack, "org-acme")
+    assert status == 200
+    record = audit_record(stack, decision_id)
+    documented = set(re.findall(r"`(\w+)`", (DOCS / "audit.md").read_text(encoding="utf-8")))
+    assert sorted(set(record) - documented) == []
