@@ -1,4 +1,4 @@
-"""The admin listener (SPEC §4), never the public one: health and readiness for
+"""The admin listener (docs/admin-api.md), never the public one: health and readiness for
 anyone who can reach it (the orchestrator's probes); metrics for anyone too on a
 loopback listener, else for an admin token of either role
 (`admin.metrics_require_token`: Prometheus sends it as a bearer token, see
