@@ -1,5 +1,5 @@
 """The public listener: one raw ASGI application whose request path reads top to
-bottom (SPEC §1): route -> identity -> model -> jurisdiction -> decide -> quota
+bottom (docs/policy.md): route -> identity -> model -> jurisdiction -> decide -> quota
 -> forward -> audit + metrics. Every step that cannot establish a fact it needs
 ends the request with a denial; nothing is forwarded by default.
 """

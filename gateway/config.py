@@ -1,4 +1,4 @@
-"""The gateway's configuration file (SPEC §3), validated whole before anything starts.
+"""The gateway's configuration file (docs/configuration.md), validated whole before anything starts.
 
 Every key may be overridden from the environment: `GATEWAY_REDIS__URL=...` sets
 `redis.url` (nested keys joined by `__`, values read as YAML scalars or flow

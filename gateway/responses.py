@@ -1,4 +1,4 @@
-"""Denials in the caller's own API shape (SPEC §1, "Denial responses").
+"""Denials in the caller's own API shape (docs/errors.md).
 
 OpenAI routes: {"error": {"message", "type", "param", "code"}}; Anthropic's
 /v1/messages: {"type": "error", "error": {"type", "message"}}. Messages are
@@ -25,7 +25,7 @@ class Denial:
 
 
 _AUTH = Denial(401, "invalid_api_key", "Invalid or missing credentials.", "invalid_request_error", "authentication_error")
-# A JWT-shaped credential gets SPEC's `invalid_token`; the body is otherwise the
+# A JWT-shaped credential gets `invalid_token` (docs/errors.md); the body is otherwise the
 # same whether the credential was missing, malformed, unknown or revoked.
 _AUTH_TOKEN = Denial(401, "invalid_token", _AUTH.message, _AUTH.openai_type, _AUTH.anthropic_type)
 _NOT_FOUND_MODEL = "The model does not exist or you do not have access to it."

@@ -1,4 +1,4 @@
-"""The audit trail (SPEC §5): one hash-chained record per request, in a rotating
+"""The audit trail (docs/audit.md): one hash-chained record per request, in a rotating
 JSONL file and, in fleet mode, a capped Redis Stream with a disk spool.
 
 Unit tests drive `AuditLog` on a private event loop; end-to-end tests count the

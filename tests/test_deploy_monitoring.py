@@ -1,4 +1,4 @@
-"""deploy/: the Grafana dashboard and the Prometheus rules (SPEC §6) checked against
+"""deploy/: the Grafana dashboard and the Prometheus rules (docs/metrics.md) checked against
 the metrics the gateway really exports, and the rules run through promtool: its
 syntax check, and the unit tests in deploy/prometheus/alerts.test.yml that fire
 every alert from synthetic series and keep it silent on healthy ones.
@@ -171,7 +171,7 @@ def test_every_alert_is_labelled_and_explained() -> None:
 
 
 def test_alerts_cover_the_spec() -> None:
-    """SPEC §6's alerts, and the two metrics added with credential misuse and shadow rules."""
+    """The alerts on docs/metrics.md's series, and the two metrics added with credential misuse and shadow rules."""
     exprs = {rule["alert"]: rule["expr"] for rule in load_alerts()}
     used = " ".join(exprs.values())
     assert 'reason="jurisdiction_embargoed"' in exprs["GatewayEmbargoedJurisdictionTraffic"]
