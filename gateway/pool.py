@@ -39,7 +39,7 @@ UNLIMITED = 1 << 62
 class PoolUnavailable(Exception):
     """No URL of the pool can take the request; `code` is the denial's code."""
 
-    code = "no_healthy_upstream"
+    code: str
 
 
 class NoHealthyMember(PoolUnavailable):
@@ -151,7 +151,8 @@ class Pool:
 
     async def _check_forever(self) -> None:
         check = self.config.health_check
-        assert check is not None  # started only with one
+        if check is None:
+            return
         timeout = aiohttp.ClientTimeout(total=check.timeout_s)
         headers = {**self.config.headers, "Accept-Encoding": "identity"}
         while True:
@@ -227,9 +228,12 @@ class PoolCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         by_url = ["upstream", "url"]
-        healthy = GaugeMetricFamily("gateway_upstream_healthy", "1 while the URL is in its pool (not ejected).", labels=by_url)
-        outstanding = GaugeMetricFamily("gateway_upstream_outstanding", "Requests in progress at the URL.", labels=by_url)
-        requests = CounterMetricFamily("gateway_upstream_url_requests", "Requests sent to the URL (each try).", labels=by_url)
+        healthy = GaugeMetricFamily("gateway_upstream_healthy", "1 while the URL is in its pool (not ejected).",
+                                    labels=by_url)
+        outstanding = GaugeMetricFamily("gateway_upstream_outstanding", "Requests in progress at the URL.",
+                                        labels=by_url)
+        requests = CounterMetricFamily("gateway_upstream_url_requests", "Requests sent to the URL (each try).",
+                                       labels=by_url)
         failures = CounterMetricFamily("gateway_upstream_connect_failures", "Connections to the URL that failed.",
                                        labels=by_url)
         ejections = CounterMetricFamily("gateway_upstream_ejections", "Times the URL was taken out of its pool "
