@@ -279,13 +279,12 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
     async def verify_changes(request: Request, actor: str) -> Response:
         return JSONResponse((await live.verify_changes()).as_json())
 
-<<<<<<< HEAD
     async def public_key(request: Request, actor: str) -> Response:
         if audit_public_key is None:
             return error(404, "no_signing_key", "audit.signing_key_file is not set: checkpoints are not signed.")
         return JSONResponse({"algorithm": "ed25519", "public_key": audit_public_key.text,
                              "key_id": audit_public_key.id})
-=======
+
     async def openapi(request: Request, actor: str) -> Response:
         return JSONResponse(admin_openapi.document())
 

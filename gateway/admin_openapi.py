@@ -47,6 +47,9 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/metrics", None, "Prometheus metrics (docs/metrics.md). A bearer token of either role is "
               "needed when admin.metrics_require_token is in force.", answers={200: "Prometheus text format 0.0.4."}),
     Operation("GET", "/admin/openapi.json", "viewer", "This document.", answers={200: "OpenAPI 3.1."}),
+    Operation("GET", "/admin/audit/public-key", "viewer", "The public key that verifies this replica's signed audit "
+              "checkpoints (gateway audit verify --public-key).",
+              answers={200: "{algorithm: ed25519, public_key, key_id}.", 404: "No audit.signing_key_file is set."}),
     Operation("GET", "/admin/whoami", "viewer", "The token's name and role, and how many approvals a loosening needs.",
               answers={200: "{name, role, approvals_needed}."}),
     Operation("GET", "/admin/policy", "viewer", "The policy in force: versions, the bundle's files and the live overlay.",
