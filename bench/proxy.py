@@ -125,7 +125,8 @@ def bench_policy(directory: Path) -> Path:
 
 
 def write_config(directory: Path, upstream_url: str, jwks: Path, public: int, admin: int,
-                 redis: dict[str, str] | None = None) -> Path:
+                 redis: dict[str, str] | None = None, audit: dict[str, Any] | None = None) -> Path:
+    """`audit`: more keys of the audit section (--audit-fsync, --audit-sign)."""
     path = directory / "gateway.yaml"
     config = {
         "listen": f"127.0.0.1:{public}",
@@ -139,7 +140,7 @@ def write_config(directory: Path, upstream_url: str, jwks: Path, public: int, ad
         "geoip": {"max_age_days": 3650},
         "identity": {"jwt": {"jwks_file": str(jwks), "issuer": ISSUER, "audience": AUDIENCE,
                              "algorithms": ["RS256"]}},
-        "audit": {"path": str(directory / "audit.jsonl")},
+        "audit": {"path": str(directory / "audit.jsonl"), **(audit or {})},
     }
     if redis is not None:
         config["redis"] = redis
@@ -309,6 +310,18 @@ class Bench:
         self.redis_url: str | None = None
         self.notes: list[str] = []
 
+    def audit_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.args.audit_fsync:
+            options["fsync"] = self.args.audit_fsync
+        if self.args.audit_sign:
+            key = self.directory / "audit-signing.pem"
+            if not key.exists():
+                subprocess.run([sys.executable, "-m", "gateway", "audit", "keygen", "--out", str(key)], env=self.env,
+                               check=True, capture_output=True)
+            options["signing_key_file"] = str(key)
+        return options
+
     async def start_upstream(self) -> None:
         self.upstream = Server("demo upstream", [sys.executable, "-m", "gateway.demo_upstream", "--port", "0"],
                                self.directory / "upstream.log", env=self.env, cwd=ROOT)
@@ -370,7 +383,7 @@ class Bench:
                     return "no Redis (set REDIS_URL, put redis-server on PATH, or run under scripts/with-redis)"
                 redis = {"url": url, "namespace": f"bench-{os.getpid()}-{name}"}
             public, admin = free_port(), free_ports(workers)
-            config = write_config(directory, self.upstream_url, self.jwks, public, admin, redis)
+            config = write_config(directory, self.upstream_url, self.jwks, public, admin, redis, self.audit_options())
             argv = [*gateway_command(), "serve", "--config", str(config)] + (["--workers", str(workers)] if workers > 1 else [])
             server = Server(name, argv, directory / "gateway.log", env=self.env, cwd=directory)
             running = Running(name, f"http://127.0.0.1:{public}", True, [server],
@@ -478,7 +491,8 @@ def read_records(paths: list[Path], expected: int, timeout_s: float = 5.0) -> li
     """The audit records of all `paths`, once `expected` of them are written (or the time is up)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        lines = [line for path in paths if path.exists() for line in path.read_text().splitlines()]
+        lines = [line for path in paths if path.exists() for line in path.read_text().splitlines()
+                 if '"type":"checkpoint"' not in line]  # signed checkpoints are no requests
         if len(lines) >= expected or time.monotonic() > deadline:
             return [json.loads(line) for line in lines]
         time.sleep(0.05)
@@ -762,6 +776,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="load generator for the req/s points (auto: wrk when available or installable)")
     parser.add_argument("--no-install", dest="install", action="store_false",
                         help="never apt-get install wrk or nginx (as root they are installed when missing)")
+    parser.add_argument("--audit-fsync", choices=("always", "batch", "never"),
+                        help="the gateway targets' audit.fsync (default: the gateway's default)")
+    parser.add_argument("--audit-sign", action="store_true",
+                        help="give the gateway targets an audit signing key (signed checkpoints)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs, audit)")
     args = parser.parse_args(argv)
     args.duration = args.duration if args.duration is not None else (1.0 if args.quick else 10.0)

@@ -1,4 +1,4 @@
-"""The admin listener (SPEC §4), never the public one: health and readiness for
+"""The admin listener (docs/admin-api.md), never the public one: health and readiness for
 anyone who can reach it (the orchestrator's probes); metrics for anyone too on a
 loopback listener, else for an admin token of either role
 (`admin.metrics_require_token`: Prometheus sends it as a bearer token, see
@@ -26,8 +26,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import countries, explain
+from gateway import admin_openapi, countries, explain
 from gateway.audit import lines_backwards
+from gateway.audit.signing import PublicKey
 from gateway.config import AdminToken
 from gateway.live.control import ChangeControl
 from gateway.decision import Facts, decide
@@ -76,7 +77,8 @@ class Tokens:
 
 def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callable[[], list[str]],
                      live: LiveState, tokens: list[AdminToken], audit_path: str | None = None, *,
-                     metrics_require_token: bool = False, control: ChangeControl) -> Starlette:
+                     metrics_require_token: bool = False, control: ChangeControl,
+                     audit_public_key: PublicKey | None = None) -> Starlette:
     """`ready_checks` returns what is missing for readiness (empty when ready); every change goes
     through `control` (gateway/live/control.py)."""
     known = Tokens(tokens)
@@ -277,6 +279,15 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
     async def verify_changes(request: Request, actor: str) -> Response:
         return JSONResponse((await live.verify_changes()).as_json())
 
+    async def public_key(request: Request, actor: str) -> Response:
+        if audit_public_key is None:
+            return error(404, "no_signing_key", "audit.signing_key_file is not set: checkpoints are not signed.")
+        return JSONResponse({"algorithm": "ed25519", "public_key": audit_public_key.text,
+                             "key_id": audit_public_key.id})
+
+    async def openapi(request: Request, actor: str) -> Response:
+        return JSONResponse(admin_openapi.document())
+
     return Starlette(routes=[
         Route("/healthz", healthz),
         Route("/readyz", readyz),
@@ -293,12 +304,14 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         Route("/admin/decisions", guarded("viewer", "decisions.list", decisions), methods=["GET"]),
         Route("/admin/changes", guarded("viewer", "changes.list", changes), methods=["GET"]),
         Route("/admin/changes/verify", guarded("viewer", "changes.verify", verify_changes), methods=["GET"]),
+        Route("/admin/audit/public-key", guarded("viewer", "audit.public_key", public_key), methods=["GET"]),
         Route("/admin/changes/{id}/countersign", guarded("operator", "change.countersign", countersign), methods=["POST"]),
         Route("/admin/proposals", guarded("operator", "proposal.create", create_proposal), methods=["POST"]),
         Route("/admin/proposals", guarded("viewer", "proposals.list", list_proposals), methods=["GET"]),
         Route("/admin/proposals/{id}", guarded("viewer", "proposal.get", show_proposal), methods=["GET"]),
         Route("/admin/proposals/{id}/{verb}", guarded("operator", "proposal.{verb}", decide_proposal), methods=["POST"]),
         Route("/admin/whoami", guarded("viewer", "whoami", whoami), methods=["GET"]),
+        Route("/admin/openapi.json", guarded("viewer", "openapi.get", openapi), methods=["GET"]),
         Route("/admin/keys", guarded("viewer", "keys.list", list_keys), methods=["GET"]),
         Route("/admin/keys", guarded("operator", "apikey.create", create_key), methods=["POST"]),
         Route("/admin/keys/{id}", guarded("operator", "apikey.revoke", revoke_key), methods=["DELETE"]),
@@ -442,11 +455,13 @@ def _limit(request: Request) -> int:
 
 
 def read_backwards(path: str | None) -> Iterator[dict[str, Any]]:
-    """The records of a JSONL audit file, newest first."""
+    """The request records of a JSONL audit file, newest first (signed checkpoints skipped)."""
     if path is None:
         return
     for line in lines_backwards(Path(path)):
         try:
-            yield json.loads(line)
+            record = json.loads(line)
         except ValueError:
             continue
+        if isinstance(record, dict) and record.get("type") != "checkpoint":
+            yield record

@@ -26,7 +26,7 @@ class UsageError(Exception):
 
 
 def parse_time(text: str) -> datetime:
-    """ISO 8601; a time without an offset is taken as UTC (SPEC §2.1)."""
+    """ISO 8601; a time without an offset is taken as UTC (docs/policy.md)."""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -223,11 +223,12 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.server import check_admin, check_listen, check_policy_dir, check_workers, serve
+    from gateway.server import check_admin, check_audit, check_listen, check_policy_dir, check_workers, serve
 
     config = _config(args)
     try:
         check_admin(config)
+        check_audit(config)
         check_workers(config, args.workers)
         if not args.serve_stored_policy:
             check_policy_dir(config)
@@ -319,10 +320,41 @@ def cmd_geo_lookup(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from gateway import audit
+    from gateway.audit import checkpoints, signing
 
-    result = audit.verify(args.files)
+    try:
+        keys = [signing.parse_public(key) for key in args.public_key] if args.public_key else None
+    except signing.KeyProblem as exc:
+        raise UsageError(f"--public-key: {exc}") from None
+    try:
+        outside = [copy for path in args.checkpoints for copy in checkpoints.read_file(path)]
+        if args.redis:
+            outside += checkpoints.read_redis(args.redis, args.namespace)
+    except OSError as exc:
+        raise UsageError(f"--checkpoints: cannot be read: {exc}") from None
+    except Exception as exc:  # redis errors
+        raise UsageError(f"--redis: {exc}") from None
+    result = audit.verify(args.files, keys=keys, outside=outside)
     print(json.dumps(result.as_json(), indent=2) if args.json else audit.render(result))
     return 0 if result.ok else 1
+
+
+def cmd_audit_keygen(args: argparse.Namespace) -> int:
+    from gateway.audit import signing
+
+    try:
+        key = signing.generate(args.out)
+    except FileExistsError:
+        raise UsageError(f"{args.out} exists: a signing key is never overwritten (move it away first)") from None
+    except OSError as exc:
+        raise UsageError(f"{args.out}: {exc.strerror or exc}") from None
+    public = f"{args.out}.pub"
+    with open(public, "w") as handle:
+        handle.write(key.public.text + "\n")
+    print(key.public.text)
+    print(f"key id {key.public.id}; private key in {args.out} (mode 0600), public key also in {public}. "
+          "Set audit.signing_key_file to the private key; give verifiers the public key.", file=sys.stderr)
+    return 0
 
 
 def cmd_audit_explain(args: argparse.Namespace) -> int:
@@ -356,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = verbs.add_parser("explain", help="decide one request from given facts and say why; without --org, "
                                           "show a model's release timeline",
-                          description="With --org: decide one request and say why (SPEC §2.1). Without --org: "
+                          description="With --org: decide one request and say why (docs/policy.md). Without --org: "
                                       "the model's release timeline at --at — whether it is covered and which "
                                       "evaluations decide it, every stage with its dates and audience, the "
                                       "government review's use of the review window, suspensions, and what "
@@ -441,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(run=cmd_policy_simulate)
 
     serve = verbs.add_parser("serve", help="run the gateway (public and admin listeners)")
-    serve.add_argument("--config", metavar="FILE", help="YAML config (SPEC §3); GATEWAY_* variables override it")
+    serve.add_argument("--config", metavar="FILE", help="YAML config (docs/configuration.md); GATEWAY_* variables override it")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="worker processes sharing the public port (default 1); N > 1 needs fleet mode "
                             "(redis.url). Worker k writes its own audit file (audit-wk.jsonl, replica <id>-wk) and "
@@ -478,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway import admin_cli
 
     admin = verbs.add_parser("admin", help="drive a running gateway's admin API: suspend, lift, org, reload, policy, ...",
-                             description="Drive a running gateway's admin API (SPEC §4). The URL and token can also "
+                             description="Drive a running gateway's admin API (docs/admin-api.md). The URL and token can also "
                                          "come from GATEWAY_ADMIN_URL and GATEWAY_ADMIN_TOKEN.")
     admin_cli.add_arguments(admin)
     admin.set_defaults(run=cmd_admin)
@@ -500,13 +532,30 @@ def build_parser() -> argparse.ArgumentParser:
     audit = verbs.add_parser("audit", help="work with the audit trail")
     audit_verbs = audit.add_subparsers(dest="audit_verb", required=True, metavar="VERB")
     verify = audit_verbs.add_parser(
-        "verify", help="check the hash chain of audit files",
-        description="Recompute every record's hash and check every prev link and seq, per replica. Give rotated "
+        "verify", help="check the hash chain and signed checkpoints of audit files",
+        description="Recompute every record's hash and check every prev link and seq, per replica. With "
+                    "--public-key, also every checkpoint's signature (catches re-sealing and a replaced key; "
+                    "without it only the unkeyed chain is checked); with --checkpoints or --redis, that no "
+                    "checkpoint copied outside the files is missing or different (catches records removed at the "
+                    "end and emptied files). Give rotated "
                     "files oldest first, e.g. audit.jsonl.2 audit.jsonl.1 audit.jsonl. Exit status 1 at the first "
                     "bad record (edited, removed, reordered, garbage), naming its file and line.")
     verify.add_argument("files", nargs="+", metavar="FILE")
+    verify.add_argument("--public-key", action="append", metavar="KEY",
+                        help="ed25519:BASE64 as `gateway audit keygen` prints it, or a file holding it; repeat for "
+                             "the keys of earlier rotations (the output says where the key changed)")
+    verify.add_argument("--checkpoints", action="append", default=[], metavar="FILE",
+                        help="an outside copy of checkpoints (checkpoints.jsonl); may be repeated")
+    verify.add_argument("--redis", metavar="URL", help="read the fleet's copy of checkpoints from this Redis")
+    verify.add_argument("--namespace", default="fgw", help="the fleet's redis.namespace (default: fgw)")
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(run=cmd_audit_verify)
+    keygen = audit_verbs.add_parser(
+        "keygen", help="make an Ed25519 key for signed audit checkpoints",
+        description="Write a new Ed25519 private key to OUT (mode 0600, never over an existing file) and its "
+                    "public key to OUT.pub, and print the public key. Point audit.signing_key_file at OUT.")
+    keygen.add_argument("--out", required=True, metavar="OUT", help="where the private key goes")
+    keygen.set_defaults(run=cmd_audit_keygen)
     aex = audit_verbs.add_parser(
         "explain", help="explain a recorded decision by its id, as `gateway explain` would",
         description="Find the record with DECISION_ID (a response's X-Gateway-Decision-Id header) in the audit "

@@ -1,4 +1,4 @@
-"""The gateway's configuration file (SPEC §3), validated whole before anything starts.
+"""The gateway's configuration file (docs/configuration.md), validated whole before anything starts.
 
 Every key may be overridden from the environment: `GATEWAY_REDIS__URL=...` sets
 `redis.url` (nested keys joined by `__`, values read as YAML scalars or flow
@@ -54,8 +54,27 @@ HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]  # 
 HeaderValue = Annotated[str, Field(pattern=r"^[^\x00-\x08\x0a-\x1f\x7f]*$")]
 
 
+UpstreamUrl = Annotated[str, Field(pattern=r"^https?://[^/?#\s]+/?$")]
+
+
+class HealthCheck(Section):
+    """Active health checks of every URL of a pool: a GET of `path` with the upstream's
+    configured headers; a 2xx answer within `timeout_s` is healthy (docs/operators.md)."""
+
+    path: str = Field("/v1/models", pattern=r"^/[^\s#]*$")
+    interval_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(2.0, gt=0)
+
+
 class Upstream(Section):
-    url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+/?$")]
+    # One URL (`url`) or a pool of them (`urls`), chosen among by least outstanding requests.
+    url: UpstreamUrl | None = None
+    urls: list[UpstreamUrl] = []
+    health_check: HealthCheck | None = None
+    # A URL that refused a connection is left out this long; with health_check, until a check passes.
+    eject_s: float = Field(10.0, gt=0)
+    # Requests in progress per URL; at the limit everywhere, requests are answered 503 (upstream_at_capacity).
+    max_concurrent: int | None = Field(None, gt=0)
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(600.0, gt=0)
     # Headers added to every forwarded request, e.g. the upstream's own API key; they
@@ -91,6 +110,19 @@ class Upstream(Section):
                 raise ValueError(f"{name!r} is never passed to clients (redirects, framing and the gateway's own "
                                  "headers are not configurable)")
         return [name.lower() for name in value]
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Upstream:
+        if (self.url is None) == (not self.urls):
+            raise ValueError("give either url (one URL) or urls (a pool of them)")
+        if len({url.rstrip("/") for url in self.urls}) != len(self.urls):
+            raise ValueError("urls lists a URL twice")
+        return self
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The pool's URLs, without a trailing slash; `url` is a pool of one."""
+        return tuple(url.rstrip("/") for url in ([self.url] if self.url is not None else self.urls))
 
 
 class GeoIPConfig(Section):
@@ -173,6 +205,15 @@ class AuditConfig(Section):
     stream_maxlen: int = Field(1_000_000, ge=1000)      # fleet mode: entries kept in {ns}:audit
     stream_max_bytes: int = Field(1024 * 1024 * 1024, ge=64 * 1024)  # fleet mode: bytes of records kept in {ns}:audit
     unauthenticated: UnauthenticatedAuditConfig = UnauthenticatedAuditConfig()
+    # Signed checkpoints (gateway/audit/checkpoints.py): none without a key (a warning at start).
+    signing_key_file: str | None = None  # an Ed25519 PEM key, made by `gateway audit keygen`
+    checkpoint_every: int = Field(1000, ge=1)            # records between two checkpoints, at most (about)
+    checkpoint_interval_s: float = Field(60.0, gt=0)     # seconds between two, at most, while records flow
+    checkpoints_path: str | None = None  # the outside copy; default: checkpoints.jsonl beside audit.path
+    # always: an answer waits for its record's fsync; batch: records are fsynced in groups at
+    # most 10 ms after their write (the answer waits for the write); never: the OS decides.
+    fsync: Literal["always", "batch", "never"] = "batch"
+    group: str | None = None  # audit files 0640 with this group (a log shipper's), else 0600
 
 
 class AdminToken(Section):
@@ -482,6 +523,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         "geoip": geoip,
         "audit": config.audit.model_copy(update={
             "path": resolve(config.audit.path),
+            "signing_key_file": resolve(config.audit.signing_key_file),
+            "checkpoints_path": resolve(config.audit.checkpoints_path),
             "unauthenticated": config.audit.unauthenticated.model_copy(update={"path": resolve(config.audit.unauthenticated.path)}),
         }),
     }

@@ -32,6 +32,7 @@ from gateway import logs
 from gateway.admin import AdminRefusals, create_admin_app
 from gateway.app import Gateway
 from gateway.audit import AuditLogs
+from gateway.audit.files import FileMode
 from gateway.audit.chain import default_replica
 from gateway.config import Config, is_loopback
 from gateway.export import record_export, tracing
@@ -46,6 +47,7 @@ from gateway.live.state import LiveState, PolicyState, watch_sighup
 from gateway.live.store import LocalStore, RedisStore, Store
 from gateway.metrics import Metrics
 from gateway.misuse import LocalSightings, RedisSightings, Sightings
+from gateway.pool import PoolCollector
 from gateway.proxy import Upstreams
 from gateway.quota import LocalQuota, Quota, RedisQuota
 from gateway.redis_connect import connect
@@ -94,7 +96,7 @@ class Service:
         self.state = PolicyState(max_staleness_s=config.redis.max_staleness_s if fleet else None)
         redis = config.redis
         self.store: Store = (RedisStore(client=connect(redis), namespace=redis.namespace) if redis.url
-                             else LocalStore(config.state_dir))
+                             else LocalStore(config.state_dir, FileMode.for_group(config.audit.group)))
         self.quota: Quota = RedisQuota(self.store.redis, redis.namespace) if isinstance(self.store, RedisStore) else LocalQuota()
         revocation = config.revocation
         self.revocations = (Revocations(self.state, self.metrics, clock=clock, check_interval_s=revocation.check_interval_s)
@@ -105,6 +107,7 @@ class Service:
                      else LocalProposals(config.state_dir))
         self.geo: LiveGeo | None = None
         self.upstreams = Upstreams(config.upstreams)
+        self.metrics.registry.register(PoolCollector(self.upstreams.pools.values()))
         # The audit records, also as an OTLP log stream; the request path's spans (export.otlp).
         replica = config.audit.replica or default_replica(config.audit.path)
         self.export = record_export(config.export.otlp, self.metrics, replica)
@@ -168,8 +171,10 @@ class Service:
         if self.revocations is not None:
             self.revocations.start()
         self.control.start()
+        signing_key = self.audit.signing_key
         admin = create_admin_app(self.state, self.metrics, self.missing, self.live, config.admin.tokens, config.audit.path,
-                                 metrics_require_token=config.metrics_require_token, control=self.control)
+                                 metrics_require_token=config.metrics_require_token, control=self.control,
+                                 audit_public_key=signing_key.public if signing_key is not None else None)
         if config.change_control.approvals == 0:
             log.warning("change_control.approvals is 0: one operator token can loosen the policy at once, "
                         "with no second person (docs/operators.md, \"Change control\")")
@@ -307,6 +312,15 @@ def _bind_failure(exc: OSError, host: str, port: int) -> str:
     if exc.errno == errno.EACCES:
         return f"no permission to bind port {port}"
     return exc.strerror or str(exc)
+
+
+def check_audit(config: Config) -> None:
+    """Raise ValueError when the audit signing key or group cannot be used (before any listener starts)."""
+    from gateway.audit.signing import SigningKey
+
+    FileMode.for_group(config.audit.group)
+    if config.audit.signing_key_file is not None:
+        SigningKey.load(config.audit.signing_key_file)
 
 
 def check_admin(config: Config) -> None:

@@ -1,4 +1,4 @@
-"""The audit trail (SPEC §5): exactly one record per request, hash-chained, in a
+"""The audit trail (docs/audit.md): exactly one record per request, hash-chained, in a
 rotating local JSONL file and, in fleet mode, also in a capped Redis Stream; the
 requests never authenticated in a file and stream of their own (`AuditLogs`).
 
@@ -8,6 +8,9 @@ requests never authenticated in a file and stream of their own (`AuditLogs`).
   gateway uses: the authenticated requests' log and the unauthenticated ones' log.
 - `bounds`: `bounded()`, the size limits of one record.
 - `verification`: `verify()`, `verify_lines()` and `render()` (`gateway audit verify`).
+- `signing`, `checkpoints`, `evidence`: Ed25519 keys, the signed checkpoint records and
+  their outside copies, and what `verify` checks with a public key and those copies.
+- `files`: the mode (0600, 0640 with audit.group) every audit file is created with.
 """
 
 from gateway.audit.chain import ZERO_HASH, AuditFile, lines_backwards, canonical, seal

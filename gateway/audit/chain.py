@@ -23,6 +23,7 @@ files written before and after this escaping verify alike.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -31,11 +32,13 @@ import math
 import os
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Union
 
 import orjson
+
+from gateway.audit.files import FileMode, sync_directory
 
 log = logging.getLogger("gateway.audit")
 
@@ -197,14 +200,23 @@ def _chain_fields(line: bytes) -> dict[str, Any] | None:
 
 # The local file
 
+# What `AuditFile.append` takes: a record, or a function that makes one from its place in
+# the chain (replica, seq, prev), for a record that signs that place (a checkpoint).
+Entry = Union[dict[str, Any], Callable[[str, int, str], dict[str, Any]]]
+
+
 
 class AuditFile:
     """The local JSONL file and the chain state. Used from one thread at a time (the
     AuditLog's event loop or its worker thread, never both at once): nothing here is async."""
 
     def __init__(self, path: str | Path, *, replica: str | None = None, max_bytes: int = 100 * 1024 * 1024,
-                 keep: int = 10) -> None:
+                 keep: int = 10, mode: FileMode = FileMode(), durable: bool = True) -> None:
         self.path = Path(path)
+        self.mode = mode
+        self.durable = durable      # fsync when a file is closed or created (audit.fsync is not `never`)
+        self.written = 0            # bytes written since this object was made, in every file
+        self.synced = 0             # ... of which known to be on disk
         self.replica = replica or default_replica(self.path)
         self.max_bytes = max_bytes
         self.keep = keep
@@ -227,9 +239,11 @@ class AuditFile:
         """Open for appending (if not open), resuming the chain the first time."""
         if self.fd is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        created = not self.path.exists()
+        fd = self.mode.open(self.path, os.O_RDWR | os.O_APPEND)
         try:
+            if created and self.durable:
+                sync_directory(self.path)  # the new file's name survives a power cut too
             # A device or pipe (e.g. /dev/stdout) is written to, never locked, cut,
             # read back or rotated: those are for files this gateway owns.
             self.regular = stat.S_ISREG(os.fstat(fd).st_mode)
@@ -283,7 +297,7 @@ class AuditFile:
                         self.path, last["replica"], self.replica)
         self.resumed = True
 
-    def append(self, entries: list[dict[str, Any]]) -> list[Sealed]:
+    def append(self, entries: list[Entry]) -> list[Sealed]:
         """Seal and write `entries`; the chain advances only if the write succeeds.
         Raises OSError (the file is then closed, and reopened by the next call).
         Never rotates: the caller does, when `rotation_due`, off the event loop."""
@@ -291,7 +305,8 @@ class AuditFile:
         sealed, seq, prev = [], self.seq, self.prev
         for entry in entries:
             seq += 1
-            sealed.append(record := seal(entry, self.replica, seq, prev))
+            made = entry if isinstance(entry, dict) else entry(self.replica, seq, prev)
+            sealed.append(record := seal(made, self.replica, seq, prev))
             prev = record.hash
         if sealed:
             self._write(b"".join(record.line + b"\n" for record in sealed))
@@ -316,9 +331,27 @@ class AuditFile:
                     os.ftruncate(self.fd, self.size)
             except OSError:
                 pass  # the next open() cuts a partial last line
-            self.close()
+            self.close(sync=False)  # on the event loop, and the disk is failing: the reopened file syncs
             raise
         self.size += len(data)
+        self.written += len(data)
+
+    def sync(self) -> None:
+        """fsync what was written so far (blocking: on the audit thread). The count is read
+        before the call, so it never claims a write that came after."""
+        target, fd = self.written, self.fd
+        if not self.regular:  # a device or pipe: nothing to fsync
+            self.synced = target
+            return
+        if fd is None or target <= self.synced:
+            return
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                return  # closed meanwhile, after a failed write: the reopened file is synced next
+            raise
+        self.synced = max(self.synced, target)
 
     def rotate(self) -> None:
         """audit.jsonl -> .1 -> .2 ... -> .keep (the oldest is dropped). The chain goes on
@@ -361,7 +394,14 @@ class AuditFile:
                     return None
         return None
 
-    def close(self) -> None:
+    def close(self, *, sync: bool = True) -> None:
         if self.fd is not None:
             fd, self.fd = self.fd, None
-            os.close(fd)
+            try:
+                if sync and self.durable and self.regular:
+                    os.fdatasync(fd)
+                    self.synced = self.written
+            except OSError as exc:
+                log.error("audit fsync of %s on close failed: %r", self.path, exc)
+            finally:
+                os.close(fd)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from gateway.audit.chain import AuditFile, Sealed, _sealed_from_line
+from gateway.audit.files import FileMode
 from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.audit")
@@ -68,8 +70,9 @@ class Spool:
     after a restart, AuditStream learns from Redis where the stream stands.
     Used from one thread at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, mode: FileMode = FileMode()) -> None:
         self.path = path
+        self.mode = mode
         self.offset = 0
         self.count = 0              # lines after offset
 
@@ -88,8 +91,7 @@ class Spool:
 
     def append(self, lines: Iterable[bytes]) -> None:
         data = b"".join(line + b"\n" for line in lines)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("ab") as handle:
+        with open(self.mode.open(self.path, os.O_WRONLY | os.O_APPEND), "ab") as handle:
             size = handle.tell()
             try:
                 handle.write(data)
@@ -134,7 +136,7 @@ class Spool:
     def clear(self) -> None:
         # One truncate: the spool is either whole or empty. A crash before it only
         # means that the next start skips, by the acked mark in Redis, what was sent.
-        with self.path.open("ab") as handle:
+        with open(self.mode.open(self.path, os.O_WRONLY | os.O_APPEND), "ab") as handle:
             handle.truncate(0)
         self.offset = self.count = 0
 
@@ -159,14 +161,15 @@ class AuditStream:
     """
 
     def __init__(self, redis: Any, namespace: str, spool_path: Path, file: AuditFile, metrics: Metrics, *,
-                 maxlen: int, max_bytes: int, run_io: Callable[..., Any], name: str = "audit") -> None:
+                 maxlen: int, max_bytes: int, run_io: Callable[..., Any], name: str = "audit",
+                 mode: FileMode = FileMode()) -> None:
         self.redis = redis
         tag = "{" + namespace + "}"
         self.key, self.acked_key, self.bytes_key = f"{tag}:{name}", f"{tag}:{name}-acked", f"{tag}:{name}-bytes"
         self.maxlen = maxlen
         self.max_bytes = max_bytes
         self._spooled = 0                     # this stream's share of gateway_audit_spooled
-        self.spool = Spool(spool_path)
+        self.spool = Spool(spool_path, mode)
         self.file = file
         self.metrics = metrics
         self._io = run_io                     # runs a blocking function on the audit thread

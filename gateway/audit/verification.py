@@ -1,5 +1,7 @@
 """Verification (`gateway audit verify`): recompute every hash, and per replica
-every seq and prev link, of records read from files or from the Redis stream.
+every seq and prev link, of records read from files or from the Redis stream; with
+public keys and outside copies of checkpoints, also what gateway/audit/evidence.py
+checks (signatures, removal at the end, replaced keys).
 
 The change log (`gateway admin changes`) is chained the same way, as one chain for
 the whole fleet: its records have a `change_id` and no `replica`, and are checked
@@ -19,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.chain import ZERO_HASH, canonical, legacy_canonical
+from gateway.audit.checkpoints import Outside
+from gateway.audit.evidence import Evidence
+from gateway.audit.signing import PublicKey
 
 
 @dataclass
@@ -27,7 +32,9 @@ class Problem:
     line: int
     seq: int | None
     replica: str | None
-    kind: str       # garbage | malformed | edited | removed | reordered | duplicate | prev-mismatch | unreadable
+    # garbage | malformed | edited | removed | reordered | duplicate | prev-mismatch | unreadable; with
+    # evidence: replaced | bad-signature | unknown-key | unsigned | empty
+    kind: str
     message: str
 
 
@@ -48,6 +55,7 @@ class Verification:
     last_hash: str | None = None
     replicas: dict[str, ChainEnd] = field(default_factory=dict)
     problem: Problem | None = None
+    evidence: Evidence = field(default_factory=Evidence)
 
     @property
     def ok(self) -> bool:
@@ -59,6 +67,8 @@ class Verification:
             "last_hash": self.last_hash,
             "replicas": {name: {"first_seq": end.first_seq, "last_seq": end.last_seq, "last_hash": end.last_hash,
                                 "records": end.records} for name, end in self.replicas.items()},
+            "keyed": self.evidence.keyed, "checkpoints": self.evidence.checkpoints,
+            "outside_checkpoints": len(self.evidence.outside), "notes": self.evidence.notes,
             "error": None if self.problem is None else vars(self.problem),
         }
 
@@ -85,10 +95,17 @@ def _numbered_lines(paths: Iterable[str | Path]) -> Iterator[Numbered]:
                 yield str(path), number, line
 
 
-def verify(paths: list[str | Path]) -> Verification:
+def verify(paths: list[str | Path], *, keys: Iterable[PublicKey] | None = None,
+           outside: Iterable[Outside] = ()) -> Verification:
     """Check the records of `paths`, read in that order (oldest file first): every hash,
-    and per replica every seq and prev link. Stops at the first bad record."""
+    and per replica every seq and prev link; with `keys`, every checkpoint's signature;
+    against `outside` copies of checkpoints, that none is missing or replaced. Stops at
+    the first finding."""
     result = Verification([str(path) for path in paths])
+    result.evidence, bad_copy = Evidence.of(keys, outside)
+    if bad_copy is not None:
+        result.problem = Problem(*bad_copy)
+        return result
     lines = _numbered_lines(paths)
     try:
         for file, number, raw in lines:
@@ -97,6 +114,9 @@ def verify(paths: list[str | Path]) -> Verification:
                 break
     except _Unreadable as exc:
         result.problem = Problem(exc.path, 0, None, None, "unreadable", str(exc))
+    if result.problem is None:
+        finding = result.evidence.finish(result.files, result.replicas, result.records)
+        result.problem = None if finding is None else Problem(*finding)
     return result
 
 
@@ -181,6 +201,9 @@ def _check(result: Verification, file: str, number: int, raw: bytes, rest: Itera
     if prev != chain.last_hash:
         return problem("prev-mismatch", f"prev is not the hash of seq {chain.last_seq} ({chain.where}): "
                                         "that record was replaced, or records were removed and renumbered")
+    wrong = result.evidence.check(replica, seq, digest, record, where)
+    if wrong is not None:
+        return problem(*wrong)
     chain.last_seq, chain.last_hash, chain.where = seq, digest, where
     chain.records += 1
     result.records += 1
@@ -225,8 +248,8 @@ def render(result: Verification) -> str:
     if problem is not None:
         at = f"{problem.file}:{problem.line}" if problem.line else problem.file
         which = "" if problem.seq is None else f"seq {problem.seq}" + (f" (replica {problem.replica})" if problem.replica else "")
-        return (f"FAILED {at}: {which + ': ' if which else ''}{problem.kind}: {problem.message}\n"
-                f"{result.records} records verified before it")
+        return "\n".join([f"FAILED {at}: {which + ': ' if which else ''}{problem.kind}: {problem.message}",
+                          f"{result.records} records verified before it", *_evidence_lines(result)])
     lines = [f"OK: {result.records} records in {len(result.files)} file(s), hash chain intact"]
     if result.unchained:
         lines.append(f"  {result.unchained} change records before them predate the chained change log")
@@ -235,7 +258,19 @@ def render(result: Verification) -> str:
         start = "" if end.first_seq == 1 else " (starts past seq 1: earlier records are in files not given)"
         lines.append(f"  {name}: seq {end.first_seq}..{end.last_seq}{start}")
     lines.append(f"last hash {result.last_hash or '-'}")
-    return "\n".join(lines)
+    return "\n".join([*lines, *_evidence_lines(result)])
+
+
+def _evidence_lines(result: Verification) -> list[str]:
+    evidence = result.evidence
+    if not evidence.keyed:
+        lines = [f"only the unkeyed chain was checked ({evidence.checkpoints} checkpoints, signatures not checked): "
+                 "anyone who can write the files can re-seal them; give --public-key to check the signatures"]
+    else:
+        lines = [f"{evidence.checkpoints} checkpoints signed by the key(s) given"]
+    if evidence.outside:
+        lines.append(f"{len(evidence.outside)} checkpoints copied outside compared")
+    return lines + [f"note: {note}" for note in evidence.notes]
 
 
 def _hash_of(body: dict[str, Any], form: Callable[[dict[str, Any]], bytes]) -> str | None:

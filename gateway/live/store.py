@@ -1,5 +1,5 @@
 """Where the live state is kept: the active bundle, the overlay of live changes,
-an (epoch, revision) stamp and the change log (SPEC §4, §7).
+an (epoch, revision) stamp and the change log (docs/admin-api.md, docs/operators.md).
 
 `LocalStore` (embedded mode) keeps them under `state_dir`, so a restart loses
 nothing. `RedisStore` (fleet mode) keeps them in Redis under one hash tag, so
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.audit.chain import ZERO_HASH, Sealed, lines_backwards, seal_linear
+from gateway.audit.files import FileMode
 from gateway.live.overlay import Overlay
 
 CHANGE_LOG_MAX = 100_000
@@ -123,8 +124,9 @@ class Store(Protocol):
 class LocalStore:
     """Embedded mode: one file under `state_dir/live/`, written atomically."""
 
-    def __init__(self, state_dir: str | Path) -> None:
+    def __init__(self, state_dir: str | Path, mode: FileMode = FileMode()) -> None:
         self.directory = Path(state_dir) / "live"
+        self.mode = mode  # of the change log, an audit file (0600, or 0640 with audit.group)
 
     def _state(self) -> dict[str, Any]:
         path = self.directory / "state.json"
@@ -162,7 +164,7 @@ class LocalStore:
         # The record first: a crash in between leaves a record of a change not made, never
         # a change without its record.
         sealed = seal_linear(change | {"revision": state["revision"]}, *self._next_link(state))
-        with (self.directory / "changes.jsonl").open("ab") as log:
+        with open(self.mode.open(self.directory / "changes.jsonl", os.O_WRONLY | os.O_APPEND), "ab") as log:
             log.write(sealed.line + b"\n")
         state["change_head"] = [sealed.seq, sealed.hash]
         temporary = self.directory / ".state.json.tmp"

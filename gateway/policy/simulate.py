@@ -188,15 +188,19 @@ def simulate(policy: Policy, records: Iterable[Any], *, at: datetime | None = No
 
 
 def read_audit(path: str | Path) -> Iterator[Any]:
-    """Each non-blank line of an audit file, parsed; None for a line that is not JSON."""
+    """Each non-blank line of an audit file, parsed; None for a line that is not JSON.
+    Signed checkpoints (gateway/audit/checkpoints.py) are no requests: skipped."""
     with open(path, encoding="utf-8") as lines:
         for line in lines:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                record = json.loads(line)
             except ValueError:
                 yield None
+                continue
+            if not (isinstance(record, dict) and record.get("type") == "checkpoint"):
+                yield record
 
 
 # Output
