@@ -79,17 +79,38 @@ def test_a_serving_gateway_logs_one_json_object_per_line(tmp_path: Path, upstrea
     assert listening["policy_version"]  # a field of its own, not only in the message
 
 
-def test_a_traceback_and_uvicorns_errors_are_one_json_event_each(tmp_path: Path) -> None:
-    with socket.socket() as taken:  # the admin port is in use: the listener cannot start
+# uvicorn's loggers after gateway.logs.configure(json), in a process of their own (configure
+# replaces the root logger's handlers).
+_UVICORN_ERROR = """
+import logging, types
+from gateway.logs import configure
+configure(types.SimpleNamespace(format="json", level="INFO"))
+try:
+    raise OSError("[Errno 98] address already in use")
+except OSError:
+    logging.getLogger("uvicorn.error").exception("Traceback while serving")
+logging.getLogger("uvicorn.error").error("[Errno 98] error while attempting to bind: address already in use")
+"""
+
+
+def test_a_traceback_and_uvicorns_errors_are_one_json_event_each() -> None:
+    process = subprocess.run([sys.executable, "-c", _UVICORN_ERROR], capture_output=True, timeout=30,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    logged = events(process.stderr)
+    assert [e["logger"] for e in logged] == ["uvicorn.error", "uvicorn.error"]
+    assert logged[0]["exception"].startswith("Traceback") and "\n" in logged[0]["exception"]
+    assert "address already in use" in logged[1]["message"]
+
+
+def test_a_port_in_use_is_one_line_before_logging_starts(tmp_path: Path) -> None:
+    """Refused before anything starts (and before logging is configured): one plain line."""
+    with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         process = serve(write_config(tmp_path, free_port(), taken.getsockname()[1]))
         _, stderr = process.communicate(timeout=30)
-    assert process.returncode != 0
-    logged = events(stderr)
-    assert any(e["logger"] == "uvicorn.error" and "address already in use" in e["message"] for e in logged)
-    tracebacks = [e for e in logged if "exception" in e]
-    assert tracebacks and all(e["exception"].startswith("Traceback") and "\n" in e["exception"] for e in tracebacks)
+    assert process.returncode == 2
+    assert stderr.strip().count(b"\n") == 0 and b"already in use" in stderr
 
 
 def record(message: str, *args: Any, exc_info: Any = None, **extra: Any) -> logging.LogRecord:
