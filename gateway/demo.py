@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from gateway.identity._jose import JsonWebKey, jwt
+from joserfc import jwt
+from joserfc.jwk import generate_key
 
 from gateway.cli import parse_time
 from gateway.config import Config, load_config
@@ -155,8 +156,8 @@ def _config(workdir: Path, upstream_url: str, public: int, admin: int, policy_di
 
 
 def _signing_key(workdir: Path) -> Any:
-    key = JsonWebKey.generate_key("RSA", 2048, is_private=True, options={"kid": "demo"})
-    public = key.as_dict(is_private=False) | {"kid": "demo", "alg": "RS256", "use": "sig"}
+    key = generate_key("RSA", 2048, {"kid": "demo"})
+    public = key.as_dict(private=False) | {"kid": "demo", "alg": "RS256", "use": "sig"}
     (workdir / "jwks.json").write_text(json.dumps({"keys": [public]}))
     return key
 
@@ -172,7 +173,7 @@ async def start_demo(workdir: Path, *, public_port: int = 8080, admin_port: int 
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "analyst@caisi.example", "org_id": "org-gov-evaluator",
               "iat": now, "exp": now + 24 * 3600}
-    token = jwt.encode({"alg": "RS256", "kid": "demo"}, claims, signing).decode()
+    token = jwt.encode({"alg": "RS256", "kid": "demo"}, claims, signing)
     demo_time = parse_time(DEMO_TIME).timestamp()
     service = Service(config, clock=lambda: demo_time)
     await service.start()
