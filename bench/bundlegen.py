@@ -3,7 +3,7 @@
 `generate(directory, orgs=100_000, models=10_000, seed=...)` writes the five
 bundle files: `jurisdictions.yaml` and `framework.yaml` copied from the
 reference bundle, and a generated registry, model list and suspension list that
-respect the loader's rules (SPEC §2):
+respect the loader's rules (docs/policy.md):
 
 - stages run internal -> government_review -> limited_partner -> general, each
   at most once, with strictly increasing starts;

@@ -11,7 +11,7 @@ Each bundle gets a fixed, varied set of requests (known and unknown orgs and
 models, aliases and odd spellings, allowed, embargoed, concern and unknown
 countries, anonymizers, times across 2025-2028), so that both allowed and
 denied paths are timed. Every call is timed alone with `perf_counter_ns`; the
-timer's own cost is measured and shown, not subtracted. The goal (SPEC budget
+timer's own cost is measured and shown, not subtracted. The goal (the budget
 for the decision core) is a median of at most 20 µs per decision, and the
 issue's: flat cost as lists grow (large / reference and 10^6 / 10 CIDRs within
 1.5x at the median).

@@ -1,4 +1,4 @@
-"""The admin listener (SPEC §4), never the public one: health and readiness for
+"""The admin listener (docs/admin-api.md), never the public one: health and readiness for
 anyone who can reach it (the orchestrator's probes); metrics for anyone too on a
 loopback listener, else for an admin token of either role
 (`admin.metrics_require_token`: Prometheus sends it as a bearer token, see
@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import countries, explain
+from gateway import admin_openapi, countries, explain
 from gateway.audit import lines_backwards
 from gateway.audit.signing import PublicKey
 from gateway.config import AdminToken
@@ -285,6 +285,9 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         return JSONResponse({"algorithm": "ed25519", "public_key": audit_public_key.text,
                              "key_id": audit_public_key.id})
 
+    async def openapi(request: Request, actor: str) -> Response:
+        return JSONResponse(admin_openapi.document())
+
     return Starlette(routes=[
         Route("/healthz", healthz),
         Route("/readyz", readyz),
@@ -308,6 +311,7 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
         Route("/admin/proposals/{id}", guarded("viewer", "proposal.get", show_proposal), methods=["GET"]),
         Route("/admin/proposals/{id}/{verb}", guarded("operator", "proposal.{verb}", decide_proposal), methods=["POST"]),
         Route("/admin/whoami", guarded("viewer", "whoami", whoami), methods=["GET"]),
+        Route("/admin/openapi.json", guarded("viewer", "openapi.get", openapi), methods=["GET"]),
         Route("/admin/keys", guarded("viewer", "keys.list", list_keys), methods=["GET"]),
         Route("/admin/keys", guarded("operator", "apikey.create", create_key), methods=["POST"]),
         Route("/admin/keys/{id}", guarded("operator", "apikey.revoke", revoke_key), methods=["DELETE"]),

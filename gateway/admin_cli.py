@@ -1,4 +1,4 @@
-"""`gateway admin`: drive a running gateway's admin API (SPEC §4) from a shell.
+"""`gateway admin`: drive a running gateway's admin API (docs/admin-api.md) from a shell.
 
     gateway admin --url http://127.0.0.1:9090 suspend --model fable --deny-outside us --reason "BIS order"
 
@@ -54,7 +54,7 @@ def normalise_url(url: str) -> str:
 
 
 def parse_time(text: str, option: str) -> str:
-    """ISO 8601; a time without an offset is UTC (SPEC §2.1). Sent with its offset."""
+    """ISO 8601; a time without an offset is UTC (docs/policy.md). Sent with its offset."""
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -1,5 +1,5 @@
 """The public listener: one raw ASGI application whose request path reads top to
-bottom (SPEC §1): route -> identity -> model -> jurisdiction -> decide -> quota
+bottom (docs/policy.md): route -> identity -> model -> jurisdiction -> decide -> quota
 -> forward -> audit + metrics. Every step that cannot establish a fact it needs
 ends the request with a denial; nothing is forwarded by default.
 """
@@ -35,6 +35,7 @@ from gateway.listener import REFUSAL
 from gateway.metrics import Metrics, model_label
 from gateway.misuse import LocalSightings, Sightings
 from gateway.policy.snapshot import Policy
+from gateway.pool import PoolUnavailable
 from gateway.live.state import PolicyState
 from gateway.quota import LocalQuota, Quota, Reservation
 from gateway.reasons import Reason
@@ -52,6 +53,7 @@ Send = Callable[[Message], Awaitable[None]]
 Headers = dict[bytes, list[str]]  # request headers by lower-case name, in order
 
 JSON = (b"content-type", b"application/json")
+RETRY_SOON = (b"retry-after", b"1")  # a pool's URLs come back, or free up, within seconds
 SETTLE_S = 1.0  # how long an answer may wait for its audit record to reach the file
 
 
@@ -381,8 +383,8 @@ class Gateway:
         # A model the policy does not list (allowed by `unknown_models: allow`) names no
         # upstream: it goes to the default one.
         upstream = decision.upstream or "default"
-        session = self.upstreams.sessions.get(upstream)
-        if session is None:
+        pool = self.upstreams.pools.get(upstream)
+        if pool is None:
             log.error("model %s names upstream %r, which is not configured", decision.model, upstream)
             return await self.reply(exchange, send, responses.for_status(503))
         rules = self.upstreams.rules[upstream]
@@ -404,8 +406,8 @@ class Gateway:
         started = time.perf_counter()
         exchange.forwarded = True
         try:
-            async with session.request(scope["method"], target, headers=headers, data=body or None,
-                                       allow_redirects=False) as upstream:
+            async with pool.request(scope["method"], target, headers=headers, data=body or None,
+                                    allow_redirects=False) as upstream:
                 self.metrics.upstream_seconds.observe(time.perf_counter() - started)
                 exchange.upstream_status = upstream.status
                 if proxy.is_redirect(upstream.status):
@@ -437,6 +439,8 @@ class Gateway:
             exchange.error = "client_disconnected"
         except (aiohttp.ClientError, asyncio.TimeoutError) as error:
             await self.upstream_failed(exchange, send, error)
+        except PoolUnavailable as error:
+            await self.pool_unavailable(exchange, send, error)
         finally:
             watch.stop()
             if revocations is not None:
@@ -523,8 +527,8 @@ class Gateway:
                               send: Send) -> tuple[int, Any] | None:
         """The upstream's status and parsed JSON answer (None when it is not JSON); None
         once the client has been answered for an upstream that failed."""
-        session = self.upstreams.sessions.get(upstream)
-        if session is None:
+        pool = self.upstreams.pools.get(upstream)
+        if pool is None:
             log.error("model %s names upstream %r, which is not configured", facts.model, upstream)
             await self.reply(exchange, send, responses.for_status(503))
             return None
@@ -536,12 +540,15 @@ class Gateway:
         )
         exchange.forwarded = True
         try:
-            async with session.get(path, headers=headers, allow_redirects=False) as answer:
+            async with pool.request("GET", path, headers=headers, allow_redirects=False) as answer:
                 exchange.upstream_status = answer.status
                 payload = await answer.read()
                 exchange.upstream_bytes = len(payload)
         except (aiohttp.ClientError, asyncio.TimeoutError) as error:
             await self.upstream_failed(exchange, send, error)
+            return None
+        except PoolUnavailable as error:
+            await self.pool_unavailable(exchange, send, error)
             return None
         if proxy.is_redirect(answer.status):
             await self.upstream_redirected(exchange, send)
@@ -571,6 +578,13 @@ class Gateway:
             await self.end_started(exchange, send, denial)
         else:
             await self.reply(exchange, send, denial)
+
+    async def pool_unavailable(self, exchange: Exchange, send: Send, error: PoolUnavailable) -> None:
+        """No URL of the pool could take the request: a 503 with the pool's code, nothing sent."""
+        exchange.forwarded = False
+        exchange.error = error.code
+        log.warning("%s for %s", error, exchange.decision_id, extra={"decision_id": exchange.decision_id})
+        await self.reply(exchange, send, responses.for_pool(error.code), [RETRY_SOON])
 
     async def upstream_redirected(self, exchange: Exchange, send: Send) -> None:
         """A 3xx is never followed (allow_redirects=False) nor passed on: either would serve

@@ -26,7 +26,7 @@ class UsageError(Exception):
 
 
 def parse_time(text: str) -> datetime:
-    """ISO 8601; a time without an offset is taken as UTC (SPEC §2.1)."""
+    """ISO 8601; a time without an offset is taken as UTC (docs/policy.md)."""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = verbs.add_parser("explain", help="decide one request from given facts and say why; without --org, "
                                           "show a model's release timeline",
-                          description="With --org: decide one request and say why (SPEC §2.1). Without --org: "
+                          description="With --org: decide one request and say why (docs/policy.md). Without --org: "
                                       "the model's release timeline at --at — whether it is covered and which "
                                       "evaluations decide it, every stage with its dates and audience, the "
                                       "government review's use of the review window, suspensions, and what "
@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(run=cmd_policy_simulate)
 
     serve = verbs.add_parser("serve", help="run the gateway (public and admin listeners)")
-    serve.add_argument("--config", metavar="FILE", help="YAML config (SPEC §3); GATEWAY_* variables override it")
+    serve.add_argument("--config", metavar="FILE", help="YAML config (docs/configuration.md); GATEWAY_* variables override it")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="worker processes sharing the public port (default 1); N > 1 needs fleet mode "
                             "(redis.url). Worker k writes its own audit file (audit-wk.jsonl, replica <id>-wk) and "
@@ -493,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway import admin_cli
 
     admin = verbs.add_parser("admin", help="drive a running gateway's admin API: suspend, lift, org, reload, policy, ...",
-                             description="Drive a running gateway's admin API (SPEC §4). The URL and token can also "
+                             description="Drive a running gateway's admin API (docs/admin-api.md). The URL and token can also "
                                          "come from GATEWAY_ADMIN_URL and GATEWAY_ADMIN_TOKEN.")
     admin_cli.add_arguments(admin)
     admin.set_defaults(run=cmd_admin)

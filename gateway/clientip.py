@@ -1,5 +1,5 @@
 """The client's IP address: the socket peer, or X-Forwarded-For behind a trusted proxy
-(SPEC §1.4).
+(docs/operators.md, "Client addresses and unknown places").
 
 X-Forwarded-For is a list each proxy appends its peer to, so only the entries
 our own proxies added can be believed: walking from the right, every trusted

@@ -1,4 +1,4 @@
-"""The gateway's configuration file (SPEC §3), validated whole before anything starts.
+"""The gateway's configuration file (docs/configuration.md), validated whole before anything starts.
 
 Every key may be overridden from the environment: `GATEWAY_REDIS__URL=...` sets
 `redis.url` (nested keys joined by `__`, values read as YAML scalars or flow
@@ -40,8 +40,27 @@ HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]  # 
 HeaderValue = Annotated[str, Field(pattern=r"^[^\x00-\x08\x0a-\x1f\x7f]*$")]
 
 
+UpstreamUrl = Annotated[str, Field(pattern=r"^https?://[^/?#\s]+/?$")]
+
+
+class HealthCheck(Section):
+    """Active health checks of every URL of a pool: a GET of `path` with the upstream's
+    configured headers; a 2xx answer within `timeout_s` is healthy (docs/operators.md)."""
+
+    path: str = Field("/v1/models", pattern=r"^/[^\s#]*$")
+    interval_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(2.0, gt=0)
+
+
 class Upstream(Section):
-    url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+/?$")]
+    # One URL (`url`) or a pool of them (`urls`), chosen among by least outstanding requests.
+    url: UpstreamUrl | None = None
+    urls: list[UpstreamUrl] = []
+    health_check: HealthCheck | None = None
+    # A URL that refused a connection is left out this long; with health_check, until a check passes.
+    eject_s: float = Field(10.0, gt=0)
+    # Requests in progress per URL; at the limit everywhere, requests are answered 503 (upstream_at_capacity).
+    max_concurrent: int | None = Field(None, gt=0)
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(600.0, gt=0)
     # Headers added to every forwarded request, e.g. the upstream's own API key; they
@@ -73,6 +92,19 @@ class Upstream(Section):
                 raise ValueError(f"{name!r} is never passed to clients (redirects, framing and the gateway's own "
                                  "headers are not configurable)")
         return [name.lower() for name in value]
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Upstream:
+        if (self.url is None) == (not self.urls):
+            raise ValueError("give either url (one URL) or urls (a pool of them)")
+        if len({url.rstrip("/") for url in self.urls}) != len(self.urls):
+            raise ValueError("urls lists a URL twice")
+        return self
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The pool's URLs, without a trailing slash; `url` is a pool of one."""
+        return tuple(url.rstrip("/") for url in ([self.url] if self.url is not None else self.urls))
 
 
 class GeoIPConfig(Section):

@@ -2,7 +2,7 @@
 
 No I/O, no clock, no environment: everything a decision depends on is in its
 three arguments, so the same inputs always give the same decision and every
-rule can be tested with a table (STYLE.md §1). The semantics are SPEC §2.1:
+rule can be tested with a table (STYLE.md §1). The semantics (docs/policy.md):
 
 - the org's effective tier is its tier until `vetted_until` has passed;
 - the stage in force is the last one whose start is <= now;

@@ -1,4 +1,4 @@
-"""Where a client IP is: country, ISO 3166-2 region, anonymizer (SPEC §1.4).
+"""Where a client IP is: country, ISO 3166-2 region, anonymizer (docs/operators.md, "Client addresses").
 
 Reads GeoIP2/GeoLite2-format `.mmdb` files with the maxminddb C extension (the
 reader geoip2 is built on, without geoip2's per-lookup model objects). Anything

@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC §6). Labels are bounded: reason codes, stage and tier
+"""Prometheus metrics (docs/metrics.md). Labels are bounded: reason codes, stage and tier
 names, canonical model ids from the policy, ISO country codes — never IPs, org
 ids or free text. Each gateway owns a registry, so several can share a process.
 

@@ -1,4 +1,4 @@
-"""Forwarding to upstreams with aiohttp: header hygiene and pooled sessions
+"""Forwarding to upstreams: header hygiene, and the pools of URLs requests go to
 (docs/headers.md lists every name below and says why).
 
 What the upstream sees is decided here. The request carries the representation
@@ -41,10 +41,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-import aiohttp
-
 from gateway.config import Upstream
 from gateway.header_names import GATEWAY_PREFIX, HOP_BY_HOP, NEVER_RETURNED, folded
+from gateway.pool import Pool
 from gateway.request_body import RequestError
 
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
@@ -225,26 +224,17 @@ def is_redirect(status: int) -> bool:
 
 
 class Upstreams:
-    """One pooled aiohttp session per configured upstream, and its header rules."""
+    """The pool of every configured upstream (gateway/pool.py), and its header rules."""
 
     def __init__(self, upstreams: dict[str, Upstream]) -> None:
         self.config = upstreams
         self.rules = {name: Rules.of(upstream) for name, upstream in upstreams.items()}
-        self.sessions: dict[str, aiohttp.ClientSession] = {}
+        self.pools = {name: Pool(name, upstream) for name, upstream in upstreams.items()}
 
     async def start(self) -> None:
-        for name, upstream in self.config.items():
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
-            self.sessions[name] = aiohttp.ClientSession(
-                base_url=upstream.url.rstrip("/"),
-                connector=connector,
-                auto_decompress=False,  # bytes pass through as the upstream sent them
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=upstream.connect_timeout_s, sock_read=upstream.read_timeout_s
-                ),
-            )
+        for pool in self.pools.values():
+            await pool.start()
 
     async def close(self) -> None:
-        for session in self.sessions.values():
-            await session.close()
+        for pool in self.pools.values():
+            await pool.close()

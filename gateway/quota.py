@@ -1,4 +1,4 @@
-"""Quotas per organization (SPEC §1.7): requests in a fixed one-minute window, and
+"""Quotas per organization (docs/quotas.md): requests in a fixed one-minute window, and
 tokens per UTC day, counted in this process (embedded) or in Redis (fleet).
 
 Tokens are held before they are spent (docs/quotas.md). Admission reserves the

@@ -1,4 +1,4 @@
-"""The closed vocabulary of decision reasons (SPEC §2.1).
+"""The closed vocabulary of decision reasons (docs/policy.md, "Reasons and their precedence").
 
 One list, used identically in responses, audit records, `explain` and metric
 labels. The order of `PRECEDENCE` is the contract: a decision reports every

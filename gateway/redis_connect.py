@@ -1,4 +1,4 @@
-"""One factory for every Redis client the gateway makes (SPEC §7: standalone, Sentinel or Cluster).
+"""One factory for every Redis client the gateway makes (standalone, Sentinel or Cluster: docs/operators.md).
 
 The config's `redis` section names the deployment:
 

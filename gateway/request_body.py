@@ -1,4 +1,4 @@
-"""The model a JSON request body names, read once and strictly (SPEC §1.5).
+"""The model a JSON request body names, read once and strictly (docs/routes.md).
 
 The gateway decides on the model it reads here, and the upstream then parses the
 same bytes with a parser of its own. Anything two JSON parsers could read

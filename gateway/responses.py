@@ -1,4 +1,4 @@
-"""Denials in the caller's own API shape (SPEC §1, "Denial responses").
+"""Denials in the caller's own API shape (docs/errors.md).
 
 OpenAI routes: {"error": {"message", "type", "param", "code"}}; Anthropic's
 /v1/messages: {"type": "error", "error": {"type", "message"}}. Messages are
@@ -25,7 +25,7 @@ class Denial:
 
 
 _AUTH = Denial(401, "invalid_api_key", "Invalid or missing credentials.", "invalid_request_error", "authentication_error")
-# A JWT-shaped credential gets SPEC's `invalid_token`; the body is otherwise the
+# A JWT-shaped credential gets `invalid_token` (docs/errors.md); the body is otherwise the
 # same whether the credential was missing, malformed, unknown or revoked.
 _AUTH_TOKEN = Denial(401, "invalid_token", _AUTH.message, _AUTH.openai_type, _AUTH.anthropic_type)
 _NOT_FOUND_MODEL = "The model does not exist or you do not have access to it."
@@ -66,6 +66,15 @@ _BY_STATUS: dict[int, Denial] = {
     504: Denial(504, "upstream_timeout", "The model service did not answer in time.", "server_error", "api_error"),
 }
 
+# No URL of the upstream's pool can take the request (gateway/pool.py): the gateway decided
+# to allow it, and the model service is what is missing, so a 503 the SDKs retry.
+_BY_POOL: dict[str, Denial] = {
+    "no_healthy_upstream": Denial(503, "no_healthy_upstream", "The model service is unavailable. Try again shortly.",
+                                  "server_error", "api_error"),
+    "upstream_at_capacity": Denial(503, "upstream_at_capacity", "The model service is at capacity. Retry after the "
+                                   "time in the Retry-After header.", "server_error", "overloaded_error"),
+}
+
 
 def for_reason(reason: Reason, status: int, *, token: bool = False) -> Denial:
     """The denial for a decision's first reason; a concealed tier denial is a 404."""
@@ -81,6 +90,11 @@ def for_status(status: int, message: str | None = None, param: str | None = None
     if message is None and param is None:
         return base
     return Denial(base.status, base.code, message or base.message, base.openai_type, base.anthropic_type, param)
+
+
+def for_pool(code: str) -> Denial:
+    """The 503 of a pool that could not take the request (`PoolUnavailable.code`)."""
+    return _BY_POOL[code]
 
 
 def body(denial: Denial, api: str) -> bytes:

@@ -1,4 +1,4 @@
-"""Which API route a request is for, decided on the raw path (SPEC §1.1).
+"""Which API route a request is for, decided on the raw path (docs/routes.md).
 
 The gateway serves only the routes in `KNOWN_ROUTES`: those it knows how to
 decide on, each with where its body names models (gateway/body_models.py).

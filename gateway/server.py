@@ -46,6 +46,7 @@ from gateway.live.state import LiveState, PolicyState, watch_sighup
 from gateway.live.store import LocalStore, RedisStore, Store
 from gateway.metrics import Metrics
 from gateway.misuse import LocalSightings, RedisSightings, Sightings
+from gateway.pool import PoolCollector
 from gateway.proxy import Upstreams
 from gateway.quota import LocalQuota, Quota, RedisQuota
 from gateway.redis_connect import connect
@@ -105,6 +106,7 @@ class Service:
                      else LocalProposals(config.state_dir))
         self.geo: LiveGeo | None = None
         self.upstreams = Upstreams(config.upstreams)
+        self.metrics.registry.register(PoolCollector(self.upstreams.pools.values()))
         # The audit records, also as an OTLP log stream; the request path's spans (export.otlp).
         replica = config.audit.replica or default_replica(config.audit.path)
         self.export = record_export(config.export.otlp, self.metrics, replica)

@@ -1,4 +1,4 @@
-"""Tokens for the daily quota (SPEC §1.7): how many a request may use at most,
+"""Tokens for the daily quota (docs/quotas.md): how many a request may use at most,
 held before it is forwarded, and how many its response says it used.
 
 A request's reservation is a bound read from the request itself: its prompt is

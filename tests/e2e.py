@@ -68,8 +68,9 @@ class Stack:
                  policy_dir: Path = REFERENCE_POLICY, extra_config: str = "", admin_listen: str = "127.0.0.1:0",
                  upstream_options: str = "", country_db: Path | None = GEOIP / "GeoIP2-City-Test.mmdb",
                  anonymous_ip_db: Path | None = GEOIP / "GeoIP2-Anonymous-IP-Test.mmdb",
-                 geoip_max_age_days: int = GEOIP_MAX_AGE_DAYS, orgs: list[str] = ORGS) -> None:
+                 geoip_max_age_days: int = GEOIP_MAX_AGE_DAYS, orgs: list[str] = ORGS, pool: tuple[str, ...] = ()) -> None:
         """`upstream_options`: more keys of `upstreams.default`, in YAML flow style (", headers: {...}").
+        `pool`: more URLs of `upstreams.default`, after the demo upstream's (`urls:` instead of `url:`).
         `country_db` None: the embedded database, as a default install has it."""
         self.directory = directory
         self.thread = LoopThread()
@@ -77,6 +78,8 @@ class Stack:
         (directory / "jwks.json").write_text(json.dumps(self.signing.jwks()))
         self.upstream: DemoServer = self.thread.run(serve_upstream("127.0.0.1", 0, models=CATALOGUE))
         config_path = directory / "gateway.yaml"
+        urls = ", ".join(f'"{url}"' for url in (self.upstream.url, *pool))
+        members = f"urls: [{urls}]" if pool else f'url: "{self.upstream.url}"'
         # An `audit:` section in extra_config replaces this one.
         audit = "" if ("\n" + extra_config).count("\naudit:") else "audit: {path: audit.jsonl}"
         geoip = "\n  ".join(["geoip:", *([f"country_db: {country_db}"] if country_db is not None else []),
@@ -88,7 +91,7 @@ admin_listen: {admin_listen}
 policy_dir: {policy_dir}
 state_dir: state
 upstreams:
-  default: {{url: "{self.upstream.url}", connect_timeout_s: 2, read_timeout_s: 10{upstream_options}}}
+  default: {{{members}, connect_timeout_s: 2, read_timeout_s: 10{upstream_options}}}
 trusted_proxies: [127.0.0.1/32]
 {geoip}
 identity:

@@ -1,4 +1,4 @@
-"""The admin API (SPEC §4) end to end, embedded mode: a real gateway with an
+"""The admin API (docs/admin-api.md) end to end, embedded mode: a real gateway with an
 operator and a viewer token. Every endpoint's happy path and refusals; every
 change in force on the public listener at once, in the change log with who,
 what, before/after and policy versions, and kept across a restart."""

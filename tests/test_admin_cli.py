@@ -1,4 +1,4 @@
-"""`gateway admin` (SPEC §3) as an operator runs it: `python -m gateway admin ...`
+"""`gateway admin` (docs/admin-api.md) as an operator runs it: `python -m gateway admin ...`
 in a subprocess against a real gateway, asserting its output and exit status
 (0 done, 1 refused by the admin API, 2 unreachable or bad usage)."""
 

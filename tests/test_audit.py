@@ -1,4 +1,4 @@
-"""The audit trail (SPEC §5): one hash-chained record per request, in a rotating
+"""The audit trail (docs/audit.md): one hash-chained record per request, in a rotating
 JSONL file and, in fleet mode, a capped Redis Stream with a disk spool.
 
 Unit tests drive `AuditLog` on a private event loop; end-to-end tests count the
@@ -495,8 +495,10 @@ class TestGateway:
         refused = [chat(stack, key=stack.api_key("org-public")) for _ in range(3)]
         assert [reply.status for reply in refused] == [503, 503, 503]
         assert request("GET", stack.admin_url + "/readyz").json["missing"] == ["audit"]
+        assert "\ngateway_audit_writable 0.0\n" in request("GET", stack.admin_url + "/metrics").raw.decode()
         path.rmdir()
         wait_for(lambda: ready(stack))
+        assert "\ngateway_audit_writable 1.0\n" in request("GET", stack.admin_url + "/metrics").raw.decode()
         served = [chat(stack, key=stack.api_key("org-public")) for _ in range(3)]
         assert [reply.status for reply in served] == [200, 200, 200]
         written = wait_for(lambda: (r := stack.audit_records()) and len(r) >= 6 and r)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import json
 import os
 import signal
@@ -319,6 +320,10 @@ admin: {{tokens: [{{name: ops, role: viewer, sha256: {hashlib.sha256(token.encod
         assert reply.status == 200
         assert reply.json == {"algorithm": "ed25519", "public_key": key.public.text, "key_id": key.public.id}
         assert request("GET", stack.admin_url + "/admin/audit/public-key").status == 401
+        scrape = request("GET", stack.admin_url + "/metrics").raw.decode()
+        age = float(re.search(r"^gateway_audit_checkpoint_age_seconds (\S+)$", scrape, re.M).group(1))
+        assert 0 <= age < 60  # the checkpoint alert's series, exported with a signing key
+        assert re.search(r"^gateway_audit_writable 1\.0$", scrape, re.M)
     finally:
         stack.close()
 

@@ -1,4 +1,4 @@
-"""Client IP from the socket peer and X-Forwarded-For (SPEC §1.4), as a table in
+"""Client IP from the socket peer and X-Forwarded-For (docs/operators.md), as a table in
 the manner of uvicorn's tests/middleware/test_proxy_headers.py."""
 
 from __future__ import annotations

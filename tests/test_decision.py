@@ -1,4 +1,4 @@
-"""decide() against the reference cases and further cases of SPEC §2.1."""
+"""decide() against the reference cases and further cases of docs/policy.md."""
 
 from __future__ import annotations
 

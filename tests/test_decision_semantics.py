@@ -1,4 +1,4 @@
-"""SPEC §2.1 semantics that the reference bundle does not exercise, on small
+"""docs/policy.md semantics that the reference bundle does not exercise, on small
 variants of it: internal stages, concealment off, deny_in suspensions, shadow
 suspensions, unknown models allowed, suspended orgs, restricted GA tiers,
 unknown places allowed, allow lists and regions filed under another country."""

@@ -1,4 +1,4 @@
-"""Fleet mode end to end (SPEC §4, §7): two real `gateway serve` processes sharing
+"""Fleet mode end to end (docs/admin-api.md, docs/operators.md): two real `gateway serve` processes sharing
 one real Redis (a namespace of their own), in front of one demo upstream.
 
 What a user would notice is asserted — statuses, error codes, Retry-After,

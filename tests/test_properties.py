@@ -1,11 +1,11 @@
-"""Property tests of `decide()` over the reference bundle (SPEC §2.1).
+"""Property tests of `decide()` over the reference bundle (docs/policy.md).
 
 The table tests pin single decisions; these check laws that must hold for every
 request the strategies can draw: what a policy edit may change, what time may
 change, what a model's spelling may change, and how status and reasons relate.
 Each property compares `decide()` with itself (on a variant policy, another
 time, another spelling), so it needs no second implementation of the rules;
-where one is needed (precedence, status), it is written here from the SPEC
+where one is needed (precedence, status), it is written here from the docs/policy.md
 table rather than imported.
 """
 
@@ -89,7 +89,7 @@ def _as_utc(moment: datetime) -> datetime:
 
 
 def _lapse(vetted_until: date) -> datetime:
-    """vetted_until is valid through the end of its day (SPEC §2.1)."""
+    """vetted_until is valid through the end of its day (docs/policy.md)."""
     return datetime.combine(vetted_until + timedelta(days=1), time(), tzinfo=UTC)
 
 
@@ -112,7 +112,7 @@ ALL_EVENTS = event_times(RAW, ORG_IDS, MODEL_IDS)
 
 
 def canonical_model(requested: str | None) -> str | None:
-    """The model id a request names, by the SPEC §1.5 rule (trim, case-fold)."""
+    """The model id a request names, by the docs/policy.md rule (trim, case-fold)."""
     if requested is None:
         return None
     key = requested.strip().casefold()
@@ -380,9 +380,9 @@ def test_removing_suspensions_never_denies(
         assert same_request(after) == same_request(before)
 
 
-# Status and reasons (SPEC §2.1 table, written out here as the oracle)
+# Status and reasons (docs/policy.md table, written out here as the oracle)
 
-SPEC_PRECEDENCE = (
+REFERENCE_PRECEDENCE = (
     ("credential_missing", 401),
     ("credential_invalid", 401),
     ("org_unknown", 403),
@@ -415,8 +415,8 @@ def test_status_comes_from_the_first_reason_and_reasons_follow_precedence(
 ) -> None:
     # The extended suspensions make export_suspended meet the other 451 reasons.
     decision = decide(with_suspensions(ALL_KEPT) if extended else POLICY, request, now)
-    rank = {name: index for index, (name, _) in enumerate(SPEC_PRECEDENCE)}
-    status = dict(SPEC_PRECEDENCE)
+    rank = {name: index for index, (name, _) in enumerate(REFERENCE_PRECEDENCE)}
+    status = dict(REFERENCE_PRECEDENCE)
 
     assert decision.allowed == (not decision.reasons) == (decision.status == 200)
     assert decision.verdict == ("allow" if decision.allowed else "deny")

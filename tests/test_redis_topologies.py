@@ -1,4 +1,4 @@
-"""Redis deployments the fleet runs on (SPEC §7): one server, Sentinel, Cluster.
+"""Redis deployments the fleet runs on (docs/operators.md): one server, Sentinel, Cluster.
 
 `gateway/redis_connect.py` turns `redis.url` (+ `redis.cluster`) into clients. The
 topology tests start real servers from the shipped configs in deploy/redis/ (a primary,

@@ -1,4 +1,4 @@
-"""Reading the model from a JSON body (SPEC §1.5): one table per rule, then
+"""Reading the model from a JSON body (docs/routes.md): one table per rule, then
 properties over arbitrary objects and bytes."""
 
 from __future__ import annotations

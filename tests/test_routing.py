@@ -1,4 +1,4 @@
-"""Route matching on raw paths (SPEC §1.1): canonical paths of a known route
+"""Route matching on raw paths (docs/routes.md): canonical paths of a known route
 under a configured prefix route, non-canonical ones are 400, everything else
 404; a prefix that covers no known route is refused when the router is built."""
 

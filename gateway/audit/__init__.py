@@ -1,4 +1,4 @@
-"""The audit trail (SPEC §5): exactly one record per request, hash-chained, in a
+"""The audit trail (docs/audit.md): exactly one record per request, hash-chained, in a
 rotating local JSONL file and, in fleet mode, also in a capped Redis Stream; the
 requests never authenticated in a file and stream of their own (`AuditLogs`).
 

@@ -411,6 +411,9 @@ class AuditLogs:
         unauthenticated = AuditLog(path, metrics, replica=f"{config.replica or default_replica(config.path)}-unauthenticated",
                                    max_bytes=other.max_bytes, keep=other.keep, stream_maxlen=other.stream_maxlen,
                                    stream_max_bytes=other.stream_max_bytes, stream="audit-unauthenticated", **common)
+        Gauge("gateway_audit_writable", "1 while the audit file can be written; 0 and the gateway refuses "
+              "requests (503) until it can.", registry=metrics.registry).set_function(
+            lambda: float(authenticated.file_ok))
         if checkpointing is not None:
             # Only with a signing key: without one there are no checkpoints to be late.
             Gauge("gateway_audit_checkpoint_age_seconds", "Seconds since the last signed audit checkpoint "

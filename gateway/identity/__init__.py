@@ -1,4 +1,4 @@
-"""Identity: who is calling (SPEC §1.2).
+"""Identity: who is calling (docs/configuration.md, `identity`).
 
 `Authenticator.authenticate(authorization, x_api_key)` returns a `Principal`
 or raises `CredentialError` with reason `credential_missing` or

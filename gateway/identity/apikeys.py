@@ -1,4 +1,4 @@
-"""API keys: created once, shown once, stored only as SHA-256 hashes (SPEC §1.2).
+"""API keys: created once, shown once, stored only as SHA-256 hashes (docs/operators.md, "API keys").
 
 The request path needs one operation, `ApiKeyLookup.lookup`; managing keys
 (`ApiKeyAdmin`) is separate, so a Redis-backed store for fleets can implement

@@ -1,4 +1,4 @@
-"""From request headers to a `Principal` (SPEC §1.2).
+"""From request headers to a `Principal` (docs/configuration.md, `identity`).
 
 Where the credential is: `Authorization: Bearer <credential>` (RFC 6750 §2.1;
 the scheme is case-insensitive, RFC 9110 §11.1) or Anthropic's
@@ -29,7 +29,7 @@ _CREDENTIAL = re.compile(r"[\x21-\x7e]+")
 
 
 class IdentitySettings(Protocol):
-    """The `identity` config section (SPEC §3)."""
+    """The `identity` config section (docs/configuration.md)."""
 
     @property
     def jwt(self) -> JwtSettings | None: ...

@@ -1,4 +1,4 @@
-"""Verifying a JWT from the configured identity provider (SPEC §1.2).
+"""Verifying a JWT from the configured identity provider (docs/configuration.md, `identity.jwt`).
 
 The order of checks, each failing closed with `credential_invalid`:
 
@@ -48,7 +48,7 @@ MAX_NUMERIC_DATE = 2**53
 
 
 class JwtSettings(Protocol):
-    """The `identity.jwt` config section (SPEC §3); `gateway.config.JwtConfig` is one."""
+    """The `identity.jwt` config section (docs/configuration.md); `gateway.config.JwtConfig` is one."""
 
     # Read-only properties, so that any object with these attributes fits.
     @property

@@ -1,4 +1,4 @@
-"""`gateway keys create|revoke|list` (SPEC §3), for the main CLI to wire up.
+"""`gateway keys create|revoke|list` (docs/operators.md, "API keys"), for the main CLI to wire up.
 
 Each function takes the parsed arguments: `state_dir` (the config's
 `state_dir`, already resolved), optionally `redis` (the config's `redis`

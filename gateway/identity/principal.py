@@ -1,4 +1,4 @@
-"""Who is calling (SPEC §1.2), and the one error identity raises.
+"""Who is calling (docs/configuration.md, `identity`), and the one error identity raises.
 
 A `CredentialError` carries one of the decision core's reason codes and a detail
 for logs and audit. The detail is never shown to the caller: telling a client

@@ -1,4 +1,4 @@
-"""API keys in Redis, for fleets: every replica accepts a key the moment it exists (SPEC §1.2).
+"""API keys in Redis, for fleets: every replica accepts a key the moment it exists (docs/operators.md, "API keys").
 
 `RedisApiKeyStore` implements both `ApiKeyLookup` (the request path) and
 `ApiKeyAdmin` (the `gateway keys` CLI). Its keys, under the `{namespace}` hash

@@ -1,4 +1,4 @@
-"""Live changes on top of a policy bundle (SPEC §4): suspensions created and
+"""Live changes on top of a policy bundle (docs/admin-api.md): suspensions created and
 lifted, and organization overrides, made through the admin API.
 
 Pure: an `Overlay` is data, `check_*` validate one change against the bundle

@@ -6,7 +6,7 @@ three ways: a change made here is applied at once; other replicas' changes are
 announced on pub/sub; and a resync every `RESYNC_S` catches anything missed and
 doubles as the store's health check. When the store cannot be read for longer
 than `max_staleness_s`, `PolicyState.usable()` turns false and the gateway
-answers 503 until a resync succeeds (SPEC: fail closed).
+answers 503 until a resync succeeds (fail closed: docs/errors.md, 503).
 
 Policy files are watched too (`policy_dir`, polled, or SIGHUP): a valid new
 bundle is published to the store; an invalid, empty or truncated one is

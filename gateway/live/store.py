@@ -1,5 +1,5 @@
 """Where the live state is kept: the active bundle, the overlay of live changes,
-an (epoch, revision) stamp and the change log (SPEC §4, §7).
+an (epoch, revision) stamp and the change log (docs/admin-api.md, docs/operators.md).
 
 `LocalStore` (embedded mode) keeps them under `state_dir`, so a restart loses
 nothing. `RedisStore` (fleet mode) keeps them in Redis under one hash tag, so

@@ -659,7 +659,7 @@ def _stage_tiers(stage: schema.Stage) -> frozenset[schema.Tier] | None:
     if stage.tiers is not None:
         return frozenset(stage.tiers)
     # Unlisted tiers: an internal stage admits no one from outside, a review
-    # stage only governments (SPEC §2); later stages admit every tier.
+    # stage only governments (docs/policy.md); later stages admit every tier.
     return {"internal": frozenset(), "government_review": frozenset({"government"})}.get(stage.stage)
 
 

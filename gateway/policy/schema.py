@@ -19,7 +19,7 @@ StageName = Literal["internal", "government_review", "limited_partner", "general
 Verdict = Literal["allow", "deny"]
 Mode = Literal["enforce", "shadow"]
 
-# Tiers from most to least trusted (SPEC §1.3).
+# Tiers from most to least trusted (docs/policy.md).
 TIERS: tuple[Tier, ...] = ("government", "vetted_partner", "verified", "standard")
 # The only order a release timeline may take; each stage at most once.
 STAGE_ORDER: tuple[StageName, ...] = ("internal", "government_review", "limited_partner", "general")

@@ -18,7 +18,7 @@ from gateway.policy.schema import StageName, Tier, Verdict
 
 
 def canonical_name(name: str) -> str:
-    """Model names match exactly after case-folding and trimming (SPEC §1.5)."""
+    """Model names match exactly after case-folding and trimming (docs/policy.md, `models.ID.aliases`)."""
     return name.strip().casefold()
 
 

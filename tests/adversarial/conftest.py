@@ -172,7 +172,7 @@ class Probe:
 
 
 def error_shape(reply: Reply, api: str = "openai") -> None:
-    """The gateway's own answer, in the SPEC §1 error shape of the route's API."""
+    """The gateway's own answer, in the error shape (docs/errors.md) of the route's API."""
     assert reply.status != 500 and reply.status >= 400, reply
     assert reply.header("x-gateway-decision-id"), f"not answered by the gateway: {reply}"
     body = json.loads(reply.body)
