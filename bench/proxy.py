@@ -61,7 +61,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,17 +99,17 @@ _DECISION_ID = re.compile(r"[0-9a-f]{32}")
 
 def signing_key(directory: Path) -> tuple[str, Path]:
     """A fresh RS256 key: its public JWKS written to a file, and a token for ORG signed with it."""
-    with warnings.catch_warnings(record=True):  # authlib.jose's deprecation notice (it forces "always")
-        from authlib.jose import JsonWebKey, jwt
+    from joserfc import jwt
+    from joserfc.jwk import generate_key
 
-    key = JsonWebKey.generate_key("RSA", 2048, is_private=True, options={"kid": KID})
-    public = key.as_dict(is_private=False) | {"kid": KID, "alg": "RS256", "use": "sig"}
+    key = generate_key("RSA", 2048, {"kid": KID})
+    public = key.as_dict(private=False) | {"kid": KID, "alg": "RS256", "use": "sig"}
     jwks = directory / "jwks.json"
     jwks.write_text(json.dumps({"keys": [public]}))
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "bench@partner-us.example", "org_id": ORG,
               "iat": now, "exp": now + 24 * 3600}
-    return jwt.encode({"alg": "RS256", "kid": KID}, claims, key).decode(), jwks
+    return jwt.encode({"alg": "RS256", "kid": KID}, claims, key), jwks
 
 
 def bench_policy(directory: Path) -> Path:

@@ -217,13 +217,14 @@ class Requests:
 
 def stranger_jwt() -> str:
     """A well-formed token for a real org, signed by a key the gateway does not trust (same kid)."""
-    from gateway.identity._jose import JsonWebKey, jwt
+    from joserfc import jwt
+    from joserfc.jwk import generate_key
 
-    key = JsonWebKey.generate_key("RSA", 2048, is_private=True, options={"kid": "demo"})
+    key = generate_key("RSA", 2048, {"kid": "demo"})
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "mallory", "org_id": "org-gov-evaluator", "iat": now,
               "exp": now + 7 * 24 * 3600}
-    return jwt.encode({"alg": "RS256", "kid": "demo"}, claims, key).decode()
+    return jwt.encode({"alg": "RS256", "kid": "demo"}, claims, key)
 
 
 def api_key(fleet: LocalFleet, org: str) -> str:

@@ -4,9 +4,10 @@
 
 The URL and the bearer token can come from `GATEWAY_ADMIN_URL` and
 `GATEWAY_ADMIN_TOKEN` (or `--token-file`), so tokens need not appear in shell
-history. HTTP is the standard library's urllib with a short timeout.
+history.
 
-Output is one readable line per item; `--json` prints the API's JSON instead.
+Output is one readable line per item; `--json` prints the API's JSON instead. The
+HTTP client and the output helpers the verbs share are in gateway/admin_client.py.
 Exit status: 0 done; 1 the API refused or failed (its message and every
 problem are printed); 2 the admin API could not be reached, or bad usage.
 """
@@ -17,21 +18,18 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway import explain
+from gateway import admin_control_cli, admin_keys_cli, explain
+from gateway.admin_client import DEFAULT_TIMEOUT_S, Client, Failed, Refused, Unreachable, compact, segment, show
+from gateway.admin_control_cli import applied_or_proposed
 
 DEFAULT_URL = "http://127.0.0.1:9090"
-DEFAULT_TIMEOUT_S = 10.0
 RESET_WORDS = ("none", "reset", "null")
 STATUSES = ("active", "suspended", "denied")
 # Override field -> the `gateway admin org` option that sets it.
@@ -42,82 +40,6 @@ class AdminUsageError(Exception):
     """Bad command-line input: printed, exit status 2."""
 
 
-class Unreachable(Exception):
-    """The admin API did not answer (refused, timed out, bad address): exit status 2."""
-
-
-class Failed(Exception):
-    """Something this command cannot accept in an answer: printed, exit status 1."""
-
-
-@dataclass
-class Refused(Exception):
-    """The admin API answered with an error status: exit status 1."""
-
-    status: int
-    body: Any  # the decoded JSON body, or the raw text when it was not JSON
-
-
-# HTTP
-
-
-@dataclass
-class Client:
-    url: str
-    token: str | None
-    timeout: float = DEFAULT_TIMEOUT_S
-
-    def call(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
-        target = self.url + path
-        if query:
-            target += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Accept": "application/json", "User-Agent": "frontier-gateway-admin-cli"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        try:
-            request = urllib.request.Request(target, data=data, method=method, headers=headers)
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as answer:
-            raw = answer.read()
-            raise Refused(answer.code, _decode(raw)) from None
-        except urllib.error.URLError as failure:
-            raise Unreachable(_reason(failure.reason)) from None
-        except (TimeoutError, socket.timeout):
-            raise Unreachable(f"no answer within {self.timeout:g}s") from None
-        except (http.client.HTTPException, ConnectionError, OSError) as failure:
-            raise Unreachable(_reason(failure)) from None
-        except ValueError as failure:  # e.g. "unknown url type"
-            raise Unreachable(str(failure)) from None
-        decoded = _decode(raw)
-        if isinstance(decoded, str) and decoded:
-            raise Failed(f"the answer from {self.url} is not JSON (is this the admin listener?): {decoded[:200]}")
-        return decoded
-
-
-def _decode(raw: bytes) -> Any:
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        return json.loads(text) if text.strip() else None
-    except ValueError:
-        return text.strip()
-
-
-def _reason(reason: object) -> str:
-    if isinstance(reason, (TimeoutError, socket.timeout)):
-        return "timed out"
-    if isinstance(reason, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(reason, http.client.RemoteDisconnected):
-        return "the server closed the connection without answering"
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror
-    return str(reason) or type(reason).__name__
-
-
 def normalise_url(url: str) -> str:
     url = url.strip().rstrip("/")
     if "://" not in url:
@@ -126,11 +48,6 @@ def normalise_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise AdminUsageError(f"--url: {url!r} is not an http(s) URL (e.g. http://127.0.0.1:9090)")
     return url
-
-
-def segment(value: str) -> str:
-    """One path segment, every reserved character escaped."""
-    return urllib.parse.quote(value, safe="")
 
 
 # Input
@@ -158,22 +75,6 @@ def parse_date(text: str) -> str:
 
 
 # Output
-
-
-def show(args: argparse.Namespace, body: Any, readable: Callable[[Any], Iterable[str]]) -> None:
-    if args.json:
-        print(json.dumps(body, indent=2, sort_keys=False))
-        return
-    for line in readable(body):
-        print(line)
-
-
-def compact(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 def version_line(body: dict[str, Any]) -> str:
@@ -213,8 +114,6 @@ def print_refusal(refused: Refused, as_json: bool) -> None:
 
 def _or_proposed(readable: Callable[[Any], list[str]]) -> Callable[[Any], list[str]]:
     """A direct change is applied (and may await a countersignature) or became a proposal."""
-    from gateway.admin_control_cli import applied_or_proposed
-
     return lambda body: applied_or_proposed(body, readable)
 
 
@@ -613,8 +512,6 @@ def add_arguments(admin: argparse.ArgumentParser) -> None:
     decisions.add_argument("--country", help="only this observed country (ISO 3166-1 alpha-2)")
     decisions.add_argument("--decision", choices=["allow", "deny"], help="only allowed or denied requests")
     decisions.add_argument("--limit", type=int, metavar="N", help="at most N decisions (server default 100)")
-
-    from gateway import admin_control_cli, admin_keys_cli
 
     admin_control_cli.add_verbs(verb)
     admin_keys_cli.add_verbs(verb)

@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from gateway.admin_cli import Client, compact, segment, show
+from gateway.admin_client import Client, compact, segment, show
 from gateway.live.access_delta import render as render_delta
 
 Verb = Callable[..., argparse.ArgumentParser]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gateway.admin_cli import Client, segment, show
+from gateway.admin_client import Client, segment, show
 from gateway.admin_control_cli import Verb, applied_or_proposed
 from gateway.identity.apikeys import hash_secret, new_secret
 

@@ -19,6 +19,7 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError,
                       field_validator, model_validator)
 
+from gateway.header_names import GATEWAY_PREFIX, HOP_BY_HOP, NEVER_RETURNED, folded
 from gateway.policy.issues import format_path, validation_message
 from gateway.policy.yamlsource import YamlDocument, YamlSyntaxError, parse
 from gateway.routing import DEFAULT_ROUTES, checked_prefixes
@@ -87,8 +88,6 @@ class Upstream(Section):
     @field_validator("headers")
     @classmethod
     def _addable(cls, value: dict[str, str]) -> dict[str, str]:
-        from gateway.proxy import GATEWAY_PREFIX, HOP_BY_HOP, folded
-
         seen: set[bytes] = set()
         for name in value:
             key = folded(name.encode())
@@ -102,8 +101,6 @@ class Upstream(Section):
     @field_validator("response_headers")
     @classmethod
     def _passable(cls, value: list[str]) -> list[str]:
-        from gateway.proxy import GATEWAY_PREFIX, NEVER_RETURNED
-
         for name in value:
             key = name.lower().encode()
             if key in NEVER_RETURNED or key.startswith(GATEWAY_PREFIX):

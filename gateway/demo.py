@@ -26,13 +26,14 @@ import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from gateway.identity._jose import JsonWebKey, jwt
+from joserfc import jwt
+from joserfc.jwk import generate_key
 
-from gateway.cli import parse_time
 from gateway.config import Config, load_config
 from gateway.decision import Facts, decide
 from gateway.demo_upstream import DemoServer
@@ -45,6 +46,7 @@ from gateway.server import Service
 
 SHIPPED_POLICIES = Path(__file__).resolve().parent.parent / "policies"
 DEMO_TIME = "2026-12-01T12:00:00Z"
+DEMO_MOMENT = datetime.fromisoformat(DEMO_TIME)
 ISSUER, AUDIENCE = "https://demo-idp.invalid/", "frontier-gateway"
 DEMO_ORGS = ("org-gov-evaluator", "org-partner-us", "org-partner-jp", "org-developer-us", "org-entity-listed")
 # Public addresses and where the embedded DB-IP database places them.
@@ -155,8 +157,8 @@ def _config(workdir: Path, upstream_url: str, public: int, admin: int, policy_di
 
 
 def _signing_key(workdir: Path) -> Any:
-    key = JsonWebKey.generate_key("RSA", 2048, is_private=True, options={"kid": "demo"})
-    public = key.as_dict(is_private=False) | {"kid": "demo", "alg": "RS256", "use": "sig"}
+    key = generate_key("RSA", 2048, {"kid": "demo"})
+    public = key.as_dict(private=False) | {"kid": "demo", "alg": "RS256", "use": "sig"}
     (workdir / "jwks.json").write_text(json.dumps({"keys": [public]}))
     return key
 
@@ -172,8 +174,8 @@ async def start_demo(workdir: Path, *, public_port: int = 8080, admin_port: int 
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "analyst@caisi.example", "org_id": "org-gov-evaluator",
               "iat": now, "exp": now + 24 * 3600}
-    token = jwt.encode({"alg": "RS256", "kid": "demo"}, claims, signing).decode()
-    demo_time = parse_time(DEMO_TIME).timestamp()
+    token = jwt.encode({"alg": "RS256", "kid": "demo"}, claims, signing)
+    demo_time = DEMO_MOMENT.timestamp()
     service = Service(config, clock=lambda: demo_time)
     await service.start()
     public, admin = service.bound_ports()
@@ -369,7 +371,7 @@ def _explain_command(org: str, model: str, country: str | None, region: str | No
 def run_tour(policy_dir: Path = SHIPPED_POLICIES) -> int:
     policy_dir = Path(policy_dir)
     policy = load_bundle(policy_dir).policy
-    now = parse_time(DEMO_TIME)
+    now = DEMO_MOMENT
     print(f"Frontier Gateway decision tour — policy {policy_dir} (version {policy.version}), as of {DEMO_TIME}\n")
     for number, (story, org, model, country, region, anonymizer) in enumerate(TOUR, 1):
         decision = decide(policy, Facts(org, model, country, region, anonymizer), now)

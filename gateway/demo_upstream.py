@@ -1065,7 +1065,7 @@ class ThreadedDemoServer:
             import uvloop
 
             loop = uvloop.new_event_loop()
-        except ImportError:  # pragma: no cover - uvicorn[standard] brings uvloop
+        except ImportError:  # pragma: no cover - uvloop is a declared dependency
             loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)

@@ -85,7 +85,8 @@ def make_credentials(redis: Any, directory: Path) -> Credentials:
     org, created in Redis as `gateway keys create` does; a JWT signing key (its public half in
     `jwks.json`) and a token; an admin operator token and a viewer token for Prometheus. Kept in `credentials.json` (mode 0600,
     demo only) and reused by a later call: keys still valid in Redis are kept, others made anew."""
-    from gateway.identity._jose import JsonWebKey, jwt
+    from joserfc import jwt
+    from joserfc.jwk import generate_key, import_key
 
     from gateway.identity.redis_keys import RedisApiKeyStore
 
@@ -93,10 +94,10 @@ def make_credentials(redis: Any, directory: Path) -> Credentials:
     saved_path = directory / "credentials.json"
     saved: dict[str, Any] = json.loads(saved_path.read_text()) if saved_path.exists() else {}
     if saved.get("signing_key"):
-        signing = JsonWebKey.import_key(saved["signing_key"])
+        signing = import_key(saved["signing_key"], "RSA")
     else:
-        signing = JsonWebKey.generate_key("RSA", 2048, is_private=True, options={"kid": "demo"})
-    public = signing.as_dict(is_private=False) | {"kid": "demo", "alg": "RS256", "use": "sig"}
+        signing = generate_key("RSA", 2048, {"kid": "demo"})
+    public = signing.as_dict(private=False) | {"kid": "demo", "alg": "RS256", "use": "sig"}
     store = RedisApiKeyStore(redis.url, namespace=redis.namespace, timeout_s=max(redis.timeout_s, 2.0),
                              cluster=getattr(redis, "cluster", False))
     try:
@@ -114,10 +115,10 @@ def make_credentials(redis: Any, directory: Path) -> Credentials:
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "analyst@caisi.example", "org_id": "org-gov-evaluator",
               "iat": now, "exp": now + TOKEN_LIFETIME_S}
-    token = jwt.encode({"alg": "RS256", "kid": "demo"}, claims, signing).decode()
+    token = jwt.encode({"alg": "RS256", "kid": "demo"}, claims, signing)
     operator = saved.get("operator_token") or "fgw-operator-" + secrets.token_urlsafe(24)
     metrics = saved.get("metrics_token") or "fgw-metrics-" + secrets.token_urlsafe(24)
-    _write_private(saved_path, json.dumps({"signing_key": signing.as_dict(is_private=True), "keys": keys,
+    _write_private(saved_path, json.dumps({"signing_key": signing.as_dict(private=True), "keys": keys,
                                            "operator_token": operator, "metrics_token": metrics, "token": token},
                                           indent=2))
     jwks_path = directory / "jwks.json"

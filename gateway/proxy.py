@@ -42,14 +42,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from gateway.config import Upstream
+from gateway.header_names import GATEWAY_PREFIX, HOP_BY_HOP, NEVER_RETURNED, folded
 from gateway.pool import Pool
 from gateway.request_body import RequestError
 
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"proxy-connection",
-    b"te", b"trailer", b"transfer-encoding", b"upgrade",
-})
-GATEWAY_PREFIX = b"x-gateway-"
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
 # What the gateway reads to decide, or frames the request by: a Connection header may not
 # name one (RFC 9110 §7.6.1: a connection option never names an end-to-end field).
@@ -88,9 +84,6 @@ ROUTING_PREFIXES = (
     b"x-litellm-", b"x-portkey-", b"helicone-", b"cf-aig-",  # AI gateways: keys, routes, target URLs
 )
 _DROPPED_PREFIXES = (GATEWAY_PREFIX, *ROUTING_PREFIXES)
-# Never passed to the client, whatever the configuration: the gateway frames the answer and
-# dates it, a redirect would send the client (and its credential) somewhere not decided on.
-NEVER_RETURNED = HOP_BY_HOP | frozenset({b"date", b"location", b"content-location", b"refresh"})
 # Not passed by default; `upstreams.NAME.response_headers` lets named ones through.
 RESPONSE_DENIED = frozenset({
     # State and policies set for the gateway's origin by another one, and reports sent to it.
@@ -111,11 +104,6 @@ RESPONSE_DENIED_PREFIXES = (
 )
 # A Connection header from the upstream never takes the answer's representation away.
 _REPRESENTATION = frozenset({b"content-type", b"content-length", b"content-encoding"})
-
-
-def folded(name: bytes) -> bytes:
-    """A header name as a CGI-style server reads it: case-insensitive, `_` the same as `-`."""
-    return name.lower().replace(b"_", b"-")
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:

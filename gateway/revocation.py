@@ -33,21 +33,35 @@ import logging
 from bisect import bisect_right
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from gateway import responses
 from gateway.decision import Decision, Facts, decide
+from gateway.geo import Place
+from gateway.identity.principal import Principal
 from gateway.live.state import PolicyState
 from gateway.metrics import Metrics
 from gateway.policy.snapshot import Policy
 from gateway.reasons import Reason
 
-if TYPE_CHECKING:
-    from gateway.app import Exchange
-
 log = logging.getLogger("gateway.revocation")
 
 REVOKED = "revoked"  # the audit record's `error` for a request ended this way
+
+
+class Exchange(Protocol):
+    """What revocation reads and marks of a request being answered. The request path's
+    `gateway.app.Exchange` is one; naming only these fields here keeps this module free
+    of the request path, which imports it."""
+
+    decision_id: str
+    principal: Principal | None
+    place: Place
+    requested_model: str | None
+    other_models: tuple[str, ...]
+    completed: bool
+    error: str | None
+    extra: dict[str, Any]
 
 
 def policy_times(policy: Policy) -> tuple[float, ...]:

@@ -12,7 +12,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from authlib.jose import JsonWebKey, jwt
+from joserfc import jwt
+from joserfc.jwk import generate_key
 
 from conftest import GEOIP, GEOIP_MAX_AGE_DAYS, REFERENCE_POLICY, at
 from gateway.audit import unauthenticated_path
@@ -47,17 +48,17 @@ class LoopThread:
 
 class SigningKey:
     def __init__(self, kid: str = "test-key") -> None:
-        self.key = JsonWebKey.generate_key("RSA", 2048, is_private=True, options={"kid": kid})
+        self.key = generate_key("RSA", 2048, {"kid": kid})
         self.kid = kid
 
     def jwks(self) -> dict[str, Any]:
-        return {"keys": [self.key.as_dict(is_private=False) | {"kid": self.kid, "alg": "RS256", "use": "sig"}]}
+        return {"keys": [self.key.as_dict(private=False) | {"kid": self.kid, "alg": "RS256", "use": "sig"}]}
 
     def token(self, org: str, *, lifetime: float = 3600, **claims: Any) -> str:
         now = int(time.time())
         payload = {"iss": ISSUER, "aud": AUDIENCE, "sub": f"user@{org}", "org_id": org,
                    "iat": now, "exp": now + lifetime} | claims
-        return jwt.encode({"alg": "RS256", "kid": self.kid}, payload, self.key).decode()
+        return jwt.encode({"alg": "RS256", "kid": self.kid}, payload, self.key)
 
 
 class Stack:

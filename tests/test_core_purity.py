@@ -12,7 +12,7 @@ import gateway
 
 CORE = ["decision.py", "reasons.py", "explain.py", "policy/snapshot.py", "policy/schema.py", "policy/provenance.py"]
 FORBIDDEN = {"os", "time", "socket", "random", "subprocess", "pathlib", "starlette", "uvicorn", "redis", "geoip2",
-             "maxminddb", "authlib", "aiohttp", "httpx", "prometheus_client", "asyncio", "logging", "gateway.geo",
+             "maxminddb", "authlib", "joserfc", "aiohttp", "httpx", "prometheus_client", "asyncio", "logging", "gateway.geo",
              "gateway.cli", "gateway.policy.load"}
 
 

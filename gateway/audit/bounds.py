@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.audit.chain import MAX_FIELD_CHARS, MAX_RECORD_BYTES, canonical
+from gateway.audit.canonical import canonical
 
+MAX_RECORD_BYTES = 4096  # a written line, chain fields included: a few times an ordinary record
+MAX_FIELD_CHARS = 1024  # the longest string a record keeps whole
 SHORT_FIELD_CHARS = 128
 # What seal() adds: replica (at most 128 + a suffix), seq, prev and hash.
 _CHAIN_BYTES = 400

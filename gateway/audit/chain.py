@@ -36,31 +36,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, Union
 
-import orjson
-
+from gateway.audit.bounds import MAX_FIELD_CHARS, bounded
+from gateway.audit.canonical import canonical
 from gateway.audit.files import FileMode, sync_directory
 
 log = logging.getLogger("gateway.audit")
 
 ZERO_HASH = "0" * 64
-MAX_RECORD_BYTES = 4096  # a written line, chain fields included: a few times an ordinary record
-MAX_FIELD_CHARS = 1024  # the longest string a record keeps whole
 
 
 # The record format
-
-
-def canonical(record: dict[str, Any]) -> bytes:
-    """The bytes that are hashed: deterministic for anything JSON can hold, and the
-    same bytes again for a verifier that parses the line and serializes it. Raises
-    TypeError for what JSON cannot hold as is (other objects, unpaired surrogates,
-    integers beyond 64 bits); a non-finite float is written as null."""
-    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-
-
-def legacy_canonical(record: dict[str, Any]) -> bytes:
-    """The canonical form of records written before orjson: Python's json module."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def _plain(value: Any) -> Any:
@@ -98,7 +83,6 @@ def seal(entry: dict[str, Any], replica: str, seq: int, prev: str) -> Sealed:
     sealed = _sealed(entry, replica, seq, prev)
     if len(sealed.line) <= MAX_FIELD_CHARS:
         return sealed
-    from gateway.audit.bounds import bounded  # bounds builds on canonical(), here
     cut = bounded(entry)
     return sealed if cut is entry else _sealed(cut, replica, seq, prev)
 

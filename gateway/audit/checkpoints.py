@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gateway.audit.chain import canonical
+from gateway.audit.canonical import canonical
 from gateway.audit.files import FileMode
 from gateway.audit.signing import SigningKey
 

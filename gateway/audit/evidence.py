@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.audit.chain import canonical
+from gateway.audit.canonical import canonical
 from gateway.audit.checkpoints import Outside, is_checkpoint, signed_bytes
 from gateway.audit.signing import PublicKey
 

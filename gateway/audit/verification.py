@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.audit.chain import ZERO_HASH, canonical, legacy_canonical
+from gateway.audit.canonical import canonical, legacy_canonical
+from gateway.audit.chain import ZERO_HASH
 from gateway.audit.checkpoints import Outside
 from gateway.audit.evidence import Evidence
 from gateway.audit.signing import PublicKey

@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from joserfc.jwk import generate_key
+
 from e2e import AUDIENCE, ISSUER
-from gateway.identity._jose import JsonWebKey
 
 from .conftest import MESSAGES, ORG, PLAIN, Probe, b64, chat_body
 
@@ -43,7 +44,7 @@ class Keys:
         header_text = header if isinstance(header, str) else json.dumps(header)
         claims_text = claims if isinstance(claims, str) else json.dumps(self.claims() if claims is None else claims)
         signing_input = f"{b64(header_text)}.{b64(claims_text)}"
-        private = (key or self.real).get_private_key()
+        private = (key or self.real).private_key
         signature = private.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{signing_input}.{b64(signature)}"
 
@@ -58,11 +59,11 @@ class Keys:
         return f"{b64(json.dumps({'alg': alg, 'kid': 'test-key'}))}.{b64(json.dumps(self.claims()))}.{signature}"
 
     def public_pem(self) -> bytes:
-        return self.real.get_public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        return self.real.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
 
 
 def _rsa(kid: str) -> Any:
-    return JsonWebKey.generate_key("RSA", 2048, is_private=True, options={"kid": kid})
+    return generate_key("RSA", 2048, {"kid": kid})
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def keys(stack: Any) -> Keys:
     probe_key = _rsa("probe")
     extra = [(keys.twin_a, "twin"), (keys.twin_b, "twin"), (probe_key, "probe")]
     document = stack.signing.jwks()
-    document["keys"] += [k.as_dict(is_private=False) | {"kid": kid, "alg": "RS256", "use": "sig"} for k, kid in extra]
+    document["keys"] += [k.as_dict(private=False) | {"kid": kid, "alg": "RS256", "use": "sig"} for k, kid in extra]
     (stack.directory / "jwks.json").write_text(json.dumps(document))
     probe, deadline = Probe(stack), time.monotonic() + 5
     token = keys.sign({"alg": "RS256", "kid": "probe"}, key=probe_key)
@@ -92,7 +93,7 @@ TOKENS: list[tuple[str, Build]] = [
     # Algorithm confusion: the RSA public key, in the forms a verifier might use it, as an HMAC secret.
     ("HS256 keyed with the public PEM", lambda k: k.hs256(k.public_pem())),
     ("HS256 keyed with the public PEM without newline", lambda k: k.hs256(k.public_pem().strip())),
-    ("HS256 keyed with the JWK JSON", lambda k: k.hs256(json.dumps(k.real.as_dict(is_private=False)).encode())),
+    ("HS256 keyed with the JWK JSON", lambda k: k.hs256(json.dumps(k.real.as_dict(private=False)).encode())),
     ("HS512 keyed with the public PEM", lambda k: k.hs256(k.public_pem(), "HS512")),
     # alg none in its spellings, with an empty (two-part-looking) and a non-empty signature.
     ("alg none, empty signature", lambda k: k.unsigned("none", "")),
@@ -104,8 +105,8 @@ TOKENS: list[tuple[str, Build]] = [
     ("alg null", lambda k: k.sign({"alg": None, "kid": "test-key"})),
     ("alg a list", lambda k: k.sign({"alg": ["RS256"], "kid": "test-key"})),
     # Keys the token brings itself, signed by the caller's key and by the real one.
-    ("embedded jwk of the caller's key", lambda k: k.sign({"alg": "RS256", "jwk": k.attacker.as_dict(is_private=False)}, key=k.attacker)),
-    ("embedded jwk of the real key, real signature", lambda k: k.sign(k.real_header(jwk=k.real.as_dict(is_private=False)))),
+    ("embedded jwk of the caller's key", lambda k: k.sign({"alg": "RS256", "jwk": k.attacker.as_dict(private=False)}, key=k.attacker)),
+    ("embedded jwk of the real key, real signature", lambda k: k.sign(k.real_header(jwk=k.real.as_dict(private=False)))),
     ("jku to the caller's JWKS", lambda k: k.sign({"alg": "RS256", "kid": "attacker", "jku": "http://127.0.0.1:1/jwks.json"}, key=k.attacker)),
     ("jku, real signature", lambda k: k.sign(k.real_header(jku="https://idp.test/.well-known/jwks.json"))),
     ("x5u, real signature", lambda k: k.sign(k.real_header(x5u="https://idp.test/cert.pem"))),

@@ -1,7 +1,7 @@
 """Shared pieces for identity tests: keys, a token forge, a settable clock, a JWKS server.
 
 Tokens are assembled by hand (header and payload as dicts or raw JSON text) and
-signed with authlib's algorithm implementations, so tests can build exactly the
+signed with joserfc's algorithm implementations, so tests can build exactly the
 malformed and hostile tokens the verifier must refuse.
 """
 
@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from joserfc.jwk import Key, generate_key
+from joserfc.jws import JWSRegistry
 
-from gateway.identity._jose import JsonWebKey, JsonWebSignature, Key
 from gateway.identity.jwt import JwtVerifier
 
 ISSUER = "https://idp.test/"
@@ -65,8 +66,7 @@ def sign(key: Key, header: dict[str, Any] | str, claims: dict[str, Any] | str, a
     if alg is None:
         alg = json.loads(header_text)["alg"]
     signing_input = f"{b64(header_text)}.{b64(claims_text)}"
-    algorithm = JsonWebSignature.ALGORITHMS_REGISTRY[alg]
-    signature = algorithm.sign(signing_input.encode(), algorithm.prepare_key(key))
+    signature = JWSRegistry.algorithms[alg].sign(signing_input.encode(), key)
     return f"{signing_input}.{b64(signature)}"
 
 
@@ -85,7 +85,7 @@ def claims(now: float = NOW, **overrides: Any) -> dict[str, Any]:
 
 
 def public_jwks(*keys: Key, **extra: Any) -> dict[str, Any]:
-    return {"keys": [{**key.as_dict(is_private=False), **extra} for key in keys]}
+    return {"keys": [{**key.as_dict(private=False), **extra} for key in keys]}
 
 
 @dataclass
@@ -97,17 +97,17 @@ class Keys:
 
     def token(self, key: Key | None = None, *, header: dict[str, Any] | None = None, **claim_overrides: Any) -> str:
         key = key or self.rsa
-        alg = {"RSA": "RS256", "EC": "ES256", "OKP": "EdDSA"}[key.kty]
+        alg = {"RSA": "RS256", "EC": "ES256", "OKP": "EdDSA"}[key.key_type]
         return sign(key, {"alg": alg, "kid": key.kid, **(header or {})}, claims(**claim_overrides))
 
 
 @pytest.fixture(scope="session")
 def keys() -> Keys:
     return Keys(
-        rsa=JsonWebKey.generate_key("RSA", 2048, {"kid": "rsa-1"}, is_private=True),
-        rsa2=JsonWebKey.generate_key("RSA", 2048, {"kid": "rsa-2"}, is_private=True),
-        ec=JsonWebKey.generate_key("EC", "P-256", {"kid": "ec-1"}, is_private=True),
-        ed=JsonWebKey.generate_key("OKP", "Ed25519", {"kid": "ed-1"}, is_private=True),
+        rsa=generate_key("RSA", 2048, {"kid": "rsa-1"}),
+        rsa2=generate_key("RSA", 2048, {"kid": "rsa-2"}),
+        ec=generate_key("EC", "P-256", {"kid": "ec-1"}),
+        ed=generate_key("OKP", "Ed25519", {"kid": "ed-1"}),
     )
 
 

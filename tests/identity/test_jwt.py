@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ async def test_token_without_kid_is_refused_when_several_keys_fit(tmp_path: Path
 
 def _hs256_with_public_pem(keys: Keys) -> str:
     """The algorithm-confusion forgery: HMAC keyed with the RSA public key's PEM."""
-    pem = keys.rsa.get_public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    pem = keys.rsa.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     signing_input = f"{b64(json.dumps({'alg': 'HS256', 'kid': 'rsa-1'}))}.{b64(json.dumps(claims()))}"
     return f"{signing_input}.{b64(hmac.new(pem, signing_input.encode(), hashlib.sha256).digest())}"
 
@@ -140,7 +141,7 @@ REFUSALS: list[tuple[str, Callable[[Keys], str], str]] = [
     ("kid not a string", lambda k: sign(k.rsa, {"alg": "RS256", "kid": 7}, claims()), "kid is not a string"),
     ("jku header", lambda k: k.token(header={"jku": "https://evil.test/jwks"}), "header jku refused"),
     ("x5u header", lambda k: k.token(header={"x5u": "https://evil.test/cert"}), "header x5u refused"),
-    ("jwk header", lambda k: k.token(header={"jwk": k.rsa.as_dict(is_private=False)}), "header jwk refused"),
+    ("jwk header", lambda k: k.token(header={"jwk": k.rsa.as_dict(private=False)}), "header jwk refused"),
     ("x5c header", lambda k: k.token(header={"x5c": ["MIIB"]}), "header x5c refused"),
     ("crit header", lambda k: k.token(header={"crit": ["exp"], "exp": 1}), "header crit refused"),
     ("empty crit header", lambda k: k.token(header={"crit": []}), "header crit refused"),
@@ -244,26 +245,29 @@ async def test_missing_or_unusable_jwks_file_fails_at_start(tmp_path: Path, keys
 
 async def test_private_jwk_entries_are_used_as_public_keys_only(tmp_path: Path, keys: Keys, clock: Clock) -> None:
     path = tmp_path / "jwks.json"
-    write_jwks(path, {"keys": [keys.rsa.as_dict(is_private=True)]})
+    write_jwks(path, {"keys": [keys.rsa.as_dict(private=True)]})
     verifier = JwtVerifier(Settings(jwks_file=str(path)), clock=clock)
     await verifier.start()
     assert (await verifier.verify(keys.token())).subject == "user-1"
     (loaded,) = parse_jwks(path.read_bytes(), ["RS256"])[0].keys
-    assert loaded.key.public_only and "d" not in loaded.key.as_dict()
+    assert not loaded.key.is_private and "d" not in loaded.key.as_dict()
 
 
 def test_unusable_jwks_entries_are_skipped_with_a_note(keys: Keys) -> None:
-    from gateway.identity._jose import JsonWebKey
+    from joserfc.errors import SecurityWarning
+    from joserfc.jwk import generate_key
 
-    small = JsonWebKey.generate_key("RSA", 1024, {"kid": "small"}, is_private=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SecurityWarning)  # "Key size should be >= 2048 bits": the point here
+        small = generate_key("RSA", 1024, {"kid": "small"})
     document = {
         "keys": [
             {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
-            {**small.as_dict(is_private=False)},
-            {**keys.rsa2.as_dict(is_private=False), "use": "enc"},
-            {**keys.ec.as_dict(is_private=False), "alg": "ES384"},
+            {**small.as_dict(private=False)},
+            {**keys.rsa2.as_dict(private=False), "use": "enc"},
+            {**keys.ec.as_dict(private=False), "alg": "ES384"},
             {"kty": "RSA", "kid": "broken", "n": "AQAB"},
-            keys.rsa.as_dict(is_private=False),
+            keys.rsa.as_dict(private=False),
         ]
     }
     jwks, notes = parse_jwks(json.dumps(document).encode(), ["RS256", "ES256"])
