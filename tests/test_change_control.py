@@ -15,27 +15,10 @@ from typing import Any
 
 import pytest
 
-from fleet import SE_IP, SECOND_OPERATOR, THIRD_OPERATOR, VIEWER_TOKEN, Fleet, Reply, start_fleet, wait_for
+from fleet import SE_IP, SECOND_OPERATOR, THIRD_OPERATOR, VIEWER_TOKEN, Fleet, Reply, wait_for
+from test_fleet import fleets  # noqa: F401 (a fixture: every fleet started is stopped, logs on failure)
 
 TWO_PEOPLE = {"approvals": 1}
-
-
-@pytest.fixture
-def fleets(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Fleet]]:
-    started: list[Fleet] = []
-    failures = request.session.testsfailed
-
-    def start(**options: Any) -> Fleet:
-        fleet = start_fleet(tmp_path / f"fleet-{len(started)}", **options)
-        started.append(fleet)
-        return fleet
-
-    yield start
-    for fleet in started:
-        codes = fleet.close()
-        if request.session.testsfailed > failures:
-            print(fleet.logs())
-        assert all(code == 0 for code in codes.values()), codes
 
 
 def suspend_small_2_in_se(fleet: Fleet, **extra: Any) -> Reply:

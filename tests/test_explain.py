@@ -11,23 +11,14 @@ from typing import Any
 import pytest
 
 from conftest import REFERENCE_POLICY
+from test_cli import run
 from gateway import countries
-from gateway.cli import main
 from gateway.policy.load import load_bundle
 from gateway.policy.provenance import provenance
 
 SHIPPED = str(Path(__file__).parent.parent / "policies")
 AT = "2026-12-03T12:00:00Z"
 D5 = "EAR, 15 CFR Part 740 Supplement No. 1, Country Group D:5 (US arms embargoed countries)"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def explain(capsys: pytest.CaptureFixture[str], *argv: str, policy: str = SHIPPED,

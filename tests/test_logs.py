@@ -10,27 +10,16 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import GEOIP, GEOIP_MAX_AGE_DAYS, REFERENCE_POLICY
-from e2e import US_IP, LoopThread
-from test_serve import free_port, wait_ready
-from gateway.demo_upstream import serve as serve_upstream
+from e2e import US_IP
+from test_serve import free_port, upstream, wait_ready  # noqa: F401 (upstream: a fixture)
 from gateway.identity import ApiKeyStore
 from gateway.logs import JsonFormatter, TextFormatter
-
-
-@pytest.fixture
-def upstream() -> Iterator[str]:
-    thread = LoopThread()
-    server = thread.run(serve_upstream("127.0.0.1", 0))
-    yield server.url
-    thread.run(server.stop())
-    thread.close()
 
 
 def write_config(directory: Path, public: int, admin: int, upstream_url: str = "http://127.0.0.1:1") -> Path:
