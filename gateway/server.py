@@ -29,29 +29,29 @@ from typing import Any
 import uvicorn
 
 from gateway import logs
-from gateway.admin import AdminRefusals, create_admin_app
-from gateway.app import Gateway
+from gateway.admin.app import AdminRefusals, create_admin_app
+from gateway.request.app import Gateway
 from gateway.audit import AuditLogs
 from gateway.audit.files import FileMode
 from gateway.audit.chain import default_replica
 from gateway.config import Config, is_loopback
 from gateway.export import record_export, tracing
-from gateway.geofiles import UNENFORCED_ANONYMIZERS, LiveGeo, configured_files, unenforced_anonymizer_rules
+from gateway.geo.files import UNENFORCED_ANONYMIZERS, LiveGeo, configured_files, unenforced_anonymizer_rules
 from gateway.identity import Authenticator
 from gateway.identity.apikeys import ApiKeyAdmin, ApiKeyStore
 from gateway.identity.redis_keys import RedisApiKeyStore
-from gateway.listener import protocol_for
+from gateway.request.listener import protocol_for
 from gateway.live.control import ChangeControl
 from gateway.live.proposals import LocalProposals, RedisProposals
 from gateway.live.state import LiveState, PolicyState, watch_sighup
 from gateway.live.store import LocalStore, RedisStore, Store
 from gateway.metrics import Metrics
-from gateway.misuse import LocalSightings, RedisSightings, Sightings
-from gateway.pool import PoolCollector
-from gateway.proxy import Upstreams
-from gateway.quota import LocalQuota, Quota, RedisQuota
-from gateway.redis_connect import connect
-from gateway.revocation import Revocations
+from gateway.request.misuse import LocalSightings, RedisSightings, Sightings
+from gateway.request.pool import PoolCollector
+from gateway.request.proxy import Upstreams
+from gateway.request.quota import LocalQuota, Quota, RedisQuota
+from gateway.live.redis_connect import connect
+from gateway.request.revocation import Revocations
 
 log = logging.getLogger("gateway")
 
@@ -194,11 +194,11 @@ class Service:
             await asyncio.sleep(0.01)
 
     def request_path(self, *args: Any, **kwargs: Any) -> Gateway:
-        """The Gateway; with tracing on, the one with spans (gateway/traced.py), imported
+        """The Gateway; with tracing on, the one with spans (gateway/request/traced.py), imported
         only then: with it off, the request path has no tracing code at all."""
         if self.tracing is None:
             return Gateway(*args, **kwargs)
-        from gateway.traced import TracedGateway
+        from gateway.request.traced import TracedGateway
 
         return TracedGateway(*args, tracer=self.tracing.get_tracer("frontier-gateway"), **kwargs)
 

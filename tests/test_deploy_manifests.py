@@ -302,7 +302,7 @@ def test_the_images_install_step_gives_a_complete_package(tmp_path: Path) -> Non
                   if instruction == "RUN" and "default_country_db" in arg][0]
     code = re.search(r'-c "([^"]+)"', build_step).group(1)
     probe = ("import gateway, sys; assert gateway.__file__.startswith(sys.argv[1]), gateway.__file__; "
-             "import gateway.cli, gateway.server, gateway.fleet_local, gateway.redis_connect; " + code)
+             "import gateway.cli, gateway.server, devtools.fleet_local, gateway.live.redis_connect; " + code)
     ran = subprocess.run([sys.executable, "-c", probe, str(target)], env=environ, cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr[-3000:]
@@ -343,7 +343,7 @@ def test_the_country_database_extracted_at_build_time_is_used_read_only(tmp_path
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """What the build stage does (extract into $XDG_CACHE_HOME/frontier-gateway), then what a
     read-only container does: find it intact and write nothing."""
-    from gateway import geodata
+    from gateway.geo import embedded as geodata
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "opt-gateway-cache"))
     extracted = geodata.default_country_db()
@@ -480,12 +480,12 @@ def test_compose_monitoring(compose: dict[str, Any]) -> None:
 
 
 def test_compose_init_renders_a_config_the_gateway_accepts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`python -m gateway.fleet_local compose-init` as the demo-credentials service runs it, on a real
+    """`python -m devtools.fleet_local compose-init` as the demo-credentials service runs it, on a real
     Redis: keys made once and reused, an admin token, a config the replicas start with."""
     redis_url = os.environ.get("REDIS_URL")
     if not redis_url:
         pytest.skip("REDIS_URL is not set: run under scripts/with-redis")
-    from gateway import fleet_local
+    from devtools import fleet_local
     from gateway.config import load_config
     from gateway.identity.redis_keys import RedisApiKeyStore
 
@@ -809,7 +809,7 @@ def test_a_configmap_mounted_bundle_loads_and_reloads(tmp_path: Path) -> None:
 
 def test_redis_deploy_configs_name_the_hash_tag() -> None:
     """deploy/redis: the URL forms in the comments are ones the gateway accepts."""
-    from gateway.redis_connect import parse
+    from gateway.live.redis_connect import parse
 
     text = "".join(p.read_text() for p in (ROOT / "deploy" / "redis").glob("*.conf"))
     sentinel = re.search(r'url: "(redis\+sentinel://[^"]+)"', text).group(1)

@@ -86,7 +86,7 @@ class TestRecordFields:
     def test_every_field_but_null_is_an_attribute(self) -> None:
         attributes = log_fields(self.RECORD).attributes
         assert "gateway.error" not in attributes
-        assert attributes["gateway.reasons"] == ["jurisdiction_of_concern"]
+        assert attributes["gateway.policy.reasons"] == ["jurisdiction_of_concern"]
         assert attributes["gateway.covered"] is True and attributes["gateway.seq"] == 7
         assert attributes["gateway.revoked"] == '{"reasons":["x"],"status":451}'
 
@@ -119,13 +119,13 @@ class TestLogStream:
                                  and list(receiver.logs))
         by_id = {record["attributes"]["gateway.decision_id"]: record for record in logs}
         allow, deny, refused = by_id[allowed[1]], by_id[denied[1]], by_id[unauthenticated[1]]
-        assert allow["attributes"]["gateway.decision"] == "allow" and allow["severity_text"] == "INFO"
+        assert allow["attributes"]["gateway.policy.decision"] == "allow" and allow["severity_text"] == "INFO"
         assert allow["body"].startswith("allow 200 ") and "org=org-acme" in allow["body"]
-        assert deny["attributes"]["gateway.decision"] == "deny" and deny["severity_text"] == "WARN"
+        assert deny["attributes"]["gateway.policy.decision"] == "deny" and deny["severity_text"] == "WARN"
         assert deny["body"].startswith("deny 451 jurisdiction_of_concern")
         assert deny["attributes"]["gateway.observed_country"] == "CN"
         assert refused["attributes"]["gateway.status"] == 401
-        assert allow["event_name"] == "gateway.decision"
+        assert allow["event_name"] == "gateway.policy.decision"
         assert receiver.encodings == {"gzip"}
         assert allow["resource"]["service.name"] == "frontier-gateway"
         assert allow["resource"]["replica"] == allow["attributes"]["gateway.replica"]
@@ -135,7 +135,7 @@ class TestLogStream:
         assert deny["attributes"]["gateway.seq"] == written[denied[1]]["seq"]
 
     def test_tracing_is_off_by_default(self, stack: Stack, receiver: Receiver) -> None:
-        from gateway.app import Gateway
+        from gateway.request.app import Gateway
 
         assert type(stack.service.gateway) is Gateway
         post(stack, stack.api_key("org-acme"))
@@ -210,7 +210,7 @@ class TestTracing:
         root = spans["request"]
         assert root["kind"] == 2  # SPAN_KIND_SERVER
         assert root["attributes"]["http.response.status_code"] == 200
-        assert root["attributes"]["gateway.decision"] == "allow"
+        assert root["attributes"]["gateway.policy.decision"] == "allow"
         assert root["resource"]["service.name"] == "frontier-gateway"
         for name in ("identity", "geo", "decide", "upstream"):
             assert spans[name]["trace_id"] == root["trace_id"]
@@ -226,7 +226,7 @@ class TestTracing:
         spans = self.spans_of(receiver, decision_id, 4)
         assert set(spans) == {"request", "identity", "geo", "decide"}
         assert spans["decide"]["attributes"]["gateway.allowed"] is False
-        assert spans["request"]["attributes"]["gateway.decision"] == "deny"
+        assert spans["request"]["attributes"]["gateway.policy.decision"] == "deny"
 
 
 def test_without_export_no_opentelemetry_code_is_loaded(tmp_path: Path) -> None:
@@ -237,7 +237,7 @@ import sys
 import urllib.request
 from pathlib import Path
 from e2e import US_IP, Stack
-from gateway.app import Gateway
+from gateway.request.app import Gateway
 stack = Stack(Path({str(tmp_path)!r}))
 try:
     request = urllib.request.Request(stack.url + "/v1/chat/completions", data={CHAT!r}, headers={{
@@ -246,7 +246,7 @@ try:
     assert urllib.request.urlopen(request, timeout=10).status == 200
     assert type(stack.service.gateway) is Gateway
     # (redis-py imports the OpenTelemetry API when it is installed: not the tracing SDK.)
-    ours = ("gateway.traced", "gateway.export.otlp", "opentelemetry.sdk.trace", "opentelemetry.sdk._logs",
+    ours = ("gateway.request.traced", "gateway.export.otlp", "opentelemetry.sdk.trace", "opentelemetry.sdk._logs",
             "opentelemetry.exporter")
     loaded = sorted(name for name in sys.modules if name.startswith(ours))
     assert not loaded, loaded

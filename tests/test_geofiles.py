@@ -19,9 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from e2e import DECISION_TIME, US_IP, Stack
 from gateway.config import GeoIPConfig
-from gateway.geofiles import DAY_S, LiveGeo, configured_files
+from gateway.geo.files import DAY_S, LiveGeo, configured_files
 from gateway.metrics import Metrics
-from gateway.region_overlay import default_region_overlay
+from gateway.geo.region_overlay import default_region_overlay
 from mmdb import write
 
 US_NETWORK = "216.160.83.0/24"  # US_IP's network
@@ -154,7 +154,7 @@ class TestHotSwap:
     def test_a_replaced_database_is_used_without_a_restart(self, swapped: tuple[Stack, Path],
                                                              caplog: pytest.LogCaptureFixture) -> None:
         stack, path = swapped
-        caplog.set_level(logging.INFO, logger="gateway.geo")
+        caplog.set_level(logging.INFO, logger="gateway.geo.reader")
         assert chat(stack, COVERED)[0] == 200
         replace(path, lambda staged: country_db(staged, days_old=0, country="IR"))
         wait_for(stack, "country", "success")
@@ -165,7 +165,7 @@ class TestHotSwap:
     def test_a_corrupt_replacement_is_refused_and_the_running_database_kept(
             self, swapped: tuple[Stack, Path], caplog: pytest.LogCaptureFixture) -> None:
         stack, path = swapped
-        caplog.set_level(logging.INFO, logger="gateway.geo")
+        caplog.set_level(logging.INFO, logger="gateway.geo.reader")
         before = chat(stack, NOT_COVERED)[0]
         replace(path, garbage)
         wait_for(stack, "country", "refused")

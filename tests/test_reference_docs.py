@@ -17,11 +17,12 @@ from pydantic import BaseModel
 from starlette.routing import Route
 
 from e2e import Stack
-from gateway import admin_openapi, responses
-from gateway.admin import create_admin_app
+from gateway.request import responses
+from gateway.admin import openapi as admin_openapi
+from gateway.admin.app import create_admin_app
 from gateway.config import ENV_PREFIX, Config, load_config
 from gateway.metrics import Metrics
-from gateway.reasons import PRECEDENCE, Reason, status_of
+from gateway.policy.reasons import PRECEDENCE, Reason, status_of
 from test_admin import VIEWER, admin, admin_config, audit_record, chat
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"

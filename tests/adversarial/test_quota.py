@@ -25,7 +25,7 @@ import pytest
 
 from e2e import Stack
 from fleet import policy_variant, wait_for
-from gateway.quota import LocalQuota
+from gateway.request.quota import LocalQuota
 
 from .conftest import CHAT, MESSAGES, ORG, PLAIN, US_IP, Probe, Reply, embargo_cn
 
@@ -56,7 +56,7 @@ def gw(quota_stack: Stack, caplog: pytest.LogCaptureFixture) -> Iterator[Probe]:
     """The probe on a fresh upstream record, today's budget unspent; afterwards, no
     request may have ended in an exception the gateway caught."""
     assert quota_stack.service.gateway is not None
-    quota_stack.service.gateway.quota = LocalQuota()
+    quota_stack.service.gateway.request.quota = LocalQuota()
     quota_stack.upstream.app.reset()
     caplog.set_level(logging.ERROR, logger="gateway")
     yield Probe(quota_stack)
