@@ -326,7 +326,7 @@ def check_audit(config: Config) -> None:
 def check_admin(config: Config) -> None:
     """Raise ValueError when the admin listener would show its metrics beyond this host
     to anyone, or ask for a token nobody has. Checked when serving, not when loading:
-    other commands (`gateway keys`, compose-init) read configs that name no tokens."""
+    other commands (`gateway keys`, the compose demo's credentials) read configs that name no tokens."""
     if config.metrics_require_token and not config.admin.tokens:
         if config.admin.metrics_require_token is None:
             raise ValueError(
