@@ -81,6 +81,7 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # devtools/ is never installed
 from _load import ProcStat, ProcTree  # noqa: E402
 from soak_floods import (BY_NAME as FLOODS_BY_NAME, FLOODS, QUOTA_MAX_TOKENS, QUOTA_PROMPT, Spec,  # noqa: E402
                          journal_violations, p99_check, percentile, phase, quota_check, verdict, windows_for)

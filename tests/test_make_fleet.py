@@ -235,7 +235,7 @@ def test_the_nginx_config_is_the_deployments(fleet: LocalFleet) -> None:
 def test_make_fleet_runs_the_module() -> None:
     dry = subprocess.run(["make", "-n", "fleet", "REPLICAS=3"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
-    assert re.search(r"scripts/with-redis .*python -m gateway\.fleet_local --replicas 3", dry.stdout), dry.stdout
+    assert re.search(r"scripts/with-redis .*python -m devtools\.fleet_local --replicas 3", dry.stdout), dry.stdout
 
 
 def test_command_line_check_and_ctrl_c(tmp_path: Path) -> None:
