@@ -190,7 +190,7 @@ def sample(stack: Stack, series: str) -> float:
 
 
 def admin_events(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "gateway.admin.app"]
+    return [r for r in caplog.records if r.name == "gateway.admin"]
 
 
 class TestAdminTelemetry:
@@ -201,7 +201,7 @@ class TestAdminTelemetry:
         created = 'gateway_admin_changes_total{action="suspension.create",result="ok"}'
         lifted = 'gateway_admin_changes_total{action="suspension.lift",result="ok"}'
         before = sample(stack, created), sample(stack, lifted)
-        with caplog.at_level(logging.INFO, logger="gateway.admin.app"):
+        with caplog.at_level(logging.INFO, logger="gateway.admin"):
             assert admin(stack, "POST", "/admin/suspensions", SUSPENSION | {"id": "susp-logged"})[0] == 201
             assert admin(stack, "DELETE", "/admin/suspensions/susp-logged")[0] == 200
         events = [(r.actor, r.action, r.target, r.result) for r in admin_events(caplog)]  # type: ignore[attr-defined]
@@ -214,7 +214,7 @@ class TestAdminTelemetry:
         forbidden = 'gateway_admin_changes_total{action="suspension.create",result="forbidden"}'
         refused = 'gateway_admin_changes_total{action="suspension.lift",result="refused"}'
         before = sample(stack, forbidden), sample(stack, refused)
-        with caplog.at_level(logging.INFO, logger="gateway.admin.app"):
+        with caplog.at_level(logging.INFO, logger="gateway.admin"):
             assert admin(stack, "POST", "/admin/suspensions", SUSPENSION, token=VIEWER)[0] == 403
             assert admin(stack, "DELETE", "/admin/suspensions/no-such-suspension")[0] == 404
         events = [(r.actor, r.action, r.result, r.levelname) for r in admin_events(caplog)]  # type: ignore[attr-defined]
@@ -223,7 +223,7 @@ class TestAdminTelemetry:
         assert (sample(stack, forbidden), sample(stack, refused)) == (before[0] + 1, before[1] + 1)
 
     def test_reads_are_logged_not_counted_as_changes(self, stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
-        with caplog.at_level(logging.INFO, logger="gateway.admin.app"):
+        with caplog.at_level(logging.INFO, logger="gateway.admin"):
             assert admin(stack, "GET", "/admin/changes", token=VIEWER)[0] == 200
         [event] = admin_events(caplog)
         assert (event.actor, event.action, event.result) == ("auditor-bob", "changes.list", "ok")  # type: ignore[attr-defined]
@@ -237,7 +237,7 @@ class TestAdminTelemetry:
         invalid = 'gateway_admin_auth_failures_total{reason="invalid"}'
         missing = 'gateway_admin_auth_failures_total{reason="missing"}'
         before = sample(stack, invalid), sample(stack, missing)
-        with caplog.at_level(logging.INFO, logger="gateway.admin.app"):
+        with caplog.at_level(logging.INFO, logger="gateway.admin"):
             assert admin(stack, "PUT", "/admin/policy", {}, token="guessed-token")[0] == 401
             assert admin(stack, "GET", "/admin/changes", token=None)[0] == 401
         events = [(r.reason, r.client_ip, r.path) for r in admin_events(caplog)]  # type: ignore[attr-defined]

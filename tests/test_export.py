@@ -86,7 +86,7 @@ class TestRecordFields:
     def test_every_field_but_null_is_an_attribute(self) -> None:
         attributes = log_fields(self.RECORD).attributes
         assert "gateway.error" not in attributes
-        assert attributes["gateway.policy.reasons"] == ["jurisdiction_of_concern"]
+        assert attributes["gateway.reasons"] == ["jurisdiction_of_concern"]
         assert attributes["gateway.covered"] is True and attributes["gateway.seq"] == 7
         assert attributes["gateway.revoked"] == '{"reasons":["x"],"status":451}'
 
@@ -119,13 +119,13 @@ class TestLogStream:
                                  and list(receiver.logs))
         by_id = {record["attributes"]["gateway.decision_id"]: record for record in logs}
         allow, deny, refused = by_id[allowed[1]], by_id[denied[1]], by_id[unauthenticated[1]]
-        assert allow["attributes"]["gateway.policy.decision"] == "allow" and allow["severity_text"] == "INFO"
+        assert allow["attributes"]["gateway.decision"] == "allow" and allow["severity_text"] == "INFO"
         assert allow["body"].startswith("allow 200 ") and "org=org-acme" in allow["body"]
-        assert deny["attributes"]["gateway.policy.decision"] == "deny" and deny["severity_text"] == "WARN"
+        assert deny["attributes"]["gateway.decision"] == "deny" and deny["severity_text"] == "WARN"
         assert deny["body"].startswith("deny 451 jurisdiction_of_concern")
         assert deny["attributes"]["gateway.observed_country"] == "CN"
         assert refused["attributes"]["gateway.status"] == 401
-        assert allow["event_name"] == "gateway.policy.decision"
+        assert allow["event_name"] == "gateway.decision"
         assert receiver.encodings == {"gzip"}
         assert allow["resource"]["service.name"] == "frontier-gateway"
         assert allow["resource"]["replica"] == allow["attributes"]["gateway.replica"]
@@ -210,7 +210,7 @@ class TestTracing:
         root = spans["request"]
         assert root["kind"] == 2  # SPAN_KIND_SERVER
         assert root["attributes"]["http.response.status_code"] == 200
-        assert root["attributes"]["gateway.policy.decision"] == "allow"
+        assert root["attributes"]["gateway.decision"] == "allow"
         assert root["resource"]["service.name"] == "frontier-gateway"
         for name in ("identity", "geo", "decide", "upstream"):
             assert spans[name]["trace_id"] == root["trace_id"]
@@ -226,7 +226,7 @@ class TestTracing:
         spans = self.spans_of(receiver, decision_id, 4)
         assert set(spans) == {"request", "identity", "geo", "decide"}
         assert spans["decide"]["attributes"]["gateway.allowed"] is False
-        assert spans["request"]["attributes"]["gateway.policy.decision"] == "deny"
+        assert spans["request"]["attributes"]["gateway.decision"] == "deny"
 
 
 def test_without_export_no_opentelemetry_code_is_loaded(tmp_path: Path) -> None:

@@ -154,7 +154,7 @@ class TestHotSwap:
     def test_a_replaced_database_is_used_without_a_restart(self, swapped: tuple[Stack, Path],
                                                              caplog: pytest.LogCaptureFixture) -> None:
         stack, path = swapped
-        caplog.set_level(logging.INFO, logger="gateway.geo.reader")
+        caplog.set_level(logging.INFO, logger="gateway.geo")
         assert chat(stack, COVERED)[0] == 200
         replace(path, lambda staged: country_db(staged, days_old=0, country="IR"))
         wait_for(stack, "country", "success")
@@ -165,7 +165,7 @@ class TestHotSwap:
     def test_a_corrupt_replacement_is_refused_and_the_running_database_kept(
             self, swapped: tuple[Stack, Path], caplog: pytest.LogCaptureFixture) -> None:
         stack, path = swapped
-        caplog.set_level(logging.INFO, logger="gateway.geo.reader")
+        caplog.set_level(logging.INFO, logger="gateway.geo")
         before = chat(stack, NOT_COVERED)[0]
         replace(path, garbage)
         wait_for(stack, "country", "refused")

@@ -103,7 +103,7 @@ def test_a_port_in_use_is_one_line_before_logging_starts(tmp_path: Path) -> None
 
 
 def record(message: str, *args: Any, exc_info: Any = None, **extra: Any) -> logging.LogRecord:
-    return logging.getLogger("gateway.admin.app").makeRecord("gateway.admin.app", logging.INFO, __file__, 1, message, args,
+    return logging.getLogger("gateway.admin").makeRecord("gateway.admin", logging.INFO, __file__, 1, message, args,
                                                          exc_info, extra=extra)
 
 
@@ -128,4 +128,4 @@ def test_a_json_event_stays_on_one_line_whatever_its_message_holds() -> None:
 
 def test_text_events_end_with_their_fields() -> None:
     line = TextFormatter().format(record("admin %s", "policy.replace", actor="alice"))
-    assert line.endswith("INFO gateway.admin.app: admin policy.replace actor=alice")
+    assert line.endswith("INFO gateway.admin: admin policy.replace actor=alice")

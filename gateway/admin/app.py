@@ -40,7 +40,7 @@ from gateway.metrics import Metrics
 from gateway.policy.issues import PolicyError
 from gateway.policy.snapshot import Suspension
 
-log = logging.getLogger("gateway.admin.app")
+log = logging.getLogger("gateway.admin")
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 MAX_ADMIN_BODY = 64 * 1024 * 1024
 Handler = Callable[[Request], Awaitable[Response]]

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 PREFIX = "gateway."
-EVENT_NAME = "gateway.policy.decision"
+EVENT_NAME = "gateway.decision"
 MAX_ATTRIBUTES = 64        # a record has about 35 fields; a bound, should one ever grow
 MAX_ATTRIBUTE_CHARS = 1024  # as an audit record keeps a string whole (MAX_FIELD_CHARS)
 

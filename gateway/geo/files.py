@@ -45,7 +45,7 @@ from gateway.geo.region_overlay import RegionOverlay, default_region_overlay
 from gateway.metrics import Metrics
 from gateway.policy.snapshot import Policy
 
-log = logging.getLogger("gateway.geo.reader")
+log = logging.getLogger("gateway.geo")
 
 DAY_S = 86_400.0
 POLL_S = 1.0  # as the policy files (gateway/live/state.py)

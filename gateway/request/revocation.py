@@ -44,7 +44,7 @@ from gateway.metrics import Metrics
 from gateway.policy.snapshot import Policy
 from gateway.policy.reasons import Reason
 
-log = logging.getLogger("gateway.request.revocation")
+log = logging.getLogger("gateway.revocation")
 
 REVOKED = "revoked"  # the audit record's `error` for a request ended this way
 

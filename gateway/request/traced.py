@@ -99,7 +99,7 @@ class TracedGateway(Gateway):
             decision = exchange.decision
             allowed = decision is not None and decision.allowed and (exchange.forwarded or exchange.status < 400)
             root.set_attribute("http.response.status_code", exchange.status)
-            root.set_attribute("gateway.policy.decision", "allow" if allowed else "deny")
+            root.set_attribute("gateway.decision", "allow" if allowed else "deny")
             if exchange.status >= 500:
                 root.set_status(StatusCode.ERROR)
         return written
@@ -107,7 +107,7 @@ class TracedGateway(Gateway):
 
 def _decided(span: Span, decision: Decision) -> None:
     span.set_attribute("gateway.allowed", decision.allowed)
-    span.set_attribute("gateway.policy.reasons", [str(reason) for reason in decision.reasons])
+    span.set_attribute("gateway.reasons", [str(reason) for reason in decision.reasons])
     span.set_attribute("gateway.policy_version", decision.policy_version)
 
 
