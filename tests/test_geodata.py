@@ -120,7 +120,7 @@ def test_attribution() -> None:
     assert "IP Geolocation by DB-IP" in geodata.ATTRIBUTION
     assert "https://db-ip.com" in geodata.ATTRIBUTION
     assert "CC BY 4.0" in geodata.ATTRIBUTION
-    notice = (Path(geodata.__file__).parent / "data" / "ATTRIBUTION.md").read_text()
+    notice = (Path(geodata.__file__).parents[1] / "data" / "ATTRIBUTION.md").read_text()
     assert "IP Geolocation by DB-IP" in notice and "https://db-ip.com" in notice
     assert geodata.SOURCE_PACKAGE.rsplit("@", 1)[1] in notice
 
@@ -252,6 +252,6 @@ def test_the_shipped_region_overlay() -> None:
     assert f"{built:%Y-%m-%d}" == region_overlay.DATA_DATE
     assert region_overlay.SOURCE_PACKAGE in meta.description["en"]
     overlay.close()
-    notice = (Path(geodata.__file__).parent / "data" / "ATTRIBUTION.md").read_text()
+    notice = (Path(geodata.__file__).parents[1] / "data" / "ATTRIBUTION.md").read_text()
     assert "IP to City Lite" in notice and region_overlay.SOURCE_PACKAGE.rsplit("@", 1)[1] in notice
     assert "IP Geolocation by DB-IP" in region_overlay.ATTRIBUTION and "CC BY 4.0" in region_overlay.ATTRIBUTION

@@ -24,7 +24,7 @@ from uvicorn.server import ServerState
 from gateway.server import _uvicorn_config
 
 ROOT = Path(__file__).resolve().parent.parent
-LISTENER = ROOT / "gateway" / "listener.py"
+LISTENER = ROOT / "gateway" / "request" / "listener.py"
 # Hooks the listener overrides that uvicorn itself calls (the parser callbacks are httptools'
 # public interface): an override of a hook uvicorn no longer calls would silently do nothing.
 UVICORN_HOOKS = ("send_400_response", "on_response_complete", "_unsupported_upgrade_warning")
