@@ -34,6 +34,12 @@ def test_every_package_says_what_is_in_it() -> None:
     assert not silent, f"packages without a docstring listing their modules: {silent}"
 
 
+def test_the_architecture_doc_says_where_every_package_lives() -> None:
+    documented = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    packages = sorted(path.name for path in PACKAGE.iterdir() if path.is_dir() and path.name != "__pycache__")
+    assert [name for name in packages if f"| `gateway/{name}/` |" not in documented] == []
+
+
 def test_the_product_never_imports_the_developer_tools() -> None:
     offenders = {str(path.relative_to(PACKAGE.parent)): sorted(name for name in imported_names(path)
                                                                 if name.split(".")[0] == "devtools")

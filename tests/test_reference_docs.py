@@ -23,7 +23,8 @@ from gateway.admin.app import create_admin_app
 from gateway.config import ENV_PREFIX, Config, load_config
 from gateway.metrics import Metrics
 from gateway.policy import schema as policy_schema
-from gateway.policy.load import ASSERTIONS, FILES as POLICY_LOAD_FILES, FRAMEWORK, JURISDICTIONS, MODELS, ORGANIZATIONS, SUSPENSIONS
+from gateway.policy.load import (ASSERTIONS, FILES as POLICY_LOAD_FILES, FRAMEWORK, JURISDICTIONS, MODELS, ORGANIZATIONS,
+                                 SUSPENSIONS)
 from gateway.policy.reasons import PRECEDENCE, Reason, status_of
 from test_admin import VIEWER, admin, admin_config, audit_record, chat
 
