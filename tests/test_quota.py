@@ -100,7 +100,7 @@ def tokens_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def tokens(tokens_stack: Stack) -> Iterator[Stack]:
     """The stack with today's budget unspent (a fresh in-process counter) and a quick upstream."""
     assert tokens_stack.service.gateway is not None
-    tokens_stack.service.gateway.request.quota = LocalQuota()
+    tokens_stack.service.gateway.quota = LocalQuota()
     tokens_stack.upstream.app.reset()
     yield tokens_stack
     tokens_stack.upstream.app.stream_delay_s = 0.0

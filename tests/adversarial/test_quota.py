@@ -56,7 +56,7 @@ def gw(quota_stack: Stack, caplog: pytest.LogCaptureFixture) -> Iterator[Probe]:
     """The probe on a fresh upstream record, today's budget unspent; afterwards, no
     request may have ended in an exception the gateway caught."""
     assert quota_stack.service.gateway is not None
-    quota_stack.service.gateway.request.quota = LocalQuota()
+    quota_stack.service.gateway.quota = LocalQuota()
     quota_stack.upstream.app.reset()
     caplog.set_level(logging.ERROR, logger="gateway")
     yield Probe(quota_stack)
