@@ -197,7 +197,7 @@ def policy_keys(model: type[BaseModel], prefix: str) -> Iterator[str]:
 
 
 def documented_policy_keys(file: str) -> list[str]:
-    """The keys in the first column of `## \`file\``'s table, as patterns: a placeholder (NAME, ID,
+    """The keys in the first column of the file's section table, as patterns: a placeholder (NAME, ID,
     TIER) or `*` stands for any one name, and `a` / `b` documents both."""
     section = POLICY_REFERENCE.split(f"\n## `{file}`\n", 1)[1].split("\n## ", 1)[0]
     cells = re.findall(r"^\| (`[^|]+`) \|", section, flags=re.M)
