@@ -192,7 +192,9 @@ Entry = Union[dict[str, Any], Callable[[str, int, str], dict[str, Any]]]
 
 class AuditFile:
     """The local JSONL file and the chain state. Used from one thread at a time (the
-    AuditLog's event loop or its worker thread, never both at once): nothing here is async."""
+    AuditLog's event loop or its worker thread, never both at once), except `sync()`,
+    which the syncer's thread calls meanwhile: it only reads how much was written and
+    fsyncs the descriptor. Nothing here is async."""
 
     def __init__(self, path: str | Path, *, replica: str | None = None, max_bytes: int = 100 * 1024 * 1024,
                  keep: int = 10, mode: FileMode = FileMode(), durable: bool = True) -> None:
@@ -321,7 +323,7 @@ class AuditFile:
         self.written += len(data)
 
     def sync(self) -> None:
-        """fsync what was written so far (blocking: on the audit thread). The count is read
+        """fsync what was written so far (blocking: on the syncer's thread). The count is read
         before the call, so it never claims a write that came after."""
         target, fd = self.written, self.fd
         if not self.regular:  # a device or pipe: nothing to fsync
