@@ -3,8 +3,9 @@ chain, and `AuditFile`, the rotating JSONL file that holds the chain.
 
 The chain: every record carries `replica` (this writer's stable id), `seq`
 (1, 2, ... per replica, across restarts and rotations), `prev` (the hash of
-the record before, 64 zeros before the first) and `hash`, the SHA-256 of the
-record's canonical JSON (sorted keys, no spaces, UTF-8) without `hash`.
+the record before, 64 zeros before the first), `format` (the canonical form,
+gateway/audit/canonical.py) and `hash`, the SHA-256 of the record's canonical
+JSON (sorted keys, no spaces, UTF-8) without `hash`.
 `verify()` (`gateway audit verify`) recomputes all of it.
 
 Canonical JSON is orjson's (sorted keys): its strings are escaped as Python's json
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Union
 
 from gateway.audit.bounds import MAX_FIELD_CHARS, bounded
-from gateway.audit.canonical import canonical
+from gateway.audit.canonical import FORMAT, canonical
 from gateway.audit.files import FileMode, sync_directory
 
 log = logging.getLogger("gateway.audit")
@@ -88,7 +89,7 @@ def seal(entry: dict[str, Any], replica: str, seq: int, prev: str) -> Sealed:
 
 
 def _sealed(entry: dict[str, Any], replica: str, seq: int, prev: str) -> Sealed:
-    record = {**entry, "replica": replica, "seq": seq, "prev": prev}
+    record = {**entry, "replica": replica, "seq": seq, "prev": prev, "format": FORMAT}
     record.pop("hash", None)
     return _hashed(record, seq)
 
