@@ -88,6 +88,7 @@ async def run(args: argparse.Namespace, directory: Path) -> int:
     token, jwks = signing_key(directory)
     bench_policy(directory)
     args.install = True
+    args.audit_fsync, args.audit_sign = None, False  # the gateway's defaults (bench/proxy.py can vary them)
     bench = Bench(directory, env, token, jwks, args)
     try:
         await bench.start_upstream()

@@ -212,6 +212,7 @@ class Service:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.revocations is not None:  # after the listeners: requests still draining stay revocable
             await self.revocations.stop()
+        await self.quota.close()  # the settlements not yet sent; before live.stop() closes the Redis client
         await self.audit.close()  # before live.stop(), which closes the Redis client the audit stream uses
         await self.stop_export()
         await self.control.stop()

@@ -143,7 +143,7 @@ class TestChain:
         path = tmp_path / "audit.jsonl"
         asyncio.run(write(path, [entry(1)]))
         [record] = records(path)
-        del record["hash"]
+        del record["hash"], record["format"]  # as written then, before records named their format
         record["ratio"] = 1e-05
         body = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         assert body != canonical(record)
@@ -152,6 +152,39 @@ class TestChain:
         assert verify([path]).ok
         path.write_bytes(line.replace(b"1e-05", b"2e-05"))
         assert not verify([path]).ok
+
+    def test_records_name_their_format_and_older_files_without_it_verify_with_them(
+            self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """New records carry format 2 (orjson's canonical form only); a file written before
+        the field (hashed by Python's json, 1e-05) and continued by this version verifies
+        with `gateway audit verify`; format 2 with the old form's bytes, or a format this
+        version does not know, does not."""
+        path = tmp_path / "audit.jsonl"
+        old, prev = [], ZERO_HASH
+        for seq in (1, 2):
+            record = {**entry(seq), "ratio": 1e-05, "replica": "gw-a", "seq": seq, "prev": prev}
+            body = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            prev = hashlib.sha256(body).hexdigest()
+            old.append(body[:-1] + b',"hash":"' + prev.encode() + b'"}\n')
+        path.write_bytes(b"".join(old))
+        asyncio.run(write(path, [entry(3, ratio=1e-05)], replica="gw-a"))
+        written = records(path)
+        assert [r.get("format") for r in written] == [None, None, 2] and written[2]["seq"] == 3
+        assert verify_cli(capsys, str(path))[0] == 0
+
+        def resealed(record: dict[str, Any], body: bytes) -> bytes:
+            return body[:-1] + b',"hash":"' + hashlib.sha256(body).hexdigest().encode() + b'"}\n'
+
+        first = {**written[0], "format": 2}
+        del first["hash"]
+        legacy = json.dumps(first, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        path.write_bytes(resealed(first, legacy))  # format 2 claimed, hashed the old way
+        code, out = verify_cli(capsys, str(path))
+        assert code != 0 and "hash mismatch" in out
+        unknown = {**first, "format": 3}
+        path.write_bytes(resealed(unknown, canonical(unknown)))
+        code, out = verify_cli(capsys, str(path))
+        assert code != 0 and "unknown record format 3" in out
 
     def test_every_record_is_one_line_for_every_reader(self, tmp_path: Path) -> None:
         path = tmp_path / "audit.jsonl"

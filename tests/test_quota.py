@@ -21,7 +21,7 @@ import redis.asyncio
 from conftest import REFERENCE_POLICY
 from e2e import US_IP, Stack
 from fleet import policy_variant, start_fleet, wait_for
-from gateway.request.quota import HELD_RETRY_S, LocalQuota, RedisQuota, Reservation
+from gateway.request.quota import HELD_RETRY_S, SETTLE_DELAY_S, LocalQuota, RedisQuota, Reservation
 from test_gateway import request
 
 
@@ -271,7 +271,11 @@ def test_a_burst_across_a_fleet_stays_within_the_budget(tmp_path: Path, redis_ur
         body = burst_body()
         key = fleet.key("org-public")
         check_burst(asyncio.run(burst([replica.url for replica in fleet.replicas], key, body)), body)
-        assert fleet.a.chat(key).status == 200 and fleet.b.chat(key).status == 200
+        # Each replica sends its settlements within SETTLE_DELAY_S: the holds are gone then.
+        time.sleep(20 * SETTLE_DELAY_S)
+        assert fleet.a.chat(key).status == 200
+        time.sleep(20 * SETTLE_DELAY_S)
+        assert fleet.b.chat(key).status == 200
     finally:
         fleet.close()
 
@@ -291,6 +295,37 @@ def test_redis_holds_and_settles_atomically(redis_url: str) -> None:
             assert await quota.admit("org-r", None, 1000, now, reserve=300) is None
             await quota.settle(Reservation("org-r", 300, now), 960)  # spent: 1000
             assert await quota.admit("org-r", None, 1000, now, reserve=300) > HELD_RETRY_S  # until tomorrow
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_redis_settlements_go_together_and_this_replica_never_admits_against_a_released_hold(redis_url: str) -> None:
+    """The request path's settlements (`settle_soon`) reach Redis a few milliseconds later,
+    one script per org and day; an admission on the same replica meanwhile carries its
+    org's, so the tokens a finished request released are free for the next one at once;
+    another replica sees them once sent; close() sends what is left."""
+    async def run() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        namespace = f"test-{uuid.uuid4().hex[:8]}"
+        here, there = RedisQuota(client, namespace, settle_delay_s=0.2), RedisQuota(client, namespace)
+        now = time.time()
+        try:
+            assert await here.admit("org-s", None, 1000, now, reserve=600) is None
+            assert await there.admit("org-s", None, 1000, now, reserve=400) is None
+            assert await here.admit("org-s", None, 1000, now) == HELD_RETRY_S  # 1000 held
+            here.settle_soon(Reservation("org-s", 600, now), 100)  # not sent yet
+            assert await there.admit("org-s", None, 1000, now) == HELD_RETRY_S  # the other replica: not yet
+            assert await here.admit("org-s", None, 1000, now, reserve=500) is None  # carried it: 100 + 400 held
+            assert await there.admit("org-s", None, 1000, now) == HELD_RETRY_S  # 100 + 900 held
+            here.settle_soon(Reservation("org-s", 500, now), 20)
+            here.settle_soon(Reservation("org-s", 400, now), 30)  # the other replica's hold, settled here
+            await asyncio.sleep(0.3)  # sent together
+            assert await there.admit("org-s", None, 1000, now, reserve=840) is None  # spent 150, held 840
+            there.settle_soon(Reservation("org-s", 840, now), 850)
+            await there.close()  # sent at once: spent 1000, until tomorrow
+            assert await here.admit("org-s", None, 1000, now) > HELD_RETRY_S
         finally:
             await client.aclose()
 

@@ -23,7 +23,7 @@ from gateway.audit.canonical import canonical
 MAX_RECORD_BYTES = 4096  # a written line, chain fields included: a few times an ordinary record
 MAX_FIELD_CHARS = 1024  # the longest string a record keeps whole
 SHORT_FIELD_CHARS = 128
-# What seal() adds: replica (at most 128 + a suffix), seq, prev and hash.
+# What seal() adds: replica (at most 128 + a suffix), seq, prev, format and hash.
 _CHAIN_BYTES = 400
 _ENTRY_BYTES = MAX_RECORD_BYTES - _CHAIN_BYTES
 # The keys and the fields that are not strings (numbers, reason lists): well under this.

@@ -6,6 +6,10 @@ module escapes them with ensure_ascii off, and its floats are the shortest form 
 reads back to the same float. Python's json writes a few floats otherwise (1e-05
 where orjson writes 0.00001); records written by earlier versions with that
 serializer verify too (`legacy_canonical`).
+
+Records sealed since carry `"format": 2` (FORMAT), which names their canonical form:
+a verifier hashes such a record with `canonical` alone, and a record without one (from
+before) with either form. A later change of the canonical form would take the next number.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import json
 from typing import Any
 
 import orjson
+
+FORMAT = 2  # the canonical form of the records sealed now (1, implicit: Python's json)
 
 
 def canonical(record: dict[str, Any]) -> bytes:

@@ -3,8 +3,9 @@ chain, and `AuditFile`, the rotating JSONL file that holds the chain.
 
 The chain: every record carries `replica` (this writer's stable id), `seq`
 (1, 2, ... per replica, across restarts and rotations), `prev` (the hash of
-the record before, 64 zeros before the first) and `hash`, the SHA-256 of the
-record's canonical JSON (sorted keys, no spaces, UTF-8) without `hash`.
+the record before, 64 zeros before the first), `format` (the canonical form,
+gateway/audit/canonical.py) and `hash`, the SHA-256 of the record's canonical
+JSON (sorted keys, no spaces, UTF-8) without `hash`.
 `verify()` (`gateway audit verify`) recomputes all of it.
 
 Canonical JSON is orjson's (sorted keys): its strings are escaped as Python's json
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Union
 
 from gateway.audit.bounds import MAX_FIELD_CHARS, bounded
-from gateway.audit.canonical import canonical
+from gateway.audit.canonical import FORMAT, canonical
 from gateway.audit.files import FileMode, sync_directory
 
 log = logging.getLogger("gateway.audit")
@@ -88,7 +89,7 @@ def seal(entry: dict[str, Any], replica: str, seq: int, prev: str) -> Sealed:
 
 
 def _sealed(entry: dict[str, Any], replica: str, seq: int, prev: str) -> Sealed:
-    record = {**entry, "replica": replica, "seq": seq, "prev": prev}
+    record = {**entry, "replica": replica, "seq": seq, "prev": prev, "format": FORMAT}
     record.pop("hash", None)
     return _hashed(record, seq)
 
@@ -192,7 +193,9 @@ Entry = Union[dict[str, Any], Callable[[str, int, str], dict[str, Any]]]
 
 class AuditFile:
     """The local JSONL file and the chain state. Used from one thread at a time (the
-    AuditLog's event loop or its worker thread, never both at once): nothing here is async."""
+    AuditLog's event loop or its worker thread, never both at once), except `sync()`,
+    which the syncer's thread calls meanwhile: it only reads how much was written and
+    fsyncs the descriptor. Nothing here is async."""
 
     def __init__(self, path: str | Path, *, replica: str | None = None, max_bytes: int = 100 * 1024 * 1024,
                  keep: int = 10, mode: FileMode = FileMode(), durable: bool = True) -> None:
@@ -321,7 +324,7 @@ class AuditFile:
         self.written += len(data)
 
     def sync(self) -> None:
-        """fsync what was written so far (blocking: on the audit thread). The count is read
+        """fsync what was written so far (blocking: on the syncer's thread). The count is read
         before the call, so it never claims a write that came after."""
         target, fd = self.written, self.fd
         if not self.regular:  # a device or pipe: nothing to fsync

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gateway.audit.canonical import canonical
+from gateway.audit.canonical import FORMAT, canonical
 from gateway.audit.files import FileMode
 from gateway.audit.signing import SigningKey
 
@@ -70,7 +70,7 @@ class Pending:
             "previous_checkpoint": {"seq": self.previous[0], "hash": self.previous[1]} if self.previous else None,
             "key_id": self.key.public.id,
         }
-        body = entry | {"replica": replica, "seq": seq, "prev": prev}
+        body = entry | {"replica": replica, "seq": seq, "prev": prev, "format": FORMAT}  # as seal() adds them
         return entry | {"signature": self.key.sign(signed_bytes(body))}
 
 

@@ -25,9 +25,10 @@ Durability (`audit.fsync`): a write(2) puts a record in the page cache, which
 outlives the process (a crash, kill -9) but not the machine (a power cut, a kernel
 panic). `always`: the answer also waits for the fsync that covers its record; the
 records written meanwhile share that fsync (group commit). `batch` (the default):
-the answer waits for the write only; an fsync on the audit thread follows at most
+the answer waits for the write only; an fsync on the syncer's thread follows at most
 SYNC_DELAY_S later and covers every record written meanwhile. `never`: the OS
-writes back when it will. The fsyncs run on the audit thread, never the event loop.
+writes back when it will. The fsyncs run on a thread of their own (gateway/audit/syncer.py),
+never the event loop.
 
 Signed checkpoints (gateway/audit/checkpoints.py), when a signing key is configured:
 one after a write brings the records since the last one to `checkpoint_every`, one
@@ -64,6 +65,7 @@ from gateway.audit.chain import AuditFile, Entry, Sealed, default_replica, lines
 from gateway.audit.files import FileMode
 from gateway.audit.signing import SigningKey
 from gateway.audit.stream import BATCH, RETRY_S, AuditStream
+from gateway.audit.syncer import Syncer
 from gateway.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -106,9 +108,7 @@ class AuditLog:
         self.path = self.file.path
         self.fsync = fsync
         self._synced: deque[tuple[int, asyncio.Future[None]]] = deque()  # (bytes written, done once synced)
-        self._dirty = asyncio.Event()
-        self._sync_ok = True
-        self._syncer: asyncio.Task[None] | None = None
+        self._syncer: Syncer | None = None
         self.checkpointing = checkpointing
         self._since_checkpoint = 0               # records written after the last checkpoint
         self._last_checkpoint: tuple[int, str] | None = None
@@ -141,7 +141,7 @@ class AuditLog:
 
     @property
     def healthy(self) -> bool:
-        return (self.file_ok and self._sync_ok and len(self.queue) < self.high_water
+        return (self.file_ok and (self._syncer is None or self._syncer.ok) and len(self.queue) < self.high_water
                 and (self.stream is None or self.stream.ok))
 
     @property
@@ -184,8 +184,8 @@ class AuditLog:
         if self._checkpoint_due(len(batch)):
             entries.append(self._new_checkpoint())
         sealed = self.file.append(entries)
-        if self.fsync != "never" and sealed:
-            self._dirty.set()
+        if self._syncer is not None and sealed:
+            self._syncer.wanted()
         if self.stream is not None:
             self.stream.push(sealed, self.file.seq)
         if self.export is not None:
@@ -259,28 +259,13 @@ class AuditLog:
 
     # Durability
 
-    async def _sync_forever(self) -> None:
-        delay = RETRY_S[0]
-        while True:
-            await self._dirty.wait()
-            if self.fsync == "batch":
-                await asyncio.sleep(SYNC_DELAY_S)
-            self._dirty.clear()
-            try:
-                await self._io(self.file.sync)
-            except OSError as exc:
-                if self._sync_ok:
-                    log.error("audit file %s cannot be fsynced, refusing requests until it can: %r", self.path, exc)
-                self._sync_ok = False
-                self._dirty.set()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_S[1])
-                continue
-            self._sync_ok, delay = True, RETRY_S[0]
-            while self._synced and self._synced[0][0] <= self.file.synced:
-                done = self._synced.popleft()[1]
-                if not done.done():
-                    done.set_result(None)
+    def _release_synced(self) -> None:
+        """audit.fsync `always`: the answers whose records the last fsync covered may end
+        (called on the loop by the syncer)."""
+        while self._synced and self._synced[0][0] <= self.file.synced:
+            done = self._synced.popleft()[1]
+            if not done.done():
+                done.set_result(None)
 
     def _write_failed(self, exc: BaseException) -> None:
         if self.file_ok:
@@ -302,7 +287,10 @@ class AuditLog:
             await self._io(self._resume_checkpoints)
             self._timer = asyncio.get_running_loop().create_task(self._checkpoint_timer())
         if self.fsync != "never":
-            self._syncer = asyncio.get_running_loop().create_task(self._sync_forever())
+            always = self.fsync == "always"
+            self._syncer = Syncer(self.file, delay_s=0.0 if always else SYNC_DELAY_S, loop=asyncio.get_running_loop(),
+                                  on_synced=self._release_synced if always else None)
+            self._syncer.start()
         if self.stream is not None:
             if self.file_ok:
                 self.stream.written_seq = self.file.seq
@@ -355,7 +343,7 @@ class AuditLog:
         if self.queue:
             self.metrics.audit_lost.inc(len(self.queue))
             log.error("audit: %d records could not be written before shutdown", len(self.queue))
-        for task in (self._writer, self._timer, self._syncer):
+        for task in (self._writer, self._timer):
             if task is not None:
                 task.cancel()
                 await asyncio.wait([task], timeout=2)
@@ -363,6 +351,8 @@ class AuditLog:
             await asyncio.wait(self._copying, timeout=2)
         if self.stream is not None:
             await self.stream.close(timeout=min(2.0, max(0.0, deadline - loop.time())))
+        if self._syncer is not None:
+            await self._io(self._syncer.stop)
         await self._io(self.file.close)  # fsyncs, unless audit.fsync is never
         for _, synced in self._synced:
             if not synced.done():

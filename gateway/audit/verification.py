@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.audit.canonical import canonical, legacy_canonical
+from gateway.audit.canonical import FORMAT, canonical, legacy_canonical
 from gateway.audit.chain import ZERO_HASH
 from gateway.audit.checkpoints import Outside
 from gateway.audit.evidence import Evidence
@@ -179,7 +179,12 @@ def _check(result: Verification, file: str, number: int, raw: bytes, rest: Itera
         return problem("malformed", record_or_problem)
     replica, seq, prev, digest = record_or_problem
     body = {k: v for k, v in record.items() if k != "hash"}
-    if not any(_hash_of(body, form) == digest for form in (canonical, legacy_canonical)):
+    form = record.get("format")
+    if form is not None and (type(form) is not int or form != FORMAT):
+        return problem("malformed", f"unknown record format {form!r}: this version reads format {FORMAT} "
+                                    "and records without one")
+    forms = (canonical,) if form is not None else (canonical, legacy_canonical)  # none: written before format 2
+    if not any(_hash_of(body, serialize) == digest for serialize in forms):
         return problem("edited", "hash mismatch: the record is not what was written (edited after it was written)")
 
     chain = result.replicas.get(replica)

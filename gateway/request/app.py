@@ -469,11 +469,12 @@ class Gateway:
         if exchange.completed:
             return
         exchange.completed = True
-        await self.count_tokens(exchange)
+        self.count_tokens(exchange)
         await self.settle(exchange)
 
-    async def count_tokens(self, exchange: Exchange) -> None:
-        """Settle the reservation with the usage the complete answer reports."""
+    def count_tokens(self, exchange: Exchange) -> None:
+        """Settle the reservation with the usage the complete answer reports (never
+        waiting for it: gateway/request/quota.py)."""
         held = exchange.reservation
         if held is None:
             return
@@ -481,10 +482,7 @@ class Gateway:
         tap = exchange.tokens
         exchange.tokens_used = tap.tokens(stream=exchange.streamed) if tap is not None else None
         exchange.tokens_charged = _charge(exchange, held)
-        try:
-            await self.quota.settle(held, exchange.tokens_charged)
-        except Exception as error:  # the hold stays until the day ends: fail closed
-            log.warning("could not settle %d tokens for %s: %r", held.tokens, held.org_id, error)
+        self.quota.settle_soon(held, exchange.tokens_charged)
 
     def release(self, exchange: Exchange) -> None:
         """Settle a reservation the answer did not (the client or the upstream went away,
@@ -493,10 +491,7 @@ class Gateway:
         if held is None:
             return
         exchange.tokens_charged = _charge(exchange, held)
-        task = asyncio.ensure_future(self.quota.settle(held, exchange.tokens_charged))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        task.add_done_callback(_settled)
+        self.quota.settle_soon(held, exchange.tokens_charged)
 
     async def list_models(self, exchange: Exchange, policy: Policy, facts: Facts, route: Route,
                           scope: Scope, send: Send) -> None:
@@ -761,12 +756,6 @@ def _charge(exchange: Exchange, held: Reservation) -> int:
         if (exchange.upstream_status or 0) >= 400:
             return 0
     return held.tokens
-
-
-def _settled(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        # The hold stays until the day ends: fail closed.
-        log.warning("could not settle a token reservation: %r", task.exception())
 
 
 def _unavailable(policy: Policy | None) -> Decision:

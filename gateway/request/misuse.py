@@ -8,6 +8,7 @@ traffic), each country with the last time it was seen.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Protocol
 
 
@@ -29,6 +30,8 @@ class LocalSightings:
                 self._prune(now)
             countries = self._seen[credential_id] = {}
         countries[country] = now
+        if len(countries) == 1:  # nearly every credential: one country, seen just now
+            return _only(country)
         horizon = now - self.window_s
         return frozenset(c for c, seen in countries.items() if seen >= horizon)
 
@@ -39,6 +42,11 @@ class LocalSightings:
             ordered = sorted(self._seen, key=lambda k: max(self._seen[k].values()))
             for key in ordered[: len(ordered) // 2]:
                 del self._seen[key]
+
+
+@lru_cache(maxsize=512)
+def _only(country: str) -> frozenset[str]:
+    return frozenset((country,))
 
 
 # KEYS: the credential's hash. ARGV: country, now, seconds to keep. Returns HGETALL's flat list.

@@ -9,19 +9,32 @@ charges what the upstream reported; when nothing can be read (no usage in the
 answer, the client or the upstream gone) the caller charges the whole hold.
 Every admitted request's hold was counted before the next was admitted, so the
 budget is overrun by at most one request's reservation, across all replicas.
+
+The request path settles with `settle_soon`, which never waits: in fleet mode the
+settlements of the next few milliseconds go to Redis together, one script per org
+and day, off the answer's path; an admission for an org with settlements still to
+send carries them in its own script, so this replica never admits against a hold
+it has already released. A settlement Redis does not take is not retried (it
+might have been applied): its hold stays until the day ends, which refuses early,
+never late (fail closed).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+log = logging.getLogger("gateway.quota")
 
 
 DAY = 86_400
 # Retry-After when only holds of requests in flight fill the budget: they settle
 # within a request's time, well before the day ends.
 HELD_RETRY_S = 1.0
+SETTLE_DELAY_S = 0.005  # fleet mode: settlements are sent together this long after the first, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +56,12 @@ class Quota(Protocol):
 
     async def settle(self, reservation: Reservation, charged: int) -> None:
         """Release the hold and add `charged` tokens to its day's spending."""
+
+    def settle_soon(self, reservation: Reservation, charged: int) -> None:
+        """The same without waiting: done now, or within SETTLE_DELAY_S (see above)."""
+
+    async def close(self) -> None:
+        """Send the settlements not yet sent."""
 
 
 def _retry_after(window: int, now: float, length: int = 60) -> float:
@@ -81,6 +100,12 @@ class LocalQuota:
         return None
 
     async def settle(self, reservation: Reservation, charged: int) -> None:
+        self.settle_soon(reservation, charged)
+
+    async def close(self) -> None:
+        pass
+
+    def settle_soon(self, reservation: Reservation, charged: int) -> None:
         key = (reservation.org_id, int(reservation.at // DAY))
         held = self._held.get(key, 0) - reservation.tokens
         if held > 0:
@@ -95,9 +120,16 @@ class LocalQuota:
 
 # KEYS: today's spent tokens, this minute's requests, today's held tokens (one hash
 # slot: all carry {org}). ARGV: tokens per day, requests per minute (0: no limit), tokens
-# to hold, the tokens keys' lifetime. 0 admits; 1 (day spent), 2 (minute full) and 3
-# (held by requests in flight) refuse.
+# to hold, the tokens keys' lifetime, then today's settlements not yet sent (tokens
+# charged, tokens released; absent in earlier versions' calls), applied first. 0 admits;
+# 1 (day spent), 2 (minute full) and 3 (held by requests in flight) refuse.
 _ADMIT = """
+local charged, released = tonumber(ARGV[5] or '0'), tonumber(ARGV[6] or '0')
+if charged > 0 then
+  redis.call('INCRBY', KEYS[1], charged)
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+if released > 0 and redis.call('DECRBY', KEYS[3], released) <= 0 then redis.call('DEL', KEYS[3]) end
 local budget = tonumber(ARGV[1])
 if budget > 0 then
   local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -129,20 +161,32 @@ class RedisQuota:
     """The same counters in Redis per org: one script per admission, so N requests a
     minute are admitted exactly N times across all replicas, and the token check and
     hold are one step, in one round trip (a Lua script is atomic, and cheaper than
-    MULTI/EXEC on Redis Cluster). Settling is a second script, after the answer."""
+    MULTI/EXEC on Redis Cluster). Settling is a second script, after the answer, for
+    the settlements of a few milliseconds together (see the module's docstring)."""
 
-    def __init__(self, redis: Any, namespace: str = "fgw") -> None:
+    def __init__(self, redis: Any, namespace: str = "fgw", *, settle_delay_s: float = SETTLE_DELAY_S) -> None:
         self.redis = redis
         self.namespace = namespace
+        self.settle_delay_s = settle_delay_s
         self._admit = redis.register_script(_ADMIT)
         self._settle = redis.register_script(_SETTLE)
+        self._owed: dict[tuple[str, int], list[int]] = {}  # (org, day) -> [tokens charged, tokens released]
+        self._sending: asyncio.Task[None] | None = None
 
     async def admit(self, org_id: str, per_minute: int | None, tokens_per_day: int | None,
                     now: float, *, reserve: int = 0) -> float | None:
         day, window = int(now // DAY), int(now // 60)
         keys = [self._key("tpd", org_id, day), f"{self.namespace}:rpm:{{{org_id}}}:{window}",
                 self._key("tph", org_id, day)]
-        refused = int(await self._admit(keys, [tokens_per_day or 0, per_minute or 0, reserve, 2 * DAY]))
+        charged, released = self._owed.pop((org_id, day), (0, 0))
+        try:
+            refused = int(await self._admit(keys, [tokens_per_day or 0, per_minute or 0, reserve, 2 * DAY,
+                                                   charged, released]))
+        except BaseException:
+            if charged or released:
+                log.warning("could not settle %d tokens for %s (their hold stays until the day ends)", released,
+                            org_id)
+            raise
         if refused == 1:
             return _retry_after(day, now, DAY)
         if refused == 3:
@@ -150,9 +194,37 @@ class RedisQuota:
         return _retry_after(window, now) if refused == 2 else None
 
     async def settle(self, reservation: Reservation, charged: int) -> None:
-        day = int(reservation.at // DAY)
-        keys = [self._key("tpd", reservation.org_id, day), self._key("tph", reservation.org_id, day)]
-        await self._settle(keys, [charged, reservation.tokens, 2 * DAY])
+        """At once, in a script of its own."""
+        await self._send(reservation.org_id, int(reservation.at // DAY), charged, reservation.tokens)
+
+    def settle_soon(self, reservation: Reservation, charged: int) -> None:
+        owed = self._owed.setdefault((reservation.org_id, int(reservation.at // DAY)), [0, 0])
+        owed[0] += charged
+        owed[1] += reservation.tokens
+        if self._sending is None:
+            self._sending = asyncio.get_running_loop().create_task(self._send_owed(self.settle_delay_s))
+
+    async def close(self) -> None:
+        while self._sending is not None:  # at most SETTLE_DELAY_S, then its round trips
+            await self._sending
+        await self._send_owed(0.0)
+
+    async def _send_owed(self, delay_s: float) -> None:
+        """The settlements owed, SETTLE_DELAY_S after the first: one script per org and day
+        (an admission may have taken its org's meanwhile)."""
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        owed, self._owed, self._sending = self._owed, {}, None
+        for (org_id, day), (charged, released) in owed.items():
+            try:
+                await self._send(org_id, day, charged, released)
+            except Exception as error:  # the hold stays until the day ends: fail closed
+                log.warning("could not settle %d tokens for %s (their hold stays until the day ends): %r", released,
+                            org_id, error)
+
+    async def _send(self, org_id: str, day: int, charged: int, released: int) -> None:
+        keys = [self._key("tpd", org_id, day), self._key("tph", org_id, day)]
+        await self._settle(keys, [charged, released, 2 * DAY])
 
     def _key(self, kind: str, org_id: str, day: int) -> str:
         # `tpd` (spent) is the key earlier versions counted in: replicas of both
