@@ -24,7 +24,8 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp
 
 from gateway import admin_openapi, countries, explain
 from gateway.audit import lines_backwards
@@ -78,9 +79,10 @@ class Tokens:
 def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callable[[], list[str]],
                      live: LiveState, tokens: list[AdminToken], audit_path: str | None = None, *,
                      metrics_require_token: bool = False, control: ChangeControl,
-                     audit_public_key: PublicKey | None = None) -> Starlette:
+                     audit_public_key: PublicKey | None = None, console: ASGIApp | None = None) -> Starlette:
     """`ready_checks` returns what is missing for readiness (empty when ready); every change goes
-    through `control` (gateway/live/control.py)."""
+    through `control` (gateway/live/control.py); `console`, when given, is served at /console
+    (gateway/console/)."""
     known = Tokens(tokens)
 
     def guarded(role: str, action: str, handler: Callable[[Request, str], Awaitable[Response]]) -> Handler:
@@ -288,7 +290,9 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
     async def openapi(request: Request, actor: str) -> Response:
         return JSONResponse(admin_openapi.document())
 
+    console_routes = [Mount("/console", console)] if console is not None else []
     return Starlette(routes=[
+        *console_routes,
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from gateway import logs
 from gateway.admin import AdminRefusals, create_admin_app
@@ -34,7 +35,12 @@ from gateway.app import Gateway
 from gateway.audit import AuditLogs
 from gateway.audit.files import FileMode
 from gateway.audit.chain import default_replica
+from gateway.clientip import TrustedProxies
 from gateway.config import Config, is_loopback
+from gateway.console.app import create_console_app
+from gateway.console.context import Console
+from gateway.console.auth import Authority
+from gateway.console.sessions import MemorySessions, RedisSessions, SessionStore
 from gateway.export import record_export, tracing
 from gateway.geofiles import UNENFORCED_ANONYMIZERS, LiveGeo, configured_files, unenforced_anonymizer_rules
 from gateway.identity import Authenticator
@@ -174,7 +180,8 @@ class Service:
         signing_key = self.audit.signing_key
         admin = create_admin_app(self.state, self.metrics, self.missing, self.live, config.admin.tokens, config.audit.path,
                                  metrics_require_token=config.metrics_require_token, control=self.control,
-                                 audit_public_key=signing_key.public if signing_key is not None else None)
+                                 audit_public_key=signing_key.public if signing_key is not None else None,
+                                 console=self.console_app() if config.console.enabled else None)
         if config.change_control.approvals == 0:
             log.warning("change_control.approvals is 0: one operator token can loosen the policy at once, "
                         "with no second person (docs/operators.md, \"Change control\")")
@@ -192,6 +199,17 @@ class Service:
             if any(task.done() for task in self._tasks):
                 raise RuntimeError("a listener failed to start (is the port in use?)")
             await asyncio.sleep(0.01)
+
+    def console_app(self) -> ASGIApp:
+        """The operator console (gateway/console/): sessions in Redis in fleet mode, so any
+        replica serves them; in memory otherwise."""
+        config = self.config
+        sessions: SessionStore = (RedisSessions(self.store.redis, config.redis.namespace)
+                                  if isinstance(self.store, RedisStore) else MemorySessions())
+        authority = Authority(config.admin.tokens, sessions, config.console.session_ttl_s,
+                              TrustedProxies(config.trusted_proxies), self.metrics, time.time)
+        return create_console_app(Console(authority, self.state, self.live, self.control, self.metrics,
+                                          config.audit.path, self.missing, self.clock))
 
     def request_path(self, *args: Any, **kwargs: Any) -> Gateway:
         """The Gateway; with tracing on, the one with spans (gateway/traced.py), imported
