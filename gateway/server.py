@@ -220,6 +220,7 @@ class Service:
                               TrustedProxies(config.trusted_proxies), self.metrics, time.time)
         return create_console_app(Console(authority, self.state, self.live, self.control, self.metrics,
                                           config.audit.path, self.missing, self.clock, replica=self.replica,
+                                          unauthenticated_audit_path=str(self.audit.unauthenticated.path),
                                           activity=self.activity, heartbeats=self.heartbeats, geo=lambda: self.geo,
                                           geoip_max_age_days=config.geoip.max_age_days))
 

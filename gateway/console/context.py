@@ -31,6 +31,7 @@ class Console:
     extras: dict[str, Any] = field(default_factory=dict)  # collaborators a page may add
     # The overview's: this replica's id, its last hour, the fleet's heartbeats (None: embedded), the GeoIP.
     replica: str = "gateway"
+    unauthenticated_audit_path: str | None = None
     activity: Activity = field(default_factory=Activity)
     heartbeats: Heartbeats | None = None
     geo: Callable[[], LiveGeo | None] = lambda: None
