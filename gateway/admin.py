@@ -476,7 +476,8 @@ def read_backwards(path: str | None, needles: list[bytes] | None = None,
     only lines containing every one of `needles`; at most `scan_limit` lines read."""
     if path is None:
         return
-    lines = lines_backwards(Path(path))
+    # Large blocks, and the longest needle to skip blocks by: the rarer it is, the less is split into lines.
+    lines = lines_backwards(Path(path), 1 << 20, max(needles, key=len)) if needles else lines_backwards(Path(path))
     for line in itertools.islice(lines, scan_limit) if scan_limit is not None else lines:
         if needles and not all(needle in line for needle in needles):
             continue
