@@ -247,6 +247,14 @@ class TestChain:
             found = [line for line in audit.lines_backwards(path, block, b"needle") if b"needle" in line]
         assert found == [line for line in everything if b"needle" in line]
 
+    def test_reading_back_stops_within_the_bytes_asked_for(self, tmp_path: Path) -> None:
+        path = tmp_path / "lines"
+        path.write_bytes(b"".join(b"%03d\n" % n for n in range(100)))  # 4 bytes a line
+        for block in (1, 3, 4, 64, 1 << 16):
+            assert list(audit.lines_backwards(path, block, max_bytes=400)) == [b"%03d" % n for n in reversed(range(100))]
+            got = list(audit.lines_backwards(path, block, max_bytes=41))
+            assert got == [b"%03d" % n for n in range(99, 99 - len(got), -1)] and 8 <= len(got) <= 10, (block, got)
+
     def test_two_writers_cannot_share_a_file(self, tmp_path: Path) -> None:
         path = tmp_path / "audit.jsonl"
         one, two = AuditFile(path), AuditFile(path)

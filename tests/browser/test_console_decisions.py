@@ -32,7 +32,7 @@ def test_an_unknown_or_malformed_decision_id_is_said_so(page: Any, console_stack
     page.get_by_role("button", name="Find").click()
     assert "32 hexadecimal digits" in page.get_by_role("alert").inner_text()
     page.goto(console_stack.admin_url + "/console/decisions/" + "0" * 32)
-    assert "Not among the newest" in page.get_by_role("alert").inner_text()
+    assert "Not in the newest" in page.get_by_role("alert").inner_text()
 
 
 def test_the_tail_filters_and_stays_live(page: Any, console_stack: Stack) -> None:

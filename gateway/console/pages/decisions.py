@@ -3,8 +3,8 @@ and explained as `gateway audit explain` explains it (gateway/explain.py), with 
 source of each rule that matched.
 
 Audit files are read newest first through gateway.admin.matching_records (the admin API's
-GET /admin/decisions reads the same way), off the event loop, and never past SCAN_LIMIT
-lines: a page answers in bounded time however large the file has grown.
+GET /admin/decisions reads the same way), off the event loop, and never past the newest
+SCAN_BYTES: a page answers in bounded time however large the file has grown.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from gateway.console.render import ROOT, render
 from gateway.console.sessions import Actor
 
 SHOWN = 100  # rows on the page
-SCAN_LIMIT = 200_000  # audit lines read at most for one page (the newest ones)
+SCAN_BYTES = 256 * 1024 * 1024  # of each audit file, read at most for one page: ~3x10^5 records
 
 
 def routes(console: Console) -> list[Route]:
@@ -56,7 +56,8 @@ def routes(console: Console) -> list[Route]:
         if record is None:
             return render(request, "decision.html", {
                 "title": "Decision", "decision_id": wanted, "record": None,
-                "problem": f"Not among the newest {SCAN_LIMIT:,} records of the audit log on this replica."}, status=404)
+                "problem": f"Not in the newest {SCAN_BYTES >> 20} MiB of the audit logs of this replica "
+                           "(older records: gateway audit explain on the rotated files)."}, status=404)
         return render(request, "decision.html", {
             "title": f"Decision {wanted}", "decision_id": wanted, "record": record, "row": model.row(record),
             "explained": model.explained(console.state.policy, record), "problem": None})
@@ -73,14 +74,14 @@ async def tail(console: Console, request: Request) -> dict[str, Any]:
 
 
 def newest(path: str | None, filters: model.Filters) -> list[dict[str, Any]]:
-    matching = matching_records(path, filters.audit_fields(), reason=filters.reason, scan_limit=SCAN_LIMIT)
+    matching = matching_records(path, filters.audit_fields(), reason=filters.reason, scan_bytes=SCAN_BYTES)
     return list(itertools.islice(matching, SHOWN))
 
 
 def find_record(console: Console, decision_id: str) -> dict[str, Any] | None:
     """The record of `decision_id` in the audit log, else in the unauthenticated requests' log."""
     for path in (console.audit_path, console.unauthenticated_audit_path):
-        found = next(matching_records(path, {"decision_id": decision_id}, scan_limit=SCAN_LIMIT), None)
+        found = next(matching_records(path, {"decision_id": decision_id}, scan_bytes=SCAN_BYTES), None)
         if found is not None:
             return found
     return None
