@@ -90,9 +90,14 @@ class Heartbeats:
         self._task = asyncio.ensure_future(self._beat_forever())
 
     async def stop(self) -> None:
+        """Stop beating and leave the fleet's list: a replica stopped on purpose is not shown as gone."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self.redis.hdel(self.key, self.replica), self.timeout_s)
+        except Exception as failure:  # noqa: BLE001 - Redis away: the entry ages out instead
+            log.debug("heartbeat not withdrawn: %r", failure)
 
     async def _beat_forever(self) -> None:
         while True:

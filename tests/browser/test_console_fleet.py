@@ -29,6 +29,11 @@ def replicas(tmp_path: Path, redis_url: str) -> Iterator[Any]:
         made.append(make_console_stack(directory, extra=extra, **kwargs))
         return made[-1]
 
+    def stop(stack: Stack) -> None:
+        made.remove(stack)
+        stack.close()
+
+    replica.stop = stop  # type: ignore[attr-defined]
     try:
         yield replica
     finally:
@@ -73,3 +78,13 @@ def test_the_overview_lists_every_replica_and_adds_up_their_denials(page: Any, r
     assert page.locator("#map-CN").get_attribute("data-denials") == "3"
     assert page.locator("#redis-state").inner_text().startswith("reachable")
     screenshot(page, "overview-fleet")
+
+
+def test_a_replica_stopped_on_purpose_leaves_the_overview(page: Any, replicas: Any) -> None:
+    a, b = replicas("gw-a"), replicas("gw-b")
+    sign_in(page, a, VIEWER)
+    assert "gw-b" in page.locator("#replicas").inner_text()
+    replicas.stop(b)
+    page.reload()
+    assert "gw-b" not in page.locator("#replicas").inner_text()
+
