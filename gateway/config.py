@@ -245,6 +245,9 @@ class ConsoleConfig(Section):
     enabled: Bool = True
     # A signed-in session ends this long after sign-in, whatever its use (`8h`, `30m`).
     session_ttl_s: Duration = 8 * 3600.0
+    # Also sign in with a JWT of identity.jwt whose claim of this name is "viewer" or
+    # "operator"; None: admin tokens only.
+    jwt_role_claim: str | None = None
 
 
 class ChangeControlConfig(Section):

@@ -217,7 +217,8 @@ class Service:
         sessions: SessionStore = (RedisSessions(self.store.redis, config.redis.namespace)
                                   if isinstance(self.store, RedisStore) else MemorySessions())
         authority = Authority(config.admin.tokens, sessions, config.console.session_ttl_s,
-                              TrustedProxies(config.trusted_proxies), self.metrics, time.time)
+                              TrustedProxies(config.trusted_proxies), self.metrics, time.time,
+                              jwt=self.authenticator.jwt, jwt_role_claim=config.console.jwt_role_claim)
         return create_console_app(Console(authority, self.state, self.live, self.control, self.metrics,
                                           config.audit.path, self.missing, self.clock, replica=self.replica,
                                           unauthenticated_audit_path=str(self.audit.unauthenticated.path),
@@ -372,6 +373,9 @@ def check_admin(config: Config) -> None:
                 "admin listener\"), bind admin_listen to 127.0.0.1, or set admin.metrics_require_token: false if the "
                 "network already limits who reaches the port")
         raise ValueError("admin.metrics_require_token is true but admin.tokens is empty: add a viewer token for Prometheus")
+    if config.console.jwt_role_claim is not None and config.identity.jwt is None:
+        raise ValueError("console.jwt_role_claim is set but identity.jwt is not: the console cannot verify a JWT "
+                         "without the API's issuer and keys")
 
 
 def worker_config(config: Config, index: int) -> Config:
