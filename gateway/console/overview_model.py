@@ -111,7 +111,8 @@ def suspension_rows(suspensions: tuple[Suspension, ...] | list[Suspension], now:
     for s in suspensions:
         if not s.in_force(now):
             continue
-        places = ", ".join([*s.groups.names, *sorted(s.groups.countries), *sorted(s.groups.regions)]) or "-"
+        named = dict.fromkeys([*s.groups.names, *sorted(s.groups.countries), *sorted(s.groups.regions)])
+        places = ", ".join(named) or "-"  # a country given by its code is also a name: once
         rows.append(SuspensionRow(s.id, ", ".join(sorted(s.models)) or "every model",
                                   f"everywhere but {places}" if s.scope == "deny_outside" else places,
                                   iso(s.ends) if s.ends is not None else None, s.reason))
