@@ -16,7 +16,7 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from gateway.clientip import TrustedProxies
+from gateway.request.clientip import TrustedProxies
 from gateway.config import AdminToken
 from gateway.console.forms import Form, read_form
 from gateway.console.render import ROOT, render

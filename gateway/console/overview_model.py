@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import countries
-from gateway.explain import iso
-from gateway.activity import MINUTES, Window, combined
+from gateway.policy import countries
+from gateway.policy.explain import iso
+from gateway.request.activity import MINUTES, Window, combined
 from gateway.console import worldmap
-from gateway.heartbeat import STALE_S, Heartbeat
+from gateway.live.heartbeat import STALE_S, Heartbeat
 from gateway.policy.snapshot import Suspension
 
 DAY_S = 86400.0
