@@ -1,5 +1,5 @@
 # Developer and CI entry points. Everything runs from .venv, never the system Python.
-#   make venv | test | demo | fleet | bench | bench-decide | bench-proxy | bench-prove | bench-profile | soak | fuzz | clean
+#   make venv | chromium | test | demo | fleet | bench | bench-decide | bench-proxy | bench-prove | bench-profile | soak | fuzz | clean
 #   make test PYTEST_ARGS='-k decision -x'     make venv PYTHON=python3.12
 #   make fleet REPLICAS=3 FLEET_ARGS='--check'  make soak SOAK_MINUTES=30  make soak SOAK_ARGS='--floods off'
 #   make bench QUICK=1        make bench-proxy BENCH_ARGS='--targets direct,gateway --concurrency 16'
@@ -19,7 +19,7 @@ QUICK       ?=
 
 FUZZ_SECONDS ?= 300
 
-.PHONY: venv test demo fleet bench bench-decide bench-proxy bench-prove bench-profile soak fuzz clean
+.PHONY: venv chromium test demo fleet bench bench-decide bench-proxy bench-prove bench-profile soak fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -36,7 +36,15 @@ $(VENV)/.installed: pyproject.toml
 
 # The tests need a real Redis: scripts/with-redis uses $REDIS_URL if set, otherwise starts a
 # private throwaway server (fetching redis-server if needed) and exports REDIS_URL to pytest.
-test: venv
+# The console's browser tests (tests/browser/) drive Debian's headless Chromium through Playwright
+# (never `playwright install`, which downloads browsers): installed as root with apt-get when
+# missing; without it those tests are skipped, saying why.
+chromium:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >&2; } \
+	  || echo "make: no /usr/bin/chromium (apt-get install chromium as root): the browser tests will be skipped" >&2
+
+test: venv chromium
 	VENV=$(CURDIR)/$(VENV) scripts/with-redis $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: venv

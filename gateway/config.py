@@ -240,6 +240,16 @@ def _seconds(value: Any) -> Any:
 Duration = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
 
 
+class ConsoleConfig(Section):
+    """The operator console on the admin listener (docs/console.md)."""
+    enabled: Bool = True
+    # A signed-in session ends this long after sign-in, whatever its use (`8h`, `30m`).
+    session_ttl_s: Duration = 8 * 3600.0
+    # Also sign in with a JWT of identity.jwt whose claim of this name is "viewer" or
+    # "operator"; None: admin tokens only.
+    jwt_role_claim: str | None = None
+
+
 class ChangeControlConfig(Section):
     """Two people for every loosening (docs/operators.md, "Change control")."""
 
@@ -370,6 +380,7 @@ class Config(Section):
     redis: RedisConfig = RedisConfig()
     audit: AuditConfig = AuditConfig()
     admin: AdminConfig = AdminConfig()
+    console: ConsoleConfig = ConsoleConfig()
     change_control: ChangeControlConfig = ChangeControlConfig()
     request: RequestConfig = RequestConfig()
     limits: LimitsConfig = LimitsConfig()

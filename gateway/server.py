@@ -27,16 +27,24 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from gateway import logs
 from gateway.admin.app import AdminRefusals, create_admin_app
 from gateway.request.app import Gateway
+from gateway.request.activity import Activity
 from gateway.audit import AuditLogs
 from gateway.audit.files import FileMode
 from gateway.audit.chain import default_replica
+from gateway.request.clientip import TrustedProxies
 from gateway.config import Config, is_loopback
+from gateway.console.app import create_console_app
+from gateway.console.context import Console
+from gateway.console.auth import Authority
+from gateway.console.sessions import MemorySessions, RedisSessions, SessionStore
 from gateway.export import record_export, tracing
 from gateway.geo.files import UNENFORCED_ANONYMIZERS, LiveGeo, configured_files, unenforced_anonymizer_rules
+from gateway.live.heartbeat import Heartbeats
 from gateway.identity import Authenticator
 from gateway.identity.apikeys import ApiKeyAdmin, ApiKeyStore
 from gateway.identity.redis_keys import RedisApiKeyStore
@@ -109,7 +117,7 @@ class Service:
         self.upstreams = Upstreams(config.upstreams)
         self.metrics.registry.register(PoolCollector(self.upstreams.pools.values()))
         # The audit records, also as an OTLP log stream; the request path's spans (export.otlp).
-        replica = config.audit.replica or default_replica(config.audit.path)
+        replica = self.replica = config.audit.replica or default_replica(config.audit.path)
         self.export = record_export(config.export.otlp, self.metrics, replica)
         self.tracing = tracing(config.export.otlp, replica)
         # Fleet mode: the audit stream goes through the store's Redis client.
@@ -118,6 +126,11 @@ class Service:
                                            export=self.export)
         self.servers: list[_Server] = []
         self.gateway: Gateway | None = None
+        # The last hour of requests for the console; in fleet mode shared through each replica's heartbeat.
+        self.activity = Activity()
+        self.heartbeats = (Heartbeats(self.store.redis, redis.namespace, replica, self.activity, self.policy_version,
+                                      time.time, timeout_s=redis.timeout_s)
+                           if isinstance(self.store, RedisStore) else None)
         # Fleet mode: API keys from Redis, so every replica accepts a key the CLI created anywhere.
         self.api_keys = (RedisApiKeyStore(redis.url, namespace=redis.namespace, timeout_s=redis.timeout_s, cluster=redis.cluster)
                          if redis.url and config.identity.api_keys else None)
@@ -167,14 +180,18 @@ class Service:
         self.gateway = self.request_path(
             config, self.state, self.authenticator, self.geo, self.upstreams, self.audit, self.metrics,
             quota=self.quota, sightings=self.sightings(), clock=self.clock, revocations=self.revocations,
-            on_misuse=lambda credential, why: self.live.suspend_credential(credential, why, "misuse-detector"))
+            on_misuse=lambda credential, why: self.live.suspend_credential(credential, why, "misuse-detector"),
+            activity=self.activity)
+        if self.heartbeats is not None:
+            self.heartbeats.start()
         if self.revocations is not None:
             self.revocations.start()
         self.control.start()
         signing_key = self.audit.signing_key
         admin = create_admin_app(self.state, self.metrics, self.missing, self.live, config.admin.tokens, config.audit.path,
                                  metrics_require_token=config.metrics_require_token, control=self.control,
-                                 audit_public_key=signing_key.public if signing_key is not None else None)
+                                 audit_public_key=signing_key.public if signing_key is not None else None,
+                                 console=self.console_app() if config.console.enabled else None)
         if config.change_control.approvals == 0:
             log.warning("change_control.approvals is 0: one operator token can loosen the policy at once, "
                         "with no second person (docs/operators.md, \"Change control\")")
@@ -192,6 +209,25 @@ class Service:
             if any(task.done() for task in self._tasks):
                 raise RuntimeError("a listener failed to start (is the port in use?)")
             await asyncio.sleep(0.01)
+
+    def console_app(self) -> ASGIApp:
+        """The operator console (gateway/console/): sessions in Redis in fleet mode, so any
+        replica serves them; in memory otherwise."""
+        config = self.config
+        sessions: SessionStore = (RedisSessions(self.store.redis, config.redis.namespace)
+                                  if isinstance(self.store, RedisStore) else MemorySessions())
+        authority = Authority(config.admin.tokens, sessions, config.console.session_ttl_s,
+                              TrustedProxies(config.trusted_proxies), self.metrics, time.time,
+                              jwt=self.authenticator.jwt, jwt_role_claim=config.console.jwt_role_claim)
+        return create_console_app(Console(authority, self.state, self.live, self.control, self.metrics,
+                                          config.audit.path, self.missing, self.clock, replica=self.replica,
+                                          unauthenticated_audit_path=str(self.audit.unauthenticated.path),
+                                          activity=self.activity, heartbeats=self.heartbeats, geo=lambda: self.geo,
+                                          geoip_max_age_days=config.geoip.max_age_days))
+
+    def policy_version(self) -> str | None:
+        policy = self.state.policy
+        return policy.version if policy is not None else None
 
     def request_path(self, *args: Any, **kwargs: Any) -> Gateway:
         """The Gateway; with tracing on, the one with spans (gateway/request/traced.py), imported
@@ -214,6 +250,8 @@ class Service:
             await self.revocations.stop()
         await self.quota.close()  # the settlements not yet sent; before live.stop() closes the Redis client
         await self.audit.close()  # before live.stop(), which closes the Redis client the audit stream uses
+        if self.heartbeats is not None:
+            await self.heartbeats.stop()
         await self.stop_export()
         await self.control.stop()
         await self.live.stop()
@@ -336,6 +374,9 @@ def check_admin(config: Config) -> None:
                 "admin listener\"), bind admin_listen to 127.0.0.1, or set admin.metrics_require_token: false if the "
                 "network already limits who reaches the port")
         raise ValueError("admin.metrics_require_token is true but admin.tokens is empty: add a viewer token for Prometheus")
+    if config.console.jwt_role_claim is not None and config.identity.jwt is None:
+        raise ValueError("console.jwt_role_claim is set but identity.jwt is not: the console cannot verify a JWT "
+                         "without the API's issuer and keys")
 
 
 def worker_config(config: Config, index: int) -> Config:

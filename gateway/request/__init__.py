@@ -9,4 +9,5 @@
 - `proxy`, `pool`, `header_names`: forwarding to the upstreams, and header hygiene.
 - `catalogue`: the model list a caller may see. `responses`: denials in the caller's API shape.
 - `revocation`: ending allowed streams a policy change now denies. `traced`: the path with spans.
+- `activity`: requests and denials of the last hour per minute and place, for the console.
 """
