@@ -73,7 +73,7 @@ def timeline(model: Model, now: float, *, width: float = WIDTH) -> Timeline:
     place = _scale(start, end, width)
     current = model.stage_index(now)
     bands = tuple(_band(model, index, current, start, end, place) for index in range(len(model.stages)))
-    bars = tuple(_bar(s, now, start, end, place) for s in model.suspensions if _overlaps(s, start, end))
+    bars = tuple(_bar(s, now, start, end, place) for s in model.suspensions)  # the axis holds them all
     stage_now = model.stages[current].name if current >= 0 else None
     return Timeline(model.id, width, start, end, bands, place(now), bars, ticks(start, end, place), stage_now)
 
@@ -137,10 +137,6 @@ def _status(suspension: Suspension, now: float) -> str:
     if suspension.in_force(now):
         return "in_force"
     return "upcoming" if suspension.starts is not None and now < suspension.starts else "ended"
-
-
-def _overlaps(suspension: Suspension, start: float, end: float) -> bool:
-    return (suspension.starts is None or suspension.starts < end) and (suspension.ends is None or suspension.ends > start)
 
 
 def _date(moment: float) -> str:

@@ -159,7 +159,7 @@ def test_a_malformed_key_hash_is_refused_in_plain_words(page: Any, console_stack
     page.get_by_label("Organization id").fill("org-public")
     page.get_by_label("SHA-256 of the secret").fill("not-a-hash")
     page.get_by_role("button", name="Propose the key").click()
-    assert "The SHA-256 of the secret is 64 hexadecimal digits" in page.get_by_role("alert").inner_text()
+    assert "sha256: the SHA-256 of the secret, 64 lowercase hex digits" in page.get_by_role("alert").inner_text()
     assert page.get_by_label("Organization id").input_value() == "org-public"
 
 
