@@ -7,6 +7,7 @@ Pure: the policy and the time in, rows out.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,23 +91,25 @@ def vetting_of(org: Organization, now: float, within_days: int = LAPSING_WITHIN_
 
 def org_rows(policy: Policy, now: float, query: str = "", limit: int = MAX_ORG_ROWS) -> tuple[list[OrgRow], int]:
     """(the organizations matching `query` in id or name, lapsing ones first, at most
-    `limit`; how many matched)."""
+    `limit`; how many matched). Only the rows shown are built: a registry may be large."""
     folded = query.strip().casefold()
-    matching = [o for o in policy.organizations.values()
-                if not folded or folded in o.id.casefold() or folded in o.name.casefold()]
-    rows = sorted((org_row(o, now) for o in matching), key=_urgency)
-    return rows[:limit], len(matching)
+    everyone = policy.organizations.values()
+    matching = [o for o in everyone if folded in o.id.casefold() or folded in o.name.casefold()] if folded else list(everyone)
+    shown = heapq.nsmallest(limit, matching, key=lambda org: _urgency(org.id, *vetting_of(org, now)))
+    return [org_row(o, now) for o in shown], len(matching)
 
 
 def lapsing(policy: Policy, now: float, within_days: int = LAPSING_WITHIN_DAYS) -> list[OrgRow]:
     """The organizations whose vetting lapses within `within_days`, soonest first."""
-    rows = (org_row(o, now, within_days) for o in policy.organizations.values() if o.lapses_at is not None)
-    return sorted((r for r in rows if r.vetting == "lapsing"), key=_urgency)
+    horizon = now + within_days * DAY
+    soon = (o for o in policy.organizations.values() if o.lapses_at is not None and now < o.lapses_at <= horizon)
+    rows = (org_row(o, now, within_days) for o in soon)
+    return sorted((r for r in rows if r.vetting == "lapsing"), key=lambda r: _urgency(r.id, r.vetting, r.days_left))
 
 
-def _urgency(row: OrgRow) -> tuple[int, int, str]:
-    order = {"lapsing": 0, "lapsed": 1, "current": 2, "not vetted": 3}[row.vetting]
-    return order, row.days_left if row.days_left is not None else 0, row.id
+def _urgency(org_id: str, vetting: str, days_left: int | None) -> tuple[int, int, str]:
+    order = {"lapsing": 0, "lapsed": 1, "current": 2, "not vetted": 3}[vetting]
+    return order, days_left if days_left is not None else 0, org_id
 
 
 def _text(value: Any) -> str | None:
