@@ -6,13 +6,15 @@ can change nothing, whatever they send."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
-from browser.conftest import NARROW, OPERATOR, SECOND_OPERATOR, VIEWER, screenshot, sign_in
+from browser.conftest import NARROW, OPERATOR, SECOND_OPERATOR, VIEWER, make_console_stack, screenshot, sign_in
 from e2e import SE_IP, US_IP, Stack
 from test_admin import audit_record, chat
 
 CHANGES = "/console/changes"
+SHIPPED_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
 
 def suspend(page: Any, *, models: list[str], places: str, reason: str) -> None:
@@ -174,3 +176,30 @@ def test_the_changes_page_is_usable_on_a_narrow_window_and_by_keyboard(new_page:
     narrow.keyboard.press("Tab")  # the skip link first, then into the page
     assert narrow.evaluate("document.activeElement.textContent") == "Skip to content"
     screenshot(narrow, "changes-narrow")
+
+
+def test_a_proposal_page_proves_each_assertion_again(page: Any, new_page: Any, tmp_path: Path) -> None:
+    """On the shipped policies (with assertions.yaml): a proposal's own page proves every
+    assertion over the policy it would put in force, and names each one's result."""
+    stack = make_console_stack(tmp_path, policy_dir=SHIPPED_POLICIES, orgs=["org-partner-us"])
+    try:
+        sign_in(page, stack, OPERATOR, then=CHANGES)
+        suspend(page, models=["example-frontier-1"], places="JP", reason="Order")
+        page.wait_for_url("**/console/changes?done=suspended*")
+        suspension_id = only_suspension_made_live(stack)
+        page.get_by_role("button", name=f"Propose lifting {suspension_id}").click()
+        page.wait_for_url("**/console/changes?done=proposed*")
+        page.locator("article.proposal h3 a").click()
+        assert page.get_by_role("heading", level=1).inner_text().startswith("Proposal prop-")
+        outcomes = page.locator("#assertion-outcomes")
+        names = [stack.service.state.policy.assertions[i].name for i in range(5)]
+        for name in names:
+            assert outcomes.get_by_role("row", name=name).get_by_text("holds", exact=True).count() == 1
+        screenshot(page, "changes-proposal-assertions")
+        # A viewer reads the same page, without the buttons.
+        viewer = new_page()
+        sign_in(viewer, stack, VIEWER, then=page.url.removeprefix(stack.admin_url))
+        assert viewer.locator("#assertion-outcomes").get_by_text("holds", exact=True).count() == len(names)
+        assert viewer.locator("main form").count() == 0
+    finally:
+        stack.close()

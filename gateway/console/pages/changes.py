@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -23,10 +24,11 @@ from gateway.admin import suspension_item
 from gateway.console import changes_view as view
 from gateway.console.context import Console
 from gateway.console.forms import Form
-from gateway.console.render import ROOT, render
+from gateway.console.render import ROOT, refusal, render
 from gateway.console.sessions import Actor
 from gateway.live.overlay import ChangeError
 from gateway.live.proposals import REJECTED, WITHDRAWN
+from gateway.policy import prove
 from gateway.policy.issues import PolicyError
 
 log = logging.getLogger("gateway.console")
@@ -55,6 +57,17 @@ def routes(console: Console) -> list[Route]:
     @console.page
     async def changes(request: Request, actor: Actor) -> Response:
         return await page(console, request)
+
+    @console.page
+    async def proposal(request: Request, actor: Actor) -> Response:
+        """One proposal, with each assertion proved again over the policy it would put in force."""
+        proposal_id = request.path_params["id"]
+        found = await attempt(lambda: control.get(proposal_id)) if view.valid_id(proposal_id) else None
+        if not isinstance(found, dict):
+            return refusal(request, 404, "Not found", "There is no such proposal.")
+        shown = view.proposal_view(found)
+        return render(request, "proposal.html", {"title": f"Proposal {shown.id}", "p": shown,
+                                                 "outcomes": await outcomes(console, found) if shown.open else None})
 
     @console.form
     async def suspend(request: Request, actor: Actor, form: Form) -> Response:
@@ -126,6 +139,7 @@ def routes(console: Console) -> list[Route]:
         return done(actor, "apikey.revoke", *outcome(made, "revoked", key_id))
 
     return [Route("/changes", changes, methods=["GET"]),
+            Route("/changes/proposals/{id}", proposal, methods=["GET"]),
             Route("/changes/suspend", suspend, methods=["POST"]),
             Route("/changes/lift", lift, methods=["POST"]),
             Route("/changes/proposals/{id}/{verb}", decide_proposal, methods=["POST"]),
@@ -157,6 +171,18 @@ async def attempt(change: Any) -> Any:
         return Refusal(refusal.problems, refusal.status)
     except PolicyError as refusal:
         return Refusal([str(refusal)], 422)
+
+
+async def outcomes(console: Console, proposal: dict[str, Any]) -> list[dict[str, Any]] | str:
+    """Each assertion proved over the policy the open proposal would put in force now, or
+    why it cannot be (the change control refuses it: a broken assertion is named there)."""
+    made = await attempt(lambda: console.control.prepare(proposal["kind"], proposal["target"], proposal["body"]))
+    if isinstance(made, Refusal):
+        return "It would be refused now: " + "; ".join(made.problems)
+    proved = await asyncio.to_thread(prove.prove, made.after, datetime.now(UTC))
+    return [{"name": o.assertion.name, "kind": o.assertion.kind, "description": o.assertion.description,
+             "state": o.state, "counterexample": prove.describe(o.counterexample) if o.counterexample else None}
+            for o in proved]
 
 
 def outcome(made: tuple[int, dict[str, Any]], applied: str, target: str | None = None) -> tuple[str, str | None]:
