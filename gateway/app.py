@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 import aiohttp
 
 from gateway import catalogue, proxy, responses, revocation
+from gateway.activity import Activity
 from gateway.audit import AuditLogs
 from gateway.body_models import other_models
 from gateway.clientip import ClientLocator, ForwardedForError, TrustedProxies
@@ -107,6 +108,7 @@ class Gateway:
         on_misuse: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None,
         clock: Callable[[], float] = time.time,
         revocations: Revocations | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -115,6 +117,7 @@ class Gateway:
         self.audit = audit
         self.metrics = metrics
         self.clock = clock
+        self.activity = activity  # the last hour per minute, for the console (gateway/activity.py)
         self.router = Router(config.routes)
         self.geo = geo
         self.locator = ClientLocator(TrustedProxies(config.trusted_proxies), geo)
@@ -682,8 +685,9 @@ class Gateway:
         allowed = decision is not None and decision.allowed and (exchange.forwarded or exchange.status < 400)
         first = reasons[0] if reasons else ("none" if allowed else exchange.error or "none")
         exchange.recorded = True
+        now = time.time()
         written = self.audit.record(wait=wait, authenticated=principal is not None, entry={
-            "time": _timestamp(time.time()),
+            "time": _timestamp(now),
             "decision_id": exchange.decision_id,
             "method": exchange.method,
             "path": exchange.path,
@@ -726,6 +730,8 @@ class Gateway:
             (decision.stage if decision else None) or "none", (decision.tier if decision else None) or "none",
         ).inc()
         metrics.count_country(exchange.place.country, "allow" if allowed else "deny")
+        if self.activity is not None:
+            self.activity.count(now, allowed=allowed, country=exchange.place.country, region=exchange.place.region)
         if not allowed:
             metrics.child(metrics.denials, first, exchange.place.country or "unknown", model).inc()
         self.metrics.request_seconds.observe(time.perf_counter() - exchange.started)

@@ -7,7 +7,8 @@ directory. It prints ready-to-paste commands; `--check` runs them itself.
 
 It also prints two operator tokens and a change-control walk-through: a suspension
 applies at once on one operator's word; lifting it is a proposal; the second
-operator's approval applies it (docs/operators.md, "Change control").
+operator's approval applies it (docs/operators.md, "Change control"); and the operator
+console's address with the tokens to sign in with (those two and a viewer's, docs/console.md).
 
 Decisions are made as of DEMO_TIME so that the demo reads the same whatever day
 it runs (the shipped example timelines are written around it). 127.0.0.1 is a
@@ -52,6 +53,7 @@ DEMO_ORGS = ("org-gov-evaluator", "org-partner-us", "org-partner-jp", "org-devel
 # Public addresses and where the embedded DB-IP database places them.
 US, JP, CN, IR = "8.8.8.8", "133.11.0.1", "114.114.114.114", "217.218.0.1"
 OPERATORS = ("ops-alice", "ops-bob")  # two people: a loosening needs the other one's approval
+VIEWER = "auditor-eve"  # sees everything in the console and the admin API, changes nothing
 WALK_SUSPENSION = "demo-jp"
 
 
@@ -116,6 +118,7 @@ class DemoRuntime:
     admin_url: str = ""
     examples: list[Example] = field(default_factory=list)
     operators: dict[str, str] = field(default_factory=dict)  # name -> admin token
+    viewer: str = ""  # VIEWER's admin token
 
     async def stop(self) -> None:
         await self.service.stop()
@@ -133,10 +136,11 @@ def _port_or_free(port: int) -> int:
 
 
 def _config(workdir: Path, upstream_url: str, public: int, admin: int, policy_dir: Path,
-            operators: dict[str, str]) -> Config:
+            operators: dict[str, str], viewer: str) -> Config:
     path = workdir / "gateway.yaml"
-    tokens = [{"name": name, "sha256": hashlib.sha256(token.encode()).hexdigest(), "role": "operator"}
-              for name, token in operators.items()]
+    roles = {name: (token, "operator") for name, token in operators.items()} | {VIEWER: (viewer, "viewer")}
+    tokens = [{"name": name, "sha256": hashlib.sha256(token.encode()).hexdigest(), "role": role}
+              for name, (token, role) in roles.items()]
     path.write_text(json.dumps({
         "listen": f"127.0.0.1:{public}",
         "admin_listen": f"127.0.0.1:{admin}",
@@ -167,7 +171,9 @@ async def start_demo(workdir: Path, *, public_port: int = 8080, admin_port: int 
                      policy_dir: Path = SHIPPED_POLICIES) -> DemoRuntime:
     upstream = await serve_upstream("127.0.0.1", 0, models=sorted(load_bundle(policy_dir).policy.models))
     operators = {name: f"demo-{name}-{secrets.token_urlsafe(12)}" for name in OPERATORS}
-    config = _config(workdir, upstream.url, _port_or_free(public_port), _port_or_free(admin_port), policy_dir, operators)
+    viewer = f"demo-{VIEWER}-{secrets.token_urlsafe(12)}"
+    config = _config(workdir, upstream.url, _port_or_free(public_port), _port_or_free(admin_port), policy_dir,
+                     operators, viewer)
     signing = _signing_key(workdir)
     store = ApiKeyStore(config.state_dir)
     keys = {org: store.create(org, "demo")[1] for org in DEMO_ORGS}
@@ -183,6 +189,7 @@ async def start_demo(workdir: Path, *, public_port: int = 8080, admin_port: int 
                           f"http://127.0.0.1:{admin}")
     runtime.examples = examples(keys, token)
     runtime.operators = operators
+    runtime.viewer = viewer
     return runtime
 
 
@@ -226,8 +233,32 @@ def describe(runtime: DemoRuntime, *, interactive: bool = True) -> str:
     for number, example in enumerate(runtime.examples, 1):
         lines += [f"{number}. {example.title} — expect {example.expect}", f"   {example.curl(runtime.url)}", ""]
     lines += ["With the official OpenAI SDK (pip install openai):", "", _sdk_snippet(runtime), "",
-              *walkthrough(runtime), *(["", "Press Ctrl-C to stop."] if interactive else [])]
+              *walkthrough(runtime), "", *console_lines(runtime), *(["", "Press Ctrl-C to stop."] if interactive else [])]
     return "\n".join(lines)
+
+
+def console_lines(runtime: DemoRuntime) -> list[str]:
+    alice, bob = (runtime.operators[name] for name in OPERATORS)
+    return [
+        f"Operator console: open {runtime.admin_url}/console/ in a browser and sign in with an admin token:",
+        f"   {alice}   ({OPERATORS[0]}, operator)",
+        f"   {bob}   ({OPERATORS[1]}, operator)",
+        f"   {runtime.viewer}   ({VIEWER}, viewer: sees everything, changes nothing)",
+        "The map on its overview shades the countries the examples above were denied from.",
+    ]
+
+
+async def check_console(runtime: DemoRuntime) -> list[tuple[str, bool]]:
+    """Sign in to the console with each printed token; (what, as printed?) for each."""
+    results = []
+    tokens = {**runtime.operators, VIEWER: runtime.viewer}
+    for name, token in tokens.items():
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+            async with session.post(f"{runtime.admin_url}/console/sign-in", data={"token": token}) as answer:
+                page = await answer.text()
+                results.append((f"console sign-in as {name}", answer.status == 200 and name in page
+                                and "Denials by place" in page))
+    return results
 
 
 def walkthrough(runtime: DemoRuntime) -> list[str]:
@@ -313,8 +344,8 @@ async def _serve(directory: Path, check_only: bool, public_port: int, admin_port
             print("\nChecking every example:")
             for example, status in results:
                 print(f"  {'ok ' if status == example.expect else 'BAD'} {status}  {example.title}")
-            steps = await check_walkthrough(runtime)
-            print("\nChecking the change-control walk-through:")
+            steps = await check_walkthrough(runtime) + await check_console(runtime)
+            print("\nChecking the change-control walk-through and the console:")
             for step, ok in steps:
                 print(f"  {'ok ' if ok else 'BAD'} {step}")
             return 0 if all(status == example.expect for example, status in results) \

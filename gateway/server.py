@@ -32,6 +32,7 @@ from starlette.types import ASGIApp
 from gateway import logs
 from gateway.admin import AdminRefusals, create_admin_app
 from gateway.app import Gateway
+from gateway.activity import Activity
 from gateway.audit import AuditLogs
 from gateway.audit.files import FileMode
 from gateway.audit.chain import default_replica
@@ -43,6 +44,7 @@ from gateway.console.auth import Authority
 from gateway.console.sessions import MemorySessions, RedisSessions, SessionStore
 from gateway.export import record_export, tracing
 from gateway.geofiles import UNENFORCED_ANONYMIZERS, LiveGeo, configured_files, unenforced_anonymizer_rules
+from gateway.heartbeat import Heartbeats
 from gateway.identity import Authenticator
 from gateway.identity.apikeys import ApiKeyAdmin, ApiKeyStore
 from gateway.identity.redis_keys import RedisApiKeyStore
@@ -115,7 +117,7 @@ class Service:
         self.upstreams = Upstreams(config.upstreams)
         self.metrics.registry.register(PoolCollector(self.upstreams.pools.values()))
         # The audit records, also as an OTLP log stream; the request path's spans (export.otlp).
-        replica = config.audit.replica or default_replica(config.audit.path)
+        replica = self.replica = config.audit.replica or default_replica(config.audit.path)
         self.export = record_export(config.export.otlp, self.metrics, replica)
         self.tracing = tracing(config.export.otlp, replica)
         # Fleet mode: the audit stream goes through the store's Redis client.
@@ -124,6 +126,11 @@ class Service:
                                            export=self.export)
         self.servers: list[_Server] = []
         self.gateway: Gateway | None = None
+        # The last hour of requests for the console; in fleet mode shared through each replica's heartbeat.
+        self.activity = Activity()
+        self.heartbeats = (Heartbeats(self.store.redis, redis.namespace, replica, self.activity, self.policy_version,
+                                      time.time, timeout_s=redis.timeout_s)
+                           if isinstance(self.store, RedisStore) else None)
         # Fleet mode: API keys from Redis, so every replica accepts a key the CLI created anywhere.
         self.api_keys = (RedisApiKeyStore(redis.url, namespace=redis.namespace, timeout_s=redis.timeout_s, cluster=redis.cluster)
                          if redis.url and config.identity.api_keys else None)
@@ -173,7 +180,10 @@ class Service:
         self.gateway = self.request_path(
             config, self.state, self.authenticator, self.geo, self.upstreams, self.audit, self.metrics,
             quota=self.quota, sightings=self.sightings(), clock=self.clock, revocations=self.revocations,
-            on_misuse=lambda credential, why: self.live.suspend_credential(credential, why, "misuse-detector"))
+            on_misuse=lambda credential, why: self.live.suspend_credential(credential, why, "misuse-detector"),
+            activity=self.activity)
+        if self.heartbeats is not None:
+            self.heartbeats.start()
         if self.revocations is not None:
             self.revocations.start()
         self.control.start()
@@ -209,7 +219,14 @@ class Service:
         authority = Authority(config.admin.tokens, sessions, config.console.session_ttl_s,
                               TrustedProxies(config.trusted_proxies), self.metrics, time.time)
         return create_console_app(Console(authority, self.state, self.live, self.control, self.metrics,
-                                          config.audit.path, self.missing, self.clock))
+                                          config.audit.path, self.missing, self.clock, replica=self.replica,
+                                          unauthenticated_audit_path=str(self.audit.unauthenticated.path),
+                                          activity=self.activity, heartbeats=self.heartbeats, geo=lambda: self.geo,
+                                          geoip_max_age_days=config.geoip.max_age_days))
+
+    def policy_version(self) -> str | None:
+        policy = self.state.policy
+        return policy.version if policy is not None else None
 
     def request_path(self, *args: Any, **kwargs: Any) -> Gateway:
         """The Gateway; with tracing on, the one with spans (gateway/traced.py), imported
@@ -231,6 +248,8 @@ class Service:
         if self.revocations is not None:  # after the listeners: requests still draining stay revocable
             await self.revocations.stop()
         await self.audit.close()  # before live.stop(), which closes the Redis client the audit stream uses
+        if self.heartbeats is not None:
+            await self.heartbeats.stop()
         await self.stop_export()
         await self.control.stop()
         await self.live.stop()

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import stat
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import redis as redis_sync
 
 from e2e import CN_IP, US_IP, Stack
@@ -230,6 +233,27 @@ class TestChain:
             path.write_bytes(content)
             for block in (1, 2, 3, 7, 64, 1 << 16):
                 assert list(audit.lines_backwards(path, block)) == expected, (content, block)
+
+    @given(st.lists(st.sampled_from([b"ab", b"needle", b"xneedley", b"nee", b"dle", b"", b"q" * 9]), max_size=30),
+           st.sampled_from([b"", b"partial", b"need"]), st.sampled_from([1, 2, 3, 5, 8, 13, 64]))
+    @settings(max_examples=300, deadline=None)
+    def test_reading_back_for_a_needle_skips_no_line_that_has_it(self, lines: list[bytes], tail: bytes, block: int) -> None:
+        """Blocks without the needle are skipped unsplit (the console's search over 10^5 records);
+        every complete line that holds it still comes back, in order, even across block edges."""
+        with tempfile.TemporaryDirectory() as directory:
+            path = Path(directory) / "lines"
+            path.write_bytes(b"".join(line + b"\n" for line in lines) + tail)
+            everything = list(audit.lines_backwards(path, block))
+            found = [line for line in audit.lines_backwards(path, block, b"needle") if b"needle" in line]
+        assert found == [line for line in everything if b"needle" in line]
+
+    def test_reading_back_stops_within_the_bytes_asked_for(self, tmp_path: Path) -> None:
+        path = tmp_path / "lines"
+        path.write_bytes(b"".join(b"%03d\n" % n for n in range(100)))  # 4 bytes a line
+        for block in (1, 3, 4, 64, 1 << 16):
+            assert list(audit.lines_backwards(path, block, max_bytes=400)) == [b"%03d" % n for n in reversed(range(100))]
+            got = list(audit.lines_backwards(path, block, max_bytes=41))
+            assert got == [b"%03d" % n for n in range(99, 99 - len(got), -1)] and 8 <= len(got) <= 10, (block, got)
 
     def test_two_writers_cannot_share_a_file(self, tmp_path: Path) -> None:
         path = tmp_path / "audit.jsonl"

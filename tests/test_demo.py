@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -45,6 +46,25 @@ def test_demo_examples_answer_as_printed(tmp_path) -> None:
     assert len(results) == 8 and all(expect == status for expect, status in results), results
     assert {expect for expect, _ in results} == {200, 403, 404, 451}
     assert "curl" in text and "IP Geolocation by DB-IP" in text and "from openai import OpenAI" in text
+
+
+def test_demo_prints_the_console_and_its_tokens_and_they_sign_in(tmp_path) -> None:
+    import asyncio
+
+    from gateway.demo import check_console, describe, start_demo
+
+    async def run() -> tuple[str, list[tuple[str, bool]], Any]:
+        runtime = await start_demo(tmp_path, public_port=0, admin_port=0)
+        try:
+            return describe(runtime), await check_console(runtime), runtime
+        finally:
+            await runtime.stop()
+
+    text, signed_in, runtime = asyncio.run(run())
+    assert f"{runtime.admin_url}/console/" in text
+    for token in (*runtime.operators.values(), runtime.viewer):
+        assert token in text
+    assert len(signed_in) == 3 and all(ok for _, ok in signed_in), signed_in
 
 
 def test_demo_walks_through_change_control_with_two_operator_tokens(tmp_path) -> None:

@@ -145,8 +145,13 @@ def default_replica(path: str | Path) -> str:
 # Reading JSONL files from the end
 
 
-def lines_backwards(path: Path, block: int = 1 << 16) -> Iterator[bytes]:
-    """The complete lines of a regular file, last first (a trailing partial line is skipped)."""
+def lines_backwards(path: Path, block: int = 1 << 16, needle: bytes | None = None,
+                    max_bytes: int | None = None) -> Iterator[bytes]:
+    """The complete lines of a regular file, last first (a trailing partial line is skipped).
+    With `needle`, a block of the file without it is skipped whole, unsplit: lines that
+    cannot contain it may be left out (callers still test the lines they get), and a search
+    for a rare value reads at the speed of a substring search. With `max_bytes`, only the
+    lines within that many bytes of the end."""
     try:
         if not stat.S_ISREG(path.stat().st_mode):
             return
@@ -154,14 +159,22 @@ def lines_backwards(path: Path, block: int = 1 << 16) -> Iterator[bytes]:
     except FileNotFoundError:
         return
     with handle:
-        position = handle.seek(0, os.SEEK_END)
+        end = position = handle.seek(0, os.SEEK_END)
         rest = b""
         in_tail = True  # still in the bytes after the last newline: nothing, or a partial line
         while position > 0:
-            step = min(block, position)
+            step = min(block, position, max_bytes - (end - position) if max_bytes is not None else position)
+            if step <= 0:
+                return  # read as far as asked: the line under way may be cut, so it is not given
             position -= step
             handle.seek(position)
-            lines = (handle.read(step) + rest).split(b"\n")
+            data = handle.read(step) + rest
+            if needle is not None and needle not in data:
+                first_newline = data.find(b"\n")
+                rest = data if first_newline < 0 else data[:first_newline]  # a line's end, kept for its start
+                in_tail = in_tail and first_newline < 0
+                continue
+            lines = data.split(b"\n")
             rest = lines.pop(0)  # may be the end of a line that starts further back
             if in_tail and lines:
                 lines.pop()

@@ -8,6 +8,7 @@ says so (X-Forwarded-Proto), so it never travels in clear text after a TLS sign-
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -80,9 +81,13 @@ class Authority:
         return answer
 
 
+# A console path and query of plain characters: no scheme, host, backslash, dot segment or control character.
+LOCAL_TARGET = re.compile(r"^/console/[A-Za-z0-9_/-]*(\?[A-Za-z0-9_.=&%+-]*)?$")
+
+
 def local_target(target: str | None) -> str:
-    """Where to go after signing in: a console path only (never another site)."""
-    if target and target.startswith(ROOT + "/") and not target.startswith("//") and "\\" not in target:
+    """Where to go after signing in: a console page only (never another site, nor the admin API)."""
+    if target and LOCAL_TARGET.match(target) and "//" not in target:
         return target
     return ROOT + "/"
 

@@ -7,8 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.activity import Activity
 from gateway.console import guards
 from gateway.console.auth import Authority
+from gateway.geofiles import LiveGeo
+from gateway.heartbeat import Heartbeats
 from gateway.live.control import ChangeControl
 from gateway.live.state import LiveState, PolicyState
 from gateway.metrics import Metrics
@@ -25,7 +28,14 @@ class Console:
     audit_path: str | None
     ready_checks: Callable[[], list[str]]
     clock: Callable[[], float]
-    extras: dict[str, Any] = field(default_factory=dict)  # collaborators a page adds (the overview's fleet view)
+    extras: dict[str, Any] = field(default_factory=dict)  # collaborators a page may add
+    # The overview's: this replica's id, its last hour, the fleet's heartbeats (None: embedded), the GeoIP.
+    replica: str = "gateway"
+    unauthenticated_audit_path: str | None = None
+    activity: Activity = field(default_factory=Activity)
+    heartbeats: Heartbeats | None = None
+    geo: Callable[[], LiveGeo | None] = lambda: None
+    geoip_max_age_days: float = 30.0
 
     def page(self, handler: guards.PageHandler) -> guards.Endpoint:
         """A GET handler `(request, actor) -> Response` for any signed-in actor."""

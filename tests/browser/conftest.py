@@ -34,21 +34,25 @@ OPERATOR, SECOND_OPERATOR, VIEWER = "console-operator-token", "console-second-op
 ACTORS = {OPERATOR: "ops-alice", SECOND_OPERATOR: "ops-carol", VIEWER: "auditor-bob"}
 
 
-def console_config(*, approvals: int = 1, session_ttl: str = "8h", extra: str = "") -> str:
-    """Admin tokens for the console: two operators (a change and its approval) and a viewer."""
+ROLES = {OPERATOR: "operator", SECOND_OPERATOR: "operator", VIEWER: "viewer"}
+
+
+def console_config(*, approvals: int = 1, session_ttl: str = "8h", extra: str = "",
+                   tokens: tuple[str, ...] = (OPERATOR, SECOND_OPERATOR, VIEWER)) -> str:
+    """Admin tokens for the console: two operators (a change and its approval) and a viewer
+    (`tokens`: fewer of them, as after one is removed from the configuration)."""
     digest = lambda token: hashlib.sha256(token.encode()).hexdigest()  # noqa: E731
+    listed = "\n".join(f'    - {{name: {ACTORS[t]}, sha256: "{digest(t)}", role: {ROLES[t]}}}' for t in tokens)
     return f"""change_control: {{approvals: {approvals}}}
 console: {{session_ttl_s: {session_ttl}}}
 admin:
   tokens:
-    - {{name: ops-alice, sha256: "{digest(OPERATOR)}", role: operator}}
-    - {{name: ops-carol, sha256: "{digest(SECOND_OPERATOR)}", role: operator}}
-    - {{name: auditor-bob, sha256: "{digest(VIEWER)}", role: viewer}}
+{listed}
 {extra}"""
 
 
 def make_console_stack(directory: Path, **kwargs: Any) -> Stack:
-    config = {k: kwargs.pop(k) for k in ("approvals", "session_ttl", "extra") if k in kwargs}
+    config = {k: kwargs.pop(k) for k in ("approvals", "session_ttl", "extra", "tokens") if k in kwargs}
     return Stack(directory, extra_config=console_config(**config), **kwargs)
 
 
