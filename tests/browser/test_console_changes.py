@@ -6,6 +6,10 @@ can change nothing, whatever they send."""
 from __future__ import annotations
 
 import hashlib
+import json
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -129,17 +133,23 @@ def test_a_viewer_sees_both_pages_without_forms_and_every_change_is_refused(page
     assert page.locator("main form[method=post]").count() == 0
 
 
-def test_an_api_key_is_proposed_then_approved_and_revoked_at_once(page: Any, new_page: Any, console_stack: Stack) -> None:
-    secret = "fgw_console-test-secret-0123456789"
+def test_an_api_key_drawn_in_the_browser_works_once_approved_and_stops_once_revoked(
+        page: Any, new_page: Any, console_stack: Stack) -> None:
     sign_in(page, console_stack, OPERATOR, then=CHANGES)
     page.get_by_label("Organization id").fill("org-public")
     page.get_by_label("Label (optional)").fill("ci runner")
-    page.get_by_label("SHA-256 of the secret").fill(hashlib.sha256(secret.encode()).hexdigest())
+    page.get_by_role("button", name="Draw a secret in this browser").click()
+    secret = page.get_by_label("The key's secret").input_value()
+    assert secret.startswith("fgw_") and len(secret) == 47
+    assert page.get_by_label("SHA-256 of the secret").input_value() == hashlib.sha256(secret.encode()).hexdigest()
     page.get_by_label("Reason", exact=True).fill("CI")
-    page.get_by_role("button", name="Propose the key").click()
+    with page.expect_request("**/console/changes/keys") as sent:
+        page.get_by_role("button", name="Propose the key").click()
+    assert secret not in (sent.value.post_data or "")  # only its hash left the browser
     page.wait_for_url("**/console/changes?done=proposed*")
     proposal_id = page.locator("article.proposal").get_attribute("id").removeprefix("proposal-")
     assert "grants: API key key_" in page.locator("article.proposal .delta").inner_text()
+    assert chat_with(console_stack, secret) == 401  # not before it is approved
 
     carol = new_page()
     sign_in(carol, console_stack, SECOND_OPERATOR, then=CHANGES)
@@ -148,12 +158,36 @@ def test_an_api_key_is_proposed_then_approved_and_revoked_at_once(page: Any, new
     row = carol.locator("#keys tr", has_text="ci runner")
     key_id = row.locator("th").inner_text()
     assert "in force" in row.inner_text()
+    assert eventually(lambda: chat_with(console_stack, secret) == 200)
 
     carol.get_by_role("button", name=f"Revoke {key_id}").click()
     carol.wait_for_url("**/console/changes?done=revoked*")
     assert carol.get_by_role("status").inner_text() == f"API key {key_id} is revoked: it no longer works."
     assert "revoked" in carol.locator(f"#key-{key_id}").inner_text()
     assert carol.get_by_role("button", name=f"Revoke {key_id}").count() == 0
+    assert eventually(lambda: chat_with(console_stack, secret) == 401)
+
+
+def chat_with(stack: Stack, secret: str) -> int:
+    """The status of one chat request through the public listener with this API key."""
+    request = urllib.request.Request(stack.url + "/v1/chat/completions", method="POST", headers={
+        "Authorization": f"Bearer {secret}", "Content-Type": "application/json", "X-Forwarded-For": US_IP},
+        data=json.dumps({"model": "small-2", "messages": [{"role": "user", "content": "hi"}]}).encode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status
+    except urllib.error.HTTPError as refused:
+        return refused.code
+
+
+def eventually(check: Any, seconds: float = 5.0) -> bool:
+    """A running gateway sees a key change within about a second."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def test_a_malformed_key_hash_is_refused_in_plain_words(page: Any, console_stack: Stack) -> None:
