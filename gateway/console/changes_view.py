@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway import countries
@@ -166,12 +166,23 @@ def proposal_view(proposal: Mapping[str, Any]) -> ProposalView:
     changes = diff.get("changes")
     return ProposalView(
         str(proposal["id"]), str(proposal["kind"]), KIND_LABELS.get(str(proposal["kind"]), str(proposal["kind"])),
-        proposal.get("target"), str(proposal["state"]), str(proposal["proposer"]), str(proposal["created"]),
-        str(proposal["expires_at"]), proposal.get("reason"), proposal.get("reference"), list(proposal.get("approvals", ())),
+        proposal.get("target"), str(proposal["state"]), str(proposal["proposer"]), stamp(proposal["created"]),
+        stamp(proposal["expires_at"]), proposal.get("reason"), proposal.get("reference"), list(proposal.get("approvals", ())),
         int(proposal.get("approvals_needed", 0)), proposal.get("closed"), list(proposal.get("problems") or ()),
         shown(diff.get("before")), shown(diff.get("after")), shown(changes) if changes else None,
         str(delta.get("kind", "unknown")), access_delta.render(delta) if delta else ["not computed"],
         simulation_summary(proposal.get("simulation") or {}), proposal.get("recomputed"))
+
+
+def stamp(value: Any) -> str:
+    """A time as the page writes every time: UTC to the second, "2026-12-01T12:00:00Z"."""
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return str(value)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def shown(value: Any) -> str | None:
@@ -220,5 +231,5 @@ def history_row(record: Mapping[str, Any]) -> HistoryRow:
     countersign = record.get("countersign")
     if isinstance(countersign, Mapping) and countersign.get("state") == "awaiting":
         notes.append(f"countersignature due {countersign.get('due')}")
-    return HistoryRow(str(record.get("change_id", "")), str(record.get("time", "")), str(record.get("actor", "")),
+    return HistoryRow(str(record.get("change_id", "")), stamp(record.get("time", "")), str(record.get("actor", "")),
                       str(record.get("action", "")), record.get("target"), record.get("reason"), "; ".join(notes))

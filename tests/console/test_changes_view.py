@@ -74,6 +74,7 @@ def test_a_proposal_is_shown_with_its_delta_in_words_and_its_simulation() -> Non
     }
     shown = proposal_view(proposal)
     assert shown.open and shown.label == "Lift a suspension" and shown.after is None
+    assert (shown.created, shown.expires_at) == ("2026-12-01T12:00:00Z", "2026-12-04T12:00:00Z")
     assert '"id": "susp-se"' in shown.before
     assert shown.delta_lines[1] == "  grants fable [standard] from 2026-12-01T12:00:00Z: SE"
     assert shown.simulation["to_allow"] == 3 and shown.simulation["by_org"] == ["org-public: 3 would be allowed, 0 denied"]
