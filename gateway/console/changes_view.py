@@ -20,11 +20,12 @@ from typing import Any
 
 from gateway import countries
 from gateway.live import access_delta
+from gateway.policy.schema import NAME_PATTERN
 from gateway.policy.snapshot import Policy
 
 MAX_TEXT = 500
 MAX_SHOWN = 4000  # characters of a diff side shown in the page; the admin API has the rest
-ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+ID = NAME_PATTERN  # a suspension's, proposal's, change's or key's id, as the policy names things
 KIND_LABELS = {
     "suspension.create": "Suspend", "suspension.lift": "Lift a suspension", "organization.update": "Change an organization",
     "policy.replace": "Replace the policy", "credential.reinstate": "Reinstate a credential",

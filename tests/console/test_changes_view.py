@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from starlette.datastructures import ImmutableMultiDict
 
-from gateway.console.changes_view import api_key, history_row, places, proposal_view, suspension
+from gateway.console.changes_view import api_key, history_row, places, proposal_view, suspension, valid_id
 from gateway.policy.snapshot import Policy
 
 
@@ -85,3 +85,8 @@ def test_a_change_log_record_says_who_approved_it() -> None:
                        "target": "susp-se", "access": "loosening", "proposal": "prop-1", "approved_by": ["ops-carol"]})
     assert (row.actor, row.action, row.target) == ("ops-alice", "suspension.lift", "susp-se")
     assert row.details == "loosening; proposal prop-1; approved by ops-carol"
+
+
+def test_ids_are_names_as_the_policy_writes_them() -> None:
+    assert valid_id("bis/2026-11+eu@x") and valid_id("prop-20261201-0a1b2c3d")
+    assert not valid_id("<script>") and not valid_id("") and not valid_id("a" * 129) and not valid_id(None)
