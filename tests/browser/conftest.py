@@ -2,7 +2,7 @@
 
 - `console_stack`: a real gateway (tests/e2e.py Stack: demo upstream, public and admin
   listeners on loopback ports) with an operator, a second operator and a viewer token.
-- `browser` (one per session) and `page` (a fresh context per test, 1280x800): a page
+- `browser` (one per test module) and `page` (a fresh context per test, 1280x800): a page
   never shares cookies with another test's.
 - `sign_in(page, stack, token)`: signs in through the form, as a person would.
 - `screenshot(page, name)`: saves tests/artifacts/screenshots/<name>.png (git-ignored).
@@ -65,7 +65,9 @@ def console_stack(tmp_path: Path) -> Iterator[Stack]:
         stack.close()
 
 
-@pytest.fixture(scope="session")
+# One per module, not per session: Playwright's sync API holds an event loop running in the
+# main thread while it is open, and every async test after it would fail to start its own.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency (pip install -e '.[dev]')")
     if shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists():
