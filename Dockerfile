@@ -32,10 +32,10 @@ COPY gateway ./gateway
 # runtime never needs to write __pycache__.
 RUN /opt/gateway/bin/pip install . && /opt/gateway/bin/gateway --help >/dev/null
 # The embedded DB-IP database ships xz-compressed; the reader needs a plain file. Extract it
-# now into the cache directory the runtime will look in (gateway/geodata.py: XDG_CACHE_HOME),
+# now into the cache directory the runtime will look in (gateway/geo/embedded.py: XDG_CACHE_HOME),
 # so a read-only container finds it intact and writes nothing.
 ENV XDG_CACHE_HOME=/opt/gateway-cache
-RUN /opt/gateway/bin/python -c "from gateway.geodata import default_country_db; print(default_country_db())"
+RUN /opt/gateway/bin/python -c "from gateway.geo.embedded import default_country_db; print(default_country_db())"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="Frontier Gateway" \

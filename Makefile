@@ -50,12 +50,12 @@ test: venv chromium
 demo: venv
 	$(BIN)/gateway demo
 
-# The docker-compose topology as local processes (gateway/fleet_local.py): Redis (a private one from
+# The docker-compose topology as local processes (devtools/fleet_local.py): Redis (a private one from
 # scripts/with-redis, or $$REDIS_URL), REPLICAS gateway replicas behind nginx (installed from Debian's
 # packages as root if missing, else a Python load balancer), the demo upstream, and Prometheus if
 # installed. Prints where each listens and curl commands through the load balancer; Ctrl-C stops all.
 fleet: venv
-	VENV=$(CURDIR)/$(VENV) scripts/with-redis $(BIN)/python -m gateway.fleet_local --replicas $(REPLICAS) $(FLEET_ARGS)
+	VENV=$(CURDIR)/$(VENV) scripts/with-redis $(BIN)/python -m devtools.fleet_local --replicas $(REPLICAS) $(FLEET_ARGS)
 
 # Benchmarks (bench/README.md). QUICK=1: about a minute each. bench-proxy runs under scripts/with-redis
 # (the fleet targets need Redis) and, as root, installs Debian's wrk and nginx when missing; without

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from gateway.countries import ALPHA2  # noqa: E402
+from gateway.policy.countries import ALPHA2  # noqa: E402
 
 REFERENCE = ROOT / "tests" / "fixtures" / "reference" / "policy"
 COPIED = ("jurisdictions.yaml", "framework.yaml")

@@ -51,9 +51,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.bundlegen import REFERENCE, generate  # noqa: E402
-from gateway.clientip import TrustedProxies, client_ip  # noqa: E402
-from gateway.countries import ALPHA2  # noqa: E402
-from gateway.decision import Facts, decide  # noqa: E402
+from gateway.request.clientip import TrustedProxies, client_ip  # noqa: E402
+from gateway.policy.countries import ALPHA2  # noqa: E402
+from gateway.policy.decision import Facts, decide  # noqa: E402
 from gateway.policy.load import load_bundle  # noqa: E402
 from gateway.policy.snapshot import Policy  # noqa: E402
 

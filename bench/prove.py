@@ -42,11 +42,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.bundlegen import GRID_ORIGIN, generate  # noqa: E402
-from gateway.decision import decide  # noqa: E402
+from gateway.policy.decision import decide  # noqa: E402
 from gateway.policy import prove  # noqa: E402
 from gateway.policy.load import load_bundle  # noqa: E402
 from gateway.policy.snapshot import Assertion  # noqa: E402
-from gateway.region_overlay import RegionOverlay, default_region_overlay  # noqa: E402
+from gateway.geo.region_overlay import RegionOverlay, default_region_overlay  # noqa: E402
 
 GOAL_SHIPPED_S = 2.0
 GOAL_LARGE_S = 60.0

@@ -9,7 +9,7 @@ pass-through proxies, and through `gateway serve` on the full allowed path.
 
 Targets (each started, measured and stopped in turn; the upstream runs throughout):
 
-  direct            the demo upstream itself (`python -m gateway.demo_upstream`, records nothing)
+  direct            the demo upstream itself (`python -m gateway.demo.upstream`, records nothing)
   nginx             Debian's nginx as a reverse proxy (1 worker, keep-alive upstream, no buffering)
   raw-asgi          bench/floor.py --kind raw: a bare ASGI callable forwarding with aiohttp
   starlette         bench/floor.py --kind starlette: the same through Starlette routing and responses
@@ -322,7 +322,7 @@ class Bench:
         return options
 
     async def start_upstream(self) -> None:
-        self.upstream = Server("demo upstream", [sys.executable, "-m", "gateway.demo_upstream", "--port", "0"],
+        self.upstream = Server("demo upstream", [sys.executable, "-m", "gateway.demo.upstream", "--port", "0"],
                                self.directory / "upstream.log", env=self.env, cwd=ROOT)
         self.upstream_url = self.upstream.wait_for_line(r"listening on (http://\S+)").group(1)
         await wait_http_ok(self.upstream_url + "/v1/models", server=self.upstream)
@@ -354,7 +354,7 @@ class Bench:
         directory = self.directory / name
         directory.mkdir()
         if name == "nginx":
-            from gateway.fleet_local import find_nginx, install_nginx
+            from devtools.fleet_local import find_nginx, install_nginx
 
             nginx = find_nginx() or (install_nginx(sys.stdout) if self.args.install else None)
             if nginx is None:
@@ -686,7 +686,7 @@ async def run(args: argparse.Namespace, directory: Path) -> int:
         print(f"Frontier Gateway proxy benchmark — Python {platform.python_version()}, {os.cpu_count()} CPUs, "
               f"aiohttp {aiohttp.__version__}, load average {load1:.2f} at the start")
         print(f"  code      {revision()}")
-        print(f"  upstream  {bench.upstream_url}  (python -m gateway.demo_upstream; records nothing)")
+        print(f"  upstream  {bench.upstream_url}  (python -m gateway.demo.upstream; records nothing)")
         print(f"  request   POST {PATH} model={MODEL} as {ORG} (RS256 JWT), X-Forwarded-For {CLIENT_IP} "
               f"(-> {COUNTRY}), policies/ at the real clock + a {TIER} quota never reached")
         print(f"  client    {args.client_described}")

@@ -4,7 +4,7 @@ policy is reloaded every 30 s. Run on demand: `make soak` (SOAK_MINUTES=10), or
 
     .venv/bin/python bench/soak.py --minutes 10 --out soak.json
 
-The fleet is gateway/fleet_local.py's `LocalFleet` (nginx, else its Python load
+The fleet is devtools/fleet_local.py's `LocalFleet` (nginx, else its Python load
 balancer; N replicas; the demo upstream), with three of its hooks: a private Redis
 with an append-only file (a restart keeps the API keys, the policy and the audit
 stream, as a production Redis would), the demo upstream's journal (what reached
@@ -81,13 +81,14 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # devtools/ is never installed
 from _load import ProcStat, ProcTree  # noqa: E402
 from soak_floods import (BY_NAME as FLOODS_BY_NAME, FLOODS, QUOTA_MAX_TOKENS, QUOTA_PROMPT, Spec,  # noqa: E402
                          journal_violations, p99_check, percentile, phase, quota_check, verdict, windows_for)
 
 from gateway.audit.verification import verify, verify_lines  # noqa: E402
-from gateway.demo import AUDIENCE, IR, ISSUER, SHIPPED_POLICIES, US, bearer, chat  # noqa: E402
-from gateway.fleet_local import LB_SOURCE, FleetError, LocalFleet, _redis_answers  # noqa: E402
+from gateway.demo.command import AUDIENCE, IR, ISSUER, SHIPPED_POLICIES, US, bearer, chat  # noqa: E402
+from devtools.fleet_local import LB_SOURCE, FleetError, LocalFleet, _redis_answers  # noqa: E402
 
 UNKNOWN_ORG = "org-soak-unregistered"  # a key exists for it; the policy has never heard of it
 RELOAD_ORG = "org-soak-reload"  # edited into organizations.yaml by file reloads; the load never uses it
@@ -251,7 +252,7 @@ def add_quota_org(policy_dir: Path, tokens_per_day: int) -> None:
 def quota_costs() -> tuple[dict[str, int], int]:
     """Tokens one forwarded request of each quota flood used at the demo upstream (as its usage
     reports them), and one request's most: prompt + max_tokens, all an abandoned one could use."""
-    from gateway.demo_upstream import _Reply
+    from gateway.demo.upstream import _Reply
 
     prompt = len(QUOTA_PROMPT.split())
     used = prompt + _Reply("fleet-upstream", "example-small-1", QUOTA_PROMPT, QUOTA_MAX_TOKENS).tokens

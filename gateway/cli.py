@@ -11,11 +11,12 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway import countries, explain
+from gateway.policy import countries
+from gateway.policy import explain
 from gateway.config import Config, ConfigError, GeoIPConfig, load_config
-from gateway.decision import Facts, decide
-from gateway.geo import GeoDatabaseError
-from gateway.geofiles import UNENFORCED_ANONYMIZERS, build_geoip, configured_files, unenforced_anonymizer_rules
+from gateway.policy.decision import Facts, decide
+from gateway.geo.reader import GeoDatabaseError
+from gateway.geo.files import UNENFORCED_ANONYMIZERS, build_geoip, configured_files, unenforced_anonymizer_rules
 from gateway.policy.issues import Issue, PolicyError
 from gateway.policy.load import load_bundle
 from gateway.policy.snapshot import Policy
@@ -54,7 +55,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _explain_timeline(args: argparse.Namespace, policy: Policy, now: datetime) -> int:
     """`explain --model X` without `--org`: the model's release timeline."""
-    from gateway import timeline
+    from gateway.policy import timeline
 
     given = [f"--{name.replace('_', '-')}" for name in ("country", "ip", "region", "geoip_db", "anonymous_ip_db")
              if getattr(args, name) is not None] + (["--anonymizer"] if args.anonymizer else [])
@@ -136,7 +137,7 @@ def _refuse_violations(policy: Policy, at: datetime, warnings: list[Issue]) -> N
 def _placeable_regions(config: Config | None) -> frozenset[str] | None:
     """The regions a caller is placed in without a City database: the embedded overlay's, none
     if the config turns it off; None (no such warnings) if the overlay cannot be read."""
-    from gateway.region_overlay import RegionOverlay, default_region_overlay
+    from gateway.geo.region_overlay import RegionOverlay, default_region_overlay
 
     if config is not None and not config.geoip.region_overlay:
         return frozenset()
@@ -290,7 +291,7 @@ def _recorded(config: Config, verb: Callable[..., int], args: argparse.Namespace
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway import demo
+    from gateway.demo import command as demo
 
     if args.tour:
         return demo.run_tour(args.policy) if args.policy else demo.run_tour()
@@ -298,13 +299,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
-    from gateway import admin_cli
+    from gateway.admin import cli as admin_cli
 
     return admin_cli.run(args)
 
 
 def cmd_geo_lookup(args: argparse.Namespace) -> int:
-    from gateway import geo_lookup
+    from gateway.geo import lookup_cli as geo_lookup
 
     config = _config(args)
     try:
@@ -507,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--policy", metavar="DIR", help="with --tour: policy bundle (default: the shipped policies/)")
     demo.set_defaults(run=cmd_demo)
 
-    from gateway import admin_cli
+    from gateway.admin import cli as admin_cli
 
     admin = verbs.add_parser("admin", help="drive a running gateway's admin API: suspend, lift, org, reload, policy, ...",
                              description="Drive a running gateway's admin API (docs/admin-api.md). The URL and token can also "

@@ -19,10 +19,10 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError,
                       field_validator, model_validator)
 
-from gateway.header_names import GATEWAY_PREFIX, HOP_BY_HOP, NEVER_RETURNED, folded
+from gateway.request.header_names import GATEWAY_PREFIX, HOP_BY_HOP, NEVER_RETURNED, folded
 from gateway.policy.issues import format_path, validation_message
 from gateway.policy.yamlsource import YamlDocument, YamlSyntaxError, parse
-from gateway.routing import DEFAULT_ROUTES, checked_prefixes
+from gateway.request.routing import DEFAULT_ROUTES, checked_prefixes
 
 ENV_PREFIX = "GATEWAY_"
 # Request headers aiohttp writes from the body it forwards.
@@ -126,9 +126,9 @@ class GeoIPConfig(Section):
     country_db: str | None = None  # None: the embedded DB-IP Country Lite database
     anonymous_ip_db: str | None = None
     # A database older than this (from its build date) is reported (metric, alert); one
-    # older than twice this is no longer trusted for covered models (gateway/geofiles.py).
+    # older than twice this is no longer trusted for covered models (gateway/geo/files.py).
     max_age_days: int = Field(45, gt=0, le=3650)
-    # The embedded region overlay (gateway/region_overlay.py) adds Crimea, Sevastopol,
+    # The embedded region overlay (gateway/geo/region_overlay.py) adds Crimea, Sevastopol,
     # Donetsk, Luhansk, Zaporizhzhia and Kherson on top of whichever country database.
     region_overlay: Bool = True
 
@@ -156,7 +156,7 @@ class IdentityConfig(Section):
 
 class RedisConfig(Section):
     # redis://, rediss://, unix:// or redis+sentinel://host:port[,host:port]/service_name[/db]
-    # (gateway/redis_connect.py); None: embedded mode, one process.
+    # (gateway/live/redis_connect.py); None: embedded mode, one process.
     url: str | None = None
     # A Redis Cluster, reached through the node(s) in `url` (redis://host:port[,host:port...]).
     cluster: Bool = False
@@ -168,7 +168,7 @@ class RedisConfig(Section):
 
     @model_validator(mode="after")
     def _usable_url(self) -> RedisConfig:
-        from gateway.redis_connect import parse
+        from gateway.live.redis_connect import parse
 
         if self.url is None:
             if self.cluster:
@@ -245,6 +245,9 @@ class ConsoleConfig(Section):
     enabled: Bool = True
     # A signed-in session ends this long after sign-in, whatever its use (`8h`, `30m`).
     session_ttl_s: Duration = 8 * 3600.0
+    # Also sign in with a JWT of identity.jwt whose claim of this name is "viewer" or
+    # "operator"; None: admin tokens only.
+    jwt_role_claim: str | None = None
 
 
 class ChangeControlConfig(Section):
@@ -266,12 +269,12 @@ class RequestConfig(Section):
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     # Content-Encodings the gateway decodes (then forwards decoded); others get 415.
     decode_encodings: list[Literal["gzip", "deflate"]] = []
-    # Objects and arrays in a JSON body, counted before it is parsed (gateway/request_body.py).
+    # Objects and arrays in a JSON body, counted before it is parsed (gateway/request/body.py).
     max_json_containers: int = Field(100_000, ge=1)
 
 
 class LimitsConfig(Section):
-    """What one client may cost a listener (gateway/listener.py). The head limits are
+    """What one client may cost a listener (gateway/request/listener.py). The head limits are
     nginx's defaults (large_client_header_buffers 4 8k)."""
 
     max_header_bytes: int = Field(32 * 1024, ge=1024)      # request line + header fields (and trailer fields)
@@ -313,7 +316,7 @@ class DenialConfig(Section):
 class RevocationConfig(Section):
     # Requests being answered are decided again when the policy changes, and every
     # check_interval_s for times the policy names (a suspension's `from`); one now
-    # denied is ended with the denial it would now get (gateway/revocation.py).
+    # denied is ended with the denial it would now get (gateway/request/revocation.py).
     enabled: Bool = True
     check_interval_s: float = Field(0.25, gt=0, le=10)
 
@@ -399,14 +402,14 @@ class Config(Section):
     @field_validator("routes")
     @classmethod
     def _decidable_routes(cls, value: list[str]) -> list[str]:
-        # A prefix must cover a route the gateway knows how to decide on (gateway/routing.py).
+        # A prefix must cover a route the gateway knows how to decide on (gateway/request/routing.py).
         checked_prefixes(value)
         return value
 
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        from gateway.clientip import parse_network
+        from gateway.request.clientip import parse_network
 
         for cidr in value:
             parse_network(cidr)

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector,
                                disable_created_metrics, generate_latest)
 
-from gateway import countries
+from gateway.policy import countries
 
 if TYPE_CHECKING:
-    from gateway.decision import Decision
+    from gateway.policy.decision import Decision
 
 UNRELEASED = "unreleased"  # the model label of every concealed model
 NO_MODEL = "none"          # no model was established (or the policy does not know it)

@@ -30,36 +30,36 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from gateway import logs
-from gateway.admin import AdminRefusals, create_admin_app
-from gateway.app import Gateway
-from gateway.activity import Activity
+from gateway.admin.app import AdminRefusals, create_admin_app
+from gateway.request.app import Gateway
+from gateway.request.activity import Activity
 from gateway.audit import AuditLogs
 from gateway.audit.files import FileMode
 from gateway.audit.chain import default_replica
-from gateway.clientip import TrustedProxies
+from gateway.request.clientip import TrustedProxies
 from gateway.config import Config, is_loopback
 from gateway.console.app import create_console_app
 from gateway.console.context import Console
 from gateway.console.auth import Authority
 from gateway.console.sessions import MemorySessions, RedisSessions, SessionStore
 from gateway.export import record_export, tracing
-from gateway.geofiles import UNENFORCED_ANONYMIZERS, LiveGeo, configured_files, unenforced_anonymizer_rules
-from gateway.heartbeat import Heartbeats
+from gateway.geo.files import UNENFORCED_ANONYMIZERS, LiveGeo, configured_files, unenforced_anonymizer_rules
+from gateway.live.heartbeat import Heartbeats
 from gateway.identity import Authenticator
 from gateway.identity.apikeys import ApiKeyAdmin, ApiKeyStore
 from gateway.identity.redis_keys import RedisApiKeyStore
-from gateway.listener import protocol_for
+from gateway.request.listener import protocol_for
 from gateway.live.control import ChangeControl
 from gateway.live.proposals import LocalProposals, RedisProposals
 from gateway.live.state import LiveState, PolicyState, watch_sighup
 from gateway.live.store import LocalStore, RedisStore, Store
 from gateway.metrics import Metrics
-from gateway.misuse import LocalSightings, RedisSightings, Sightings
-from gateway.pool import PoolCollector
-from gateway.proxy import Upstreams
-from gateway.quota import LocalQuota, Quota, RedisQuota
-from gateway.redis_connect import connect
-from gateway.revocation import Revocations
+from gateway.request.misuse import LocalSightings, RedisSightings, Sightings
+from gateway.request.pool import PoolCollector
+from gateway.request.proxy import Upstreams
+from gateway.request.quota import LocalQuota, Quota, RedisQuota
+from gateway.live.redis_connect import connect
+from gateway.request.revocation import Revocations
 
 log = logging.getLogger("gateway")
 
@@ -217,7 +217,8 @@ class Service:
         sessions: SessionStore = (RedisSessions(self.store.redis, config.redis.namespace)
                                   if isinstance(self.store, RedisStore) else MemorySessions())
         authority = Authority(config.admin.tokens, sessions, config.console.session_ttl_s,
-                              TrustedProxies(config.trusted_proxies), self.metrics, time.time)
+                              TrustedProxies(config.trusted_proxies), self.metrics, time.time,
+                              jwt=self.authenticator.jwt, jwt_role_claim=config.console.jwt_role_claim)
         return create_console_app(Console(authority, self.state, self.live, self.control, self.metrics,
                                           config.audit.path, self.missing, self.clock, replica=self.replica,
                                           unauthenticated_audit_path=str(self.audit.unauthenticated.path),
@@ -229,11 +230,11 @@ class Service:
         return policy.version if policy is not None else None
 
     def request_path(self, *args: Any, **kwargs: Any) -> Gateway:
-        """The Gateway; with tracing on, the one with spans (gateway/traced.py), imported
+        """The Gateway; with tracing on, the one with spans (gateway/request/traced.py), imported
         only then: with it off, the request path has no tracing code at all."""
         if self.tracing is None:
             return Gateway(*args, **kwargs)
-        from gateway.traced import TracedGateway
+        from gateway.request.traced import TracedGateway
 
         return TracedGateway(*args, tracer=self.tracing.get_tracer("frontier-gateway"), **kwargs)
 
@@ -363,7 +364,7 @@ def check_audit(config: Config) -> None:
 def check_admin(config: Config) -> None:
     """Raise ValueError when the admin listener would show its metrics beyond this host
     to anyone, or ask for a token nobody has. Checked when serving, not when loading:
-    other commands (`gateway keys`, compose-init) read configs that name no tokens."""
+    other commands (`gateway keys`, the compose demo's credentials) read configs that name no tokens."""
     if config.metrics_require_token and not config.admin.tokens:
         if config.admin.metrics_require_token is None:
             raise ValueError(
@@ -372,6 +373,9 @@ def check_admin(config: Config) -> None:
                 "admin listener\"), bind admin_listen to 127.0.0.1, or set admin.metrics_require_token: false if the "
                 "network already limits who reaches the port")
         raise ValueError("admin.metrics_require_token is true but admin.tokens is empty: add a viewer token for Prometheus")
+    if config.console.jwt_role_claim is not None and config.identity.jwt is None:
+        raise ValueError("console.jwt_role_claim is set but identity.jwt is not: the console cannot verify a JWT "
+                         "without the API's issuer and keys")
 
 
 def worker_config(config: Config, index: int) -> Config:

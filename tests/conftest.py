@@ -19,7 +19,7 @@ REFERENCE = FIXTURES / "reference"
 REFERENCE_POLICY = REFERENCE / "policy"
 GEOIP = FIXTURES / "geoip"
 # The fixture databases were built on 2026-02-04: tests not about database age must not
-# start refusing covered models as they grow old (geoip.max_age_days, gateway/geofiles.py).
+# start refusing covered models as they grow old (geoip.max_age_days, gateway/geo/files.py).
 GEOIP_MAX_AGE_DAYS = 3650
 
 

@@ -18,7 +18,7 @@ from joserfc.jwk import generate_key
 from conftest import GEOIP, GEOIP_MAX_AGE_DAYS, REFERENCE_POLICY, at
 from gateway.audit import unauthenticated_path
 from gateway.config import load_config
-from gateway.demo_upstream import DemoServer, serve as serve_upstream
+from gateway.demo.upstream import DemoServer, serve as serve_upstream
 from gateway.identity import ApiKeyStore
 from gateway.server import Service
 

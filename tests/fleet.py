@@ -30,7 +30,7 @@ from typing import Any
 
 from conftest import GEOIP, GEOIP_MAX_AGE_DAYS, REFERENCE_POLICY
 from e2e import AUDIENCE, CATALOGUE, ISSUER, LoopThread, SigningKey
-from gateway.demo_upstream import DemoServer, serve as serve_upstream
+from gateway.demo.upstream import DemoServer, serve as serve_upstream
 from gateway.identity import ApiKeyStore
 
 US_IP, CN_IP, SE_IP = "216.160.83.56", "175.16.199.1", "89.160.20.112"
@@ -342,7 +342,7 @@ class Fleet:
         """What reached the upstream is exactly the requests that were answered 200: no denied
         request was forwarded, and no allowed one was answered without the upstream. Except a
         request allowed and forwarded, then revoked by a change before its answer started
-        (gateway/revocation.py): it is answered with the denial, and its audit record says so."""
+        (gateway/request/revocation.py): it is answered with the denial, and its audit record says so."""
         forwarded = self.upstream.decision_ids()
         records = [json.loads(line) for replica in self.replicas if replica.audit_path.exists()
                    for line in replica.audit_path.read_text().splitlines()]

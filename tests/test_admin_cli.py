@@ -290,7 +290,7 @@ class TestReading:
         assert lines and all(" org=org-kyoto " in line and " country=US " in line for line in lines)
         assert re.match(r"\S+Z allow 200 org=org-kyoto model=small-2 country=US reasons=- id=\S+$", lines[0])
         done = gateway_admin(stack, "decisions", "--decision", "deny", "--org", "org-listed", "--limit", "1", token=VIEWER)
-        # A denied org's body is never read (gateway/decision.py decide_caller): no model in its record.
+        # A denied org's body is never read (gateway/policy/decision.py decide_caller): no model in its record.
         assert re.match(r"\S+Z deny 403 org=org-listed model=- country=US reasons=org_denied id=\S+\n$", done.stdout)
         done = gateway_admin(stack, "decisions", "--org", "org-nobody", token=VIEWER)
         assert done.returncode == 0 and done.stdout == "no decisions\n"

@@ -1,4 +1,4 @@
-"""gateway/catalogue.py: what a caller may learn of the models from the catalogue,
+"""gateway/request/catalogue.py: what a caller may learn of the models from the catalogue,
 decided without I/O on the reference policy at a fixed time."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from conftest import at
-from gateway import catalogue
-from gateway.decision import Facts
+from gateway.request import catalogue
+from gateway.policy.decision import Facts
 from gateway.policy.snapshot import Policy
 
 NOW = at("2026-12-01T12:00:00Z")

@@ -196,7 +196,7 @@ def overlay_address(region: str, version: int = 4) -> str:
     """An address the shipped overlay places in `region`."""
     import maxminddb
 
-    from gateway.region_overlay import default_region_overlay
+    from gateway.geo.region_overlay import default_region_overlay
 
     with maxminddb.open_database(str(default_region_overlay())) as reader:
         return next(str(n.network_address) for n, r in reader if r["region"] == region and n.version == version)

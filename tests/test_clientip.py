@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.clientip import (MAX_FORWARDED_CHARS, MAX_FORWARDED_ENTRIES, ClientLocator, ForwardedForError,
+from gateway.request.clientip import (MAX_FORWARDED_CHARS, MAX_FORWARDED_ENTRIES, ClientLocator, ForwardedForError,
                               TrustedProxies, client_ip)
-from gateway.geo import UNKNOWN, GeoIP, parse_ip
-from gateway.geodata import default_country_db
+from gateway.geo.reader import UNKNOWN, GeoIP, parse_ip
+from gateway.geo.embedded import default_country_db
 
 TRUSTED = TrustedProxies(["127.0.0.1/32", "10.0.0.0/8", "2001:db8:ffff::/48", "::1"])
 NOBODY = TrustedProxies([])

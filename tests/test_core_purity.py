@@ -10,10 +10,12 @@ import pytest
 
 import gateway
 
-CORE = ["decision.py", "reasons.py", "explain.py", "policy/snapshot.py", "policy/schema.py", "policy/provenance.py"]
+CORE = ["policy/decision.py", "policy/reasons.py", "policy/explain.py", "policy/snapshot.py", "policy/schema.py",
+        "policy/provenance.py"]
 FORBIDDEN = {"os", "time", "socket", "random", "subprocess", "pathlib", "starlette", "uvicorn", "redis", "geoip2",
-             "maxminddb", "authlib", "joserfc", "aiohttp", "httpx", "prometheus_client", "asyncio", "logging", "gateway.geo",
-             "gateway.cli", "gateway.policy.load"}
+             "maxminddb", "authlib", "joserfc", "aiohttp", "httpx", "prometheus_client", "asyncio", "logging",
+             # the gateway's I/O: the places, the request path, live state, the CLI, reading policy files
+             "gateway.geo", "gateway.request", "gateway.live", "gateway.cli", "gateway.policy.load"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -30,10 +32,10 @@ def imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize("module", CORE)
 def test_core_module_imports_nothing_that_does_io(module: str) -> None:
     imported = imported_modules(Path(gateway.__file__).parent / module)
-    bad = {name for name in imported if name in FORBIDDEN or name.split(".")[0] in FORBIDDEN}
+    bad = {name for name in imported if any(name == f or name.startswith(f + ".") for f in FORBIDDEN)}
     assert not bad
 
 
 def test_core_does_not_read_the_clock() -> None:
-    source = (Path(gateway.__file__).parent / "decision.py").read_text()
+    source = (Path(gateway.__file__).parent / "policy" / "decision.py").read_text()
     assert "datetime.now" not in source and "utcnow" not in source and "today(" not in source

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REFERENCE_POLICY, at, reference_cases
 from gateway.cli import main
-from gateway.decision import Facts, decide, decide_caller
+from gateway.policy.decision import Facts, decide, decide_caller
 from gateway.policy.snapshot import Policy
 
 CASES = reference_cases()
@@ -174,7 +174,7 @@ def test_decide_caller_keeps_the_model_free_reasons(reference_policy: Policy) ->
     assert decision is not None and list(decision.reasons) == ["org_denied", "jurisdiction_embargoed"]
 
 
-# An expired GeoIP database (gateway/geofiles.py): covered models are unavailable, the
+# An expired GeoIP database (gateway/geo/files.py): covered models are unavailable, the
 # others decided as usual, and a denial keeps its own reason first.
 # (org, model, country, status, reasons)
 EXPIRED_GEO = [

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import REFERENCE_POLICY, at
-from gateway.decision import Facts, decide, decide_listing
+from gateway.policy.decision import Facts, decide, decide_listing
 from gateway.policy.load import load_texts
 from gateway.policy.snapshot import Policy
 

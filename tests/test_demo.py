@@ -32,7 +32,7 @@ def test_tour_commands_reproduce_each_decision(capsys: pytest.CaptureFixture[str
 def test_demo_examples_answer_as_printed(tmp_path) -> None:
     import asyncio
 
-    from gateway.demo import check, describe, start_demo
+    from gateway.demo.command import check, describe, start_demo
 
     async def run() -> tuple[str, list[tuple[int, int]]]:
         runtime = await start_demo(tmp_path, public_port=0, admin_port=0)
@@ -51,7 +51,7 @@ def test_demo_examples_answer_as_printed(tmp_path) -> None:
 def test_demo_prints_the_console_and_its_tokens_and_they_sign_in(tmp_path) -> None:
     import asyncio
 
-    from gateway.demo import check_console, describe, start_demo
+    from gateway.demo.command import check_console, describe, start_demo
 
     async def run() -> tuple[str, list[tuple[str, bool]], Any]:
         runtime = await start_demo(tmp_path, public_port=0, admin_port=0)
@@ -70,7 +70,7 @@ def test_demo_prints_the_console_and_its_tokens_and_they_sign_in(tmp_path) -> No
 def test_demo_walks_through_change_control_with_two_operator_tokens(tmp_path) -> None:
     import asyncio
 
-    from gateway.demo import check_walkthrough, describe, start_demo
+    from gateway.demo.command import check_walkthrough, describe, start_demo
 
     async def run() -> tuple[str, dict[str, str], list[tuple[str, bool]]]:
         runtime = await start_demo(tmp_path, public_port=0, admin_port=0)

@@ -25,7 +25,7 @@ import anthropic
 import openai
 import pytest
 
-from gateway.demo_upstream import ThreadedDemoServer, create_app, serve
+from gateway.demo.upstream import ThreadedDemoServer, create_app, serve
 
 USER = [{"role": "user", "content": "Hello there, upstream"}]
 
@@ -368,7 +368,7 @@ def test_create_app_records_nothing_when_asked() -> None:
 
 def test_runs_as_a_process() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.demo_upstream", "--port", "0", "--name", "proc", "--models", "a,b"],
+        [sys.executable, "-m", "gateway.demo.upstream", "--port", "0", "--name", "proc", "--models", "a,b"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -478,7 +478,7 @@ def test_a_request_can_ask_for_another_status_and_more_headers() -> None:
 def test_journal_of_a_process(tmp_path: Any) -> None:
     journal = tmp_path / "journal.jsonl"
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.demo_upstream", "--port", "0", "--journal", str(journal)],
+        [sys.executable, "-m", "gateway.demo.upstream", "--port", "0", "--journal", str(journal)],
         stdout=subprocess.PIPE, text=True,
     )
     try:

@@ -302,7 +302,8 @@ def test_the_images_install_step_gives_a_complete_package(tmp_path: Path) -> Non
                   if instruction == "RUN" and "default_country_db" in arg][0]
     code = re.search(r'-c "([^"]+)"', build_step).group(1)
     probe = ("import gateway, sys; assert gateway.__file__.startswith(sys.argv[1]), gateway.__file__; "
-             "import gateway.cli, gateway.server, gateway.fleet_local, gateway.redis_connect; " + code)
+             "import gateway.cli, gateway.server, gateway.demo.compose, gateway.live.redis_connect; "
+             "import importlib.util; assert importlib.util.find_spec('devtools') is None, 'devtools installed'; " + code)
     ran = subprocess.run([sys.executable, "-c", probe, str(target)], env=environ, cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr[-3000:]
@@ -343,7 +344,7 @@ def test_the_country_database_extracted_at_build_time_is_used_read_only(tmp_path
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """What the build stage does (extract into $XDG_CACHE_HOME/frontier-gateway), then what a
     read-only container does: find it intact and write nothing."""
-    from gateway import geodata
+    from gateway.geo import embedded as geodata
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "opt-gateway-cache"))
     extracted = geodata.default_country_db()
@@ -480,12 +481,12 @@ def test_compose_monitoring(compose: dict[str, Any]) -> None:
 
 
 def test_compose_init_renders_a_config_the_gateway_accepts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`python -m gateway.fleet_local compose-init` as the demo-credentials service runs it, on a real
+    """`python -m gateway.demo.compose` as the demo-credentials service runs it, on a real
     Redis: keys made once and reused, an admin token, a config the replicas start with."""
     redis_url = os.environ.get("REDIS_URL")
     if not redis_url:
         pytest.skip("REDIS_URL is not set: run under scripts/with-redis")
-    from gateway import fleet_local
+    from gateway.demo import compose
     from gateway.config import load_config
     from gateway.identity.redis_keys import RedisApiKeyStore
 
@@ -495,7 +496,9 @@ def test_compose_init_renders_a_config_the_gateway_accepts(tmp_path: Path, capsy
     document["redis"] |= {"url": redis_url, "namespace": namespace}
     template.write_text(yaml.safe_dump(document))
     out = tmp_path / "demo"
-    assert fleet_local.compose_init(template, out) == 0
+    service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["demo-credentials"]
+    assert service["entrypoint"] == ["python", "-m", "gateway.demo.compose"], "the installed package runs it"
+    assert compose.main(["--config", str(template), "--out", str(out)]) == 0
     first = capsys.readouterr().out
     rendered = load_config(out / "gateway.yaml", {})
     token = re.search(r"operator token: (\S+)", first).group(1)
@@ -509,7 +512,7 @@ def test_compose_init_renders_a_config_the_gateway_accepts(tmp_path: Path, capsy
     assert rendered.trusted_proxies == load_config(ROOT / "deploy" / "compose" / "gateway.yaml", {}).trusted_proxies
     assert first.count("curl ") == 8 and "http://localhost:8080/v1/chat/completions" in first
     assert oct((out / "credentials.json").stat().st_mode & 0o777) == "0o600"
-    assert fleet_local.compose_init(template, out) == 0  # a second `docker compose up`
+    assert compose.compose_init(template, out) == 0  # a second `docker compose up`
     again = capsys.readouterr().out
     assert re.search(r"operator token: (\S+)", again).group(1) == token
     assert (out / "prometheus-token").read_text() == scrape
@@ -518,7 +521,7 @@ def test_compose_init_renders_a_config_the_gateway_accepts(tmp_path: Path, capsy
     assert secrets_first and secrets_first == set(re.findall(r"Bearer (fgw_\S+?)'", again)), "keys are reused"
     store = RedisApiKeyStore(redis_url, namespace=namespace)
     try:
-        assert len(store.list()) == len(fleet_local.DEMO_ORGS)
+        assert len(store.list()) == len(compose.DEMO_ORGS)
     finally:
         import asyncio
 
@@ -809,7 +812,7 @@ def test_a_configmap_mounted_bundle_loads_and_reloads(tmp_path: Path) -> None:
 
 def test_redis_deploy_configs_name_the_hash_tag() -> None:
     """deploy/redis: the URL forms in the comments are ones the gateway accepts."""
-    from gateway.redis_connect import parse
+    from gateway.live.redis_connect import parse
 
     text = "".join(p.read_text() for p in (ROOT / "deploy" / "redis").glob("*.conf"))
     sentinel = re.search(r'url: "(redis\+sentinel://[^"]+)"', text).group(1)

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REFERENCE_POLICY
 from test_cli import run
-from gateway import countries
+from gateway.policy import countries
 from gateway.policy.load import load_bundle
 from gateway.policy.provenance import provenance
 

@@ -135,7 +135,7 @@ class TestLogStream:
         assert deny["attributes"]["gateway.seq"] == written[denied[1]]["seq"]
 
     def test_tracing_is_off_by_default(self, stack: Stack, receiver: Receiver) -> None:
-        from gateway.app import Gateway
+        from gateway.request.app import Gateway
 
         assert type(stack.service.gateway) is Gateway
         post(stack, stack.api_key("org-acme"))
@@ -237,7 +237,7 @@ import sys
 import urllib.request
 from pathlib import Path
 from e2e import US_IP, Stack
-from gateway.app import Gateway
+from gateway.request.app import Gateway
 stack = Stack(Path({str(tmp_path)!r}))
 try:
     request = urllib.request.Request(stack.url + "/v1/chat/completions", data={CHAT!r}, headers={{
@@ -246,7 +246,7 @@ try:
     assert urllib.request.urlopen(request, timeout=10).status == 200
     assert type(stack.service.gateway) is Gateway
     # (redis-py imports the OpenTelemetry API when it is installed: not the tracing SDK.)
-    ours = ("gateway.traced", "gateway.export.otlp", "opentelemetry.sdk.trace", "opentelemetry.sdk._logs",
+    ours = ("gateway.request.traced", "gateway.export.otlp", "opentelemetry.sdk.trace", "opentelemetry.sdk._logs",
             "opentelemetry.exporter")
     loaded = sorted(name for name in sys.modules if name.startswith(ours))
     assert not loaded, loaded

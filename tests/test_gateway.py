@@ -480,7 +480,7 @@ class TestCredentialMisuse:
             headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
             assert request(watched, "POST", "/v1/chat/completions", body, headers | {"X-Forwarded-For": US_IP})[0] == 200
             # The request that reveals the misuse is allowed, unless the suspension it sets off
-            # lands while it is answered: then it is revoked in flight (gateway/revocation.py).
+            # lands while it is answered: then it is revoked in flight (gateway/request/revocation.py).
             assert request(watched, "POST", "/v1/chat/completions", body, headers | {"X-Forwarded-For": SE_IP})[0] in (200, 401)
             flagged = watched.audit_records()[-1]
             assert flagged["credential_misuse"] == ["SE", "US"]

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import GEOIP
-from gateway.countries import is_region
-from gateway.geo import REGION_ALIASES, GeoDatabaseError, GeoIP, Place
+from gateway.policy.countries import is_region
+from gateway.geo.reader import REGION_ALIASES, GeoDatabaseError, GeoIP, Place
 from mmdb import write
 
 CITY = GEOIP / "GeoIP2-City-Test.mmdb"
@@ -155,7 +155,7 @@ OVERLAY = {
 
 @pytest.fixture(scope="module")
 def overlaid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GeoIP]:
-    from gateway.region_overlay import RegionOverlay
+    from gateway.geo.region_overlay import RegionOverlay
 
     directory = tmp_path_factory.mktemp("overlay")
     overlay = RegionOverlay(write(directory / "overlay.mmdb", OVERLAY, OVERLAY_TYPE))
@@ -186,7 +186,7 @@ def test_the_overlay_adds_its_region_on_top(overlaid: GeoIP, ip: str, place: Pla
 
 def test_region_overlay_false_keeps_the_database_regions(tmp_path) -> None:
     from gateway.config import GeoIPConfig
-    from gateway.geofiles import build_geoip, configured_files
+    from gateway.geo.files import build_geoip, configured_files
 
     city = write(tmp_path / "City.mmdb", OVERLAID_CITY)
     geo = build_geoip(configured_files(GeoIPConfig(country_db=str(city), region_overlay=False)))
@@ -199,8 +199,8 @@ def test_the_embedded_overlay_applies_over_a_configured_database_unless_turned_o
     import maxminddb
 
     from gateway.config import GeoIPConfig
-    from gateway.geofiles import build_geoip, configured_files
-    from gateway.region_overlay import default_region_overlay
+    from gateway.geo.files import build_geoip, configured_files
+    from gateway.geo.region_overlay import default_region_overlay
 
     with maxminddb.open_database(str(default_region_overlay())) as reader:
         network, record = next((n, r) for n, r in reader if r["region"] == "UA-43" and n.version == 4)
@@ -221,7 +221,7 @@ def test_the_embedded_overlay_applies_over_a_configured_database_unless_turned_o
     ({"198.51.100.0/28": {"region": "UA-43"}}, "GeoIP2-City", "expected 'DBIP-Region-Overlay'"),
 ])
 def test_a_bad_overlay_is_refused_whole(tmp_path, records: dict, database_type: str, complaint: str) -> None:
-    from gateway.region_overlay import RegionOverlay
+    from gateway.geo.region_overlay import RegionOverlay
 
     path = write(tmp_path / "overlay.mmdb", {"198.51.100.128/28": {"region": "UA-09"}} | records, database_type)
     with pytest.raises(GeoDatabaseError, match=complaint):
@@ -229,7 +229,7 @@ def test_a_bad_overlay_is_refused_whole(tmp_path, records: dict, database_type: 
 
 
 def test_a_missing_overlay_is_refused(tmp_path) -> None:
-    from gateway.region_overlay import RegionOverlay
+    from gateway.geo.region_overlay import RegionOverlay
 
     with pytest.raises(GeoDatabaseError, match="region overlay"):
         RegionOverlay(tmp_path / "absent.mmdb")

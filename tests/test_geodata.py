@@ -17,8 +17,8 @@ from pathlib import Path
 import maxminddb
 import pytest
 
-from gateway import geodata
-from gateway.geo import GeoDatabaseError, GeoIP
+from gateway.geo import embedded as geodata
+from gateway.geo.reader import GeoDatabaseError, GeoIP
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_layout_and_metadata(geo: GeoIP, raw) -> None:
 
 
 def test_ipv4_aliases_in_the_tree(raw) -> None:
-    # gateway.geo unmaps ::ffff:a.b.c.d itself; the tree answers it too, as
+    # gateway.geo.reader unmaps ::ffff:a.b.c.d itself; the tree answers it too, as
     # MaxMind's databases do, and 6to4 finds the IPv4 address it embeds.
     assert raw.get("::ffff:175.45.176.1") == {"country": {"iso_code": "KP"}}
     assert raw.get("2002:af2d:b001::1") == {"country": {"iso_code": "KP"}}  # 6to4 of 175.45.176.1
@@ -120,7 +120,7 @@ def test_attribution() -> None:
     assert "IP Geolocation by DB-IP" in geodata.ATTRIBUTION
     assert "https://db-ip.com" in geodata.ATTRIBUTION
     assert "CC BY 4.0" in geodata.ATTRIBUTION
-    notice = (Path(geodata.__file__).parent / "data" / "ATTRIBUTION.md").read_text()
+    notice = (Path(geodata.__file__).parents[1] / "data" / "ATTRIBUTION.md").read_text()
     assert "IP Geolocation by DB-IP" in notice and "https://db-ip.com" in notice
     assert geodata.SOURCE_PACKAGE.rsplit("@", 1)[1] in notice
 
@@ -241,7 +241,7 @@ def test_explicit_unwritable_cache_dir_is_an_error(tmp_path: Path) -> None:
 
 
 def test_the_shipped_region_overlay() -> None:
-    from gateway import region_overlay
+    from gateway.geo import region_overlay
 
     path = region_overlay.default_region_overlay()
     assert path.stat().st_size < 100_000  # it lives in git
@@ -252,6 +252,6 @@ def test_the_shipped_region_overlay() -> None:
     assert f"{built:%Y-%m-%d}" == region_overlay.DATA_DATE
     assert region_overlay.SOURCE_PACKAGE in meta.description["en"]
     overlay.close()
-    notice = (Path(geodata.__file__).parent / "data" / "ATTRIBUTION.md").read_text()
+    notice = (Path(geodata.__file__).parents[1] / "data" / "ATTRIBUTION.md").read_text()
     assert "IP to City Lite" in notice and region_overlay.SOURCE_PACKAGE.rsplit("@", 1)[1] in notice
     assert "IP Geolocation by DB-IP" in region_overlay.ATTRIBUTION and "CC BY 4.0" in region_overlay.ATTRIBUTION

@@ -19,9 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from e2e import DECISION_TIME, US_IP, Stack
 from gateway.config import GeoIPConfig
-from gateway.geofiles import DAY_S, LiveGeo, configured_files
+from gateway.geo.files import DAY_S, LiveGeo, configured_files
 from gateway.metrics import Metrics
-from gateway.region_overlay import default_region_overlay
+from gateway.geo.region_overlay import default_region_overlay
 from mmdb import write
 
 US_NETWORK = "216.160.83.0/24"  # US_IP's network

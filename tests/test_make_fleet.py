@@ -1,4 +1,4 @@
-"""`make fleet` (gateway/fleet_local.py): the compose topology as local processes.
+"""`make fleet` (devtools/fleet_local.py): the compose topology as local processes.
 
 Brought up through its Python API (and once through its command line, as `make fleet`
 runs it): Redis (REDIS_URL, one namespace per fleet), two `gateway serve` replicas, a
@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from gateway.fleet_local import CN, IR, LB_SOURCE, US, Example, LocalFleet
+from devtools.fleet_local import CN, IR, LB_SOURCE, US, Example, LocalFleet
 
 ROOT = Path(__file__).resolve().parent.parent
 # The first fleet may install nginx from Debian's packages (as root, when it is missing).
@@ -235,7 +235,7 @@ def test_the_nginx_config_is_the_deployments(fleet: LocalFleet) -> None:
 def test_make_fleet_runs_the_module() -> None:
     dry = subprocess.run(["make", "-n", "fleet", "REPLICAS=3"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
-    assert re.search(r"scripts/with-redis .*python -m gateway\.fleet_local --replicas 3", dry.stdout), dry.stdout
+    assert re.search(r"scripts/with-redis .*python -m devtools\.fleet_local --replicas 3", dry.stdout), dry.stdout
 
 
 def test_command_line_check_and_ctrl_c(tmp_path: Path) -> None:
@@ -244,7 +244,7 @@ def test_command_line_check_and_ctrl_c(tmp_path: Path) -> None:
     if not os.environ.get("REDIS_URL"):
         pytest.skip("REDIS_URL is not set: run under scripts/with-redis")
     environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    base = [sys.executable, "-m", "gateway.fleet_local", "--port", "0", "--no-prometheus"]
+    base = [sys.executable, "-m", "devtools.fleet_local", "--port", "0", "--no-prometheus"]
     checked = subprocess.run(base + ["--check", "--workdir", str(tmp_path / "check")], capture_output=True, text=True,
                              timeout=110, env=environ, cwd=ROOT)
     assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.decision import Decision
+from gateway.policy.decision import Decision
 from gateway.metrics import UNRELEASED, Metrics, build_version, model_label
 
 ALLOWED = Decision(True, 200, (), "v1", "small-2", "general", False, "standard", "default")

@@ -22,11 +22,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.countries import ALPHA2
-from gateway.decision import Decision, Facts, decide
+from gateway.policy.countries import ALPHA2
+from gateway.policy.decision import Decision, Facts, decide
 from gateway.policy.load import FILES, SUSPENSIONS, load_texts
 from gateway.policy.snapshot import Policy
-from gateway.reasons import Reason
+from gateway.policy.reasons import Reason
 
 REFERENCE = Path(__file__).parent / "fixtures" / "reference" / "policy"
 

@@ -21,7 +21,7 @@ import redis.asyncio
 from conftest import REFERENCE_POLICY
 from e2e import US_IP, Stack
 from fleet import policy_variant, start_fleet, wait_for
-from gateway.quota import HELD_RETRY_S, LocalQuota, RedisQuota, Reservation
+from gateway.request.quota import HELD_RETRY_S, LocalQuota, RedisQuota, Reservation
 from test_gateway import request
 
 

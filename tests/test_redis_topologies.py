@@ -1,6 +1,6 @@
 """Redis deployments the fleet runs on (docs/operators.md): one server, Sentinel, Cluster.
 
-`gateway/redis_connect.py` turns `redis.url` (+ `redis.cluster`) into clients. The
+`gateway/live/redis_connect.py` turns `redis.url` (+ `redis.cluster`) into clients. The
 topology tests start real servers from the shipped configs in deploy/redis/ (a primary,
 a replica and a sentinel; three cluster primaries joined by `redis-cli --cluster create`,
 or by CLUSTER ADDSLOTSRANGE/MEET when redis-cli is missing) on free loopback ports, run
@@ -40,9 +40,9 @@ from gateway.config import ConfigError, load_config
 from gateway.identity.redis_keys import RedisApiKeyStore
 from gateway.live.overlay import Overlay
 from gateway.live.store import RedisStore, Shared, StoreConflict, keys as store_keys
-from gateway.misuse import RedisSightings
-from gateway.quota import HELD_RETRY_S, RedisQuota, Reservation
-from gateway.redis_connect import connect, connect_sync, connect_url, describe, parse
+from gateway.request.misuse import RedisSightings
+from gateway.request.quota import HELD_RETRY_S, RedisQuota, Reservation
+from gateway.live.redis_connect import connect, connect_sync, connect_url, describe, parse
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_REDIS = ROOT / "deploy" / "redis"

@@ -17,11 +17,15 @@ from pydantic import BaseModel
 from starlette.routing import Route
 
 from e2e import Stack
-from gateway import admin_openapi, responses
-from gateway.admin import create_admin_app
+from gateway.request import responses
+from gateway.admin import openapi as admin_openapi
+from gateway.admin.app import create_admin_app
 from gateway.config import ENV_PREFIX, Config, load_config
 from gateway.metrics import Metrics
-from gateway.reasons import PRECEDENCE, Reason, status_of
+from gateway.policy import schema as policy_schema
+from gateway.policy.load import (ASSERTIONS, FILES as POLICY_LOAD_FILES, FRAMEWORK, JURISDICTIONS, MODELS, ORGANIZATIONS,
+                                 SUSPENSIONS)
+from gateway.policy.reasons import PRECEDENCE, Reason, status_of
 from test_admin import VIEWER, admin, admin_config, audit_record, chat
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -57,6 +61,7 @@ def variable(key: str) -> str | None:
 
 
 CONFIG_REFERENCE = (DOCS / "configuration.md").read_text(encoding="utf-8")
+POLICY_REFERENCE = (DOCS / "policy.md").read_text(encoding="utf-8")
 KEYS = list(config_keys())
 
 
@@ -167,10 +172,76 @@ def test_a_viewer_reads_the_openapi_document_from_a_running_gateway(stack: Stack
     assert admin(stack, "GET", "/admin/openapi.json", token=None)[0] == 401
 
 
+# Policy files (docs/policy.md): every key the schema accepts has a row in its file's table.
+
+# Each file's entries, as docs/policy.md writes their keys; a mapping's key is `*` (NAME, ID, TIER).
+POLICY_FILES: dict[str, tuple[str, type[BaseModel]]] = {
+    JURISDICTIONS: ("groups.*.", policy_schema.Group),
+    FRAMEWORK: ("", policy_schema.Framework),
+    ORGANIZATIONS: ("organizations.*.", policy_schema.Organization),
+    MODELS: ("models.*.", policy_schema.Model),
+    SUSPENSIONS: ("suspensions[].", policy_schema.Suspension),
+    ASSERTIONS: ("assertions.*.", policy_schema.Assertion),
+}
+
+
+def policy_keys(model: type[BaseModel], prefix: str) -> Iterator[str]:
+    """Every value a policy file can set, dotted as the file spells it: `models.*.release[].from`."""
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        nested = nested_model(field.annotation)
+        if nested is None:
+            yield key
+        else:
+            yield from policy_keys(nested[1], key + nested[0].replace(".NAME", ".*") + ".")
+
+
+def documented_policy_keys(file: str) -> list[str]:
+    """The keys in the first column of the file's section table, as patterns: a placeholder (NAME, ID,
+    TIER) or `*` stands for any one name, and `a` / `b` documents both."""
+    section = POLICY_REFERENCE.split(f"\n## `{file}`\n", 1)[1].split("\n## ", 1)[0]
+    cells = re.findall(r"^\| (`[^|]+`) \|", section, flags=re.M)
+    keys = [key.strip().strip("`") for cell in cells for key in cell.split(" / ")]
+    return [re.sub(r"(?<![^.])[A-Z]+(?![^.])", "*", key) for key in keys if key != "Key"]
+
+
+def names(documented: str, key: str, *, or_a_section_of_it: bool = False) -> bool:
+    """Whether a documented key is `key` (a `*` in either stands for one name), or with
+    `or_a_section_of_it` a section holding it: `models.*.release` holds `models.*.release[].from`."""
+    pattern = r"[^.\[]+".join(re.escape(part) for part in documented.split("*"))
+    return re.fullmatch(pattern + (r"(?:[.\[].*)?" if or_a_section_of_it else ""), key) is not None
+
+
+def test_the_walk_sees_every_policy_file_and_key() -> None:
+    assert set(POLICY_FILES) == set(POLICY_LOAD_FILES), "a policy file the walk does not know"
+    keys = {key for prefix, model in POLICY_FILES.values() for key in policy_keys(model, prefix)}
+    assert {"groups.*.countries", "covered_model.any[].at_least", "rules.covered_models.unknown_country",
+            "quotas.*.tokens_per_day", "models.*.release[].from", "suspensions[].deny_outside",
+            "assertions.*.never_allow.before.stage"} <= keys
+    assert names("rules.*.mode", "rules.all_models.mode") and not names("rules.*.mode", "mode")
+    assert names("models.*.release", "models.*.release[].from", or_a_section_of_it=True)
+    assert not names("models.*.release", "models.*.release[].from") and not names("groups.*.notes", "groups.*.notes_x")
+
+
+@pytest.mark.parametrize("key", [(file, key) for file, (prefix, model) in POLICY_FILES.items()
+                                 for key in policy_keys(model, prefix)], ids=lambda pair: f"{pair[0]}:{pair[1]}")
+def test_every_policy_key_is_in_the_policy_reference(key: tuple[str, str]) -> None:
+    file, name = key
+    assert any(names(documented, name) for documented in documented_policy_keys(file)), \
+        f"docs/policy.md, `{file}`: no row for `{name}`"
+
+
+@pytest.mark.parametrize("file", list(POLICY_FILES))
+def test_the_policy_reference_names_no_key_the_schema_lacks(file: str) -> None:
+    prefix, model = POLICY_FILES[file]
+    keys = list(policy_keys(model, prefix))
+    assert [documented for documented in documented_policy_keys(file)
+            if not any(names(documented, key, or_a_section_of_it=True) for key in keys)] == []
+
+
 # Errors, metrics and audit records.
 
 ERRORS_REFERENCE = (DOCS / "errors.md").read_text(encoding="utf-8")
-POLICY_REFERENCE = (DOCS / "policy.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("reason", list(Reason))

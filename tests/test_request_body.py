@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.request_body import MAX_CONTAINERS, MAX_DEPTH, MAX_MODEL_LENGTH, RequestError, extract_model
+from gateway.request.body import MAX_CONTAINERS, MAX_DEPTH, MAX_MODEL_LENGTH, RequestError, extract_model
 
 JSON = "application/json"
 BODY = b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}'

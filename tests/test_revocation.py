@@ -1,4 +1,4 @@
-"""In-flight revocation (issue 8, gateway/revocation.py): a request allowed when it
+"""In-flight revocation (issue 8, gateway/request/revocation.py): a request allowed when it
 started is ended once the policy would deny it — a live change through the admin
 API, a suspended credential, a scheduled time the policy names, a change made on
 another replica — with the denial it would now get, in the stream's own format,
@@ -30,9 +30,9 @@ import pytest
 
 from conftest import REFERENCE_POLICY, at
 from e2e import DECISION_TIME, SE_IP, US_IP, Stack
-from gateway.decision import Facts, decide
+from gateway.policy.decision import Facts, decide
 from gateway.policy.load import load_bundle
-from gateway.revocation import policy_times
+from gateway.request.revocation import policy_times
 
 DELAY_S = 0.1        # between the upstream's stream events: a stream lasts about 1.7 s
 BOUND_S = 1.0        # the promise: ended within a second of the change

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.request_body import RequestError
-from gateway.routing import DEFAULT_ROUTES, KNOWN_ROUTES, MESSAGES, RESPONSES, Route, Router
+from gateway.request.body import RequestError
+from gateway.request.routing import DEFAULT_ROUTES, KNOWN_ROUTES, MESSAGES, RESPONSES, Route, Router
 
 ROUTER = Router(DEFAULT_ROUTES)
 

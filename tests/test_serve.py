@@ -17,7 +17,7 @@ import pytest
 
 from conftest import GEOIP, GEOIP_MAX_AGE_DAYS, REFERENCE_POLICY
 from e2e import US_IP, LoopThread
-from gateway.demo_upstream import serve as serve_upstream
+from gateway.demo.upstream import serve as serve_upstream
 from gateway.identity import ApiKeyStore
 
 

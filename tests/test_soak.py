@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.fleet_local import find_nginx
+from devtools.fleet_local import find_nginx
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(90)

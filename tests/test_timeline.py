@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REFERENCE_POLICY, at
-from gateway import timeline
+from gateway.policy import timeline
 from gateway.cli import main
 from gateway.policy.load import load_bundle
 from gateway.policy.snapshot import Policy

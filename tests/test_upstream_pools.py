@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from e2e import US_IP, Stack
 from gateway.config import Upstream
-from gateway.demo_upstream import ThreadedDemoServer, start_in_thread
-from gateway.pool import AtCapacity, NoHealthyMember, Pool
+from gateway.demo.upstream import ThreadedDemoServer, start_in_thread
+from gateway.request.pool import AtCapacity, NoHealthyMember, Pool
 
 CHAT = json.dumps({"model": "small-2", "messages": [{"role": "user", "content": "hello"}]}).encode()
 STREAM = json.dumps({"model": "small-2", "stream": True, "messages": [{"role": "user", "content": "hello"}]}).encode()

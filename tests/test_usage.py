@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from gateway.request_body import RequestError
-from gateway.usage import Tap, reservation, tokens_used
+from gateway.request.body import RequestError
+from gateway.request.usage import Tap, reservation, tokens_used
 
 
 @pytest.mark.parametrize("body,expected", [

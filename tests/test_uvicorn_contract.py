@@ -1,4 +1,4 @@
-"""gateway/listener.py subclasses uvicorn's HttpToolsProtocol and relies on its private
+"""gateway/request/listener.py subclasses uvicorn's HttpToolsProtocol and relies on its private
 attributes and hooks, which uvicorn may change in any release. pyproject.toml pins uvicorn
 below its next minor version; these tests fail when the installed uvicorn is outside that
 range, or when something the listener uses from uvicorn is gone, so an upgrade is a
@@ -24,7 +24,7 @@ from uvicorn.server import ServerState
 from gateway.server import _uvicorn_config
 
 ROOT = Path(__file__).resolve().parent.parent
-LISTENER = ROOT / "gateway" / "listener.py"
+LISTENER = ROOT / "gateway" / "request" / "listener.py"
 # Hooks the listener overrides that uvicorn itself calls (the parser callbacks are httptools'
 # public interface): an override of a hook uvicorn no longer calls would silently do nothing.
 UVICORN_HOOKS = ("send_400_response", "on_response_complete", "_unsupported_upgrade_warning")
@@ -52,7 +52,7 @@ def test_installed_uvicorn_is_the_one_the_listener_was_written_for() -> None:
     installed = version("uvicorn")
     assert requirement.specifier.contains(installed), (
         f"uvicorn {installed} is installed, the listener is written for uvicorn{requirement.specifier}: "
-        "review gateway/listener.py against the new HttpToolsProtocol, then move the bound")
+        "review gateway/request/listener.py against the new HttpToolsProtocol, then move the bound")
 
 
 def test_uvloop_and_httptools_are_declared_themselves() -> None:

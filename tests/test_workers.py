@@ -20,7 +20,7 @@ import pytest
 from conftest import GEOIP, GEOIP_MAX_AGE_DAYS, REFERENCE_POLICY
 from e2e import AUDIENCE, ISSUER, US_IP, LoopThread, SigningKey
 from gateway.audit import verify
-from gateway.demo_upstream import serve as serve_upstream
+from gateway.demo.upstream import serve as serve_upstream
 
 REQUESTS = 40
 

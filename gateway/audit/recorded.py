@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.decision import Facts
+from gateway.policy.decision import Facts
 
 
 class RecordError(ValueError):

@@ -40,21 +40,22 @@ def create_console_app(console: Console) -> Starlette:
 
 def session_routes(console: Console) -> list[Route]:
     authority = console.authority
+    jwt = authority.jwt is not None and authority.jwt_role_claim is not None
 
     async def show_sign_in(request: Request) -> Response:
-        return sign_in_page(request)
+        return sign_in_page(request, jwt=jwt)
 
     async def sign_in(request: Request) -> Response:
         if not csrf.same_origin(request.headers, request.headers.get("host")):
             return refusal(request, 403, "Refused", "This form was sent from another site.")
         fields = await sign_in_form(request)
         if fields is None:
-            return sign_in_page(request, message="The sign-in form was not understood.", status=400)
+            return sign_in_page(request, message="The sign-in form was not understood.", status=400, jwt=jwt)
         try:
             answer = await authority.sign_in(request, fields.get("token", ""))
         except Exception as failure:  # noqa: BLE001 - the session store
             return guards.unavailable(request, failure)
-        return answer or sign_in_page(request, message="That token is not an admin token here.", status=401)
+        return answer or sign_in_page(request, message="That token is not an admin token here.", status=401, jwt=jwt)
 
     @console.form(role="viewer")
     async def sign_out(request: Request, actor: Actor, form: Any) -> Response:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway import countries
+from gateway.policy import countries
 from gateway.live import access_delta
 from gateway.policy.schema import NAME_PATTERN
 from gateway.policy.snapshot import Policy

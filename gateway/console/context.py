@@ -7,11 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.activity import Activity
+from gateway.request.activity import Activity
 from gateway.console import guards
 from gateway.console.auth import Authority
-from gateway.geofiles import LiveGeo
-from gateway.heartbeat import Heartbeats
+from gateway.geo.files import LiveGeo
+from gateway.live.heartbeat import Heartbeats
 from gateway.live.control import ChangeControl
 from gateway.live.state import LiveState, PolicyState
 from gateway.metrics import Metrics

@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import countries, explain
+from gateway.policy import countries, explain
 from gateway.audit import recorded
-from gateway.decision import decide
+from gateway.policy.decision import decide
 from gateway.policy.snapshot import Policy
-from gateway.reasons import Reason
+from gateway.policy.reasons import Reason
 
 DECISION_ID = re.compile(r"^[0-9a-f]{32}$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")  # an org or model id as policies write them
@@ -31,7 +31,7 @@ class Filters:
     decision: str | None = None
 
     def audit_fields(self) -> dict[str, str]:
-        """The filters as audit record fields (for gateway.admin.matching_records)."""
+        """The filters as audit record fields (for gateway.admin.app.matching_records)."""
         fields = {"org": self.org, "observed_country": self.country, "requested_model": self.model,
                   "decision": self.decision}
         return {k: v for k, v in fields.items() if v is not None}
@@ -93,7 +93,7 @@ class Explained:
 
 
 def explained(policy: Policy | None, record: Mapping[str, Any]) -> Explained:
-    """The record decided again under `policy` at its own time, explained (gateway/explain.py)."""
+    """The record decided again under `policy` at its own time, explained (gateway/policy/explain.py)."""
     if policy is None:
         return Explained(None, "No policy is loaded: nothing to decide this record against.", ())
     try:

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import countries
-from gateway.explain import iso
-from gateway.activity import MINUTES, Window, combined
+from gateway.policy import countries
+from gateway.policy.explain import iso
+from gateway.request.activity import MINUTES, Window, combined
 from gateway.console import worldmap
-from gateway.heartbeat import STALE_S, Heartbeat
+from gateway.live.heartbeat import STALE_S, Heartbeat
 from gateway.policy.snapshot import Suspension
 
 DAY_S = 86400.0
@@ -111,7 +111,8 @@ def suspension_rows(suspensions: tuple[Suspension, ...] | list[Suspension], now:
     for s in suspensions:
         if not s.in_force(now):
             continue
-        places = ", ".join([*s.groups.names, *sorted(s.groups.countries), *sorted(s.groups.regions)]) or "-"
+        named = dict.fromkeys([*s.groups.names, *sorted(s.groups.countries), *sorted(s.groups.regions)])
+        places = ", ".join(named) or "-"  # a country given by its code is also a name: once
         rows.append(SuspensionRow(s.id, ", ".join(sorted(s.models)) or "every model",
                                   f"everywhere but {places}" if s.scope == "deny_outside" else places,
                                   iso(s.ends) if s.ends is not None else None, s.reason))

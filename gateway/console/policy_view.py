@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway import countries
+from gateway.policy import countries
 from gateway.policy.provenance import JURISDICTIONS
 from gateway.policy.snapshot import Organization, Policy
 

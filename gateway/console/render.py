@@ -31,13 +31,6 @@ environment = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_
                           undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-def add_template_directory(directory: Path) -> None:
-    """Templates kept beside a page module elsewhere (the default is this package's templates/)."""
-    loader = environment.loader
-    assert isinstance(loader, FileSystemLoader)
-    loader.searchpath.append(str(directory))
-
-
 def actor_of(request: Request) -> Actor | None:
     return getattr(request.state, "actor", None)
 

@@ -10,7 +10,9 @@ store is the simpler whole.
 
 A session names its token by the token's SHA-256, never by the name it had: on every
 request the token is looked up in the configuration in force, so removing a token (or
-changing its role) takes effect on the sessions made with it.
+changing its role) takes effect on the sessions made with it. A session made with a JWT
+(`console.jwt_role_claim`) keeps the role its claim gave, ends with the JWT at the latest,
+and ends when that setting is removed.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ MAX_SESSIONS = 10_000  # in memory: beyond this the oldest go first (a sign-in f
 
 @dataclass(frozen=True)
 class Session:
-    token_sha256: str
+    token_sha256: str  # the admin token's; "" for a JWT sign-in
     created: float
     expires: float
+    subject: str | None = None  # a JWT sign-in's `sub`, with the role its claim gave
+    role: str | None = None
 
     def alive(self, now: float) -> bool:
         return self.created <= now < self.expires
@@ -93,10 +97,11 @@ class MemorySessions:
         self.clock = clock
 
     async def put(self, session_id: str, session: Session) -> None:
-        now = self.clock()
-        self.sessions = {k: s for k, s in self.sessions.items() if s.alive(now)}
-        while len(self.sessions) >= MAX_SESSIONS:
-            del self.sessions[next(iter(self.sessions))]
+        if len(self.sessions) >= MAX_SESSIONS:  # full: the expired go, then the oldest
+            now = self.clock()
+            self.sessions = {k: s for k, s in self.sessions.items() if s.alive(now)}
+            while len(self.sessions) >= MAX_SESSIONS:
+                del self.sessions[next(iter(self.sessions))]
         self.sessions[storage_key(session_id)] = session
 
     async def get(self, session_id: str) -> Session | None:
@@ -125,7 +130,9 @@ class RedisSessions:
             return None
         try:
             data = json.loads(raw)
-            return Session(str(data["token_sha256"]), float(data["created"]), float(data["expires"]))
+            subject, role = data.get("subject"), data.get("role")
+            return Session(str(data["token_sha256"]), float(data["created"]), float(data["expires"]),
+                           subject if isinstance(subject, str) else None, role if isinstance(role, str) else None)
         except (ValueError, KeyError, TypeError):
             return None  # not a session we wrote: no session
 

@@ -5,7 +5,7 @@ the tracer of the request path, both sent over OTLP/HTTP (`export.otlp`).
 - `otlp`: the OpenTelemetry SDK pipelines: `RecordExport`, `tracer_provider`.
 
 The SDK is imported only when `export.otlp.endpoint` is set: a gateway that exports
-nothing loads none of it, and its request path has no tracing code (gateway/traced.py).
+nothing loads none of it, and its request path has no tracing code (gateway/request/traced.py).
 """
 
 from __future__ import annotations

@@ -117,6 +117,18 @@ class JwtVerifier:
         self.cache.put(digest, keys.revision, principal, expires_at)
         return principal
 
+    async def verify_with_claims(self, token: str) -> tuple[Principal, dict[str, Any], float]:
+        """As `verify`, uncached, also giving the token's claims and when it stops being valid:
+        for the console's sign-in, which maps a claim to an admin role (docs/console.md)."""
+        if len(token) > MAX_TOKEN_BYTES:
+            raise invalid(f"token longer than {MAX_TOKEN_BYTES} bytes")
+        header, claims, signature = _decode(token, self._algorithms)
+        _, key = await self._key_for(await self._source.current(), header)
+        self._check_signature(token, self._signatures[header["alg"]], signature, key)
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        principal, expires_at = self._principal(claims, self._clock(), digest)
+        return principal, claims, expires_at
+
     async def _key_for(self, keys: Jwks, header: dict[str, Any]) -> tuple[Jwks, PublicKey]:
         kid, alg = header.get("kid"), header["alg"]
         found = _select(keys, kid, alg)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.reasons import Reason
+from gateway.policy.reasons import Reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,7 +63,7 @@ from gateway.identity.apikeys import (
     new_secret,
 )
 from gateway.identity.principal import Principal
-from gateway.redis_connect import before_pubsub, connect_url, describe
+from gateway.live.redis_connect import before_pubsub, connect_url, describe
 
 log = logging.getLogger("gateway.identity")
 
@@ -87,7 +87,7 @@ class RedisApiKeyStore:
                  resync_s: float = RESYNC_S, full_resync_s: float = FULL_RESYNC_S,
                  clock: Callable[[], float] = time.time, cluster: bool = False) -> None:
         self.redis_url = redis_url
-        self.cluster = cluster  # a Redis Cluster reached through redis_url (gateway/redis_connect.py)
+        self.cluster = cluster  # a Redis Cluster reached through redis_url (gateway/live/redis_connect.py)
         self.namespace = namespace
         self.timeout_s = timeout_s
         self.resync_s = resync_s

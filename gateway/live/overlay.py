@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.policy import prove, schema
-from gateway import countries
+from gateway.policy import countries
 from gateway.policy.load import lapse_time, unknown_place
 from gateway.policy.snapshot import Member, Organization, Policy, Suspension, merge, place_member
 

@@ -210,9 +210,9 @@ class RedisStore:
 
     def __init__(self, url: str | None = None, *, namespace: str = "fgw", timeout_s: float = 0.5,
                  cluster: bool = False, client: Any = None) -> None:
-        """`client`: an asyncio client from gateway.redis_connect (decode_responses=True); else one is
+        """`client`: an asyncio client from gateway.live.redis_connect (decode_responses=True); else one is
         made for `url` (standalone, Sentinel, or a Cluster with `cluster`)."""
-        from gateway.redis_connect import connect_url
+        from gateway.live.redis_connect import connect_url
 
         self.redis = client if client is not None else connect_url(url or "", cluster=cluster, timeout_s=timeout_s)
         self.namespace = namespace
@@ -320,7 +320,7 @@ class RedisStore:
 
     async def notifications(self) -> AsyncIterator[None]:
         """Yields once per announced change; raises when the connection fails."""
-        from gateway.redis_connect import before_pubsub
+        from gateway.live.redis_connect import before_pubsub
 
         await before_pubsub(self.redis)
         pubsub = self.redis.pubsub()

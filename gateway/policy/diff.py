@@ -34,8 +34,8 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Literal
 
-from gateway.countries import ALPHA2
-from gateway.decision import Decision, Facts, decide
+from gateway.policy.countries import ALPHA2
+from gateway.policy.decision import Decision, Facts, decide
 from gateway.policy.load import FRAMEWORK, JURISDICTIONS, MODELS, ORGANIZATIONS, SUSPENSIONS
 from gateway.policy.schema import TIERS
 from gateway.policy.snapshot import GroupSet, Organization, Policy, Stage

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from gateway import countries
+from gateway.policy import countries
 from gateway.policy import schema, snapshot
 from gateway.policy.issues import Issue, PolicyError, format_path, validation_message
 from gateway.policy.yamlsource import Path, YamlDocument, YamlSyntaxError, parse

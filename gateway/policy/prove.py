@@ -50,8 +50,9 @@ from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
-from gateway import countries, explain
-from gateway.decision import Decision, Facts, decide
+from gateway.policy import countries
+from gateway.policy import explain
+from gateway.policy.decision import Decision, Facts, decide
 from gateway.policy.load import lapse_time
 from gateway.policy.schema import TIERS
 from gateway.policy.snapshot import Assertion, GroupSet, Model, Organization, Policy

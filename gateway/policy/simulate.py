@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.decision import Facts, decide
+from gateway.policy.decision import Facts, decide
 from gateway.policy.snapshot import Policy
 
 Direction = Literal["allow_to_deny", "deny_to_allow"]

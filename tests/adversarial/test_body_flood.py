@@ -5,7 +5,7 @@ read, and a body is parsed in time that its shape cannot inflate.
   refuse gets the organization's 403 instead, and a flood of the costliest bodies
   the parser accepts leaves another organization's latency where it was.
 - 4 MB of `[{},{},...]` and other container-heavy bodies are refused by count
-  before anything is built (gateway/request_body.py).
+  before anything is built (gateway/request/body.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 
 An unknown place is denied (451 jurisdiction_unknown) for every model; an
 X-Forwarded-For from the trusted proxy that cannot be read as a whole is a 400
-(gateway/clientip.py). frontier-5.6 is covered; small-2 is not, and only
+(gateway/request/clientip.py). frontier-5.6 is covered; small-2 is not, and only
 embargoed countries are denied it: this suite's policy embargoes CN
 (175.16.199.1 in the GeoIP test database), so a CN address in any disguise
 must still come out as CN. US is 216.160.83.56, JP 2001:218::1."""
@@ -196,7 +196,7 @@ def test_untrusted_peer_is_located_for_a_plain_model(gw: Probe) -> None:
 
 def test_huge_forwarded_for_is_refused_without_500(gw: Probe) -> None:
     reply = gw.send(body=chat_body(COVERED), ip=", ".join(["10.0.0.1"] * 5000) + f", {US_IP}")
-    gw.denied(reply, 431)  # 55 KB: over the head's limits (gateway/listener.py), before the address is read
+    gw.denied(reply, 431)  # 55 KB: over the head's limits (gateway/request/listener.py), before the address is read
 
 
 ROUTES = [("/v1/chat/completions", "openai"), ("/v1/completions", "openai"), ("/v1/embeddings", "openai"),

@@ -14,7 +14,7 @@ that drift on a busy machine falls on all alike. Two comparisons:
   `WINDOW_S`, far above the noise of a loaded 2-core machine (a few µs between
   these medians), far below a real leak (the test fails with a 200 µs sleep added
   to the concealed path);
-- where the difference came from (gateway/decision.py, `stand_in`): the decision
+- where the difference came from (gateway/policy/decision.py, `stand_in`): the decision
   core's own time, the audit record's `decision_us`. A concealed or internal
   model's decision took 30-40 % longer than an unknown one's (the model's stage,
   coverage rules and suspensions were evaluated, an unknown name's were not;

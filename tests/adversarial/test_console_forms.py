@@ -25,7 +25,7 @@ from starlette.datastructures import ImmutableMultiDict
 
 from browser.conftest import OPERATOR, make_console_stack
 from e2e import Stack
-from gateway import countries
+from gateway.policy import countries
 from gateway.console.changes_view import MAX_TEXT, api_key, places, suspension
 from gateway.policy.snapshot import Policy
 

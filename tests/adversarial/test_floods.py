@@ -1,4 +1,4 @@
-"""Floods on the listeners (gateway/listener.py): what one cheap client may cost.
+"""Floods on the listeners (gateway/request/listener.py): what one cheap client may cost.
 
 On real sockets, against a gateway whose deadlines are short (so that the tests
 stay fast) and whose connection cap is small:

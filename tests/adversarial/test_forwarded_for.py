@@ -83,7 +83,7 @@ def test_obs_fold_is_refused_by_the_parser(gw: Probe) -> None:
 
 
 def test_a_refusal_is_remembered_and_does_not_stick_to_the_peer(gw: Probe) -> None:
-    # The memoised path (gateway/clientip.py ClientLocator) refuses the same header every time,
+    # The memoised path (gateway/request/clientip.py ClientLocator) refuses the same header every time,
     # and the same trusted peer with a readable header is then located and served.
     for _ in range(3):
         refused(gw, gw.send(body=chat_body(PLAIN), ip="," * 64 + CN_IP))

@@ -261,7 +261,7 @@ def test_upstream_response_headers_are_filtered(gw: Probe, method: str, path: st
     names = [name.lower() for name, _ in reply.headers]
     leaked = [name for name, _ in RESPONSE_DENIED + RESPONSE_NEVER if name.lower() in names]
     assert leaked == ["X-Gateway-Decision-Id"], reply.headers  # the gateway's own, below
-    # A model read is answered with an entry built afresh (gateway/catalogue.py): none of the
+    # A model read is answered with an entry built afresh (gateway/request/catalogue.py): none of the
     # upstream's headers at all.
     for name, value in RESPONSE_PASSED:
         assert reply.header(name) == (None if path.startswith("/v1/models") else value), reply.headers

@@ -5,7 +5,8 @@ stays behind (4,096 entries of 8 KiB would be 32 MiB per worker)."""
 
 from __future__ import annotations
 
-from gateway import proxy, request_body
+from gateway.request import proxy
+from gateway.request import body as request_body
 
 
 def test_long_header_names_are_judged_but_not_remembered() -> None:

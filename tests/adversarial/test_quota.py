@@ -25,7 +25,7 @@ import pytest
 
 from e2e import Stack
 from fleet import policy_variant, wait_for
-from gateway.quota import LocalQuota
+from gateway.request.quota import LocalQuota
 
 from .conftest import CHAT, MESSAGES, ORG, PLAIN, US_IP, Probe, Reply, embargo_cn
 

@@ -1,6 +1,6 @@
 """A default install (no GeoIP database configured) refuses callers in the regions
 the shipped policy embargoes. The embedded DB-IP Country Lite database gives no
-region; the embedded region overlay (gateway/region_overlay.py) adds it, also for
+region; the embedded region overlay (gateway/geo/region_overlay.py) adds it, also for
 the networks DB-IP files under RU. Without the overlay these callers were judged
 by country alone, and RU is not denied for an uncovered model.
 
@@ -19,9 +19,9 @@ import maxminddb
 import pytest
 
 from e2e import Stack
-from gateway.geo import GeoIP
-from gateway.geodata import default_country_db
-from gateway.region_overlay import default_region_overlay
+from gateway.geo.reader import GeoIP
+from gateway.geo.embedded import default_country_db
+from gateway.geo.region_overlay import default_region_overlay
 
 from .conftest import Probe, Reply, chat_body
 

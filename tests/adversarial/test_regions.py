@@ -3,7 +3,7 @@ place Crimea and Sevastopol (and other occupied parts of Ukraine) under RU, with
 codes ISO 3166-2 does not have (RU-CR, RU-SEV) or with Ukraine's own subdivision
 codes; the reference policy embargoes UA-43, UA-40, UA-14 and UA-09. The gateway
 must recognise the region whatever country the database reports
-(gateway/geo.py REGION_ALIASES) and deny, for every route and the model list.
+(gateway/geo/reader.py REGION_ALIASES) and deny, for every route and the model list.
 
 The database is written by tests/mmdb.py; the policy is the reference bundle, in
 which RU is not denied for small-2 (not covered), so only the region can deny.

@@ -112,7 +112,7 @@ def test_every_request_in_a_policy_change_race_is_decided_under_one_version(tmp_
 
 def check_outcome(status: int, record: dict[str, Any], outcome: dict[str, int]) -> None:
     """The answer is what the record's policy version gives: 200 or 403. A request allowed,
-    forwarded and then revoked by a newer version (gateway/revocation.py) got that one's."""
+    forwarded and then revoked by a newer version (gateway/request/revocation.py) got that one's."""
     assert record["policy_version"] in outcome, record
     if record["error"] == "revoked":
         assert outcome[record["policy_version"]] == 200 and record["decision"] == "allow", record

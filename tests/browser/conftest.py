@@ -38,13 +38,13 @@ ROLES = {OPERATOR: "operator", SECOND_OPERATOR: "operator", VIEWER: "viewer"}
 
 
 def console_config(*, approvals: int = 1, session_ttl: str = "8h", extra: str = "",
-                   tokens: tuple[str, ...] = (OPERATOR, SECOND_OPERATOR, VIEWER)) -> str:
+                   tokens: tuple[str, ...] = (OPERATOR, SECOND_OPERATOR, VIEWER), jwt_role_claim: str = "null") -> str:
     """Admin tokens for the console: two operators (a change and its approval) and a viewer
     (`tokens`: fewer of them, as after one is removed from the configuration)."""
     digest = lambda token: hashlib.sha256(token.encode()).hexdigest()  # noqa: E731
     listed = "\n".join(f'    - {{name: {ACTORS[t]}, sha256: "{digest(t)}", role: {ROLES[t]}}}' for t in tokens)
     return f"""change_control: {{approvals: {approvals}}}
-console: {{session_ttl_s: {session_ttl}}}
+console: {{session_ttl_s: {session_ttl}, jwt_role_claim: {jwt_role_claim}}}
 admin:
   tokens:
 {listed}
@@ -52,7 +52,7 @@ admin:
 
 
 def make_console_stack(directory: Path, **kwargs: Any) -> Stack:
-    config = {k: kwargs.pop(k) for k in ("approvals", "session_ttl", "extra", "tokens") if k in kwargs}
+    config = {k: kwargs.pop(k) for k in ("approvals", "session_ttl", "extra", "tokens", "jwt_role_claim") if k in kwargs}
     return Stack(directory, extra_config=console_config(**config), **kwargs)
 
 

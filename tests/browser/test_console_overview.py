@@ -7,7 +7,7 @@ from typing import Any
 
 from browser.conftest import NARROW, OPERATOR, VIEWER, screenshot, sign_in
 from e2e import CN_IP, SE_IP, Stack
-from test_admin import chat
+from test_admin import admin, chat
 
 
 def test_the_map_shades_the_country_denied_requests_came_from(page: Any, console_stack: Stack) -> None:
@@ -46,3 +46,19 @@ def test_the_overview_fits_a_narrow_window(new_page: Any, console_stack: Stack) 
     assert narrow.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     assert narrow.locator("#denial-map").bounding_box()["width"] <= NARROW["width"]
     screenshot(narrow, "overview-narrow")
+
+
+def test_suspensions_in_force_and_changes_awaiting_a_second_person(page: Any, console_stack: Stack) -> None:
+    suspension = {"id": "susp-se", "models": ["fable"], "deny_in": ["SE"], "reason": "export order 7"}
+    status, made = admin(console_stack, "POST", "/admin/suspensions", suspension, token=OPERATOR)
+    assert status == 201, made  # a tightening: at once, awaiting a countersignature
+    status, proposal = admin(console_stack, "DELETE", "/admin/suspensions/susp-se", token=OPERATOR)
+    assert status == 202, proposal  # lifting it loosens: a proposal to approve
+    sign_in(page, console_stack, VIEWER)
+    suspensions = page.locator("#suspensions").inner_text()
+    assert "susp-se" in suspensions and "export order 7" in suspensions
+    assert page.locator("#suspensions tbody td").nth(2).inner_text() == "SE"  # where: named once
+    assert "suspension.lift susp-se by ops-alice" in page.locator("#awaiting-approval").inner_text()
+    assert "by ops-alice" in page.locator("#awaiting-countersign").inner_text()
+    screenshot(page, "overview-awaiting")
+

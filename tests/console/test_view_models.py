@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from gateway.activity import EMPTY, Activity, Window, combined, window_from_json
+from gateway.request.activity import EMPTY, Activity, Window, combined, window_from_json
 from gateway.console import csrf, worldmap
 from gateway.console.decisions_model import Filters, explained, filters_from, row
 from gateway.console.overview_model import database_rows, every_minute, overview, replica_rows
-from gateway.heartbeat import STALE_S, Heartbeat, heartbeat_from_json
+from gateway.live.heartbeat import STALE_S, Heartbeat, heartbeat_from_json
 
 T0 = 1_796_000_000.0  # a minute boundary is not needed: the counts bucket by whole minutes
 
@@ -151,9 +151,9 @@ def test_a_record_with_missing_fields_is_still_a_row() -> None:
 
 
 def test_a_record_is_explained_as_gateway_audit_explain_does(reference_policy: Any) -> None:
-    from gateway import explain
+    from gateway.policy import explain
     from gateway.audit import recorded
-    from gateway.decision import decide
+    from gateway.policy.decision import decide
 
     record = {"decision_id": "cd" * 16, "time": "2026-12-01T12:00:00Z", "org": "org-acme", "requested_model": "frontier-5.6",
               "observed_country": "CN", "observed_region": None, "anonymizer": False, "decision": "deny", "status": 451,

@@ -22,7 +22,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports(include=["gateway"]):
-    from gateway import request_body  # noqa: F401  (instrumented for coverage)
+    from gateway.request import body as request_body  # noqa: F401  (instrumented for coverage)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fuzz.body_oracle import BOTH, check  # noqa: E402

@@ -10,7 +10,7 @@ import unicodedata
 import zlib
 from typing import Any
 
-from gateway.request_body import RequestError, extract_model
+from gateway.request.body import RequestError, extract_model
 
 JSON = "application/json"
 BOTH = frozenset({"gzip", "deflate"})

@@ -1,4 +1,4 @@
-"""Fuzzing where bodies name models besides `model` (gateway/body_models.py).
+"""Fuzzing where bodies name models besides `model` (gateway/request/body_models.py).
 
 Documents are built around the places the routing table declares (tools,
 moderation, fallbacks, a stored prompt), with keys in look-alike spellings and
@@ -20,9 +20,9 @@ from typing import Any
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.body_models import MAX_MODELS, BodyModels, other_models
-from gateway.request_body import RequestError, extract_model
-from gateway.routing import CHAT, MESSAGES, RESPONSES
+from gateway.request.body_models import MAX_MODELS, BodyModels, other_models
+from gateway.request.body import RequestError, extract_model
+from gateway.request.routing import CHAT, MESSAGES, RESPONSES
 
 from .conftest import fuzz
 

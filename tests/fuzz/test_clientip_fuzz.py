@@ -1,4 +1,4 @@
-"""Fuzzing the forwarding-header parser (gateway/clientip.py).
+"""Fuzzing the forwarding-header parser (gateway/request/clientip.py).
 
 Peers and X-Forwarded-For headers are built from addresses in every notation
 (IPv4, IPv6, mapped and compatible forms, brackets, ports, zone ids, leading
@@ -24,7 +24,7 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.clientip import MAX_FORWARDED_CHARS, MAX_FORWARDED_ENTRIES, ForwardedForError, TrustedProxies, client_ip
+from gateway.request.clientip import MAX_FORWARDED_CHARS, MAX_FORWARDED_ENTRIES, ForwardedForError, TrustedProxies, client_ip
 
 from .conftest import fuzz
 
@@ -100,7 +100,7 @@ def _reference_entry(text: str) -> Address | None:
         text, port = text.split(":")
         if "." not in text:
             return None
-    # Port 0 is accepted as gateway/clientip.py does: the port never matters, the address does.
+    # Port 0 is accepted as gateway/request/clientip.py does: the port never matters, the address does.
     if port is not None and not (port.isascii() and port.isdigit() and int(port) <= 65535 and 0 < len(port) <= 5):
         return None
     if "%" in text or text != text.strip():

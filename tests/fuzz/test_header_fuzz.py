@@ -1,4 +1,4 @@
-"""Fuzzing header filtering (gateway/proxy.py) with names spelled every way a
+"""Fuzzing header filtering (gateway/request/proxy.py) with names spelled every way a
 server might read them: any case, `_` for any `-`, repeated, named in
 `Connection`, beside the upstream's configured headers.
 
@@ -21,10 +21,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.config import Upstream
-from gateway.proxy import (GATEWAY_PREFIX, HOP_BY_HOP, NEVER_RETURNED, RESPONSE_DENIED, RESPONSE_DENIED_PREFIXES,
+from gateway.request.proxy import (GATEWAY_PREFIX, HOP_BY_HOP, NEVER_RETURNED, RESPONSE_DENIED, RESPONSE_DENIED_PREFIXES,
                            ROUTING, ROUTING_PREFIXES, Rules, check_connection, folded, request_headers,
                            response_headers)
-from gateway.request_body import RequestError
+from gateway.request.body import RequestError
 
 from .conftest import fuzz
 
@@ -61,7 +61,7 @@ def client_headers(draw: st.DrawFn) -> list[tuple[bytes, bytes]]:
     for _ in range(draw(st.integers(0, 8))):
         name = draw(spelling(REQUEST_NAMES))
         if name.lower() in DECIDED_VALUE:
-            continue  # a second one is refused before forwarding (gateway/app.py `_single`)
+            continue  # a second one is refused before forwarding (gateway/request/app.py `_single`)
         value = draw(connection_value()) if name.lower() == "connection" else draw(st.sampled_from(["x", "evil", "1"]))
         headers.insert(draw(st.integers(0, len(headers))), (name, value))
     if draw(st.booleans()):

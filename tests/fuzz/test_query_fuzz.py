@@ -1,4 +1,4 @@
-"""Fuzzing the query-string check (gateway/request_body.py query_names_model):
+"""Fuzzing the query-string check (gateway/request/body.py query_names_model):
 query strings built from the spellings of `model` that servers accept — any
 case, percent-encoded once or twice, `+` for space, NUL, fullwidth letters,
 `[]` and `.` suffixes, `&` or `;` between parameters.
@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, quote, unquote_plus
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.request_body import query_names_model
+from gateway.request.body import query_names_model
 
 from .conftest import fuzz
 

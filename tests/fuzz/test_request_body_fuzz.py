@@ -1,4 +1,4 @@
-"""Fuzzing the body parser (gateway/request_body.py extract_model).
+"""Fuzzing the body parser (gateway/request/body.py extract_model).
 
 Bodies are written as raw JSON text, not through json.dumps, so that escapes,
 duplicate keys in any spelling, odd numbers, BOMs, other encodings and
@@ -22,7 +22,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.request_body import MAX_DEPTH, RequestError, extract_model
+from gateway.request.body import MAX_DEPTH, RequestError, extract_model
 
 from .body_oracle import BOTH, JSON, check, strict
 from .conftest import fuzz

@@ -1,4 +1,4 @@
-"""Fuzzing the router (gateway/routing.py): paths built from the pieces that
+"""Fuzzing the router (gateway/request/routing.py): paths built from the pieces that
 path normalisers disagree on — dot segments, percent-encoding (once or twice),
 backslashes, empty segments, `;` parameters, case, NUL, `?` and `#`.
 
@@ -22,8 +22,8 @@ from urllib.parse import unquote
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.request_body import RequestError
-from gateway.routing import DEFAULT_ROUTES, Router
+from gateway.request.body import RequestError
+from gateway.request.routing import DEFAULT_ROUTES, Router
 
 from .conftest import fuzz
 

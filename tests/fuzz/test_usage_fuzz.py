@@ -1,4 +1,4 @@
-"""Fuzzing the token quota's readers (gateway/usage.py): the bound held for a
+"""Fuzzing the token quota's readers (gateway/request/usage.py): the bound held for a
 request, and the usage read from its answer.
 
 Properties:
@@ -23,8 +23,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.request_body import RequestError
-from gateway.usage import HEAD_BYTES, MAX_RESERVATION, TAIL_BYTES, Tap, reservation, tokens_used
+from gateway.request.body import RequestError
+from gateway.request.usage import HEAD_BYTES, MAX_RESERVATION, TAIL_BYTES, Tap, reservation, tokens_used
 
 from .conftest import fuzz
 

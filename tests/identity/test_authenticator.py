@@ -16,7 +16,7 @@ from gateway.identity.apikeys import ApiKeyStore
 from gateway.identity.authenticator import Authenticator, is_jwt
 from gateway.identity.jwt import JwtVerifier
 from gateway.identity.principal import CredentialError
-from gateway.reasons import Reason
+from gateway.policy.reasons import Reason
 
 from .conftest import Clock, Keys, Settings, b64, public_jwks, write_jwks
 

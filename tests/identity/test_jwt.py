@@ -21,7 +21,7 @@ from gateway.identity.cache import VerifiedTokens
 from gateway.identity.jwks import JwksError, parse_jwks
 from gateway.identity.jwt import JwtConfigError, JwtVerifier
 from gateway.identity.principal import CredentialError, Principal
-from gateway.reasons import Reason
+from gateway.policy.reasons import Reason
 
 from .conftest import NOW, Clock, Keys, Settings, b64, claims, public_jwks, sign, write_jwks
 

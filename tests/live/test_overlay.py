@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from conftest import at
-from gateway.decision import Facts, decide
+from gateway.policy.decision import Facts, decide
 from gateway.live.overlay import (ChangeError, Overlay, apply, check_bundle, check_org_patch, check_suspension, lost_controls,
                                   with_resets)
 from gateway.policy.snapshot import Policy, merge

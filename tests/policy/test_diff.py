@@ -10,8 +10,8 @@ import pytest
 
 from conftest import REFERENCE_POLICY, at
 from gateway.cli import main
-from gateway.countries import ALPHA2
-from gateway.decision import Facts, decide
+from gateway.policy.countries import ALPHA2
+from gateway.policy.decision import Facts, decide
 from gateway.policy import diff
 from gateway.policy.load import load_bundle
 from gateway.policy.schema import TIERS

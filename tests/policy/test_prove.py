@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.cli import main
-from gateway.countries import ALPHA2
-from gateway.decision import Facts, decide
+from gateway.policy.countries import ALPHA2
+from gateway.policy.decision import Facts, decide
 from gateway.policy import prove
 from gateway.policy.load import lapse_time, load_bundle, load_texts
 from gateway.policy.snapshot import Organization, Policy

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REFERENCE_POLICY, at
 from gateway.cli import main
-from gateway.decision import Facts, decide
+from gateway.policy.decision import Facts, decide
 from gateway.policy import simulate
 from gateway.policy.load import load_bundle
 from gateway.policy.snapshot import Policy

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from gateway.admin import suspension_item
+from gateway.admin.app import suspension_item
 from gateway.console import changes_view as view
 from gateway.console.context import Console
 from gateway.console.forms import Form

@@ -1,8 +1,8 @@
 """Decisions: the newest audit records, filtered and kept live; one decision found by its id
-and explained as `gateway audit explain` explains it (gateway/explain.py), with the legal
+and explained as `gateway audit explain` explains it (gateway/policy/explain.py), with the legal
 source of each rule that matched.
 
-Audit files are read newest first through gateway.admin.matching_records (the admin API's
+Audit files are read newest first through gateway.admin.app.matching_records (the admin API's
 GET /admin/decisions reads the same way), off the event loop, and never past the newest
 SCAN_BYTES: a page answers in bounded time however large the file has grown.
 """
@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from gateway.admin import matching_records
+from gateway.admin.app import matching_records
 from gateway.console import decisions_model as model
 from gateway.console.context import Console
 from gateway.console.render import ROOT, render

@@ -17,7 +17,7 @@ from gateway.console.context import Console
 from gateway.console.forms import Form
 from gateway.console.render import ROOT, refusal, render
 from gateway.console.sessions import Actor
-from gateway.heartbeat import Heartbeat
+from gateway.live.heartbeat import Heartbeat
 from gateway.live.overlay import ChangeError
 from gateway.policy.issues import PolicyError
 
