@@ -65,8 +65,8 @@ def console_stack(tmp_path: Path) -> Iterator[Stack]:
         stack.close()
 
 
-# One per module, not per session: Playwright's sync API holds an event loop running in the
-# main thread while it is open, and every async test after it would fail to start its own.
+# One browser per test module, not per session: while Playwright's sync API is open, the
+# main thread counts as running an event loop, and later tests' asyncio.run() would fail.
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency (pip install -e '.[dev]')")
