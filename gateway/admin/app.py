@@ -180,7 +180,7 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
 
     async def list_suspensions(request: Request, actor: str) -> Response:
         policy = state.policy
-        items = [_suspension_item(s, live) for s in (policy.suspensions if policy else ())]
+        items = [suspension_item(s, live) for s in (policy.suspensions if policy else ())]
         return JSONResponse({"suspensions": items})
 
     async def create_suspension(request: Request, actor: str) -> Response:
@@ -354,7 +354,7 @@ def _result(status: int) -> str:
     return "refused" if status < 500 else "failed"
 
 
-def _suspension_item(suspension: Suspension, live: LiveState) -> dict[str, Any]:
+def suspension_item(suspension: Suspension, live: LiveState) -> dict[str, Any]:
     """A suspension as listed: its entries as given, the places it denies (or, for
     deny_outside, admits) now, and for a live one the places recorded when it was made
     and any name the bundle in force no longer defines."""

@@ -16,13 +16,13 @@ from starlette.staticfiles import StaticFiles
 
 from gateway.console import csrf, guards
 from gateway.console.auth import sign_in_form, sign_in_page
-from gateway.console.pages import decisions, overview
+from gateway.console.pages import changes, decisions, overview, policy
 from gateway.console.context import Console
 from gateway.console.render import refusal
 from gateway.console.sessions import Actor
 
 STATIC = Path(__file__).parent / "static"
-PAGES = (overview, decisions)
+PAGES = (overview, decisions, policy, changes)
 
 
 def create_console_app(console: Console) -> Starlette:
