@@ -85,7 +85,7 @@ class Metrics:
         self.geoip_anonymizer_loaded = Gauge("gateway_geoip_anonymizer_database_loaded", "1 when an anonymous-IP "
                                              "database is loaded (else no request is known to be an anonymizer).",
                                              registry=registry)
-        self.admin_changes = Counter("gateway_admin_changes", "Changes asked of the admin API, by action and result "
+        self.admin_changes = Counter("gateway_admin_changes", "Changes asked of the admin API or the console, by action and result "
                                      "(ok, proposed, refused, forbidden, failed).", ["action", "result"],
                                      registry=registry)
         self.admin_auth_failures = Counter("gateway_admin_auth_failures", "Admin requests without a valid admin token "

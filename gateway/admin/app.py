@@ -96,7 +96,7 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
                 answer = error(403, "forbidden", f"The {token.role} role cannot make changes.")
             else:
                 answer = await answered(request, handler, token.name)
-            report(request, _action(action, request), token.name, answer, change=role == "operator")
+            report(request, action_of(action, request), token.name, answer, change=role == "operator")
             return answer
         return endpoint
 
@@ -117,7 +117,7 @@ def create_admin_app(state: PolicyState, metrics: Metrics, ready_checks: Callabl
     def report(request: Request, action: str, actor: str, answer: Response, *, change: bool) -> None:
         """Log every admin action (actor, action, target, result); count the changes."""
         status = answer.status_code
-        result = _result(status)
+        result = result_of(status)
         target = request.path_params.get("id") or target_of(answer)
         if change:
             metrics.child(metrics.admin_changes, action, result).inc()
@@ -325,7 +325,7 @@ class BodyError(ValueError):
     pass
 
 
-def _action(action: str, request: Request) -> str:
+def action_of(action: str, request: Request) -> str:
     """The action's name: a bounded label value, whatever the path says."""
     if action == "proposal.{verb}":
         verb = request.path_params.get("verb")
@@ -344,7 +344,7 @@ def target_of(answer: Response) -> str | None:
     return target if isinstance(target, str) else None
 
 
-def _result(status: int) -> str:
+def result_of(status: int) -> str:
     if status == 202:
         return "proposed"  # a loosening change, waiting for approval
     if status < 400:

@@ -7,6 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.admin.app import action_of, result_of
 from gateway.request.activity import Activity
 from gateway.console import guards
 from gateway.console.auth import Authority
@@ -41,9 +45,22 @@ class Console:
         """A GET handler `(request, actor) -> Response` for any signed-in actor."""
         return guards.page(self.authority, handler)
 
-    def form(self, handler: guards.FormHandler | None = None, *, role: str = "operator") -> Any:
+    def form(self, handler: guards.FormHandler | None = None, *, role: str = "operator",
+             action: str | None = None) -> Any:
         """A POST handler `(request, actor, form) -> Response`, checked for origin, session,
-        form token and role. As `@console.form` or `@console.form(role="viewer")`."""
-        if handler is not None:
-            return guards.form(self.authority, handler, role=role)
-        return lambda inner: guards.form(self.authority, inner, role=role)
+        form token and role. As `@console.form`, `@console.form(role="viewer")`, or for a
+        change `@console.form(action="suspension.create")`: counted in
+        gateway_admin_changes_total as the admin API counts the same change."""
+        def door(inner: guards.FormHandler) -> guards.Endpoint:
+            endpoint = guards.form(self.authority, inner, role=role)
+            return endpoint if action is None else self._counted(endpoint, action)
+        return door(handler) if handler is not None else door
+
+    def _counted(self, endpoint: guards.Endpoint, action: str) -> guards.Endpoint:
+        async def counted(request: Request) -> Response:
+            answer = await endpoint(request)
+            # A change's handler names its result ("proposed" for a loosening); a refusal has its status.
+            result = getattr(request.state, "result", None) or result_of(answer.status_code)
+            self.metrics.child(self.metrics.admin_changes, action_of(action, request), result).inc()
+            return answer
+        return counted

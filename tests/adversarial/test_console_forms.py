@@ -66,11 +66,11 @@ class Operator:
     """An operator signed in to the console over plain HTTP (no browser): what a script
     holding a session could send."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, token: str = OPERATOR) -> None:
         self.stack = stack
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
                                                   NoRedirect())
-        self.post("/console/sign-in", {"token": OPERATOR}, token=False)
+        self.post("/console/sign-in", {"token": token}, token=False)
         status, page = self.get("/console/changes")
         assert status == 200
         self.token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page).group(1)

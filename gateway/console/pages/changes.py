@@ -69,7 +69,7 @@ def routes(console: Console) -> list[Route]:
         return render(request, "proposal.html", {"title": f"Proposal {shown.id}", "p": shown,
                                                  "outcomes": await outcomes(console, found) if shown.open else None})
 
-    @console.form
+    @console.form(action="suspension.create")
     async def suspend(request: Request, actor: Actor, form: Form) -> Response:
         policy = console.state.policy
         if policy is None:
@@ -82,9 +82,9 @@ def routes(console: Console) -> list[Route]:
                                                     reason=body["reason"], reference=body.get("reference")))
         if isinstance(made, Refusal):
             return await page(console, request, made.titled("Not suspended"), filled=form, which="suspend")
-        return done(actor, "suspension.create", *outcome(made, "suspended"))
+        return done(request, actor, "suspension.create", *outcome(made, "suspended"))
 
-    @console.form
+    @console.form(action="suspension.lift")
     async def lift(request: Request, actor: Actor, form: Form) -> Response:
         target = form.get("suspension")
         if not view.valid_id(target):
@@ -93,9 +93,9 @@ def routes(console: Console) -> list[Route]:
                                                     reason=view.reason_of(form)))
         if isinstance(made, Refusal):
             return await page(console, request, made.titled(f"Lift of {target} refused"))
-        return done(actor, "suspension.lift", *outcome(made, "lifted", target))
+        return done(request, actor, "suspension.lift", *outcome(made, "lifted", target))
 
-    @console.form
+    @console.form(action="proposal.{verb}")
     async def decide_proposal(request: Request, actor: Actor, form: Form) -> Response:
         verb, proposal_id = request.path_params["verb"], request.path_params["id"]
         if verb not in ("approve", *CLOSING) or not view.valid_id(proposal_id):
@@ -109,17 +109,17 @@ def routes(console: Console) -> list[Route]:
             return await page(console, request, made.titled(f"{verb.capitalize()} of {proposal_id} refused"))
         result = {"approve": "applied" if made.get("state") == "applied" else "approved",
                   "reject": "rejected", "withdraw": "withdrawn"}[verb]
-        return done(actor, f"proposal.{verb}", result, proposal_id)
+        return done(request, actor, f"proposal.{verb}", result, proposal_id)
 
-    @console.form
+    @console.form(action="change.countersign")
     async def countersign(request: Request, actor: Actor, form: Form) -> Response:
         change_id = request.path_params["id"]
         made = await attempt(lambda: control.countersign(change_id, actor.name, view.reason_of(form)))
         if isinstance(made, Refusal):
             return await page(console, request, made.titled(f"Countersignature of {change_id} refused"))
-        return done(actor, "change.countersign", "countersigned", change_id)
+        return done(request, actor, "change.countersign", "countersigned", change_id)
 
-    @console.form
+    @console.form(action="apikey.create")
     async def create_key(request: Request, actor: Actor, form: Form) -> Response:
         draft = view.api_key(form)
         if draft.problems:
@@ -128,15 +128,15 @@ def routes(console: Console) -> list[Route]:
         made = await attempt(lambda: control.submit("apikey.create", None, body, actor.name, reason=body["reason"]))
         if isinstance(made, Refusal):
             return await page(console, request, made.titled("Key not created"), filled=form, which="key")
-        return done(actor, "apikey.create", *outcome(made, "key-created", made[1].get("key_id")))
+        return done(request, actor, "apikey.create", *outcome(made, "key-created", made[1].get("key_id")))
 
-    @console.form
+    @console.form(action="apikey.revoke")
     async def revoke_key(request: Request, actor: Actor, form: Form) -> Response:
         key_id = request.path_params["id"]
         made = await attempt(lambda: control.submit("apikey.revoke", key_id, {}, actor.name, reason=view.reason_of(form)))
         if isinstance(made, Refusal):
             return await page(console, request, made.titled(f"Revocation of {key_id} refused"))
-        return done(actor, "apikey.revoke", *outcome(made, "revoked", key_id))
+        return done(request, actor, "apikey.revoke", *outcome(made, "revoked", key_id))
 
     return [Route("/changes", changes, methods=["GET"]),
             Route("/changes/proposals/{id}", proposal, methods=["GET"]),
@@ -193,7 +193,8 @@ def outcome(made: tuple[int, dict[str, Any]], applied: str, target: str | None =
     return applied, target or answer.get("target")
 
 
-def done(actor: Actor, action: str, result: str, target: str | None) -> Response:
+def done(request: Request, actor: Actor, action: str, result: str, target: str | None) -> Response:
+    request.state.result = "proposed" if result == "proposed" else "ok"  # as the admin API counts it
     log.info("console %s by %s: %s %s", action, actor.name, result, target or "",
              extra={"actor": actor.name, "action": action, "target": target, "result": result})
     where = f"{ROOT}/changes?done={result}"

@@ -31,7 +31,7 @@ def routes(console: Console) -> list[Route]:
         return render(request, "overview.html", {"title": "Overview", **await gather(console),
                                                  "reloaded": request.query_params.get("reloaded")})
 
-    @console.form
+    @console.form(action="policy.reload")
     async def reload(request: Request, actor: Actor, form: Form) -> Response:
         """The policy files again, as `POST /admin/reload` (a loosening becomes a proposal)."""
         try:
@@ -41,6 +41,7 @@ def routes(console: Console) -> list[Route]:
         except ChangeError as refused:
             return refusal(request, refused.status, "Reload refused", "; ".join(refused.problems))
         outcome = "proposed" if made is not None and "proposer" in made else "applied"
+        request.state.result = "proposed" if outcome == "proposed" else "ok"
         log.info("console policy.reload by %s: %s", actor.name, outcome,
                  extra={"actor": actor.name, "action": "policy.reload", "result": outcome})
         return RedirectResponse(f"{ROOT}/?reloaded={outcome}", status_code=303)
