@@ -9,7 +9,8 @@ audit file, signs in to the console over HTTP and times each page ROUNDS times
 - the overview; the decisions tail unfiltered, filtered on a common value (deny) and on
   an org only the oldest record has (the whole file is read);
 - a decision by id: the newest, the oldest (the whole file is read) and one that is not
-  there (the audit log and the unauthenticated log are both read to the end).
+  there (the audit log and the unauthenticated log are both read to the end);
+- the Policy and Changes pages (they read no audit records; timed for completeness).
 
 Goal: every page within 200 ms (the median; p95 and max shown too). Exits 1 if a median
 misses it.
@@ -158,6 +159,8 @@ def main() -> int:
                 "decision by id, newest": f"/decisions/{newest}",
                 "decision by id, oldest (whole file)": f"/decisions/{oldest}",
                 "decision by id, absent (both logs)": f"/decisions/{'0' * 32}",
+                "policy": "/policy",
+                "changes": "/changes",
             }
             print(f"{'page':40} {'status':>6} {'median':>8} {'p95':>8} {'max':>8}  (ms, {args.rounds} rounds)")
             missed = []
