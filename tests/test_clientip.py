@@ -264,7 +264,8 @@ class TestClientLocator:
     """The memoised path must answer exactly as the uncached one, however requests interleave."""
 
     @pytest.fixture(scope="class")
-    def geo(self) -> GeoIP:
+    @classmethod
+    def geo(cls) -> GeoIP:
         return GeoIP(default_country_db())
 
     def test_memoised_answers_equal_fresh_ones_across_evictions(self, geo: GeoIP) -> None:
