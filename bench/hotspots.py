@@ -19,7 +19,6 @@ collapsed stacks for other tools (speedscope, flamegraph.pl).
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
@@ -32,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._load import clean_environment, descendants, find_wrk, run_wrk, wrk_script  # noqa: E402
-from bench.proxy import CLIENT_IP, PATH, Bench, bench_policy, request_bodies, signing_key, wrk_check  # noqa: E402
+from bench._load import descendants, find_wrk, run_wrk, wrk_script  # noqa: E402
+from bench.proxy import PATH, prepared, request_bodies, wrk_check  # noqa: E402
 
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 _SITE = re.compile(r"^.*/(site-packages|lib/python3\.\d+)/")
@@ -83,13 +82,9 @@ def print_top(title: str, counts: Counter[str], total: int, top: int) -> None:
 
 
 async def run(args: argparse.Namespace, directory: Path) -> int:
-    env = clean_environment(("GATEWAY_",))
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    token, jwks = signing_key(directory)
-    bench_policy(directory)
     args.install = True
     args.audit_fsync, args.audit_sign = None, False  # the gateway's defaults (bench/proxy.py can vary them)
-    bench = Bench(directory, env, token, jwks, args)
+    bench, headers = prepared(args, directory)
     try:
         await bench.start_upstream()
         running = await bench.start(args.target)
@@ -97,8 +92,6 @@ async def run(args: argparse.Namespace, directory: Path) -> int:
             print(f"{args.target}: {running}")
             return 1
         try:
-            headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}",
-                       "X-Forwarded-For": CLIENT_IP}
             script = wrk_script("POST", headers, request_bodies()[0], wrk_check(True))
             url = running.url + PATH
             run_wrk(args.wrk, url, script, connections=args.concurrency, duration_s=2)  # warm-up

@@ -678,15 +678,22 @@ def print_goals(points: dict[int, dict[str, Measured]], streams: dict[str, Measu
 # --------------------------------------------------------------------------- main
 
 
-async def run(args: argparse.Namespace, directory: Path) -> int:
-    started = time.monotonic()
+def prepared(args: argparse.Namespace, directory: Path) -> tuple[Bench, dict[str, str]]:
+    """The benchmark's set-up in `directory` (the shipped policies with a quota, an RS256 key and
+    its JWKS, the environment the targets run in) and the allowed request's headers; for
+    bench/hotspots.py and bench/rss_steady.py too."""
     env = clean_environment(("GATEWAY_",))  # the bench's config, not the caller's overrides
     # Measure the gateway/ beside this file, whatever the virtual environment has installed.
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     token, jwks = signing_key(directory)
     bench_policy(directory)
-    bench = Bench(directory, env, token, jwks, args)
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}", "X-Forwarded-For": CLIENT_IP}
+    return Bench(directory, env, token, jwks, args), headers
+
+
+async def run(args: argparse.Namespace, directory: Path) -> int:
+    started = time.monotonic()
+    bench, headers = prepared(args, directory)
     plain, streamed = request_bodies()
     points: dict[int, dict[str, Measured]] = {c: {} for c in args.concurrency}
     streams: dict[str, Measured] = {}

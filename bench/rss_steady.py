@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._load import clean_environment, descendants, find_wrk, run_wrk, wrk_script  # noqa: E402
-from bench.proxy import CLIENT_IP, PATH, Bench, bench_policy, request_bodies, signing_key, wrk_check  # noqa: E402
+from bench._load import descendants, find_wrk, run_wrk, wrk_script  # noqa: E402
+from bench.proxy import PATH, prepared, request_bodies, wrk_check  # noqa: E402
 
 CHUNK_S = 30
 
@@ -40,12 +40,8 @@ def rss_kib(pid: int) -> int:
 
 
 async def run(args: argparse.Namespace, directory: Path) -> int:
-    env = clean_environment(("GATEWAY_",))
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    token, jwks = signing_key(directory)
-    bench_policy(directory)
     args.install, args.audit_fsync, args.audit_sign = False, None, False
-    bench = Bench(directory, env, token, jwks, args)
+    bench, headers = prepared(args, directory)
     try:
         await bench.start_upstream()
         running = await bench.start(args.target)
@@ -53,7 +49,6 @@ async def run(args: argparse.Namespace, directory: Path) -> int:
             print(f"{args.target}: {running}")
             return 1
         try:
-            headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}", "X-Forwarded-For": CLIENT_IP}
             script = wrk_script("POST", headers, request_bodies()[0], wrk_check(True))
             pid = descendants(running.servers[0].pid)[-1]
             print(f"{args.target} (pid {pid}) at concurrency {args.concurrency} for {args.minutes:g} min; "
