@@ -1,5 +1,5 @@
 # Developer and CI entry points. Everything runs from .venv, never the system Python.
-#   make venv | chromium | test | demo | fleet | bench | bench-decide | bench-proxy | bench-prove | bench-profile | soak | fuzz | clean
+#   make venv | chromium | test | demo | fleet | bench | bench-decide | bench-proxy | bench-prove | bench-profile | bench-instructions | soak | fuzz | clean
 #   make test PYTEST_ARGS='-k decision -x'     make venv PYTHON=python3.12
 #   make fleet REPLICAS=3 FLEET_ARGS='--check'  make soak SOAK_MINUTES=30  make soak SOAK_ARGS='--floods off'
 #   make bench QUICK=1        make bench-proxy BENCH_ARGS='--targets direct,gateway --concurrency 16'
@@ -19,7 +19,7 @@ QUICK       ?=
 
 FUZZ_SECONDS ?= 300
 
-.PHONY: venv chromium test demo fleet bench bench-decide bench-proxy bench-prove bench-profile soak fuzz clean
+.PHONY: venv chromium test demo fleet bench bench-decide bench-proxy bench-prove bench-profile bench-instructions soak fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -78,6 +78,11 @@ bench-profile: venv
 	$(BIN)/python -c 'import shutil, sys; sys.exit(shutil.which("py-spy", path="$(BIN)") is None)' \
 	  || $(BIN)/python -m pip install -q py-spy
 	VENV=$(CURDIR)/$(VENV) scripts/with-redis $(BIN)/python bench/hotspots.py $(BENCH_ARGS)
+
+# Instructions per request under valgrind's callgrind (bench/instructions.py): unmoved by the
+# machine's speed or load, for comparing two versions of the request path. About a minute.
+bench-instructions: venv
+	VENV=$(CURDIR)/$(VENV) scripts/with-redis $(BIN)/python bench/instructions.py $(BENCH_ARGS)
 
 # The fleet above for SOAK_MINUTES at steady load (205 req/s on average) while Redis restarts and
 # pauses, the upstream stalls and drops connections, the policy reloads every 30 s and, every

@@ -310,6 +310,10 @@ class Bench:
         self.redis: Server | None = None
         self.redis_url: str | None = None
         self.notes: list[str] = []
+        # A command the Python targets run under (bench/instructions.py: valgrind), and how
+        # long they may then take to start.
+        self.wrapper: list[str] = []
+        self.ready_timeout_s = 30.0
 
     def audit_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {}
@@ -370,11 +374,12 @@ class Bench:
         elif name in ("raw-asgi", "starlette"):
             port = free_port()
             kind = "raw" if name == "raw-asgi" else "starlette"
-            server = Server(name, [sys.executable, str(ROOT / "bench" / "floor.py"), "--kind", kind, "--upstream",
-                                   self.upstream_url, "--port", str(port)], directory / "floor.log", env=self.env)
+            server = Server(name, [*self.wrapper, sys.executable, str(ROOT / "bench" / "floor.py"), "--kind", kind,
+                                   "--upstream", self.upstream_url, "--port", str(port)], directory / "floor.log",
+                            env=self.env)
             running = Running(name, f"http://127.0.0.1:{port}", False, [server],
                               describe=f"bench/floor.py --kind {kind}")
-            await wait_http_ok(running.url + "/v1/models", server=server)
+            await wait_http_ok(running.url + "/v1/models", self.ready_timeout_s, server=server)
         else:
             workers = 2 if name.endswith("-w2") else 1
             redis = None
@@ -385,7 +390,8 @@ class Bench:
                 redis = {"url": url, "namespace": f"bench-{os.getpid()}-{name}"}
             public, admin = free_port(), free_ports(workers)
             config = write_config(directory, self.upstream_url, self.jwks, public, admin, redis, self.audit_options())
-            argv = [*gateway_command(), "serve", "--config", str(config)] + (["--workers", str(workers)] if workers > 1 else [])
+            command = [*self.wrapper, sys.executable, "-m", "gateway"] if self.wrapper else gateway_command()
+            argv = [*command, "serve", "--config", str(config)] + (["--workers", str(workers)] if workers > 1 else [])
             server = Server(name, argv, directory / "gateway.log", env=self.env, cwd=directory)
             running = Running(name, f"http://127.0.0.1:{public}", True, [server],
                               admin_urls=[f"http://127.0.0.1:{admin + k}" for k in range(workers)],
@@ -394,7 +400,7 @@ class Bench:
             running.audit_files = ([directory / "audit.jsonl"] if workers == 1
                                    else [directory / f"audit-w{k}.jsonl" for k in range(workers)])
             for admin_url in running.admin_urls:
-                await wait_http_ok(admin_url + "/readyz", server=server)
+                await wait_http_ok(admin_url + "/readyz", self.ready_timeout_s, server=server)
         running.proc = ProcTree(running.servers[0].pid)
         running.rss_ready_kib = running.proc.rss_kib
         return running
