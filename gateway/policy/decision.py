@@ -111,6 +111,21 @@ def decide(policy: Policy, facts: Facts, now: datetime) -> Decision:
     return _Evaluation(policy, facts, now.timestamp()).run()
 
 
+def changes(policy: Policy) -> frozenset[float]:
+    """Every instant (epoch seconds) at which some decision may change. `now` enters a
+    decision only through `start <= now` (a stage's start, a vetting lapse, a
+    suspension's from) and `now < end` (a suspension's until), so between two
+    consecutive instants here, from one inclusive to the next exclusive, every
+    decision is the same (the prover and the request path's memo rely on it)."""
+    points: set[float] = set()
+    for model in policy.models.values():
+        points.update(model.stage_starts)
+        for suspension in model.suspensions:
+            points.update(p for p in (suspension.starts, suspension.ends) if p is not None)
+    points.update(org.lapses_at for org in policy.organizations.values() if org.lapses_at is not None)
+    return frozenset(points)
+
+
 def decide_caller(policy: Policy, facts: Facts, now: datetime) -> Decision | None:
     """The denial that who is calling settles alone, or None. A missing or invalid
     credential and an unknown, denied or suspended organization outrank every other

@@ -52,7 +52,7 @@ from typing import Any
 
 from gateway.policy import countries
 from gateway.policy import explain
-from gateway.policy.decision import Decision, Facts, decide
+from gateway.policy.decision import Decision, Facts, changes, decide
 from gateway.policy.load import lapse_time
 from gateway.policy.schema import TIERS
 from gateway.policy.snapshot import Assertion, GroupSet, Model, Organization, Policy
@@ -90,12 +90,7 @@ def _group_sets(policy: Policy) -> list[GroupSet]:
 
 def breakpoints(policy: Policy) -> frozenset[float]:
     """Every instant at which some decision, or some assertion's scope, may change."""
-    points: set[float] = set()
-    for model in policy.models.values():
-        points.update(model.stage_starts)
-        for suspension in model.suspensions:
-            points.update(p for p in (suspension.starts, suspension.ends) if p is not None)
-    points.update(org.lapses_at for org in policy.organizations.values() if org.lapses_at is not None)
+    points = set(changes(policy))
     for assertion in policy.assertions:
         points.update(p for p in (assertion.starts, assertion.ends) if p is not None)
     return frozenset(points)

@@ -30,7 +30,8 @@ from gateway.audit import AuditLogs
 from gateway.request.body_models import other_models
 from gateway.request.clientip import ClientLocator, ForwardedForError, TrustedProxies
 from gateway.config import Config
-from gateway.policy.decision import Decision, Facts, decide, decide_caller, decide_listing
+from gateway.policy.decision import Decision, Facts
+from gateway.request.decisions import Decisions
 from gateway.geo.reader import UNKNOWN, Place
 from gateway.geo.files import LiveGeo
 from gateway.identity import Authenticator, CredentialError, Principal
@@ -122,6 +123,7 @@ class Gateway:
         self.clock = clock
         self.activity = activity  # the last hour per minute, for the console (gateway/request/activity.py)
         self.router = Router(config.routes)
+        self.decisions = Decisions()  # the same facts decide alike until the policy's next breakpoint
         self.geo = geo
         self.locator = ClientLocator(TrustedProxies(config.trusted_proxies), geo)
         geo.on_swap(self.locator.forget)
@@ -187,7 +189,7 @@ class Gateway:
         place = self.locate(exchange, scope, headers)
         # Who is calling settles some requests alone (a denied org): decided before the
         # body is read, so that such a caller's bodies cost no parse.
-        caller = Facts(principal.org_id, None, place.country, place.region, place.anonymizer)
+        caller = self.decisions.facts(principal.org_id, None, place.country, place.region, place.anonymizer)
         now = datetime.fromtimestamp(self.clock(), UTC)
         refusal = self.screen_caller(exchange, policy, caller, now)
         if refusal is not None:
@@ -196,8 +198,8 @@ class Gateway:
         model, body = await self.read_model(exchange, route, scope, receive, headers)
         if place.country is not None:
             await self.watch_credential(exchange, principal, place.country, policy)
-        facts = Facts(principal.org_id, model, place.country, place.region, place.anonymizer,
-                      geo_expired=self.geo.expired(now.timestamp()))
+        facts = self.decisions.facts(principal.org_id, model, place.country, place.region, place.anonymizer,
+                                     self.geo.expired(now.timestamp()))
         decision = self.decide(exchange, policy, facts, now, listing=route.kind == "models_list")
         if decision.allowed and exchange.other_models:
             decision = self.decide_others(exchange, policy, facts, now, decision)
@@ -336,13 +338,14 @@ class Gateway:
 
     def screen_caller(self, exchange: Exchange, policy: Policy, caller: Facts, now: datetime) -> Decision | None:
         """The denial that who is calling settles alone, if any (a step of its own to trace)."""
-        return decide_caller(policy, caller, now)
+        return self.decisions.caller(policy, caller, now)
 
     def decide(self, exchange: Exchange, policy: Policy, facts: Facts, now: datetime | None = None, *,
                listing: bool = False) -> Decision:
         now = now or datetime.fromtimestamp(self.clock(), UTC)
         started = time.perf_counter()
-        decision = (decide_listing if listing else decide)(policy, facts, now)
+        decisions = self.decisions
+        decision = (decisions.listing if listing else decisions.decide)(policy, facts, now)
         exchange.decision_seconds = time.perf_counter() - started
         self.metrics.decision_seconds.observe(exchange.decision_seconds)
         exchange.decision = decision
