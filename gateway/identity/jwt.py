@@ -105,16 +105,15 @@ class JwtVerifier:
         if len(token) > MAX_TOKEN_BYTES:
             raise invalid(f"token longer than {MAX_TOKEN_BYTES} bytes")
         keys = await self._source.current()
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        cached = self.cache.get(digest, keys.revision, self._clock())
+        cached = self.cache.get(token, keys.revision, self._clock())
         if cached is not None:
             return cached
         header, claims, signature = _decode(token, self._algorithms)
         keys, key = await self._key_for(keys, header)
         self._check_signature(token, self._signatures[header["alg"]], signature, key)
         now = self._clock()
-        principal, expires_at = self._principal(claims, now, digest)
-        self.cache.put(digest, keys.revision, principal, expires_at)
+        principal, expires_at = self._principal(claims, now, token)
+        self.cache.put(token, keys.revision, principal, expires_at)
         return principal
 
     async def verify_with_claims(self, token: str) -> tuple[Principal, dict[str, Any], float]:
@@ -125,8 +124,7 @@ class JwtVerifier:
         header, claims, signature = _decode(token, self._algorithms)
         _, key = await self._key_for(await self._source.current(), header)
         self._check_signature(token, self._signatures[header["alg"]], signature, key)
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        principal, expires_at = self._principal(claims, self._clock(), digest)
+        principal, expires_at = self._principal(claims, self._clock(), token)
         return principal, claims, expires_at
 
     async def _key_for(self, keys: Jwks, header: dict[str, Any]) -> tuple[Jwks, PublicKey]:
@@ -151,7 +149,7 @@ class JwtVerifier:
         if not verified:
             raise invalid("signature not verified (bad signature)")
 
-    def _principal(self, claims: dict[str, Any], now: float, digest: bytes) -> tuple[Principal, float]:
+    def _principal(self, claims: dict[str, Any], now: float, token: str) -> tuple[Principal, float]:
         leeway = self._leeway
         exp = _numeric_date(claims, "exp")
         if exp is None:
@@ -171,8 +169,13 @@ class JwtVerifier:
         jti = claims.get("jti")
         if jti is not None and (not isinstance(jti, str) or not jti):
             raise invalid("jti is not a non-empty string")
-        credential_id = "jwt:" + (jti if jti is not None else digest.hex()[:16])
+        credential_id = "jwt:" + (jti if jti is not None else _digest(token)[:16])
         return Principal(subject, org_id, credential_id, "jwt"), exp + leeway
+
+
+def _digest(token: str) -> str:
+    """What names a token without a `jti`: its SHA-256, never the token."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _allowed(algorithms: Sequence[str]) -> tuple[str, ...]:

@@ -333,10 +333,22 @@ async def test_cached_token_still_expires_at_exp_plus_leeway(file_verifier: JwtV
 def test_cache_is_bounded_least_recently_used_first() -> None:
     cache = VerifiedTokens(capacity=2)
     principal = Principal("s", "o", "jwt:x", "jwt")
-    cache.put(b"a", "r1", principal, 100)
-    cache.put(b"b", "r1", principal, 100)
-    assert cache.get(b"a", "r1", 0) is principal
-    cache.put(b"c", "r1", principal, 100)
-    assert cache.get(b"b", "r1", 0) is None
-    assert cache.get(b"a", "r1", 0) is principal
-    assert cache.get(b"a", "r2", 0) is None and len(cache) == 0  # a new key set empties it
+    cache.put("a", "r1", principal, 100)
+    cache.put("b", "r1", principal, 100)
+    assert cache.get("a", "r1", 0) is principal
+    cache.put("c", "r1", principal, 100)
+    assert cache.get("b", "r1", 0) is None
+    assert cache.get("a", "r1", 0) is principal
+    assert cache.get("a", "r2", 0) is None and len(cache) == 0  # a new key set empties it
+
+
+def test_cache_is_bounded_in_the_tokens_total_size() -> None:
+    cache = VerifiedTokens(capacity=10, max_chars=10)
+    principal = Principal("s", "o", "jwt:x", "jwt")
+    cache.put("aaaa", "r1", principal, 100)
+    cache.put("bbbb", "r1", principal, 100)
+    cache.put("cccc", "r1", principal, 100)  # 12 characters: the oldest goes
+    assert cache.get("aaaa", "r1", 0) is None and len(cache) == 2
+    cache.put("bbbb", "r1", principal, 100)  # again: counted once
+    cache.put("d" * 11, "r1", principal, 100)  # alone over the budget: kept by no one
+    assert len(cache) == 0 and cache.get("d" * 11, "r1", 0) is None
