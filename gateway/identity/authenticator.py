@@ -13,7 +13,6 @@ the reverse, so the two cannot be played against each other.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -25,7 +24,7 @@ from gateway.identity.principal import Principal, invalid, missing
 MAX_CREDENTIAL_BYTES = 8 * 1024
 # Visible ASCII only: covers RFC 6750's b64token and every key we issue, and
 # keeps control characters and spaces out of everything downstream.
-_CREDENTIAL = re.compile(r"[\x21-\x7e]+")
+_VISIBLE = bytes(range(0x21, 0x7F))
 
 
 class IdentitySettings(Protocol):
@@ -107,5 +106,10 @@ def _bearer(value: str) -> str:
 def _check(credential: str, header: str) -> None:
     if len(credential) > MAX_CREDENTIAL_BYTES:
         raise invalid(f"{header} credential longer than {MAX_CREDENTIAL_BYTES} bytes")
-    if not _CREDENTIAL.fullmatch(credential):
+    if not _visible(credential):
         raise invalid(f"{header} credential is empty or has characters outside visible ASCII")
+
+
+def _visible(credential: str) -> bool:
+    """Non-empty and visible ASCII only; deleting those bytes in C costs half a regex match."""
+    return bool(credential) and credential.isascii() and not credential.encode("ascii").translate(None, _VISIBLE)
