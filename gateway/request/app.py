@@ -721,17 +721,17 @@ class Gateway:
         metrics = self.metrics
         if decision is not None:
             for reason in decision.shadow:
-                metrics.child(metrics.would_deny, str(reason)).inc()
+                metrics.would_deny.labels(str(reason)).inc()
         model = model_label(decision, policy is not None and policy.conceal_unreleased)
-        metrics.child(
-            metrics.requests, "allow" if allowed else "deny", first, model,
+        metrics.requests.labels(
+            "allow" if allowed else "deny", first, model,
             (decision.stage if decision else None) or "none", (decision.tier if decision else None) or "none",
         ).inc()
         metrics.count_country(exchange.place.country, "allow" if allowed else "deny")
         if self.activity is not None:
             self.activity.count(now, allowed=allowed, country=exchange.place.country, region=exchange.place.region)
         if not allowed:
-            metrics.child(metrics.denials, first, exchange.place.country or "unknown", model).inc()
+            metrics.denials.labels(first, exchange.place.country or "unknown", model).inc()
         self.metrics.request_seconds.observe(time.perf_counter() - exchange.started)
         return written
 
