@@ -684,40 +684,50 @@ class Gateway:
         first = reasons[0] if reasons else ("none" if allowed else exchange.error or "none")
         exchange.recorded = True
         now = time.time()
-        written = self.audit.record(wait=wait, authenticated=principal is not None, entry={
-            "time": _timestamp(now),
-            "decision_id": exchange.decision_id,
-            "method": exchange.method,
-            "path": exchange.path,
-            "org": principal.org_id if principal else None,
-            "subject": principal.subject if principal else None,
-            "credential_id": principal.credential_id if principal else None,
+        place = exchange.place
+        # In canonical (sorted) key order, with the chain's fields in place for seal() to
+        # fill (gateway/audit/chain.py): a record already in order serializes faster.
+        entry = {
+            "anonymizer": place.anonymizer,
             "client_ip": exchange.client_ip,
-            "observed_country": exchange.place.country,
-            "observed_region": exchange.place.region,
-            "declared_country": org.country if org else None,
-            "anonymizer": exchange.place.anonymizer,
-            "requested_model": exchange.requested_model,
-            "model": decision.model if decision else None,
-            "stage": decision.stage if decision else None,
             "covered": decision.covered if decision else None,
-            "tier": decision.tier if decision else None,
+            "credential_id": principal.credential_id if principal else None,
+            "credential_misuse": exchange.misuse,
             "decision": "allow" if allowed else "deny",
-            "status": exchange.status,
-            "reasons": reasons,
-            "error": exchange.error,
-            "policy_version": decision.policy_version if decision else (policy.version if policy else None),
+            "decision_id": exchange.decision_id,
             "decision_us": round(exchange.decision_seconds * 1e6, 1) if exchange.decision_seconds is not None else None,
-            "upstream_status": exchange.upstream_status,
-            "upstream_bytes": exchange.upstream_bytes,
+            "declared_country": org.country if org else None,
+            "error": exchange.error,
+            "format": None,
+            "method": exchange.method,
+            "model": decision.model if decision else None,
+            "observed_country": place.country,
+            "observed_region": place.region,
+            "org": principal.org_id if principal else None,
+            "path": exchange.path,
+            "policy_version": decision.policy_version if decision else (policy.version if policy else None),
+            "prev": None,
+            "reasons": reasons,
+            "replica": None,
+            "requested_model": exchange.requested_model,
+            "revoked": exchange.extra.get(revocation.REVOKED),
+            "seq": None,
+            "stage": decision.stage if decision else None,
+            "status": exchange.status,
+            "subject": principal.subject if principal else None,
+            "tier": decision.tier if decision else None,
+            "time": _timestamp(now),
             "tokens": exchange.tokens_used,
             "tokens_charged": exchange.tokens_charged if exchange.reservation is None
             else _charge(exchange, exchange.reservation),
-            "credential_misuse": exchange.misuse,
+            "upstream_bytes": exchange.upstream_bytes,
+            "upstream_status": exchange.upstream_status,
             "would_deny": [str(r) for r in decision.shadow] if decision and decision.shadow else None,
-            "revoked": exchange.extra.get(revocation.REVOKED),
-            **exchange.extra.get("refused", {}),  # a refused credential: what it was, never the credential
-        })
+        }
+        refused = exchange.extra.get("refused")
+        if refused:
+            entry.update(refused)  # a refused credential: what it was, never the credential
+        written = self.audit.record(entry, wait=wait, authenticated=principal is not None)
         metrics = self.metrics
         if decision is not None:
             for reason in decision.shadow:
