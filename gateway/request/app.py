@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -748,16 +747,18 @@ class Gateway:
 
 def _timestamp(now: float) -> str:
     """RFC 3339 in UTC with microseconds, as datetime.isoformat writes it."""
+    global _second
     fraction, whole = math.modf(now)
     micro = round(fraction * 1e6)  # as datetime.fromtimestamp rounds
     if micro == 1_000_000:
         whole, micro = whole + 1, 0
-    return f"{_second(int(whole))}.{micro:06d}Z"
+    second = _second  # read once: (whole second, its text) stay a pair whatever thread calls
+    if second[0] != whole:
+        second = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole)))
+    return "%s%06dZ" % (second[1], micro)
 
 
-@lru_cache(maxsize=4)
-def _second(whole: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+_second = (math.nan, "")  # the last second a timestamp was written in, and its text
 
 
 def _charge(exchange: Exchange, held: Reservation) -> int:
