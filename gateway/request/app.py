@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -664,12 +665,9 @@ class Gateway:
         Bounded: a file that cannot be written delays an answer by at most a second
         (and makes the gateway refuse new requests meanwhile)."""
         written = self.finish(exchange, wait=True)
-        if written is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(written), SETTLE_S)
-            except TimeoutError:
-                log.warning("audit record of %s not yet written; answering anyway", exchange.decision_id,
-                            extra={"decision_id": exchange.decision_id})
+        if written is not None and not await _done_within(written, SETTLE_S):
+            log.warning("audit record of %s not yet written; answering anyway", exchange.decision_id,
+                        extra={"decision_id": exchange.decision_id})
 
     def finish(self, exchange: Exchange, *, wait: bool = False) -> asyncio.Future[None] | None:
         decision = exchange.decision
@@ -743,6 +741,29 @@ class Gateway:
             metrics.denials.labels(first, exchange.place.country or "unknown", model).inc()
         self.metrics.request_seconds.observe(time.perf_counter() - exchange.started)
         return written
+
+
+async def _done_within(future: asyncio.Future[None], seconds: float) -> bool:
+    """Whether `future` is done within `seconds`; never cancels it, even when the caller is
+    cancelled. What wait_for(shield(future)) does, with one future and one timer fewer."""
+    if future.done():
+        return True
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    timer = loop.call_later(seconds, _release, waiter)
+    released = partial(_release, waiter)
+    future.add_done_callback(released)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        future.remove_done_callback(released)
+    return future.done()
+
+
+def _release(waiter: asyncio.Future[None], *_: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _timestamp(now: float) -> str:
