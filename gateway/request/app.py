@@ -745,7 +745,7 @@ class Gateway:
 
 async def _done_within(future: asyncio.Future[None], seconds: float) -> bool:
     """Whether `future` is done within `seconds`; never cancels it, even when the caller is
-    cancelled. What wait_for(shield(future)) does, with one future and one timer fewer."""
+    cancelled. What wait_for(shield(future)) does, with one future and two callbacks fewer."""
     if future.done():
         return True
     loop = asyncio.get_running_loop()
