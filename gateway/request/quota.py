@@ -255,15 +255,16 @@ class RedisQuota:
     async def _send_batch(self, group: _Group, batch: list[_Waiting]) -> None:
         try:
             results = await self._run(group, [limits for limits, _ in batch])
-            if len(batch) == 1:
-                results = [results]
+            results = [results] if len(batch) == 1 else results
+            if len(results) != len(batch):  # never expected; but no caller may wait forever
+                raise QuotaUnavailable(f"{len(results)} results for {len(batch)} admissions")
         except Exception as error:  # each caller gets it: fail closed
             _fail(batch, error)
             return
         except BaseException:
             _fail(batch, QuotaUnavailable("the admission's batch was cancelled; it may have been applied"))
             raise
-        for (_, future), refused in zip(batch, results, strict=True):
+        for (_, future), refused in zip(batch, results):
             if not future.done():
                 future.set_result(refused)
 
