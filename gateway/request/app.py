@@ -427,21 +427,15 @@ class Gateway:
                 if proxy.is_redirect(upstream.status):
                     return await self.upstream_redirected(exchange, send)
                 exchange.streamed = upstream.content_type == "text/event-stream"
-                await self.start_response(exchange, send, upstream.status, proxy.response_headers(
-                    upstream.raw_headers, exchange.decision_id.encode(), rules.passed))
+                head = proxy.response_headers(upstream.raw_headers, exchange.decision_id.encode(), rules.passed)
                 # An answer encoded despite Accept-Encoding: identity cannot be read: its
                 # reservation stands (fail closed).
                 tap = exchange.tokens if upstream.headers.get("Content-Encoding", "identity") == "identity" else None
-                length = upstream.content_length  # with a length, the client is done at its last byte
-                async for chunk in upstream.content.iter_any():
-                    exchange.upstream_bytes += len(chunk)
-                    if tap is not None:
-                        tap.feed(chunk)
-                    if length is not None and exchange.upstream_bytes >= length:
-                        await self.complete(exchange)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await self.complete(exchange)
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                content = upstream.content
+                if content.is_eof() and content.exception() is None:
+                    return await self.answer_whole(exchange, send, upstream.status, head, content.read_nowait(), tap)
+                await self.start_response(exchange, send, upstream.status, head)
+                await self.relay(exchange, send, content, upstream.content_length, tap)
         except asyncio.CancelledError:
             if exchange.error == revocation.REVOKED:
                 _uncancel()
@@ -459,6 +453,33 @@ class Gateway:
             watch.stop()
             if revocations is not None:
                 revocations.untrack(exchange)
+
+    async def answer_whole(self, exchange: Exchange, send: Send, status: int, headers: list[tuple[bytes, bytes]],
+                           body: bytes, tap: Tap | None) -> None:
+        """An answer that came whole with its head (all but long ones and streams): counted
+        and recorded first, it then leaves in one write, head, body and end together."""
+        exchange.status = status  # as the record has it
+        exchange.upstream_bytes = len(body)
+        if tap is not None:
+            tap.feed(body)
+        await self.complete(exchange)
+        await self.start_response(exchange, send, status, headers)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def relay(self, exchange: Exchange, send: Send, content: aiohttp.StreamReader, length: int | None,
+                    tap: Tap | None) -> None:
+        """Pass the answer on as it arrives, counted and recorded before its end leaves:
+        with a length, the client is done at its last byte, which then ends the body."""
+        async for chunk in content.iter_any():
+            exchange.upstream_bytes += len(chunk)
+            if tap is not None:
+                tap.feed(chunk)
+            if length is not None and exchange.upstream_bytes >= length:
+                await self.complete(exchange)
+                return await send({"type": "http.response.body", "body": chunk, "more_body": False})
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await self.complete(exchange)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def end_revoked(self, exchange: Exchange, send: Send) -> None:
         """The policy came to deny the request while it was answered; its upstream is
