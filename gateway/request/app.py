@@ -35,7 +35,7 @@ from gateway.geo.reader import UNKNOWN, Place
 from gateway.geo.files import LiveGeo
 from gateway.identity import Authenticator, CredentialError, Principal
 from gateway.identity.fingerprint import fingerprint, presented
-from gateway.request.listener import REFUSAL
+from gateway.request.listener import REFUSAL, on_client_gone
 from gateway.metrics import Metrics, model_label
 from gateway.request.misuse import LocalSightings, Sightings
 from gateway.policy.snapshot import Policy
@@ -406,12 +406,17 @@ class Gateway:
             rules=rules,
         )
         target = route.path + (f"?{scope['query_string'].decode('latin-1')}" if scope["query_string"] else "")
-        # A client that goes away cancels the upstream request (and its stream).
-        watch = _DisconnectWatch(receive, exchange)
+        task = asyncio.current_task()
+        # A client that goes away cancels the upstream request (and its stream); one gone
+        # already is not forwarded to.
+        watch = _DisconnectWatch(task, exchange)
+        if not on_client_gone(scope, watch.client_gone):
+            exchange.error = "client_disconnected"
+            return
         # A policy change that comes to deny the request ends it too (gateway/request/revocation.py).
         revocations = self.revocations
         if revocations is not None:
-            revocations.track(exchange)
+            revocations.track(exchange, task)
         started = time.perf_counter()
         exchange.forwarded = True
         try:
@@ -422,21 +427,15 @@ class Gateway:
                 if proxy.is_redirect(upstream.status):
                     return await self.upstream_redirected(exchange, send)
                 exchange.streamed = upstream.content_type == "text/event-stream"
-                await self.start_response(exchange, send, upstream.status, proxy.response_headers(
-                    upstream.raw_headers, exchange.decision_id.encode(), rules.passed))
+                head = proxy.response_headers(upstream.raw_headers, exchange.decision_id.encode(), rules.passed)
                 # An answer encoded despite Accept-Encoding: identity cannot be read: its
                 # reservation stands (fail closed).
                 tap = exchange.tokens if upstream.headers.get("Content-Encoding", "identity") == "identity" else None
-                length = upstream.content_length  # with a length, the client is done at its last byte
-                async for chunk in upstream.content.iter_any():
-                    exchange.upstream_bytes += len(chunk)
-                    if tap is not None:
-                        tap.feed(chunk)
-                    if length is not None and exchange.upstream_bytes >= length:
-                        await self.complete(exchange)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await self.complete(exchange)
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                content = upstream.content
+                if content.is_eof() and content.exception() is None:
+                    return await self.answer_whole(exchange, send, upstream.status, head, content.read_nowait(), tap)
+                await self.start_response(exchange, send, upstream.status, head)
+                await self.relay(exchange, send, content, upstream.content_length, tap)
         except asyncio.CancelledError:
             if exchange.error == revocation.REVOKED:
                 _uncancel()
@@ -454,6 +453,33 @@ class Gateway:
             watch.stop()
             if revocations is not None:
                 revocations.untrack(exchange)
+
+    async def answer_whole(self, exchange: Exchange, send: Send, status: int, headers: list[tuple[bytes, bytes]],
+                           body: bytes, tap: Tap | None) -> None:
+        """An answer that came whole with its head (all but long ones and streams): counted
+        and recorded first, it then leaves in one write, head, body and end together."""
+        exchange.status = status  # as the record has it
+        exchange.upstream_bytes = len(body)
+        if tap is not None:
+            tap.feed(body)
+        await self.complete(exchange)
+        await self.start_response(exchange, send, status, headers)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def relay(self, exchange: Exchange, send: Send, content: aiohttp.StreamReader, length: int | None,
+                    tap: Tap | None) -> None:
+        """Pass the answer on as it arrives, counted and recorded before its end leaves:
+        with a length, the client is done at its last byte, which then ends the body."""
+        async for chunk in content.iter_any():
+            exchange.upstream_bytes += len(chunk)
+            if tap is not None:
+                tap.feed(chunk)
+            if length is not None and exchange.upstream_bytes >= length:
+                await self.complete(exchange)
+                return await send({"type": "http.response.body", "body": chunk, "more_body": False})
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await self.complete(exchange)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def end_revoked(self, exchange: Exchange, send: Send) -> None:
         """The policy came to deny the request while it was answered; its upstream is
@@ -844,34 +870,22 @@ def _uncancel() -> None:
 
 
 class _DisconnectWatch:
-    """Cancels the forwarding task when the client goes away. The watching task starts
-    only once the request has run for WATCH_AFTER_S (a timer costs less than a task, and
-    most answers are done by then); a client already gone is noticed at that moment."""
+    """Cancels the forwarding task when the client goes away: the listener calls
+    `client_gone` at that moment (gateway/request/listener.py, on_client_gone)."""
 
-    WATCH_AFTER_S = 0.05
+    __slots__ = ("task", "exchange", "fired", "active")
 
-    def __init__(self, receive: Receive, exchange: Exchange) -> None:
-        self.receive = receive
+    def __init__(self, task: asyncio.Task[Any] | None, exchange: Exchange) -> None:
+        self.task = task
         self.exchange = exchange
-        self.task = asyncio.current_task()
         self.fired = False  # it cancelled the task
-        self._watcher: asyncio.Task[None] | None = None
-        self._timer = asyncio.get_running_loop().call_later(self.WATCH_AFTER_S, self._start)
+        self.active = True
 
-    def _start(self) -> None:
-        self._watcher = asyncio.ensure_future(self._watch())
-
-    async def _watch(self) -> None:
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                # uvicorn also reports "disconnect" once the response is complete.
-                if self.task is not None and not self.exchange.completed:
-                    self.fired = True
-                    self.task.cancel()
-                return
+    def client_gone(self) -> None:
+        # A complete answer is being sent its end: nothing is left to cancel.
+        if self.active and self.task is not None and not self.exchange.completed:
+            self.fired = True
+            self.task.cancel()
 
     def stop(self) -> None:
-        self._timer.cancel()
-        if self._watcher is not None:
-            self._watcher.cancel()
+        self.active = False
