@@ -11,12 +11,17 @@ real id for those who may read them."""
 
 from __future__ import annotations
 
+import math
 import platform
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector,
+from prometheus_client import (CollectorRegistry, Counter, Gauge, PlatformCollector, ProcessCollector,
                                disable_created_metrics, generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from gateway.policy import countries
 
@@ -45,14 +50,14 @@ class Metrics:
         self.build_info = Gauge("gateway_build_info", "The gateway's version and Python's (value 1).",
                                 ["version", "python"], registry=registry)
         self.build_info.labels(build_version(), platform.python_version()).set(1)
-        self.requests = Counter("gateway_requests", "Requests by decision.",
-                                ["decision", "reason", "model", "stage", "tier"], registry=registry)
-        self.denials = Counter("gateway_denials", "Denied requests.", ["reason", "country", "model"], registry=registry)
-        self.decision_seconds = Histogram("gateway_decision_seconds", "Time to decide.", buckets=DECISION_BUCKETS, registry=registry)
-        self.upstream_seconds = Histogram("gateway_upstream_seconds", "Upstream time to response headers.",
-                                          buckets=REQUEST_BUCKETS, registry=registry)
-        self.request_seconds = Histogram("gateway_request_seconds", "Whole request time.", buckets=REQUEST_BUCKETS, registry=registry)
-        self.inflight = Gauge("gateway_inflight_requests", "Requests in progress.", registry=registry)
+        self.requests = LoopCounter("gateway_requests", "Requests by decision.",
+                                    ["decision", "reason", "model", "stage", "tier"], registry)
+        self.denials = LoopCounter("gateway_denials", "Denied requests.", ["reason", "country", "model"], registry)
+        self.decision_seconds = LoopHistogram("gateway_decision_seconds", "Time to decide.", DECISION_BUCKETS, registry)
+        self.upstream_seconds = LoopHistogram("gateway_upstream_seconds", "Upstream time to response headers.",
+                                              REQUEST_BUCKETS, registry)
+        self.request_seconds = LoopHistogram("gateway_request_seconds", "Whole request time.", REQUEST_BUCKETS, registry)
+        self.inflight = LoopGauge("gateway_inflight_requests", "Requests in progress.", registry)
         self.upstream_errors = Counter("gateway_upstream_errors", "Upstream failures.", ["kind"], registry=registry)
         self.policy_info = Gauge("gateway_policy_info", "The policy version in force (value 1).", ["version"], registry=registry)
         self.policy_reloads = Counter("gateway_policy_reloads", "Policy reloads.", ["result"], registry=registry)
@@ -71,8 +76,8 @@ class Metrics:
         self.audit_lost = Counter("gateway_audit_lost", "Audit records that could not be written.", registry=registry)
         self.credential_misuse = Counter("gateway_credential_misuse", "Requests whose credential was seen from one more "
                                          "country than the misuse threshold allows.", ["tier"], registry=registry)
-        self.would_deny = Counter("gateway_would_deny", "Requests shadow-mode rules would have denied.", ["reason"],
-                                  registry=registry)
+        self.would_deny = LoopCounter("gateway_would_deny", "Requests shadow-mode rules would have denied.", ["reason"],
+                                      registry)
         self.revocations = Counter("gateway_revocations", "Requests ended while being answered because the policy "
                                    "came to deny them (reason: the first new reason).", ["reason"], registry=registry)
         self.geoip_age = Gauge("gateway_geoip_database_age_seconds", "Age of each GeoIP database in use, from its "
@@ -90,12 +95,12 @@ class Metrics:
                                      registry=registry)
         self.admin_auth_failures = Counter("gateway_admin_auth_failures", "Admin requests without a valid admin token "
                                            "(reason: missing, invalid).", ["reason"], registry=registry)
-        self.requests_by_country = Counter("gateway_requests_by_country", "Requests by the caller's observed country "
-                                           "(ISO 3166-1 alpha-2, or unknown) and decision.", ["country", "decision"],
-                                           registry=registry)
+        self.requests_by_country = LoopCounter("gateway_requests_by_country", "Requests by the caller's observed "
+                                               "country (ISO 3166-1 alpha-2, or unknown) and decision.",
+                                               ["country", "decision"], registry)
         self.jwks_failures = Counter("gateway_jwks_fetch_failures", "JWKS fetches (jwks_url) or re-reads (jwks_file) "
                                      "that failed; the last good key set stays in use.", registry=registry)
-        self._by_country: dict[tuple[str | None, str], Any] = {}
+        self._by_country: dict[tuple[str | None, str], Tally] = {}
         self.export_dropped = Counter("gateway_export_dropped", "Audit records not delivered to the OTLP collector "
                                       "(export.otlp): queue_full, export_failed, shutdown, unreadable.", ["reason"],
                                       registry=registry)
@@ -103,8 +108,8 @@ class Metrics:
         self._children: dict[tuple[Counter, tuple[str, ...]], Any] = {}
 
     def child(self, metric: Counter, *labels: str) -> Any:
-        """`metric.labels(*labels)`, memoised: prometheus-client's labels() is the costly
-        part of counting a request, and label sets are few (see the module doc)."""
+        """`metric.labels(*labels)`, memoised: prometheus-client's labels() is costly, and
+        label sets are few (see the module doc)."""
         key = (metric, labels)
         found = self._children.get(key)
         if found is None:
@@ -116,11 +121,11 @@ class Metrics:
         (country, decision) as given, so a request costs a dict lookup; the countries a
         GeoIP database returns are few, and anything not ISO 3166-1 is `unknown`."""
         key = (country, decision)
-        child = self._by_country.get(key)
-        if child is None:
+        tally = self._by_country.get(key)
+        if tally is None:
             label = country if country is not None and countries.is_country(country) else UNKNOWN_COUNTRY
-            child = self._by_country[key] = self.requests_by_country.labels(label, decision)
-        child.inc()
+            tally = self._by_country[key] = self.requests_by_country.labels(label, decision)
+        tally.inc()
 
     def policy_loaded(self, version: str) -> None:
         if self._policy_version is not None:
@@ -130,6 +135,100 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class Tally:
+    """One series of a `LoopCounter`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class _LoopMetric:
+    """A series family the event loop updates and a scrape reads (see the module doc)."""
+
+    kind = ""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        registry.register(self)
+
+    def describe(self) -> list[Metric]:
+        """The names it exports, so the registry refuses another metric of the same name."""
+        return [Metric(self.name, self.documentation, self.kind)]
+
+
+class LoopCounter(_LoopMetric):
+    """A labelled counter, exposed as prometheus-client's Counter exposes one."""
+
+    kind = "counter"
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
+        self.labelnames = tuple(labelnames)
+        self._series: dict[tuple[str, ...], Tally] = {}  # in the order they were first counted, as Counter's
+        super().__init__(name, documentation, registry)
+
+    def labels(self, *values: str) -> Tally:
+        tally = self._series.get(values)
+        if tally is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, not {values}")
+            tally = self._series[values] = Tally()
+        return tally
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, tally in list(self._series.items()):
+            family.add_metric(values, tally.value)
+        yield family
+
+
+class LoopGauge(_LoopMetric):
+    kind = "gauge"
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.value = 0.0
+        super().__init__(name, documentation, registry)
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.name, self.documentation, value=self.value)
+
+
+class LoopHistogram(_LoopMetric):
+    """A histogram, exposed as prometheus-client's Histogram exposes one: an observation
+    counts in the first bucket whose bound it does not exceed."""
+
+    kind = "histogram"
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.bounds = (*map(float, buckets), math.inf)
+        self.counts = [0] * len(self.bounds)  # per bucket, not cumulative
+        self.sum = 0.0
+        self._le = [floatToGoString(bound) for bound in self.bounds]
+        super().__init__(name, documentation, registry)
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative, total = [], 0.0
+        for le, count in zip(self._le, list(self.counts)):
+            total += count
+            cumulative.append((le, total))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=cumulative, sum_value=self.sum)
 
 
 def model_label(decision: Decision | None, conceal_unreleased: bool) -> str:

@@ -140,6 +140,18 @@ class TestChain:
         assert hashlib.sha256(canonical(record)).hexdigest() == digest
         assert canonical(record) == json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
+    @given(st.dictionaries(st.text(min_size=1, max_size=8), st.one_of(st.none(), st.integers(-5, 5), st.text(max_size=5),
+                                                                        st.dictionaries(st.text(max_size=3), st.booleans())),
+                           max_size=12), st.randoms())
+    def test_the_order_an_entry_comes_in_never_changes_its_line(self, fields: dict[str, Any], rng: Any) -> None:
+        """The request path hands over its records in canonical order with the chain fields
+        in place, for speed (gateway/request/app.py finish): the same line as any order."""
+        fields = {key: value for key, value in fields.items() if key not in ("hash", "format", "prev", "replica", "seq")}
+        ordered = dict(sorted({**fields, "format": None, "prev": None, "replica": None, "seq": None}.items()))
+        shuffled = list(fields.items())
+        rng.shuffle(shuffled)
+        assert audit.seal(ordered, "r", 7, ZERO_HASH) == audit.seal(dict(shuffled), "r", 7, ZERO_HASH)
+
     def test_records_hashed_by_pythons_json_still_verify(self, tmp_path: Path) -> None:
         """Files written before the serializer changed: Python's json wrote 1e-05 where
         the canonical form now has 0.00001; such a record verifies, an edited one does not."""

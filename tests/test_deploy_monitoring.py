@@ -20,7 +20,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from gateway.metrics import Metrics
+from gateway.metrics import LoopCounter, Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "frontier-gateway.json"
@@ -60,6 +60,8 @@ def exported() -> dict[str, frozenset[str]]:
         # A labelled metric shows no samples until a child exists; make one of each.
         if isinstance(collector, MetricWrapperBase) and collector._labelnames:
             collector.labels(*["x"] * len(collector._labelnames))
+        elif isinstance(collector, LoopCounter):
+            collector.labels(*["x"] * len(collector.labelnames))
     series: dict[str, set[str]] = {}
     for family in metrics.registry.collect():
         for sample in family.samples:

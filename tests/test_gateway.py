@@ -502,3 +502,37 @@ class TestCredentialMisuse:
                 assert 'gateway_credential_misuse_total{tier="standard"}' in metrics.read().decode()
         finally:
             watched.close()
+
+
+# How long an answer waits for its audit record (gateway/request/app.py settle)
+
+
+def test_an_answer_waits_for_its_record_a_bounded_time_and_never_cancels_the_write() -> None:
+    import asyncio
+
+    from gateway.request.app import _done_within
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        done.set_result(None)
+        assert await _done_within(done, 0.01)
+
+        later = loop.create_future()
+        loop.call_later(0.01, later.set_result, None)
+        assert await _done_within(later, 5.0)
+
+        never = loop.create_future()
+        started = loop.time()
+        assert not await _done_within(never, 0.05)
+        assert 0.04 <= loop.time() - started < 1.0 and not never.cancelled()
+
+        waiting = asyncio.ensure_future(_done_within(never, 5.0))
+        await asyncio.sleep(0.01)
+        waiting.cancel()  # the client went away: its answer stops waiting, the write goes on
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not never.done()
+        never.set_result(None)  # no callback of the cancelled wait is left to run
+
+    asyncio.run(scenario())

@@ -330,3 +330,132 @@ def test_redis_settlements_go_together_and_this_replica_never_admits_against_a_r
             await client.aclose()
 
     asyncio.run(run())
+
+
+class _CountingScripts:
+    """A Redis client whose scripts count their calls (how many round trips admissions took)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.calls = 0
+
+    def register_script(self, text: str) -> Any:
+        script = self.client.register_script(text)
+
+        async def call(keys: Any, args: Any) -> Any:
+            self.calls += 1
+            return await script(keys, args)
+        return call
+
+
+def test_redis_admissions_for_one_org_go_together_in_order(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While an org's admission script is in flight, its next admissions wait and go
+    together in one script (at most quota.BATCH), applied in arrival order exactly as
+    separate calls would be: 40 at once against 10 a minute admit the first 10."""
+    monkeypatch.setattr("gateway.request.quota.BATCH", 4)
+
+    async def run() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        counting = _CountingScripts(client)
+        quota = RedisQuota(counting, f"test-{uuid.uuid4().hex[:8]}")
+        now = time.time()
+        try:
+            results = await asyncio.gather(*(quota.admit("org-b", 10, None, now) for _ in range(40)))
+            assert results[:10] == [None] * 10 and all(wait is not None and wait > 0 for wait in results[10:])
+            assert counting.calls == 1 + math.ceil(39 / 4)  # the first alone, then batches of 4
+            counting.calls = 0
+            assert [await quota.admit("org-b", 10, None, now) for _ in range(2)] != [None, None]
+            assert counting.calls == 2  # one at a time: each alone, at once
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_redis_batched_admissions_apply_the_settlements_owed_first(redis_url: str) -> None:
+    async def run() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        quota = RedisQuota(client, f"test-{uuid.uuid4().hex[:8]}", settle_delay_s=60)
+        now = time.time()
+        try:
+            assert await quota.admit("org-o", None, 1000, now, reserve=600) is None
+            first = asyncio.ensure_future(quota.admit("org-o", None, 1000, now, reserve=300))  # 900 held
+            await asyncio.sleep(0)  # in flight
+            quota.settle_soon(Reservation("org-o", 600, now), 100)  # owed: spent 100, held 300
+            waiting = [quota.admit("org-o", None, 1000, now, reserve=n) for n in (500, 400, 1)]
+            results = await asyncio.gather(first, *waiting)
+            assert results == [None, None, None, HELD_RETRY_S]  # 100 + 300 + 500 + 400 >= 1000
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_failed_batch_fails_every_admission_in_it_closed(redis_url: str) -> None:
+    """A script Redis refuses fails each admission waiting for it (the gateway answers 503);
+    the next admissions are tried afresh."""
+    async def run() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        namespace = f"test-{uuid.uuid4().hex[:8]}"
+        quota = RedisQuota(client, namespace)
+        now = time.time()
+        spent = f"{namespace}:tpd:{{org-f}}:{int(now // 86_400)}"
+        try:
+            await client.set(spent, "not a number")  # the script fails on it
+            results = await asyncio.gather(*(quota.admit("org-f", None, 1000, now, reserve=1) for _ in range(10)),
+                                           return_exceptions=True)
+            assert all(isinstance(result, redis.exceptions.ResponseError) for result in results), results
+            await client.delete(spent)
+            results = await asyncio.gather(*(quota.admit("org-f", None, 1000, now, reserve=1) for _ in range(10)))
+            assert results == [None] * 10
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_admissions_fail_closed_when_redis_is_gone(private_redis: Any) -> None:
+    async def run() -> None:
+        client = redis.asyncio.Redis.from_url(private_redis.url, socket_timeout=2, socket_connect_timeout=2)
+        quota = RedisQuota(client, f"test-{uuid.uuid4().hex[:8]}")
+        now = time.time()
+        try:
+            assert await quota.admit("org-g", 5, None, now) is None
+            private_redis.kill()
+            results = await asyncio.gather(*(quota.admit("org-g", 5, None, now) for _ in range(10)),
+                                           return_exceptions=True)
+            assert all(isinstance(result, redis.exceptions.ConnectionError) for result in results), results
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_cancelled_admission_does_not_stop_the_others(redis_url: str) -> None:
+    """A caller that goes away while its admission waits for the org's script is left out
+    of the next one (nothing counted for it); a caller cancelled while its script is in
+    flight does not hold up those waiting behind it."""
+    async def run() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        quota = RedisQuota(client, f"test-{uuid.uuid4().hex[:8]}")
+        now = time.time()
+        try:
+            tasks = [asyncio.ensure_future(quota.admit("org-c", 5, None, now)) for _ in range(6)]
+            await asyncio.sleep(0)  # the first is in flight, the others wait for it
+            tasks[3].cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            assert isinstance(results[3], asyncio.CancelledError)
+            assert results[:3] + results[4:] == [None] * 5  # 5 a minute: the cancelled one was not counted
+            assert await quota.admit("org-c", 5, None, now) is not None
+
+            await client.execute_command("CLIENT", "PAUSE", 300, "WRITE")  # the first script waits in Redis
+            tasks = [asyncio.ensure_future(quota.admit("org-d", 100, None, now)) for _ in range(5)]
+            await asyncio.sleep(0.1)
+            tasks[0].cancel()  # the one in flight
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            assert isinstance(results[0], asyncio.CancelledError) and results[1:] == [None] * 4
+            assert not quota._queued  # nothing left waiting
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())

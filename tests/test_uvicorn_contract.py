@@ -29,7 +29,7 @@ LISTENER = ROOT / "gateway" / "request" / "listener.py"
 # public interface): an override of a hook uvicorn no longer calls would silently do nothing.
 UVICORN_HOOKS = ("send_400_response", "on_response_complete", "_unsupported_upgrade_warning")
 # What the listener reads and sets on a request's RequestResponseCycle.
-CYCLE_ATTRIBUTES = ("scope", "keep_alive", "message_event", "response_complete")
+CYCLE_ATTRIBUTES = ("scope", "keep_alive", "message_event", "response_complete", "disconnected")
 
 
 def declared(name: str) -> Requirement:

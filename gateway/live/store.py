@@ -127,6 +127,7 @@ class LocalStore:
     def __init__(self, state_dir: str | Path, mode: FileMode = FileMode()) -> None:
         self.directory = Path(state_dir) / "live"
         self.mode = mode  # of the change log, an audit file (0600, or 0640 with audit.group)
+        self._revision: tuple[tuple[int, int, int], int] | None = None  # the file's identity, its revision
 
     def _state(self) -> dict[str, Any]:
         path = self.directory / "state.json"
@@ -139,7 +140,16 @@ class LocalStore:
                       bundle.get("files_version"), overlay_from_fields(state["fields"]))
 
     async def stamp(self) -> tuple[str | None, int]:
-        return LOCAL_EPOCH, int(self._state()["revision"])
+        """Asked twice a second: the file is parsed again only when it was replaced (every
+        write is a new file: os.replace), since parsing it is most of an idle gateway's CPU."""
+        try:
+            status = os.stat(self.directory / "state.json")
+        except FileNotFoundError:
+            return LOCAL_EPOCH, 0
+        identity = (status.st_ino, status.st_mtime_ns, status.st_size)
+        if self._revision is None or self._revision[0] != identity:
+            self._revision = identity, int(self._state()["revision"])
+        return LOCAL_EPOCH, self._revision[1]
 
     async def write(self, *, set_fields: dict[str, str], delete_fields: list[str], bundle: dict[str, Any] | None,
                     change: dict[str, Any], epoch: str | None = None) -> int:

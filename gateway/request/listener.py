@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, Protocol
 
@@ -100,6 +101,20 @@ class _OneWritePerTurn:
 # The scope key under which the listener hands the application a refusal of the body it
 # is reading (status, message): read_body() answers it (gateway/request/app.py).
 REFUSAL = "gateway.refusal"
+# The scope key under which the application leaves what to call when the client goes away
+# before its answer is complete (on_client_gone).
+CLIENT_GONE = "gateway.client_gone"
+
+
+def on_client_gone(scope: Any, callback: Callable[[], None]) -> bool:
+    """Have the listener call `callback` the moment this request's client goes away with
+    its answer incomplete: no task or timer per request waits for it. False, and no call,
+    when the client has gone already."""
+    return scope.setdefault(CLIENT_GONE, callback) is callback
+
+
+def _gone() -> None:
+    """What the listener leaves under CLIENT_GONE when the client went before anything was."""
 
 
 class _Refused(Exception):
@@ -135,6 +150,9 @@ def protocol_for(refuser: Refuser, limits: LimitsConfig, max_connections: int) -
             self.cancel_deadline()
             closing.discard(self.raw)
             super().connection_lost(exc)
+            cycle = self.cycle
+            if cycle is not None and cycle.disconnected:  # its answer incomplete
+                cycle.scope.setdefault(CLIENT_GONE, _gone)()  # type: ignore[misc]
 
         # Reading: the head counted, and never more fed to the parser than it may take
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import Any
 
 from gateway.config import Upstream
 from gateway.request.header_names import GATEWAY_PREFIX, HOP_BY_HOP, NEVER_RETURNED, folded
@@ -160,11 +160,19 @@ def request_headers(
 ) -> list[tuple[str, str]]:
     """The headers to send upstream for an allowed request."""
     dropped = rules.dropped[pass_credentials, drop_content_encoding]
-    if named := _connection_tokens(client):
-        dropped = dropped | (named - DECIDED)
-    out = [(forwarded, value.decode("latin-1")) for name, value in client
-           if (forwarded := (_memo_forwarded if len(name) <= MEMO_NAME_LENGTH else _forwarded)(name, dropped))
-           is not None]
+    verdicts = _verdicts(_forwarded_verdicts, dropped)
+    out = []
+    connection = None
+    for name, value in client:
+        forwarded = verdicts.get(name, _UNSEEN)
+        if forwarded is _UNSEEN:
+            forwarded = _judged(verdicts, name, _forwarded(name, dropped))
+        if forwarded is not None:
+            out.append((forwarded, value.decode("latin-1")))
+        elif name.lower() == b"connection":
+            connection = [*(connection or ()), (name, value)]
+    if connection and (named := _connection_tokens(connection) - DECIDED):
+        out = [(name, value) for name, value in out if name.lower().encode("latin-1") not in named]
     out.append(IDENTITY)
     out += rules.extra
     out.append(("X-Gateway-Org", org_id))
@@ -185,14 +193,17 @@ def _forwarded(name: bytes, dropped: frozenset[bytes]) -> str | None:
 def response_headers(upstream: Iterable[tuple[bytes, bytes]], decision_id: bytes,
                      passed: frozenset[bytes] = frozenset()) -> list[tuple[bytes, bytes]]:
     """The upstream's headers as the client will see them."""
+    verdicts = _verdicts(_returned_verdicts, passed)
     out = []
-    connection = []
+    connection = None
     for name, value in upstream:
-        lower = (_memo_returned if len(name) <= MEMO_NAME_LENGTH else _returned)(name, passed)
+        lower = verdicts.get(name, _UNSEEN)
+        if lower is _UNSEEN:
+            lower = _judged(verdicts, name, _returned(name, passed))
         if lower is not None:
             out.append((lower, value))
         elif name.lower() == b"connection":
-            connection.append((name, value))
+            connection = [*(connection or ()), (name, value)]
     if connection and (named := _connection_tokens(connection) - _REPRESENTATION):
         out = [(name, value) for name, value in out if name not in named]
     out.append((b"x-gateway-decision-id", decision_id))
@@ -209,12 +220,29 @@ def _returned(name: bytes, passed: frozenset[bytes]) -> bytes | None:
     return None
 
 
-# Clients and upstreams send the same few short names message after message: their
-# verdicts are remembered; a long name is judged afresh, so that a flood of long
+# Clients and upstreams send the same few short names message after message: each set of
+# rules remembers its verdicts on them (a dict lookup per header, not a judgement), up to
+# MEMO_ENTRIES names; a long name, or one past that, is judged afresh, so that a flood of
 # names cannot fill the memos.
 MEMO_NAME_LENGTH = 64
-_memo_forwarded = lru_cache(maxsize=4096)(_forwarded)
-_memo_returned = lru_cache(maxsize=4096)(_returned)
+MEMO_ENTRIES = 4096
+_UNSEEN = object()
+_forwarded_verdicts: dict[frozenset[bytes], dict[bytes, str | None]] = {}
+_returned_verdicts: dict[frozenset[bytes], dict[bytes, bytes | None]] = {}
+
+
+def _verdicts(memos: dict[frozenset[bytes], dict[bytes, Any]], rules: frozenset[bytes]) -> dict[bytes, Any]:
+    """The memo of one set of rules (a few per upstream, made once)."""
+    memo = memos.get(rules)
+    if memo is None:
+        memo = memos[rules] = {}
+    return memo
+
+
+def _judged(memo: dict[bytes, Any], name: bytes, verdict: Any) -> Any:
+    if len(name) <= MEMO_NAME_LENGTH and len(memo) < MEMO_ENTRIES:
+        memo[name] = verdict
+    return verdict
 
 
 def is_redirect(status: int) -> bool:

@@ -10,10 +10,12 @@ answer, the client or the upstream gone) the caller charges the whole hold.
 Every admitted request's hold was counted before the next was admitted, so the
 budget is overrun by at most one request's reservation, across all replicas.
 
+In fleet mode the admissions for one org that arrive while its admission script is
+in flight go together in the next script, each applied in turn (RedisQuota).
 The request path settles with `settle_soon`, which never waits: in fleet mode the
 settlements of the next few milliseconds go to Redis together, one script per org
-and day, off the answer's path; an admission for an org with settlements still to
-send carries them in its own script, so this replica never admits against a hold
+and day, off the answer's path; an admission script for an org with settlements still
+to send carries them, applied first, so this replica never admits against a hold
 it has already released. A settlement Redis does not take is not retried (it
 might have been applied): its hold stays until the day ends, which refuses early,
 never late (fail closed).
@@ -118,34 +120,44 @@ class LocalQuota:
             self._tokens[key] = self._tokens.get(key, 0) + charged
 
 
-# KEYS: today's spent tokens, this minute's requests, today's held tokens (one hash
-# slot: all carry {org}). ARGV: tokens per day, requests per minute (0: no limit), tokens
-# to hold, the tokens keys' lifetime, then today's settlements not yet sent (tokens
-# charged, tokens released; absent in earlier versions' calls), applied first. 0 admits;
-# 1 (day spent), 2 (minute full) and 3 (held by requests in flight) refuse.
+# Admissions for one org, in order, in one atomic step. KEYS: today's spent tokens, this
+# minute's requests, today's held tokens (one hash slot: all carry {org}). ARGV: the
+# tokens keys' lifetime, today's settlements not yet sent (tokens charged, tokens
+# released; applied first), then three per admission: tokens per day, requests per
+# minute (0: no limit), tokens to hold. One result per admission (a list, unless one
+# admission: its result alone, one reply line fewer to parse): 0 admits; 1 (day spent),
+# 2 (minute full) and 3 (held by requests in flight) refuse.
 _ADMIT = """
-local charged, released = tonumber(ARGV[5] or '0'), tonumber(ARGV[6] or '0')
+local lifetime = ARGV[1]
+local charged, released = tonumber(ARGV[2]), tonumber(ARGV[3])
 if charged > 0 then
   redis.call('INCRBY', KEYS[1], charged)
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[1], lifetime)
 end
 if released > 0 and redis.call('DECRBY', KEYS[3], released) <= 0 then redis.call('DEL', KEYS[3]) end
-local budget = tonumber(ARGV[1])
-if budget > 0 then
-  local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if spent >= budget then return 1 end
-  if spent + tonumber(redis.call('GET', KEYS[3]) or '0') >= budget then return 3 end
+local function admit(budget, per_minute, reserve)
+  if budget > 0 then
+    local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+    if spent >= budget then return 1 end
+    if spent + tonumber(redis.call('GET', KEYS[3]) or '0') >= budget then return 3 end
+  end
+  if per_minute > 0 then
+    local count = redis.call('INCR', KEYS[2])
+    if count == 1 then redis.call('EXPIRE', KEYS[2], 120) end
+    if count > per_minute then return 2 end
+  end
+  if budget > 0 and reserve > 0 then
+    redis.call('INCRBY', KEYS[3], reserve)
+    redis.call('EXPIRE', KEYS[3], lifetime)
+  end
+  return 0
 end
-if tonumber(ARGV[2]) > 0 then
-  local count = redis.call('INCR', KEYS[2])
-  if count == 1 then redis.call('EXPIRE', KEYS[2], 120) end
-  if count > tonumber(ARGV[2]) then return 2 end
+if #ARGV == 6 then return admit(tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])) end
+local results = {}
+for i = 4, #ARGV, 3 do
+  results[#results + 1] = admit(tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]))
 end
-if budget > 0 and tonumber(ARGV[3]) > 0 then
-  redis.call('INCRBY', KEYS[3], ARGV[3])
-  redis.call('EXPIRE', KEYS[3], ARGV[4])
-end
-return 0
+return results
 """
 # KEYS: the day's spent and held tokens. ARGV: tokens charged, tokens held, lifetime.
 _SETTLE = """
@@ -157,12 +169,32 @@ if redis.call('DECRBY', KEYS[2], ARGV[2]) <= 0 then redis.call('DEL', KEYS[2]) e
 """
 
 
+BATCH = 64  # fleet mode: admissions for one org in one script, at most
+
+_Group = tuple[str, int, int]  # (org, day, minute): the keys one admission script touches
+_Limits = tuple[int, int, int]  # tokens per day, requests per minute (0: no limit), tokens to hold
+_Waiting = tuple[_Limits, "asyncio.Future[int]"]
+
+
+class QuotaUnavailable(Exception):
+    """An admission that could not be decided (its caller fails closed)."""
+
+
+def _fail(waiting: list[_Waiting], error: BaseException) -> None:
+    for _, future in waiting:
+        if not future.done():
+            future.set_exception(error)
+
+
 class RedisQuota:
-    """The same counters in Redis per org: one script per admission, so N requests a
-    minute are admitted exactly N times across all replicas, and the token check and
-    hold are one step, in one round trip (a Lua script is atomic, and cheaper than
-    MULTI/EXEC on Redis Cluster). Settling is a second script, after the answer, for
-    the settlements of a few milliseconds together (see the module's docstring)."""
+    """The same counters in Redis per org: each admission is applied in one atomic script
+    (check and hold together, one round trip; a Lua script is atomic, and cheaper than
+    MULTI/EXEC on Redis Cluster), so N requests a minute are admitted exactly N times
+    across all replicas. While an org's script is in flight, its next admissions wait
+    and then go together, in arrival order, in one script (at most BATCH): under load
+    one call for many requests, at low load each at once. Settling is another script,
+    after the answer, for the settlements of a few milliseconds together (see the
+    module's docstring)."""
 
     def __init__(self, redis: Any, namespace: str = "fgw", *, settle_delay_s: float = SETTLE_DELAY_S) -> None:
         self.redis = redis
@@ -172,26 +204,87 @@ class RedisQuota:
         self._settle = redis.register_script(_SETTLE)
         self._owed: dict[tuple[str, int], list[int]] = {}  # (org, day) -> [tokens charged, tokens released]
         self._sending: asyncio.Task[None] | None = None
+        # Present while a script for the group is in flight: the admissions waiting for it.
+        self._queued: dict[_Group, list[_Waiting]] = {}
+        self._batches: set[asyncio.Task[None]] = set()
 
     async def admit(self, org_id: str, per_minute: int | None, tokens_per_day: int | None,
                     now: float, *, reserve: int = 0) -> float | None:
         day, window = int(now // DAY), int(now // 60)
-        keys = [self._key("tpd", org_id, day), f"{self.namespace}:rpm:{{{org_id}}}:{window}",
-                self._key("tph", org_id, day)]
-        charged, released = self._owed.pop((org_id, day), (0, 0))
-        try:
-            refused = int(await self._admit(keys, [tokens_per_day or 0, per_minute or 0, reserve, 2 * DAY,
-                                                   charged, released]))
-        except BaseException:
-            if charged or released:
-                log.warning("could not settle %d tokens for %s (their hold stays until the day ends)", released,
-                            org_id)
-            raise
+        group = (org_id, day, window)
+        limits = (tokens_per_day or 0, per_minute or 0, reserve)
+        queued = self._queued.get(group)
+        if queued is not None:
+            future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            queued.append((limits, future))
+            refused = await future
+        else:
+            self._queued[group] = []
+            try:
+                refused = await self._run(group, [limits])
+            finally:
+                self._send_queued(group)
         if refused == 1:
             return _retry_after(day, now, DAY)
         if refused == 3:
             return HELD_RETRY_S
         return _retry_after(window, now) if refused == 2 else None
+
+    def _send_queued(self, group: _Group) -> None:
+        """After a script: what queued meanwhile goes next, in a task of its own (its
+        callers wait on futures, and this caller need not wait for them)."""
+        if not self._queued[group]:
+            del self._queued[group]
+            return
+        task = asyncio.get_running_loop().create_task(self._send_batches(group))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _send_batches(self, group: _Group) -> None:
+        queued = self._queued[group]  # still filled by admissions while a batch is in flight
+        try:
+            while queued:
+                batch = [(limits, future) for limits, future in queued[:BATCH] if not future.done()]  # not cancelled
+                del queued[:BATCH]
+                if batch:
+                    await self._send_batch(group, batch)
+        finally:
+            del self._queued[group]
+            _fail(queued, QuotaUnavailable("the admission was not sent: its batch was cancelled"))
+
+    async def _send_batch(self, group: _Group, batch: list[_Waiting]) -> None:
+        try:
+            results = await self._run(group, [limits for limits, _ in batch])
+            results = [results] if len(batch) == 1 else results
+            if len(results) != len(batch):  # never expected; but no caller may wait forever
+                raise QuotaUnavailable(f"{len(results)} results for {len(batch)} admissions")
+        except Exception as error:  # each caller gets it: fail closed
+            _fail(batch, error)
+            return
+        except BaseException:
+            _fail(batch, QuotaUnavailable("the admission's batch was cancelled; it may have been applied"))
+            raise
+        for (_, future), refused in zip(batch, results):
+            if not future.done():
+                future.set_result(refused)
+
+    async def _run(self, group: _Group, admissions: list[_Limits]) -> Any:
+        """One script: the org's settlements owed, then `admissions` in order (see _ADMIT
+        for its reply)."""
+        org_id, day, window = group
+        keys = [self._key("tpd", org_id, day), f"{self.namespace}:rpm:{{{org_id}}}:{window}",
+                self._key("tph", org_id, day)]
+        charged, released = self._owed.pop((org_id, day), (0, 0))
+        args = [2 * DAY, charged, released]
+        for limits in admissions:
+            args.extend(limits)
+        try:
+            return await self._admit(keys, args)
+        except BaseException:
+            if charged or released:
+                log.warning("could not settle %d tokens for %s (their hold stays until the day ends)", released,
+                            org_id)
+            raise
 
     async def settle(self, reservation: Reservation, charged: int) -> None:
         """At once, in a script of its own."""
@@ -205,6 +298,8 @@ class RedisQuota:
             self._sending = asyncio.get_running_loop().create_task(self._send_owed(self.settle_delay_s))
 
     async def close(self) -> None:
+        if self._batches:  # admissions still waiting for their script
+            await asyncio.wait(self._batches)
         while self._sending is not None:  # at most SETTLE_DELAY_S, then its round trips
             await self._sending
         await self._send_owed(0.0)

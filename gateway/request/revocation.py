@@ -100,8 +100,8 @@ class Revocations:
 
     # The request path
 
-    def track(self, exchange: Exchange) -> None:
-        task = asyncio.current_task()
+    def track(self, exchange: Exchange, task: asyncio.Task[Any] | None) -> None:
+        """Register `exchange`, answered by `task` (the caller's), until untrack."""
         if task is not None:
             self.flights[exchange.decision_id] = (exchange, task)
             if not self._busy.is_set():
