@@ -387,7 +387,7 @@ class Bench:
                 url = self.ensure_redis()
                 if url is None:
                     return "no Redis (set REDIS_URL, put redis-server on PATH, or run under scripts/with-redis)"
-                redis = {"url": url, "namespace": f"bench-{os.getpid()}-{name}"}
+                redis = {"url": url, "namespace": f"bench-{os.getpid()}-{id(self)}-{name}"}
             public, admin = free_port(), free_ports(workers)
             config = write_config(directory, self.upstream_url, self.jwks, public, admin, redis, self.audit_options())
             command = [*self.wrapper, sys.executable, "-m", "gateway"] if self.wrapper else gateway_command()
