@@ -222,7 +222,7 @@ class Gateway:
             return await self.list_models(exchange, policy, facts, route, scope, send)
         if route.kind == "models_get":
             return await self.get_model(exchange, policy, decision, facts, route, scope, send)
-        await self.forward(exchange, decision, principal, route, scope, body, receive, send)
+        await self.forward(exchange, decision, principal, route, scope, body, send)
 
     # Facts
 
@@ -391,7 +391,7 @@ class Gateway:
     # Acting on the decision
 
     async def forward(self, exchange: Exchange, decision: Decision, principal: Principal, route: Route,
-                      scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+                      scope: Scope, body: bytes, send: Send) -> None:
         # A model the policy does not list (allowed by `unknown_models: allow`) names no
         # upstream: it goes to the default one.
         upstream = decision.upstream or "default"

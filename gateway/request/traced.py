@@ -80,9 +80,9 @@ class TracedGateway(Gateway):
             return decision
 
     async def forward(self, exchange: Exchange, decision: Decision, principal: Principal, route: Route,
-                      scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+                      scope: Scope, body: bytes, send: Send) -> None:
         with self.step("upstream", exchange) as span:
-            await super().forward(exchange, decision, principal, route, scope, body, receive, send)
+            await super().forward(exchange, decision, principal, route, scope, body, send)
             _answered(span, exchange)
 
     async def fetch_catalogue(self, exchange: Exchange, upstream: str, path: str, facts: Facts, scope: Scope,
